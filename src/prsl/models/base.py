@@ -1,0 +1,62 @@
+"""The one interface every vision-language model sits behind.
+
+Losses, attacks and evaluation only ever talk to a :class:`VLMAdapter`, so they never care
+which Hugging Face architecture is underneath. Pixels are always float tensors in [0, 1] of
+shape (B, 3, H, W) at ``pixel_size``; the adapter applies the model's mean/std normalisation
+itself, so an attack's ε is in pixel units.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class VLMAdapter(ABC):
+    """A captioning / VQA model with a uniform, differentiable-in-pixels interface."""
+
+    family: str  # registry name, e.g. "vision-encoder-decoder", "blip2"
+    model: nn.Module  # the underlying Hugging Face model
+
+    @property
+    @abstractmethod
+    def pixel_size(self) -> tuple[int, int]:
+        """(H, W) the model expects."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @abstractmethod
+    def logits_and_labels(
+        self, pixels: torch.Tensor, texts: list[str], prompts: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, T, V), labels (B, T)) already aligned (labels[t] is predicted by logits[t]).
+
+        Positions that must not count (padding, prompt tokens) carry -100, so any registered
+        loss from :mod:`prsl.losses` can be applied directly.
+        """
+
+    def loss(
+        self, pixels: torch.Tensor, texts: list[str], prompts: list[str] | None = None
+    ) -> torch.Tensor:
+        """Per-example mean token cross-entropy of ``texts`` (B,); differentiable in ``pixels``."""
+        logits, labels = self.logits_and_labels(pixels, texts, prompts)
+        token_ce = nn.functional.cross_entropy(
+            logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+        )
+        counted = (labels != -100).sum(dim=1).clamp(min=1)
+        return token_ce.sum(dim=1) / counted
+
+    @abstractmethod
+    def generate(
+        self, pixels: torch.Tensor, prompts: list[str] | None = None, **gen_kwargs
+    ) -> list[str]:
+        """Batched generation (greedy by default), one string per image, prompts stripped."""
+
+    @abstractmethod
+    def save(self, directory: str | Path) -> None:
+        """Write weights (safetensors), config, tokenizer and processor so ``load`` restores it."""
