@@ -1,0 +1,171 @@
+"""Run configuration: YAML files validated by pydantic, every field overridable from the CLI.
+
+A config is plain data. ``load_config(path, overrides)`` reads YAML with ``yaml.safe_load``,
+applies ``key.sub=value`` overrides (values parsed as YAML, so ``train.lr=1e-4`` is a float),
+and validates; a wrong type or unknown field fails before any work starts, naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Schema = TypeVar("Schema", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TinyModelConfig(Strict):
+    """Architecture of the from-scratch captioner used by the embedded default and the tests."""
+
+    image_size: int = 32
+    patch_size: int = 8
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+
+
+class ModelConfig(Strict):
+    """Which model to fine-tune or evaluate.
+
+    ``name_or_path`` is a hub id or a local directory (loaded through ``from_pretrained``), or
+    ``tiny`` to build the small from-scratch captioner from the training texts.
+    """
+
+    name_or_path: str = "tiny"
+    family: str | None = None
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    blip2_trainable: Literal["qformer", "lora"] = "qformer"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    trust_remote_code: bool = False
+
+
+class DataConfig(Strict):
+    """A dataset reader by name and its arguments (see ``prsl.data.read_dataset``)."""
+
+    name: str = "shapes"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossConfig(Strict):
+    name: str = "prsl"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(Strict):
+    output_dir: str = "runs/finetune"
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    epochs: int = 2
+    max_steps: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_steps: int = 0
+    scheduler: Literal["linear", "constant", "cosine"] = "linear"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 0
+    save_every: int = 0
+    log_every: int = 10
+    max_grad_norm: float | None = 1.0
+    tensorboard: bool = False
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be > 0")
+        return value
+
+    @field_validator("epochs", "batch_size", "grad_accum")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be >= 1")
+        return value
+
+
+class FinetuneConfig(Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class AttackSpec(Strict):
+    """One attack of an evaluation grid; ``eps`` accepts numbers or strings like ``8/255``."""
+
+    name: str = "bim"
+    eps: list[float | str] = Field(default_factory=lambda: ["8/255"])
+    steps: int = 10
+    alpha: float | str | None = None
+    norm: Literal["linf", "l2"] = "linf"
+    record_every_step: bool = False
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvalConfig(Strict):
+    models: list[str] = Field(default_factory=list)
+    data: DataConfig = Field(default_factory=DataConfig)
+    attacks: list[AttackSpec] = Field(default_factory=lambda: [AttackSpec()])
+    output_dir: str = "runs/evaluate"
+    n_images: int = 32
+    batch_size: int = 16
+    max_new_tokens: int = 20
+    metrics: list[str] | None = None
+    attack_target: Literal["clean", "ground_truth"] = "clean"
+    gallery: int = 6
+    seed: int = 0
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree['a']['b'] = value`` for ``dotted = 'a.b'``, creating levels as needed."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {dotted!r}: {key!r} is not a section")
+    node[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``["train.lr=1e-4", "loss.params.k=20"]`` -> [(key, parsed YAML value), ...]."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like section.field=value")
+        parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return parsed
+
+
+def load_config(
+    schema: type[Schema], path: str | Path | None = None, overrides: list[str] | None = None
+) -> Schema:
+    """Read, override and validate a config; errors name the file and the offending field."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping of sections, got {loaded!r}")
+        tree = loaded or {}
+    for key, value in parse_overrides(overrides or []):
+        set_dotted(tree, key, value)
+    try:
+        return schema.model_validate(tree)
+    except ValidationError as err:
+        where = f" in {path}" if path is not None else ""
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+            for e in err.errors()
+        )
+        raise ValueError(f"invalid configuration{where}: {problems}") from None

@@ -1,0 +1,307 @@
+"""Robustness evaluation: generate on clean and adversarial images, score, compute degradation.
+
+For every model x attack x ε the loop generates the clean output, attacks the images
+(untargeted, on the model's own clean output — the paper's protocol — or on the ground truth),
+generates again, and appends one line per item to ``predictions.jsonl`` as it goes. A rerun
+skips every (model, attack, ε, item) already in that file, so an interrupted run resumes where it
+stopped. Scores are computed at the end from the predictions file alone, against two references:
+the model's clean output (how far the attack moves the answer) and the ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import prsl
+from prsl.attacks import get_attack, parse_eps, untargeted_loss
+from prsl.config import AttackSpec, EvalConfig
+from prsl.data import read_dataset
+from prsl.data.types import Skipped
+from prsl.metrics import Scorer
+from prsl.models import load_adapter
+from prsl.models.base import VLMAdapter
+from prsl.samples import Sample, evaluation_samples, load_batch
+from prsl.train import TRAIN_INFO
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions.jsonl"
+RESULTS = "results.json"
+CAPTION_METRICS = [
+    "BLEU-1",
+    "BLEU-2",
+    "BLEU-3",
+    "BLEU-4",
+    "METEOR",
+    "ROUGE-L",
+    "CIDEr",
+    "BERTScore",
+]
+VQA_METRICS = ["VQA-acc"]
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """Identifies one (model, attack, ε) cell of the grid."""
+
+    model: str
+    attack: str
+    eps: float
+
+    def row_matches(self, row: dict) -> bool:
+        return (row["model"], row["attack"], row["eps"]) == (self.model, self.attack, self.eps)
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    path: str
+    loss: str
+    loss_params: dict[str, Any]
+
+
+def model_info(path: str) -> ModelInfo:
+    """Name and training loss of a model directory (``pretrained`` when prsl did not train it)."""
+    info_file = Path(path) / TRAIN_INFO
+    if info_file.is_file():
+        info = json.loads(info_file.read_text())
+        loss, params = info["loss"], info["loss_params"]
+    else:
+        loss, params = "pretrained", {}
+    name = Path(path).name if Path(path).exists() else path
+    if name == "final":
+        name = Path(path).parent.name
+    return ModelInfo(name, path, loss, params)
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """Rows written so far; a line cut off by a crash mid-write is dropped (and redone)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("ignoring an incomplete line in %s (interrupted write)", path)
+    return rows
+
+
+def attack_eps(spec: AttackSpec) -> list[float]:
+    return [parse_eps(e) for e in spec.eps]
+
+
+def _batches(items: list[Sample], size: int) -> Iterator[list[Sample]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def craft(spec: AttackSpec, eps: float, pixels: torch.Tensor, loss_fn, seed: int):
+    """Adversarial pixels and, when the spec asks, the images after every step."""
+    params = dict(spec.params)
+    if spec.name not in ("fgsm", "square", "cw"):
+        params["steps"] = spec.steps
+    if spec.alpha is not None:
+        params["alpha"] = parse_eps(spec.alpha)
+    elif spec.name in ("bim", "pgd", "mifgsm"):
+        params["alpha"] = eps / 4 if spec.steps > 1 else eps
+    if spec.name in ("pgd", "apgd"):
+        params["norm"] = spec.norm
+    if spec.name in ("pgd", "apgd", "square"):
+        params["generator"] = torch.Generator(device=pixels.device).manual_seed(seed)
+    if spec.record_every_step:
+        params["record_every_step"] = True
+    attack = get_attack(spec.name, eps=eps, **params)
+    result = attack(pixels, loss_fn)
+    if spec.record_every_step:
+        return result.final, result.steps
+    return result, None
+
+
+def evaluate(cfg: EvalConfig, *, progress: bool = True, scorer: Scorer | None = None) -> dict:
+    """Run (or resume) the evaluation grid and write ``results.json``; returns its content."""
+    if not cfg.models:
+        raise ValueError("no model to evaluate: give at least one model directory or hub id")
+    for spec in cfg.attacks:
+        get_attack(spec.name)  # unknown attack names fail before any work
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    split = read_dataset(cfg.data.name, **cfg.data.options)
+    skipped: list[Skipped] = list(split.skipped)
+    pred_path = out / PREDICTIONS
+    done = {(r["model"], r["attack"], r["eps"], r["key"]) for r in read_predictions(pred_path)}
+    infos = [model_info(m) for m in cfg.models]
+    with pred_path.open("a") as sink, _progress(progress) as bar:
+        for info in infos:
+            adapter = load_adapter(info.path)
+            samples = evaluation_samples(split, adapter.vqa_prompt)[: cfg.n_images]
+            task = bar.add_task(f"{info.name}", total=len(samples))
+            for batch in _batches(samples, cfg.batch_size):
+                todo = [
+                    (spec, eps)
+                    for spec in cfg.attacks
+                    for eps in attack_eps(spec)
+                    if any((info.name, spec.name, eps, s.key) not in done for s in batch)
+                ]
+                if todo:
+                    skipped += _evaluate_batch(cfg, adapter, info, batch, todo, done, sink, out)
+                bar.advance(task, len(batch))
+    results = score_predictions(cfg, split.task, infos, read_predictions(pred_path), scorer)
+    results["meta"]["skipped"] = [s.__dict__ for s in skipped]
+    (out / RESULTS).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _evaluate_batch(cfg, adapter: VLMAdapter, info, batch, todo, done, sink, out) -> list[Skipped]:
+    pixels, kept, skipped = load_batch(batch, adapter.pixel_size)
+    if pixels is None:
+        return skipped
+    pixels = pixels.to(adapter.device)
+    prompts = [s.prompt for s in kept] if kept[0].prompt is not None else None
+    gen = {"max_new_tokens": cfg.max_new_tokens}
+    with torch.no_grad():
+        clean = adapter.generate(pixels, prompts, **gen)
+    targets = clean if cfg.attack_target == "clean" else [s.text for s in kept]
+    for spec, eps in todo:
+        loss_fn = untargeted_loss(adapter, targets, prompts)
+        adv, steps = craft(spec, eps, pixels, loss_fn, cfg.seed)
+        with torch.no_grad():
+            adversarial = adapter.generate(adv, prompts, **gen)
+            per_step = [adapter.generate(x, prompts, **gen) for x in steps] if steps else None
+        for i, sample in enumerate(kept):
+            if (info.name, spec.name, eps, sample.key) in done:
+                continue
+            row = {
+                "model": info.name,
+                "loss": info.loss,
+                "attack": spec.name,
+                "eps": eps,
+                "steps": spec.steps,
+                "key": sample.key,
+                "question": sample.question,
+                "references": list(sample.references),
+                "clean": clean[i],
+                "adversarial": adversarial[i],
+                "linf": float((adv[i] - pixels[i]).abs().max()),
+            }
+            if per_step:
+                row["per_step"] = [captions[i] for captions in per_step]
+            if _wants_gallery(out, info.name, spec.name, eps, cfg.gallery):
+                row["gallery"] = _save_pair(
+                    out, info.name, spec.name, eps, sample.key, pixels[i], adv[i]
+                )
+            sink.write(json.dumps(row) + "\n")
+            done.add((info.name, spec.name, eps, sample.key))
+        sink.flush()
+    return skipped
+
+
+def _wants_gallery(out: Path, model: str, attack: str, eps: float, limit: int) -> bool:
+    folder = out / "gallery"
+    prefix = _slug(f"{model}_{attack}_{eps:.5f}_")
+    return limit > 0 and (
+        not folder.exists() or len(list(folder.glob(prefix + "*_adv.png"))) < limit
+    )
+
+
+def _save_pair(out: Path, model, attack, eps, key, clean: torch.Tensor, adv: torch.Tensor):
+    from PIL import Image
+
+    folder = out / "gallery"
+    folder.mkdir(exist_ok=True)
+    stem = _slug(f"{model}_{attack}_{eps:.5f}_{key}")
+    paths = {}
+    for name, image in (("clean", clean), ("adversarial", adv)):
+        array = (image.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        file = folder / f"{stem}_{'adv' if name == 'adversarial' else name}.png"
+        Image.fromarray(array).save(file)
+        paths[name] = str(file.relative_to(out))
+    return paths
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+
+
+def score_predictions(
+    cfg: EvalConfig, task: str, infos: list[ModelInfo], rows: list[dict], scorer: Scorer | None
+) -> dict:
+    """Aggregate predictions into the ``results.json`` structure of DESIGN.md §5."""
+    scorer = scorer or Scorer()
+    metrics = cfg.metrics or (VQA_METRICS if task == "vqa" else CAPTION_METRICS)
+    by_key: dict[RunKey, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_key[RunKey(row["model"], row["attack"], row["eps"])].append(row)
+    losses = {i.name: (i.loss, i.loss_params) for i in infos}
+    runs = []
+    for key, items in sorted(by_key.items(), key=lambda kv: (kv[0].model, kv[0].attack, kv[0].eps)):
+        if key.model not in losses:
+            continue
+        items.sort(key=lambda r: r["key"])
+        clean = [r["clean"] for r in items]
+        adversarial = [r["adversarial"] for r in items]
+        references = {
+            "clean": [_self_reference(c, task) for c in clean],
+            "ground_truth": [r["references"] for r in items],
+        }
+        for reference, refs in references.items():
+            clean_scores = scorer.score(clean, refs, metrics)
+            adv_scores = scorer.score(adversarial, refs, metrics)
+            run = {
+                "model": key.model,
+                "loss": losses[key.model][0],
+                "loss_params": losses[key.model][1],
+                "task": task,
+                "attack": key.attack,
+                "eps": key.eps,
+                "steps": items[0]["steps"],
+                "n_images": len(items),
+                "reference": reference,
+                "clean": clean_scores,
+                "adversarial": adv_scores,
+                "degradation": {m: clean_scores[m] - adv_scores[m] for m in clean_scores},
+            }
+            if "per_step" in items[0]:
+                n_steps = len(items[0]["per_step"])
+                run["per_step"] = [
+                    scorer.score([r["per_step"][t] for r in items], refs, metrics)
+                    for t in range(n_steps)
+                ]
+            runs.append(run)
+    return {
+        "runs": runs,
+        "meta": {
+            "prsl_version": prsl.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "attack_target": cfg.attack_target,
+            "seed": cfg.seed,
+            "bertscore_model": scorer.bertscore_description(),
+            "models": {i.name: i.path for i in infos},
+            "dataset": cfg.data.model_dump(),
+        },
+    }
+
+
+def _self_reference(clean: str, task: str) -> list[str]:
+    """The clean output as the reference; for VQA ten copies, so soft accuracy is exact match."""
+    return [clean] * (10 if task == "vqa" else 1)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+    )

@@ -1,0 +1,339 @@
+"""Turn ``results.json`` files into ``report.md`` and a self-contained ``report.html``.
+
+Tables put the models (CE, PRSL, ...) side by side per task, reference, attack and ε with the
+better value marked; plots show score against ε and against attack iteration, one line per
+model; a gallery shows clean/adversarial pairs with both captions. The summary states plainly
+whether PRSL degraded less than CE on this data, in how many cells, and never more than that.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+RUN_FIELDS = {
+    "model": str,
+    "loss": str,
+    "loss_params": dict,
+    "task": str,
+    "attack": str,
+    "eps": (int, float),
+    "steps": int,
+    "n_images": int,
+    "reference": str,
+    "clean": dict,
+    "adversarial": dict,
+    "degradation": dict,
+}
+HEADLINE = {"caption": ["CIDEr", "BERTScore", "BLEU-4"], "vqa": ["VQA-acc"]}
+
+
+def validate_results(data: Any, source: str = "results") -> None:
+    """Raise ValueError naming the first field that breaks the DESIGN.md §5 schema."""
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise ValueError(f"{source}: expected an object with a 'runs' list (prsl results.json)")
+    if not isinstance(data.get("meta"), dict):
+        raise ValueError(f"{source}: missing the 'meta' object")
+    for i, run in enumerate(data["runs"]):
+        if not isinstance(run, dict):
+            raise ValueError(f"{source}: runs[{i}] is not an object")
+        for name, kind in RUN_FIELDS.items():
+            if name not in run:
+                raise ValueError(f"{source}: runs[{i}] lacks field {name!r}")
+            if not isinstance(run[name], kind) or isinstance(run[name], bool):
+                raise ValueError(f"{source}: runs[{i}].{name} has the wrong type")
+        if run["task"] not in ("caption", "vqa"):
+            raise ValueError(f"{source}: runs[{i}].task must be 'caption' or 'vqa'")
+        if run["reference"] not in ("clean", "ground_truth"):
+            raise ValueError(f"{source}: runs[{i}].reference must be 'clean' or 'ground_truth'")
+        for part in ("clean", "adversarial", "degradation"):
+            bad = [k for k, v in run[part].items() if not isinstance(v, int | float)]
+            if bad:
+                raise ValueError(f"{source}: runs[{i}].{part}[{bad[0]!r}] is not a number")
+
+
+def load_results(paths: list[Path]) -> tuple[list[dict], list[dict], dict]:
+    """Runs from every file (validated), their gallery rows, and the first file's meta."""
+    runs, gallery, meta = [], [], {}
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"results file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        validate_results(data, str(path))
+        runs += data["runs"]
+        meta = meta or data["meta"]
+        predictions = path.parent / "predictions.jsonl"
+        if predictions.exists():
+            for line in predictions.read_text().splitlines():
+                row = json.loads(line) if line.strip() else {}
+                if "gallery" in row:
+                    row["gallery"] = {k: str(path.parent / v) for k, v in row["gallery"].items()}
+                    gallery.append(row)
+    return runs, gallery, meta
+
+
+def model_label(run: dict) -> str:
+    return f"{run['model']} ({run['loss']})"
+
+
+def comparisons(runs: list[dict]) -> list[dict]:
+    """CE vs PRSL cells: same task, reference, attack, ε, metric; lower degradation wins."""
+    cells: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for run in runs:
+        for metric, value in run["degradation"].items():
+            cells[(run["task"], run["reference"], run["attack"], run["eps"], metric)][
+                run["loss"]
+            ] = value
+    return [
+        {"cell": cell, "ce": losses["ce"], "prsl": losses["prsl"]}
+        for cell, losses in cells.items()
+        if "ce" in losses and "prsl" in losses
+    ]
+
+
+def summary_lines(runs: list[dict]) -> list[str]:
+    found = comparisons(runs)
+    if not found:
+        return ["No CE/PRSL pair in these results: nothing to compare."]
+    lines = []
+    for reference in ("clean", "ground_truth"):
+        cells = [c for c in found if c["cell"][1] == reference]
+        if not cells:
+            continue
+        wins = sum(c["prsl"] < c["ce"] for c in cells)
+        ties = sum(c["prsl"] == c["ce"] for c in cells)
+        verdict = (
+            "PRSL degraded less than CE in most cells"
+            if wins > len(cells) / 2
+            else "PRSL did NOT degrade less than CE in most cells"
+        )
+        lines.append(
+            f"Reference = {reference}: {verdict} ({wins} of {len(cells)} task/attack/ε/metric "
+            f"cells lower, {ties} equal)."
+        )
+    return lines
+
+
+def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[(run["task"], run["reference"], run["attack"])].append(run)
+    return dict(sorted(groups.items()))
+
+
+def table_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: ε, metric, then clean / adversarial / Δ per model; best marked **."""
+    models = sorted({model_label(r) for r in runs})
+    header = ["ε", "metric"] + [f"{m} {p}" for m in models for p in ("clean", "adv", "Δ")]
+    by = {(model_label(r), r["eps"]): r for r in runs}
+    rows = []
+    for eps in sorted({r["eps"] for r in runs}):
+        metrics = sorted({m for r in runs if r["eps"] == eps for m in r["clean"]})
+        for metric in metrics:
+            cells = {m: by.get((m, eps)) for m in models}
+            present = [c for c in cells.values() if c is not None]
+            best_adv = max(c["adversarial"][metric] for c in present)
+            best_deg = min(c["degradation"][metric] for c in present)
+            row = [f"{eps * 255:.3g}/255", metric]
+            for m in models:
+                run = cells[m]
+                if run is None:
+                    row += ["–"] * 3
+                    continue
+                adv, deg = run["adversarial"][metric], run["degradation"][metric]
+                mark = len(present) > 1
+                row += [
+                    f"{run['clean'][metric]:.4f}",
+                    _bold(f"{adv:.4f}", mark and adv == best_adv),
+                    _bold(f"{deg:+.4f}", mark and deg == best_deg),
+                ]
+            rows.append(row)
+    return header, rows
+
+
+def _bold(text: str, on: bool) -> str:
+    return f"**{text}**" if on else text
+
+
+def plot_vs_eps(runs: list[dict], folder: Path) -> list[Path]:
+    made = []
+    for (task, reference, attack), group in grouped(runs).items():
+        if len({r["eps"] for r in group}) < 2:
+            continue
+        metrics = [m for m in HEADLINE[task] if m in group[0]["adversarial"]]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
+        for ax, metric in zip(axes[0], metrics, strict=True):
+            for label in sorted({model_label(r) for r in group}):
+                points = sorted(
+                    (r["eps"], r["adversarial"][metric]) for r in group if model_label(r) == label
+                )
+                clean = next(r["clean"][metric] for r in group if model_label(r) == label)
+                xs = [0.0] + [p[0] * 255 for p in points]
+                ax.plot(xs, [clean] + [p[1] for p in points], marker="o", label=label)
+            ax.set(xlabel="ε (×1/255)", ylabel=metric, title=f"{attack}: {metric}")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{task}, reference = {reference}", fontsize=9)
+        fig.tight_layout()
+        path = folder / f"eps_{task}_{reference}_{attack}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def plot_vs_iteration(runs: list[dict], folder: Path) -> list[Path]:
+    made = []
+    curves = [r for r in runs if r.get("per_step")]
+    keys = sorted({(r["task"], r["reference"], r["attack"], r["eps"]) for r in curves})
+    for task, reference, attack, eps in keys:
+        group = [
+            r
+            for r in curves
+            if (r["task"], r["reference"], r["attack"], r["eps"]) == (task, reference, attack, eps)
+        ]
+        metrics = [m for m in HEADLINE[task] if m in group[0]["adversarial"]]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
+        for ax, metric in zip(axes[0], metrics, strict=True):
+            for run in sorted(group, key=model_label):
+                ys = [run["clean"][metric]] + [s[metric] for s in run["per_step"]]
+                ax.plot(range(len(ys)), ys, marker=".", label=model_label(run))
+            ax.set(
+                xlabel="attack iteration", ylabel=metric, title=f"{attack} ε={eps * 255:.3g}/255"
+            )
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{task}, reference = {reference}", fontsize=9)
+        fig.tight_layout()
+        path = folder / f"iter_{task}_{reference}_{attack}_{eps * 255:.3g}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def write_report(
+    result_files: list[Path], out: Path, title: str = "prsl robustness report"
+) -> dict:
+    """Write report.md, report.html and plots/ into ``out``; returns their paths."""
+    runs, gallery, meta = load_results(result_files)
+    out.mkdir(parents=True, exist_ok=True)
+    plots_dir = out / "plots"
+    plots_dir.mkdir(exist_ok=True)
+    plots = plot_vs_eps(runs, plots_dir) + plot_vs_iteration(runs, plots_dir)
+    sections = []
+    for (task, reference, attack), group in grouped(runs).items():
+        header, rows = table_rows(group)
+        sections.append((f"{task} — {attack} — reference: {reference}", header, rows))
+    md = _markdown(title, meta, runs, sections, plots, gallery, out)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(_html(title, meta, runs, sections, plots, gallery))
+    return {"markdown": out / "report.md", "html": out / "report.html", "plots": plots}
+
+
+def _notes(meta: dict) -> list[str]:
+    notes = [
+        "Degradation Δ = clean score − adversarial score (lower is more robust). "
+        "Reference *clean*: scored against the model's own clean output (the paper's protocol: "
+        "how far the attack moves the answer); *ground_truth*: against the dataset references.",
+    ]
+    if meta.get("bertscore_model"):
+        notes.append(f"BERTScore model: {meta['bertscore_model']}.")
+    if meta.get("skipped"):
+        notes.append(
+            f"{len(meta['skipped'])} item(s) were skipped as unreadable (see results.json)."
+        )
+    if "seed" in meta:
+        notes.append(f"Seed: {meta['seed']}.")
+    return notes
+
+
+def _markdown(title, meta, runs, sections, plots, gallery, out: Path) -> str:
+    lines = [f"# {title}", "", *[f"- {s}" for s in summary_lines(runs)], ""]
+    lines += [f"> {n}" for n in _notes(meta)] + [""]
+    for name, header, rows in sections:
+        lines += [f"## {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(out)})" for p in plots] + [""]
+    if gallery:
+        lines += ["## Gallery", "", "| clean | adversarial | captions |", "|---|---|---|"]
+        for row in gallery:
+            clean, adv = row["gallery"]["clean"], row["gallery"]["adversarial"]
+            lines.append(
+                f"| ![clean]({_rel(clean, out)}) | ![adv]({_rel(adv, out)}) | "
+                f"{row['model']} {row['attack']} ε={row['eps'] * 255:.3g}/255<br>"
+                f"clean: {row['clean']}<br>adversarial: {row['adversarial']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _rel(path, out: Path) -> str:
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(out.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def _html(title, meta, runs, sections, plots, gallery) -> str:
+    esc = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{esc(title)}</title><style>",
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}",
+        "table{border-collapse:collapse;font-size:12px;margin-bottom:1.5em}",
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}",
+        "th{background:#f0f0f0}b{color:#0a6}img.plot{max-width:100%}",
+        ".pair img{width:128px;image-rendering:pixelated;margin-right:6px}",
+        "</style></head><body>",
+        f"<h1>{esc(title)}</h1><ul>",
+        *[f"<li>{esc(s)}</li>" for s in summary_lines(runs)],
+        "</ul>",
+        *[f"<p><i>{esc(n)}</i></p>" for n in _notes(meta)],
+    ]
+    for name, header, rows in sections:
+        parts.append(f"<h2>{esc(name)}</h2><table><tr>")
+        parts += [f"<th>{esc(h)}</th>" for h in header]
+        parts.append("</tr>")
+        for row in rows:
+            cells = []
+            for cell in row:
+                bold = cell.startswith("**")
+                text = esc(cell.strip("*"))
+                cells.append(f"<td>{'<b>' + text + '</b>' if bold else text}</td>")
+            parts.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append("</table>")
+    if plots:
+        parts.append("<h2>Plots</h2>")
+        parts += [f"<img class='plot' alt='{esc(p.stem)}' src='{_data_uri(p)}'>" for p in plots]
+    if gallery:
+        parts.append("<h2>Gallery</h2>")
+        for row in gallery:
+            parts.append(
+                "<div class='pair'>"
+                f"<img alt='clean' src='{_data_uri(row['gallery']['clean'])}'>"
+                f"<img alt='adversarial' src='{_data_uri(row['gallery']['adversarial'])}'>"
+                f"<p>{esc(row['model'])} ({esc(row['loss'])}), {esc(row['attack'])} "
+                f"ε={row['eps'] * 255:.3g}/255<br>clean: <q>{esc(row['clean'])}</q><br>"
+                f"adversarial: <q>{esc(row['adversarial'])}</q></p></div>"
+            )
+    parts.append("</body></html>")
+    return "\n".join(parts)

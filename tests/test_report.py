@@ -1,0 +1,165 @@
+"""The report: schema validation, honest summary, tables with the better value marked, HTML."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from PIL import Image
+
+from prsl.report import summary_lines, validate_results, write_report
+
+METRICS = ["BLEU-4", "CIDEr", "BERTScore"]
+
+
+def _run(loss, eps, reference, clean, adv, per_step=None):
+    run = {
+        "model": f"tiny-{loss}",
+        "loss": loss,
+        "loss_params": {"k": 4} if loss == "prsl" else {},
+        "task": "caption",
+        "attack": "bim",
+        "eps": eps,
+        "steps": 10,
+        "n_images": 8,
+        "reference": reference,
+        "clean": dict.fromkeys(METRICS, clean),
+        "adversarial": dict.fromkeys(METRICS, adv),
+        "degradation": dict.fromkeys(METRICS, clean - adv),
+    }
+    if per_step:
+        run["per_step"] = [dict.fromkeys(METRICS, v) for v in per_step]
+    return run
+
+
+def _results(tmp_path, prsl_adv):
+    runs = []
+    for reference in ("clean", "ground_truth"):
+        for eps in (2 / 255, 8 / 255):
+            runs.append(_run("ce", eps, reference, 0.9, 0.3, per_step=[0.6, 0.3]))
+            runs.append(_run("prsl", eps, reference, 0.88, prsl_adv, per_step=[0.7, prsl_adv]))
+    folder = tmp_path / "eval"
+    (folder / "gallery").mkdir(parents=True)
+    rows = []
+    for name in ("clean", "adv"):
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(folder / "gallery" / f"x_{name}.png")
+    rows.append(
+        {
+            "model": "tiny-ce",
+            "loss": "ce",
+            "attack": "bim",
+            "eps": 8 / 255,
+            "key": "img-0",
+            "clean": "a red square",
+            "adversarial": "a blue circle",
+            "gallery": {"clean": "gallery/x_clean.png", "adversarial": "gallery/x_adv.png"},
+        }
+    )
+    (folder / "predictions.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    path = folder / "results.json"
+    path.write_text(json.dumps({"runs": runs, "meta": {"bertscore_model": "MiniLM-L6"}}))
+    return path
+
+
+def test_report_files_tables_and_marking(tmp_path):
+    results = _results(tmp_path, prsl_adv=0.6)
+    paths = write_report([results], tmp_path / "report")
+    md = paths["markdown"].read_text()
+    assert "## caption — bim — reference: clean" in md
+    # PRSL keeps more under attack here: its adversarial score and degradation are marked.
+    assert "| 8/255 | CIDEr | 0.9000 | 0.3000 | +0.6000 | 0.8800 | **0.6000** | **+0.2800** |" in md
+    assert "PRSL degraded less than CE in most cells" in md
+    assert "MiniLM-L6" in md
+    # score vs ε per reference (2), score vs iteration per reference and ε (4)
+    assert len(paths["plots"]) == 6
+    html = paths["html"].read_text()
+    assert html.count("data:image/png;base64,") == 6 + 2  # plots + one gallery pair, inline
+    assert "a blue circle" in html and "<table>" in html
+
+
+def test_summary_says_so_when_prsl_does_not_help():
+    runs = [_run("ce", 8 / 255, "clean", 0.9, 0.5), _run("prsl", 8 / 255, "clean", 0.9, 0.2)]
+    (line,) = summary_lines(runs)
+    assert "PRSL did NOT degrade less than CE" in line and "0 of 3" in line
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ([], "expected an object with a 'runs' list"),
+        ({"runs": []}, "missing the 'meta' object"),
+        ({"runs": [{"model": "m"}], "meta": {}}, r"runs\[0\] lacks field 'loss'"),
+        (
+            {"runs": [_run("ce", 0.1, "clean", 1, 0) | {"task": "retrieval"}], "meta": {}},
+            "task must be 'caption' or 'vqa'",
+        ),
+        (
+            {"runs": [_run("ce", 0.1, "clean", 1, 0) | {"clean": {"CIDEr": "high"}}], "meta": {}},
+            r"clean\['CIDEr'\] is not a number",
+        ),
+    ],
+)
+def test_wrong_schema_is_a_clear_error(data, message):
+    with pytest.raises(ValueError, match=message):
+        validate_results(data)
+
+
+def test_report_rejects_files_that_are_not_results(tmp_path):
+    bad = tmp_path / "results.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        write_report([bad], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        write_report([tmp_path / "missing.json"], tmp_path / "out")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")
+def test_html_renders_in_headless_chromium(tmp_path):
+    paths = write_report([_results(tmp_path, prsl_adv=0.6)], tmp_path / "report")
+    shot = tmp_path / "shot.png"
+    dom = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
+            paths["html"].as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    # Every image decoded (naturalWidth > 0 can't be read from a DOM dump, so check the page
+    # kept all images and tables), then a screenshot to make sure it paints.
+    assert dom.count("<img") == 8 and dom.count("<table>") == 2
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile2'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,2000",
+            paths["html"].as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    image = Image.open(shot).convert("RGB")
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50  # text, tables and plots, not a blank page
