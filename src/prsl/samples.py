@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prsl.data.images import ImageLoadError, load_rgb, to_pixels
+from prsl.data.images import load_images
 from prsl.data.types import CaptionExample, DatasetSplit, ImageSource, Skipped, VQAExample
 
 log = logging.getLogger(__name__)
@@ -88,13 +88,6 @@ def load_batch(
     Returns the pixels of the kept samples (None when none could be read), the kept samples,
     and what was skipped, each named with its path and reason in the log.
     """
-    images, kept, skipped = [], [], []
-    for sample in samples:
-        try:
-            images.append(load_rgb(sample.image))
-            kept.append(sample)
-        except ImageLoadError as err:
-            skipped.append(Skipped(str(sample.image), str(err)))
-            log.warning("skipping unreadable image %s: %s", sample.image, err)
-    pixels = to_pixels(images, size) if images else None
-    return pixels, kept, skipped
+    loaded = load_images([s.image for s in samples], size, log)
+    kept = [samples[i] for i in loaded.kept]
+    return (loaded.pixels if kept else None), kept, loaded.skipped

@@ -1,0 +1,43 @@
+"""Readers by name, so configs and the CLI pick a dataset with a string and keyword options."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from prsl.data.captions import read_coco, read_flickr, read_imagefolder, read_karpathy
+from prsl.data.shapes import make_shapes_captions, make_shapes_vqa
+from prsl.data.types import DatasetSplit
+from prsl.data.vqa import read_vg, read_vqav2
+
+READERS: dict[str, Callable[..., DatasetSplit]] = {
+    "coco": read_coco,
+    "karpathy": read_karpathy,
+    "flickr": read_flickr,
+    "imagefolder": read_imagefolder,
+    "vqav2": read_vqav2,
+    "vg": read_vg,
+    "shapes": make_shapes_captions,
+    "shapes-vqa": make_shapes_vqa,
+}
+
+
+def read_dataset(name: str, **options) -> DatasetSplit:
+    """Read dataset ``name`` with ``options`` (the reader's keyword arguments).
+
+    Wrong names or options are a ``ValueError`` listing what is accepted, raised before any
+    file is opened, so a typo in a config fails at once.
+    """
+    if name not in READERS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(READERS)}")
+    reader = READERS[name]
+    signature = inspect.signature(reader)
+    try:
+        signature.bind(**options)
+    except TypeError as err:
+        accepted = ", ".join(
+            p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+            for p in signature.parameters.values()
+        )
+        raise ValueError(f"dataset {name!r}: {err}; accepted options: {accepted}") from None
+    return reader(**options)
