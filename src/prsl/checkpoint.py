@@ -112,8 +112,9 @@ def save_checkpoint(
     partial = output_dir / f".checkpoint-{step}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    # Tied weights (GPT-2's wte/lm_head) share memory, which safetensors refuses: clone them.
     save_file(
-        {k: v.detach().cpu().contiguous() for k, v in model_state.items()},
+        {k: v.detach().cpu().clone() for k, v in model_state.items()},
         str(partial / "model.safetensors"),
     )
     save_state_dict(optimizer_state, partial, "optimizer")

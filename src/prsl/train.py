@@ -99,7 +99,9 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
         )
     set_seed(cfg.train.seed)
     split = read_dataset(cfg.data.name, **cfg.data.options)
-    adapter = build_adapter(cfg.model, split, base_dir=out / "base", accelerator=accelerator)
+    adapter = build_adapter(
+        cfg.model, split, base_dir=out / "base", accelerator=accelerator, seed=cfg.train.seed
+    )
     samples = training_samples(split, adapter.vqa_prompt)
     if not samples:
         raise ValueError(f"dataset {cfg.data.name!r} gave no training samples")

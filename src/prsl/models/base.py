@@ -20,6 +20,25 @@ class VLMAdapter(ABC):
 
     family: str  # registry name, e.g. "vision-encoder-decoder", "blip2"
     model: nn.Module  # the underlying Hugging Face model
+    vqa_template: str  # how a VQA question becomes a decoder prefix, with a ``{question}`` field
+    _forward_module: nn.Module | None = None
+
+    def vqa_prompt(self, question: str) -> str:
+        """The prompt that asks ``question`` (a decoder prefix: its tokens never carry a label)."""
+        return self.vqa_template.format(question=question.strip())
+
+    def set_forward_module(self, module: nn.Module | None) -> None:
+        """Run training forwards through ``module`` (e.g. a DDP wrapper of ``model``); None resets.
+
+        Gradient synchronisation under ``accelerate`` happens in the wrapper's forward, so the
+        differentiable path must call it, while ``generate`` and ``save`` keep using ``model``.
+        """
+        self._forward_module = module
+
+    @property
+    def forward_module(self) -> nn.Module:
+        """What differentiable forwards call: the wrapper when one is set, else ``model``."""
+        return self.model if self._forward_module is None else self._forward_module
 
     @property
     @abstractmethod

@@ -1,0 +1,89 @@
+"""The model a fine-tuning run starts from, as its configuration describes it.
+
+``name_or_path: tiny`` builds the from-scratch captioner with a vocabulary covering the
+training data (captions, or VQA prompts and answers); anything else is loaded with
+:func:`load_adapter`, and BLIP-2 is frozen for its fine-tuning mode.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prsl.models.blip2 import Blip2Adapter
+from prsl.models.hf import ADAPTER_INFO, HFAdapter
+from prsl.models.registry import load_adapter
+from prsl.models.tiny import build_tiny_captioner
+from prsl.models.ved import VisionEncoderDecoderAdapter
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from prsl.config import ModelConfig
+    from prsl.data.types import DatasetSplit
+
+TINY = "tiny"
+
+
+def vocabulary_texts(split: DatasetSplit, vqa_template: str) -> list[str]:
+    """Every text the tiny model will read or write: references, or prompts and answers."""
+    texts: list[str] = []
+    for example in split.examples:
+        question = getattr(example, "question", None)
+        if question is None:
+            texts.extend(example.references)
+        else:
+            texts.append(vqa_template.format(question=question.strip()))
+            texts.extend(example.answers)
+    return texts
+
+
+def build_adapter(
+    model_cfg: ModelConfig,
+    split: DatasetSplit,
+    *,
+    base_dir: str | Path | None = None,
+    accelerator: Accelerator | None = None,
+    seed: int = 0,
+) -> HFAdapter:
+    """The adapter to fine-tune, on the accelerator's device.
+
+    For the tiny model, ``base_dir`` keeps the freshly built model: the main process builds
+    and saves it first, the others (and a resumed run) load it, so every process starts from
+    the same vocabulary and weights.
+    """
+    if model_cfg.name_or_path == TINY:
+        adapter = _tiny_adapter(model_cfg, split, base_dir, accelerator, seed)
+    else:
+        adapter = load_adapter(
+            model_cfg.name_or_path,
+            family=model_cfg.family,
+            trust_remote_code=model_cfg.trust_remote_code,
+        )
+        if isinstance(adapter, Blip2Adapter):
+            adapter.freeze_for_finetune(
+                model_cfg.blip2_trainable, lora_r=model_cfg.lora_r, lora_alpha=model_cfg.lora_alpha
+            )
+    if accelerator is not None:
+        adapter.model.to(accelerator.device)
+    return adapter
+
+
+def _tiny_adapter(
+    model_cfg: ModelConfig,
+    split: DatasetSplit,
+    base_dir: str | Path | None,
+    accelerator: Accelerator | None,
+    seed: int,
+) -> HFAdapter:
+    main = accelerator is None or accelerator.is_main_process
+    first: Any = accelerator.main_process_first() if accelerator is not None else nullcontext()
+    with first:
+        if base_dir is not None and (Path(base_dir) / ADAPTER_INFO).is_file():
+            return load_adapter(base_dir)
+        texts = vocabulary_texts(split, VisionEncoderDecoderAdapter.default_vqa_template)
+        adapter = build_tiny_captioner(texts, **model_cfg.tiny.model_dump(), seed=seed)
+        if base_dir is not None and main:
+            adapter.save(base_dir)
+    return adapter

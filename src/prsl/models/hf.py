@@ -1,0 +1,233 @@
+"""What the Hugging Face adapters share: pixel normalisation, token layout, loading and saving.
+
+Both families lay a training example out the same way: ``prefix + prompt + text + [end]``,
+where the prefix is what the model needs before any text (a decoder-start token, or BLIP-2's
+image placeholders and BOS). Only the tokens of ``text`` and the end token carry labels, so a
+VQA question is context, never a target. Padding is built here by hand rather than by the
+tokenizer, because the pad id of a checkpoint is often a real token (GPT-2 pads with its EOS):
+padded positions get the attention mask 0 and the label -100, whatever id fills them.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedModel
+
+from prsl.models.base import VLMAdapter
+
+ADAPTER_INFO = "prsl_adapter.json"
+"""Written beside the Hugging Face files by ``save``: the family and the VQA prompt template."""
+
+IGNORE_INDEX = -100
+
+
+def pad_batch(
+    rows: Sequence[Sequence[int]], value: int, *, left: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack token rows of different lengths into (ids, attention mask), both (B, T) long.
+
+    Generation pads on the left so every row's last real token sits at the end, where the next
+    token is appended; teacher forcing pads on the right so positions start at 0 everywhere.
+    """
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def teacher_forcing_batch(
+    prefixes: Sequence[list[int]], texts: Sequence[list[int]], end_id: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask, labels) for ``prefix + text + [end]``, right-padded.
+
+    ``labels[b, t]`` is the token that ``input[b, t]`` must predict when it belongs to the text
+    or is the end token, and -100 otherwise (prefix, prompt, padding).
+    """
+    rows, targets = [], []
+    for prefix, text in zip(prefixes, texts, strict=True):
+        rows.append(prefix + text)
+        targets.append([IGNORE_INDEX] * (len(prefix) - 1) + text + [end_id])
+    ids, mask = pad_batch(rows, pad_id, left=False)
+    labels, _ = pad_batch(targets, IGNORE_INDEX, left=False)
+    return ids, mask, labels
+
+
+def image_geometry(processor: Any) -> tuple[list[float], list[float], tuple[int, int]]:
+    """(mean, std, (H, W)) of a Hugging Face image processor, validated."""
+    mean, std = list(processor.image_mean), list(processor.image_std)
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"image processor must give 3 channel means/stds, got {mean} / {std}")
+    size = processor.size
+    height, width = getattr(size, "height", None), getattr(size, "width", None)
+    if height is None and isinstance(size, dict):
+        height, width = size.get("height"), size.get("width")
+    if height is None or width is None:
+        shortest = getattr(size, "shortest_edge", None)
+        if shortest is None and isinstance(size, dict):
+            shortest = size.get("shortest_edge")
+        if shortest is None:
+            raise ValueError(f"cannot read an input size (height/width) from {size!r}")
+        height = width = shortest
+    return mean, std, (int(height), int(width))
+
+
+class HFAdapter(VLMAdapter):
+    """An adapter over a Hugging Face model, its tokenizer and its image processor."""
+
+    model_class: ClassVar[type[PreTrainedModel]]
+    default_vqa_template: ClassVar[str]
+    default_hub_id: ClassVar[str]  # the paper's checkpoint of the family
+    pad_token_id: int  # fills padded positions; they are masked and never a label
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        image_processor: Any,
+        *,
+        vqa_template: str | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        mean, std, self._pixel_size = image_geometry(image_processor)
+        self.image_mean = torch.tensor(mean, dtype=torch.float32)
+        self.image_std = torch.tensor(std, dtype=torch.float32)
+        self.vqa_template = self.default_vqa_template if vqa_template is None else vqa_template
+        if "{question}" not in self.vqa_template:
+            raise ValueError(f"vqa_template must contain '{{question}}', got {self.vqa_template!r}")
+        self.end_token_id, self.stop_token_ids = self._end_tokens()
+
+    # ----------------------------------------------------------------- pixels and tokens
+    @property
+    def pixel_size(self) -> tuple[int, int]:
+        return self._pixel_size
+
+    @property
+    @abstractmethod
+    def vision_dtype(self) -> torch.dtype:
+        """The dtype the vision tower computes in (normalised pixels are cast to it)."""
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(pixels - mean) / std in fp32, then cast to the vision dtype; differentiable."""
+        height, width = self.pixel_size
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, height, width):
+            raise ValueError(
+                f"pixels must have shape (B, 3, {height}, {width}) for this model, "
+                f"got {tuple(pixels.shape)}; resize images to pixel_size first"
+            )
+        mean = self.image_mean.to(pixels.device).view(1, 3, 1, 1)
+        std = self.image_std.to(pixels.device).view(1, 3, 1, 1)
+        return ((pixels.float() - mean) / std).to(self.vision_dtype)
+
+    def _end_tokens(self) -> tuple[int, frozenset[int]]:
+        """The token that ends a training target, and every token that stops generation.
+
+        Taken from the generation config first: BLIP-2-OPT ends answers with "\\n", not with
+        the tokenizer's EOS, and training must teach the same stop that ``generate`` uses.
+        """
+        eos = self.model.generation_config.eos_token_id
+        ids = [eos] if isinstance(eos, int) else list(eos or [])
+        if not ids and self.tokenizer.eos_token_id is not None:
+            ids = [self.tokenizer.eos_token_id]
+        if not ids:
+            raise ValueError("neither the generation config nor the tokenizer defines an EOS id")
+        return ids[0], frozenset(ids)
+
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def _prompt_ids(self, prompts: list[str] | None, batch: int) -> list[list[int]]:
+        if prompts is None:
+            return [[] for _ in range(batch)]
+        if len(prompts) != batch:
+            raise ValueError(f"got {len(prompts)} prompts for {batch} images; give one per image")
+        return self._token_ids([p.rstrip() for p in prompts])
+
+    def _text_ids(self, texts: list[str], prompts: list[str] | None, batch: int) -> list[list[int]]:
+        """Tokens of the targets; after a prompt a text starts with a space, as in running text."""
+        if len(texts) != batch:
+            raise ValueError(f"got {len(texts)} texts for {batch} images; give one per image")
+        spaced = [
+            " " + t.strip() if prompts is not None and prompts[i].strip() else t.strip()
+            for i, t in enumerate(texts)
+        ]
+        return self._token_ids(spaced)
+
+    def _check_length(self, length: int, what: str) -> None:
+        limit = self.max_positions
+        if limit is not None and length > limit:
+            raise ValueError(f"{what} needs {length} positions but the model holds {limit}")
+
+    @property
+    @abstractmethod
+    def max_positions(self) -> int | None:
+        """How many token positions the language model can attend over (None: unbounded)."""
+
+    def _decode(self, new_tokens: torch.Tensor) -> list[str]:
+        """Strings of generated tokens, cut at the first stop token, special tokens dropped."""
+        texts = []
+        for row in new_tokens.tolist():
+            cut = next((i for i, t in enumerate(row) if t in self.stop_token_ids), len(row))
+            texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+        return texts
+
+    def _generation_kwargs(self, max_new_tokens: int, overrides: dict[str, Any]) -> dict[str, Any]:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        return {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": False,
+            "num_beams": 1,
+            "pad_token_id": self.pad_token_id,
+            **overrides,
+        }
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._save_model(directory)
+        self.tokenizer.save_pretrained(directory)
+        self.image_processor.save_pretrained(directory)
+        info = {"family": self.family, "vqa_template": self.vqa_template}
+        (directory / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+    def _save_model(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        trust_remote_code: bool = False,
+        vqa_template: str | None = None,
+    ) -> HFAdapter:
+        """Model, tokenizer and image processor of a hub id or a local directory.
+
+        Without ``name_or_path``, the family's paper checkpoint (``default_hub_id``).
+        """
+        source = cls.default_hub_id if name_or_path is None else str(name_or_path)
+        options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        model = cls.model_class.from_pretrained(
+            source, **options, **({} if dtype is None else {"dtype": dtype})
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+        processor = AutoImageProcessor.from_pretrained(source, **options)
+        if device is not None:
+            model.to(device)
+        model.eval()
+        return cls(model, tokenizer, processor, vqa_template=vqa_template)
