@@ -1,0 +1,35 @@
+"""Captioning and VQA metrics: BLEU-1..4, METEOR, ROUGE-L, CIDEr, BERTScore and VQA accuracy.
+
+Knows nothing of models, losses, data or attacks: strings in, corpus-level numbers out.
+
+>>> from prsl.metrics import score
+>>> score(["a dog runs"], [["a dog is running", "a dog runs on grass"]])  # doctest: +SKIP
+{'BLEU-1': ..., ..., 'BERTScore': ...}
+
+BLEU, METEOR, ROUGE-L and CIDEr come from ``pycocoevalcap`` (the COCO caption evaluation; needs
+Java), BERTScore from ``bert-score`` with an offline MiniLM model by default, VQA accuracy is the
+VQAv2 soft accuracy with the official answer normalisation.
+"""
+
+from prsl.metrics.bertscore import BERTSCORE_DEFAULT, default_model_dir
+from prsl.metrics.scorer import (
+    ALL_METRICS,
+    CAPTION_METRICS,
+    VQA_METRICS,
+    Scorer,
+    score,
+)
+from prsl.metrics.vqa import mean_vqa_accuracy, normalize_answer, vqa_accuracy
+
+__all__ = [
+    "ALL_METRICS",
+    "BERTSCORE_DEFAULT",
+    "CAPTION_METRICS",
+    "VQA_METRICS",
+    "Scorer",
+    "default_model_dir",
+    "mean_vqa_accuracy",
+    "normalize_answer",
+    "score",
+    "vqa_accuracy",
+]

@@ -1,0 +1,185 @@
+"""BLEU-1..4, METEOR, ROUGE-L and CIDEr through ``pycocoevalcap``, as the COCO caption evaluation.
+
+Captions and references go through pycocoevalcap's Stanford PTB tokenizer (lower case,
+punctuation removed), then ``Bleu(4)``, ``Meteor()``, ``Rouge()`` and ``Cider()`` score the
+tokenised corpus, so the numbers are the field's reference numbers. Both the tokenizer and METEOR
+are Java programs.
+
+Empty captions: an empty (or whitespace-only) candidate is passed through unchanged. The
+tokenizer keeps it as an empty line and every scorer counts it as a hypothesis with no words:
+BLEU adds its reference length and no n-grams (the brevity penalty falls), METEOR, ROUGE-L and
+CIDEr give it 0. No placeholder token is substituted, because one would be a one-word
+hypothesis to BLEU and change its brevity penalty and n-gram precisions.
+
+Three traps of the wrappers are handled here: the tokenizer reads one caption per line, so any
+character Java treats as a line break (``\\r``, ``\\x0b``, ``\\u2028``, ...) would silently shift
+every later caption onto the wrong image; METEOR's Java process parses numbers in the JVM's locale
+(it fails on a decimal comma); and its stderr is a pipe nobody reads, which can fill and hang it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Collection, Sequence
+from typing import IO
+
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor import meteor as meteor_module
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+BLEU_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
+COCO_METRICS = (*BLEU_METRICS, "METEOR", "ROUGE-L", "CIDEr")
+
+JAVA_MISSING = (
+    "BLEU, METEOR, ROUGE-L and CIDEr need Java 17 on PATH: pycocoevalcap runs the Stanford PTB "
+    "tokenizer and METEOR as Java programs. Install it, e.g. "
+    "`apt-get install openjdk-17-jre-headless`, or score only BERTScore / VQA-acc."
+)
+
+_Tokenised = dict[int, list[str]]
+
+
+def require_java() -> None:
+    """Fail early, with the fix, when no ``java`` is on PATH (pycocoevalcap starts it by name)."""
+    if shutil.which("java") is None:
+        raise RuntimeError(JAVA_MISSING)
+
+
+def _one_line(text: str) -> str:
+    """Collapse every kind of whitespace, line breaks included, to single spaces.
+
+    The PTB tokenizer tokenises on whitespace, so this changes no token; it only guarantees that
+    a caption stays on its own line of the tokenizer's input.
+    """
+    return " ".join(text.split())
+
+
+def ptb_tokenize(
+    candidates: Sequence[str], references: Sequence[Sequence[str]]
+) -> tuple[_Tokenised, _Tokenised]:
+    """Tokenise references and candidates as the COCO evaluation does; keys are item indices."""
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize(
+        {i: [{"caption": _one_line(r)} for r in refs] for i, refs in enumerate(references)}
+    )
+    res = tokenizer.tokenize({i: [{"caption": _one_line(c)}] for i, c in enumerate(candidates)})
+    aligned = len(res) == len(candidates) and all(
+        len(gts.get(i, ())) == len(refs) for i, refs in enumerate(references)
+    )
+    if not aligned:
+        raise RuntimeError("the PTB tokenizer returned a different number of lines than given")
+    return gts, res
+
+
+class _LocaleSafeMeteor(meteor_module.Meteor):
+    """pycocoevalcap's METEOR scorer, started so that it cannot fail on locale or hang on stderr.
+
+    Only the start-up and shutdown differ from the library class; ``compute_score`` (the protocol
+    with the jar) is the library's own. ``Meteor.__init__`` is not called because it would start
+    a second JVM with the unsafe command.
+    """
+
+    def __init__(self) -> None:
+        self.meteor_cmd = [
+            "java",
+            "-Duser.language=en",  # the jar prints and parses numbers in the JVM locale
+            "-Duser.country=US",
+            "-jar",
+            "-Xmx2G",
+            meteor_module.METEOR_JAR,
+            *("-", "-", "-stdio", "-l", "en", "-norm"),
+        ]
+        # A file, not a pipe: nothing reads stderr while scoring, and a full pipe blocks the JVM.
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
+        self.meteor_p = subprocess.Popen(
+            self.meteor_cmd,
+            cwd=os.path.dirname(os.path.abspath(meteor_module.__file__)),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+        )
+        self.lock = threading.Lock()
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        """The end of what the JVM wrote to stderr, for error messages."""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")[-limit:].strip()
+
+    def close(self) -> None:
+        """Stop the JVM and release its pipes; safe to call more than once.
+
+        Unlike the library's ``__del__`` this never waits on ``self.lock``, which a failed
+        ``compute_score`` leaves held; waiting on it would hang garbage collection.
+        """
+        process = self.meteor_p
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout, self._stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
+
+    def __del__(self) -> None:
+        if hasattr(self, "meteor_p"):  # absent when Popen itself failed
+            self.close()
+
+
+class MeteorProcess:
+    """A METEOR JVM started on first use and reused, because starting one takes seconds.
+
+    The JVM exits when :meth:`close` is called, when this object is garbage-collected, or when
+    its stdin closes because the Python process ended, so no process outlives its owner.
+    """
+
+    def __init__(self) -> None:
+        self._meteor: _LocaleSafeMeteor | None = None
+
+    def score(self, gts: _Tokenised, res: _Tokenised) -> float:
+        """Corpus METEOR of tokenised candidates ``res`` against references ``gts``."""
+        if self._meteor is None:
+            self._meteor = _LocaleSafeMeteor()
+        try:
+            value, _ = self._meteor.compute_score(gts, res)
+        except (ValueError, OSError) as exc:
+            detail = self._meteor.stderr_tail() or "(nothing on stderr)"
+            self.close()  # the protocol is out of step; the next call starts a fresh JVM
+            raise RuntimeError(f"METEOR's Java process failed ({exc}); stderr: {detail}") from exc
+        return float(value)
+
+    def close(self) -> None:
+        """Stop the JVM if one is running."""
+        if self._meteor is not None:
+            self._meteor.close()
+            self._meteor = None
+
+
+def coco_scores(
+    candidates: Sequence[str],
+    references: Sequence[Sequence[str]],
+    wanted: Collection[str],
+    meteor: MeteorProcess,
+) -> dict[str, float]:
+    """Corpus-level values of the ``wanted`` names among :data:`COCO_METRICS`.
+
+    Inputs are assumed validated (same length, no empty reference list); ``meteor`` is reused
+    across calls.
+    """
+    require_java()
+    gts, res = ptb_tokenize(candidates, references)
+    scores: dict[str, float] = {}
+    if any(name in wanted for name in BLEU_METRICS):
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        scores.update({name: float(value) for name, value in zip(BLEU_METRICS, bleu, strict=True)})
+    if "METEOR" in wanted:
+        scores["METEOR"] = meteor.score(gts, res)
+    if "ROUGE-L" in wanted:
+        scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
+    if "CIDEr" in wanted:
+        scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    return {name: scores[name] for name in COCO_METRICS if name in wanted}

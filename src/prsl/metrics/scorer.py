@@ -1,0 +1,156 @@
+"""One call that scores candidates against references with any of the supported metrics.
+
+:class:`Scorer` holds the configuration and the expensive resources (the BERTScore model, the
+METEOR JVM), started on first use and reused, because evaluation scores many times.
+:func:`score` is the one-off version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from statistics import fmean
+from types import TracebackType
+
+from prsl.metrics.bertscore import BertScore
+from prsl.metrics.coco import COCO_METRICS, MeteorProcess, coco_scores
+from prsl.metrics.vqa import mean_vqa_accuracy
+
+CAPTION_METRICS = (*COCO_METRICS, "BERTScore")
+VQA_METRICS = ("VQA-acc",)
+ALL_METRICS = (*CAPTION_METRICS, *VQA_METRICS)
+
+
+def resolve_metrics(metrics: Sequence[str] | None) -> list[str]:
+    """The metric names to compute, in the order given, without repeats; None means captioning."""
+    if metrics is None:
+        return list(CAPTION_METRICS)
+    if isinstance(metrics, str):
+        raise ValueError(f"metrics must be a list of names, e.g. [{metrics!r}], not a string")
+    unknown = [name for name in metrics if name not in ALL_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; valid names: {', '.join(ALL_METRICS)}")
+    if not metrics:
+        raise ValueError(f"metrics is empty: name at least one of {', '.join(ALL_METRICS)}")
+    return list(dict.fromkeys(metrics))
+
+
+def validate_inputs(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> None:
+    """Reject inputs that would otherwise be scored wrongly or crash deep inside a scorer."""
+    if isinstance(candidates, str) or isinstance(references, str):
+        raise ValueError("candidates and references must be lists, not a single string")
+    if not candidates:
+        raise ValueError("candidates is empty: give at least one candidate caption or answer")
+    if len(candidates) != len(references):
+        raise ValueError(
+            f"len(candidates)={len(candidates)} but len(references)={len(references)}: "
+            "give one list of references per candidate"
+        )
+    for i, cand in enumerate(candidates):
+        if not isinstance(cand, str):
+            raise ValueError(f"candidates[{i}] is a {type(cand).__name__}, expected a str")
+    for i, refs in enumerate(references):
+        if isinstance(refs, str):
+            raise ValueError(
+                f"references[{i}] is a str, expected a list of str: with one reference per "
+                "candidate pass [[r] for r in references]"
+            )
+        if not refs:
+            raise ValueError(
+                f"references[{i}] is empty: every candidate needs at least one reference"
+            )
+        if not all(isinstance(r, str) for r in refs):
+            raise ValueError(f"references[{i}] must contain only str")
+
+
+class Scorer:
+    """Scores candidates against references; reuse one instance to avoid reloading models.
+
+    Args:
+        bertscore_model: hub name or local directory of the BERTScore model; None for the
+            offline MiniLM default (see :data:`prsl.metrics.BERTSCORE_DEFAULT`).
+        bertscore_num_layers: embedding layer for BERTScore; None for the model's default.
+        device: torch device for BERTScore; None picks CUDA when available.
+        bertscore_batch_size: sentences per BERTScore forward pass.
+
+    Use it as a context manager, or call :meth:`close`, to stop the METEOR JVM as soon as scoring
+    is done; otherwise it stops when the Scorer is garbage-collected. Not thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        bertscore_model: str | None = None,
+        bertscore_num_layers: int | None = None,
+        device: str | None = None,
+        bertscore_batch_size: int = 64,
+    ) -> None:
+        self._bertscore = BertScore(
+            bertscore_model, bertscore_num_layers, device=device, batch_size=bertscore_batch_size
+        )
+        self._meteor = MeteorProcess()
+
+    def bertscore_description(self) -> str:
+        """Which BERTScore model and layer this Scorer reports, e.g. for a results file."""
+        return self._bertscore.description
+
+    def score(
+        self,
+        candidates: Sequence[str],
+        references: Sequence[Sequence[str]],
+        metrics: Sequence[str] | None = None,
+    ) -> dict[str, float]:
+        """Corpus-level scores of ``candidates[i]`` against the list ``references[i]``.
+
+        Args:
+            candidates: one generated caption (or VQA answer) per item; empty strings count as
+                wrong answers, they are never dropped.
+            references: for each item, one or more reference captions (or human answers).
+            metrics: names from :data:`ALL_METRICS`; None means all of :data:`CAPTION_METRICS`.
+
+        Returns:
+            ``{name: value}`` in the order asked. BLEU, METEOR, ROUGE-L, BERTScore and VQA-acc
+            lie in [0, 1]; CIDEr (CIDEr-D, as in pycocoevalcap) is usually in [0, 10].
+
+        Raises:
+            ValueError: on an unknown metric name or malformed input.
+            RuntimeError: when a Java-based metric is asked for and Java is missing.
+        """
+        names = resolve_metrics(metrics)
+        validate_inputs(candidates, references)
+        values: dict[str, float] = {}
+        coco_wanted = [name for name in names if name in COCO_METRICS]
+        if coco_wanted:
+            values.update(coco_scores(candidates, references, coco_wanted, self._meteor))
+        if "BERTScore" in names:
+            values["BERTScore"] = fmean(self._bertscore.f1(candidates, references))
+        if "VQA-acc" in names:
+            values["VQA-acc"] = mean_vqa_accuracy(candidates, references)
+        return {name: values[name] for name in names}
+
+    def close(self) -> None:
+        """Stop the METEOR JVM; the Scorer stays usable and restarts it when needed."""
+        self._meteor.close()
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def score(
+    candidates: Sequence[str],
+    references: Sequence[Sequence[str]],
+    metrics: Sequence[str] | None = None,
+    *,
+    bertscore_model: str | None = None,
+) -> dict[str, float]:
+    """Score once with a fresh :class:`Scorer` (see :meth:`Scorer.score`); use a Scorer to
+    score repeatedly without reloading the BERTScore model and restarting METEOR each time."""
+    with Scorer(bertscore_model=bertscore_model) as scorer:
+        return scorer.score(candidates, references, metrics)
