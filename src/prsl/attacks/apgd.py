@@ -1,0 +1,127 @@
+"""APGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness ..."), Linf and L2.
+
+PGD with a fixed step size either stalls (step too small) or oscillates (too large). APGD needs
+no step size: it starts at η = 2ε and halves it, per example, at checkpoints w_j = ⌈p_j·N⌉ with
+p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06), whenever
+
+1. fewer than ρ = 0.75 of the steps since the last checkpoint raised the loss, or
+2. neither η nor the best loss changed since the last checkpoint,
+
+and then restarts from the best point found so far. Each step is a projected gradient step
+z = P(x_k + η·s(∇)) followed by momentum 0.75: x_{k+1} = P(x_k + 0.75(z − x_k) + 0.25(x_k −
+x_{k−1})). The per-example best iterate is returned. (After a halving the momentum is reset, so
+the restart from the best point does not carry the direction of the point it left.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from prsl.attacks._ascent import steepest_step
+from prsl.attacks._checks import check_images, check_params
+from prsl.attacks.base import Attack, AttackResult, LossFn, finish
+from prsl.attacks.constraint import BallConstraint, expand, loss_and_grad
+
+MOMENTUM = 0.75
+RHO = 0.75
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """The iterations w_1 < w_2 < ... <= ``steps`` at which the step size may be halved."""
+    fractions = [0.0, 0.22]
+    while fractions[-1] <= 1.0:
+        fractions.append(fractions[-1] + max(fractions[-1] - fractions[-2] - 0.03, 0.06))
+    # the small tolerance keeps float error from pushing 0.22·100 up to 23
+    points = {math.ceil(p * steps - 1e-9) for p in fractions[1:] if p <= 1.0}
+    return sorted(w for w in points if 1 <= w <= steps)
+
+
+def apgd(
+    images: torch.Tensor,
+    loss_fn: LossFn,
+    *,
+    eps: float,
+    steps: int,
+    norm: str = "linf",
+    generator: torch.Generator | None = None,
+    quantize: str | None = None,
+    record_every_step: bool = False,
+    jpeg_quality: int | None = None,
+) -> torch.Tensor | AttackResult:
+    """Auto-PGD from a random point of the ball; returns the per-example best-loss iterate.
+
+    Costs ``steps + 1`` forward/backward passes (the start point is evaluated too).
+    ``record_every_step`` records the iterates x_1..x_N, not the running best.
+    """
+    check_params(
+        {
+            "eps": eps,
+            "steps": steps,
+            "norm": norm,
+            "generator": generator,
+            "quantize": quantize,
+            "jpeg_quality": jpeg_quality,
+        }
+    )
+    check_images(images)
+    constraint = BallConstraint(images, eps, norm, quantize, jpeg_quality)
+    checkpoints = set(apgd_checkpoints(steps))
+    direction = steepest_step(1.0, norm)
+
+    current = constraint.random_start(generator)
+    previous = current
+    loss, grad = loss_and_grad(loss_fn, current)
+    best, best_loss, best_grad = current, loss, grad
+    eta = torch.full_like(loss, 2 * eps)
+    eta_at_checkpoint, best_at_checkpoint = eta.clone(), best_loss.clone()
+    rises = torch.zeros_like(loss)
+    last_checkpoint = 0
+    history: list[torch.Tensor] = []
+
+    for k in range(steps):
+        z = constraint.project(current + expand(eta, current) * direction(grad))
+        weight = 1.0 if k == 0 else MOMENTUM
+        candidate = constraint.project(
+            current + weight * (z - current) + (1 - weight) * (current - previous)
+        )
+        new_loss, new_grad = loss_and_grad(loss_fn, candidate)
+        rises += (new_loss > loss).to(rises.dtype)
+        improved = new_loss > best_loss
+        best = torch.where(expand(improved, best), candidate, best)
+        best_grad = torch.where(expand(improved, best), new_grad, best_grad)
+        best_loss = torch.where(improved, new_loss, best_loss)
+        previous, current, loss, grad = current, candidate, new_loss, new_grad
+        if record_every_step:
+            history.append(current)
+
+        if k + 1 in checkpoints:
+            stalled = (eta == eta_at_checkpoint) & (best_loss == best_at_checkpoint)
+            halve = (rises < RHO * (k + 1 - last_checkpoint)) | stalled
+            eta = torch.where(halve, eta / 2, eta)
+            back = expand(halve, current)
+            current = torch.where(back, best, current)
+            previous = torch.where(back, best, previous)
+            loss = torch.where(halve, best_loss, loss)
+            grad = torch.where(back, best_grad, grad)
+            rises.zero_()
+            eta_at_checkpoint, best_at_checkpoint = eta.clone(), best_loss.clone()
+            last_checkpoint = k + 1
+
+    return finish(best, history, record_every_step)
+
+
+@dataclass(frozen=True)
+class APGD(Attack):
+    name = "apgd"
+    function = apgd
+
+    eps: float = 8 / 255
+    steps: int = 10
+    norm: str = "linf"
+    generator: torch.Generator | None = None
+    quantize: str | None = None
+    record_every_step: bool = False
+    jpeg_quality: int | None = None

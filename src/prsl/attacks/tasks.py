@@ -1,0 +1,130 @@
+"""Captioning / VQA loss functions for the attacks, built from any model adapter.
+
+Attacks only see ``loss_fn(images) -> (B,)``. These wrappers build it from anything with a
+``loss(pixels, texts, prompts=None)`` method (a ``prsl.models`` adapter, or a test double),
+and own the model-state discipline: during every call the model is in eval mode (no dropout:
+the loss the attack climbs is the loss that will be evaluated) and its parameters do not require
+gradients (no graph through the weights, no parameter memory); both are restored afterwards,
+module by module and parameter by parameter, even when the call fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from prsl.attacks.base import Attack, AttackResult, LossFn
+
+
+class SupportsLoss(Protocol):
+    """What the wrappers need from a model: per-example mean token CE of ``texts`` (B,)."""
+
+    def loss(
+        self, pixels: torch.Tensor, texts: list[str], prompts: list[str] | None = None
+    ) -> torch.Tensor: ...
+
+
+def _module_of(adapter: object) -> nn.Module | None:
+    if isinstance(adapter, nn.Module):
+        return adapter
+    model = getattr(adapter, "model", None)
+    return model if isinstance(model, nn.Module) else None
+
+
+@contextmanager
+def attack_mode(adapter: object) -> Iterator[None]:
+    """Eval mode and frozen parameters for the adapter's model (``adapter.model`` or itself).
+
+    Restores each submodule's own train/eval flag (a partly frozen model such as BLIP-2 with an
+    eval-mode LLM stays that way) and each parameter's ``requires_grad``. An adapter without an
+    ``nn.Module`` has no state to manage and is left alone.
+    """
+    module = _module_of(adapter)
+    if module is None:
+        yield
+        return
+    modes = [(sub, sub.training) for sub in module.modules()]
+    flags = [(param, param.requires_grad) for param in module.parameters()]
+    module.eval()
+    for param, _ in flags:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for sub, training in modes:
+            sub.training = training
+        for param, requires_grad in flags:
+            param.requires_grad_(requires_grad)
+
+
+def _text_loss(
+    adapter: SupportsLoss, texts: Sequence[str], prompts: Sequence[str] | None, sign: float
+) -> LossFn:
+    texts = list(texts)
+    prompts = None if prompts is None else list(prompts)
+    if not texts:
+        raise ValueError("texts must hold one text per image; got none")
+    if prompts is not None and len(prompts) != len(texts):
+        raise ValueError(
+            f"prompts must hold one prompt per text: got {len(prompts)} prompts, {len(texts)} texts"
+        )
+
+    def loss_fn(images: torch.Tensor) -> torch.Tensor:
+        if images.shape[0] != len(texts):
+            raise ValueError(
+                f"the attack passed {images.shape[0]} images but the loss has {len(texts)} texts"
+            )
+        with attack_mode(adapter):
+            return sign * adapter.loss(images, texts, prompts)
+
+    return loss_fn
+
+
+def untargeted_loss(
+    adapter: SupportsLoss, texts: Sequence[str], prompts: Sequence[str] | None = None
+) -> LossFn:
+    """Loss to maximise: the CE of ``texts`` (the model's clean output, or the ground truth).
+
+    For VQA, ``prompts`` carry the questions and the adapter counts the answer tokens only.
+    """
+    return _text_loss(adapter, texts, prompts, 1.0)
+
+
+def targeted_loss(
+    adapter: SupportsLoss, target_texts: Sequence[str], prompts: Sequence[str] | None = None
+) -> LossFn:
+    """Loss to maximise: minus the CE of ``target_texts`` (drives the model toward them)."""
+    return _text_loss(adapter, target_texts, prompts, -1.0)
+
+
+def transfer_attack(
+    attack: Attack, images: torch.Tensor, surrogate_loss_fn: LossFn
+) -> torch.Tensor | AttackResult:
+    """Craft on a surrogate: the attack sees only the surrogate's loss, never the target's."""
+    return attack(images, surrogate_loss_fn)
+
+
+def craft_on_surrogate(
+    attack: Attack,
+    images: torch.Tensor,
+    surrogate: SupportsLoss,
+    texts: Sequence[str],
+    prompts: Sequence[str] | None = None,
+    *,
+    targeted: bool = False,
+) -> torch.Tensor:
+    """Adversarial images crafted on ``surrogate``, to be scored on another (target) model.
+
+    Why: a training change can make a model *look* robust by breaking its gradients (gradient
+    masking) rather than its vulnerability. Images crafted on an independent surrogate do not
+    rely on the target's gradients, so if they fool the target more than white-box ones do, the
+    white-box numbers are masked. ``texts`` are the surrogate's targets (its clean output or the
+    ground truth; with ``targeted=True`` the texts to steer toward).
+    """
+    make = targeted_loss if targeted else untargeted_loss
+    result = transfer_attack(attack, images, make(surrogate, texts, prompts))
+    return result.final if isinstance(result, AttackResult) else result

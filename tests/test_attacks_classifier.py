@@ -1,0 +1,133 @@
+"""End to end on a classifier trained in the test: the attacks really find adversarial examples.
+
+Four classes of 8x8 RGB Gaussian blobs: each class is a ±0.05 checkerboard-like pattern around
+grey plus pixel noise of std 0.15. Clean accuracy is ~100 %, but the class means are only 0.1
+apart per pixel, so an Linf perturbation of ~0.05 summed over 192 pixels can cross the margin:
+a non-robust model, as adversarial training literature predicts for such data.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from prsl.attacks import apgd, get_attack, pgd, square
+
+CLASSES = 4
+SHAPE = (3, 8, 8)
+EPS = 12 / 255
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models run several times faster on one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def blobs(prototypes: torch.Tensor, n: int, gen: torch.Generator):
+    labels = torch.randint(0, CLASSES, (n,), generator=gen)
+    noise = 0.15 * torch.randn(n, *SHAPE, generator=gen)
+    return (prototypes[labels] + noise).clamp(0, 1), labels
+
+
+@pytest.fixture(scope="module")
+def trained(single_thread):
+    gen = torch.Generator().manual_seed(0)
+    signs = 2 * torch.randint(0, 2, (CLASSES, *SHAPE), generator=gen) - 1
+    prototypes = 0.5 + 0.05 * signs
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Flatten(), nn.Linear(math.prod(SHAPE), 64), nn.ReLU(), nn.Linear(64, CLASSES)
+        )
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        images, labels = blobs(prototypes, 64, gen)
+        loss = nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    images, labels = blobs(prototypes, 200, torch.Generator().manual_seed(1))
+    return model, images, labels
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(images).argmax(dim=1) == labels).float().mean().item()
+
+
+def per_example_ce(model: nn.Module, labels: torch.Tensor):
+    return lambda x: nn.functional.cross_entropy(model(x), labels, reduction="none")
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_the_classifier_is_accurate_on_clean_images(trained):
+    model, images, labels = trained
+    assert accuracy(model, images, labels) >= 0.95
+
+
+def test_pgd_10_drives_accuracy_far_below_clean(trained):
+    model, images, labels = trained
+    adv = pgd(
+        images, per_example_ce(model, labels), eps=EPS, alpha=EPS / 4, steps=10, generator=seeded(0)
+    )
+    assert (adv - images).abs().max() <= EPS + 1e-6
+    assert accuracy(model, adv, labels) <= 0.4 * accuracy(model, images, labels)
+
+
+@pytest.mark.parametrize("alpha", [EPS / 4, EPS / 40, 2 * EPS], ids=["usual", "small", "large"])
+def test_apgd_is_at_least_as_strong_as_pgd_with_the_same_budget(trained, alpha):
+    # APGD has no step size to tune; PGD is compared at its usual, a too small, a too large one
+    model, images, labels = trained
+    loss_fn = per_example_ce(model, labels)
+    with_pgd = pgd(images, loss_fn, eps=EPS, alpha=alpha, steps=10, generator=seeded(0))
+    with_apgd = apgd(images, loss_fn, eps=EPS, steps=10, generator=seeded(0))
+    with torch.no_grad():
+        assert loss_fn(with_apgd).mean() >= loss_fn(with_pgd).mean()
+    assert accuracy(model, with_apgd, labels) <= accuracy(model, with_pgd, labels)
+
+
+def test_gradient_free_square_attack_also_lowers_accuracy(trained):
+    model, images, labels = trained
+    adv = square(images, per_example_ce(model, labels), eps=EPS, queries=300, generator=seeded(0))
+    assert (adv - images).abs().max() <= EPS + 1e-6
+    assert accuracy(model, adv, labels) <= accuracy(model, images, labels) - 0.3
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("fgsm", {"eps": EPS}),
+        ("bim", {"eps": EPS, "alpha": EPS / 4, "steps": 10}),
+        ("mifgsm", {"eps": EPS, "alpha": EPS / 4, "steps": 10}),
+        ("pgd", {"eps": EPS * 14, "alpha": EPS * 4, "steps": 10, "norm": "l2"}),
+        ("apgd", {"eps": EPS * 14, "steps": 10, "norm": "l2"}),
+        ("cw", {"eps": EPS * 14, "steps": 30, "lr": 0.05, "c": 10.0}),
+    ],
+)
+def test_every_attack_finds_adversarial_examples(trained, name, params):
+    # L2 budgets: ε·√192 ≈ 14ε is the L2 size of a full Linf-ε perturbation
+    model, images, labels = trained
+    adv = get_attack(name, **params)(images, per_example_ce(model, labels))
+    assert accuracy(model, adv, labels) <= accuracy(model, images, labels) - 0.3
+
+
+def test_targeted_pgd_steers_predictions_to_the_target_class(trained):
+    model, images, labels = trained
+    targets = (labels + 1) % CLASSES
+    target_ce = per_example_ce(model, targets)
+    adv = pgd(
+        images, lambda x: -target_ce(x), eps=2 * EPS, alpha=EPS / 2, steps=10, generator=seeded(0)
+    )
+    assert accuracy(model, images, targets) <= 0.05
+    assert accuracy(model, adv, targets) >= 0.5
