@@ -133,6 +133,16 @@ def test_no_counted_position_gives_zero_loss_and_zero_gradient(name):
     assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 
+@pytest.mark.parametrize("name", ["ce", "prsl", "drsl", "ls"])
+def test_no_position_at_all_gives_zero_loss(name):
+    # A shifted length-1 sequence leaves (B, 0, V) logits: 0, not the NaN of 0 * log(sum of none).
+    logits = torch.randn(2, 0, 30, requires_grad=True)
+    loss = get_loss(name)(logits, torch.zeros(2, 0, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert logits.grad.shape == logits.shape
+
+
 def test_custom_ignore_index_and_ignored_rows_get_no_gradient():
     logits, labels = random_batch(seed=9)
     labels = torch.where(labels == -100, torch.tensor(7), labels)
