@@ -231,3 +231,25 @@ def test_unknown_metric_error_lists_every_valid_name() -> None:
         score(["a"], [["a"]], ["SPICE"])
     for name in [*CAPTION_METRICS, "VQA-acc"]:
         assert name in str(caught.value)
+
+
+def test_score_many_equals_one_score_call_per_corpus(scorer: Scorer) -> None:
+    # Corpora that share texts, hold an empty caption and differ in size: one tokenizer run and
+    # one BERTScore pass for all of them must give each corpus exactly its own scores.
+    corpora = [
+        (CANDIDATES, REFERENCES),
+        (["", *CANDIDATES[1:3]], REFERENCES[:3]),
+        ([refs[0] for refs in REFERENCES[1:]], REFERENCES[1:]),
+        ([CANDIDATES[0]], [[CANDIDATES[1]]]),
+    ]
+    together = scorer.score_many(corpora)
+    alone = [scorer.score(c, r) for c, r in corpora]
+    for many, one in zip(together, alone, strict=True):
+        assert {m: many[m] for m in COCO} == pytest.approx({m: one[m] for m in COCO}, rel=1e-12)
+        # fp32 BERTScore: batching with other sentences changes padding, not the value beyond fp32
+        assert many["BERTScore"] == pytest.approx(one["BERTScore"], rel=1e-5)
+
+
+def test_score_many_validates_every_corpus_before_scoring(scorer: Scorer) -> None:
+    with pytest.raises(ValueError, match="len\\(candidates\\)=2 but len\\(references\\)=1"):
+        scorer.score_many([(CANDIDATES, REFERENCES), (CANDIDATES[:2], REFERENCES[:1])])

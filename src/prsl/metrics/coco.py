@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import IO
 
 from pycocoevalcap.bleu.bleu import Bleu
@@ -60,21 +60,26 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def ptb_tokenize(
-    candidates: Sequence[str], references: Sequence[Sequence[str]]
-) -> tuple[_Tokenised, _Tokenised]:
-    """Tokenise references and candidates as the COCO evaluation does; keys are item indices."""
-    tokenizer = PTBTokenizer()
-    gts = tokenizer.tokenize(
-        {i: [{"caption": _one_line(r)} for r in refs] for i, refs in enumerate(references)}
+def ptb_tokenize(texts: Iterable[str]) -> dict[str, str]:
+    """The PTB-tokenised form of every distinct text, from ONE run of the Java tokenizer.
+
+    Why one run: each run starts a JVM (about a second), and an evaluation scores hundreds of
+    small corpora that share most of their texts. The tokenizer works line by line, so
+    tokenising a text alone or among others gives the same tokens. Blank texts map to "" without
+    reaching Java (an empty last line would be dropped from its output).
+    """
+    unique = list(dict.fromkeys(texts))
+    distinct = [t for t in unique if t.strip()]
+    tokens = {t: "" for t in unique if not t.strip()}
+    if not distinct:
+        return tokens
+    lines = PTBTokenizer().tokenize(
+        {i: [{"caption": _one_line(t)}] for i, t in enumerate(distinct)}
     )
-    res = tokenizer.tokenize({i: [{"caption": _one_line(c)}] for i, c in enumerate(candidates)})
-    aligned = len(res) == len(candidates) and all(
-        len(gts.get(i, ())) == len(refs) for i, refs in enumerate(references)
-    )
-    if not aligned:
+    if sorted(lines) != list(range(len(distinct))) or any(len(v) != 1 for v in lines.values()):
         raise RuntimeError("the PTB tokenizer returned a different number of lines than given")
-    return gts, res
+    tokens.update({text: lines[i][0] for i, text in enumerate(distinct)})
+    return tokens
 
 
 class _LocaleSafeMeteor(meteor_module.Meteor):
@@ -164,14 +169,19 @@ def coco_scores(
     references: Sequence[Sequence[str]],
     wanted: Collection[str],
     meteor: MeteorProcess,
+    tokens: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
     """Corpus-level values of the ``wanted`` names among :data:`COCO_METRICS`.
 
     Inputs are assumed validated (same length, no empty reference list); ``meteor`` is reused
-    across calls.
+    across calls. ``tokens`` maps each text to its PTB tokens (from :func:`ptb_tokenize`, shared
+    by many corpora); None tokenises these texts here.
     """
     require_java()
-    gts, res = ptb_tokenize(candidates, references)
+    if tokens is None:
+        tokens = ptb_tokenize([*candidates, *(r for refs in references for r in refs)])
+    gts = {i: [tokens[r] for r in refs] for i, refs in enumerate(references)}
+    res = {i: [tokens[c]] for i, c in enumerate(candidates)}
     scores: dict[str, float] = {}
     if any(name in wanted for name in BLEU_METRICS):
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
