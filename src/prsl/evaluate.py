@@ -237,47 +237,56 @@ def score_predictions(
     cfg: EvalConfig, task: str, infos: list[ModelInfo], rows: list[dict], scorer: Scorer | None
 ) -> dict:
     """Aggregate predictions into the ``results.json`` structure of DESIGN.md §5."""
-    scorer = scorer or Scorer()
     metrics = cfg.metrics or (VQA_METRICS if task == "vqa" else CAPTION_METRICS)
     by_key: dict[RunKey, list[dict]] = defaultdict(list)
     for row in rows:
         by_key[RunKey(row["model"], row["attack"], row["eps"])].append(row)
     losses = {i.name: (i.loss, i.loss_params) for i in infos}
-    runs = []
+    runs, corpora = [], []  # each run names the corpora it needs; one batched scoring pass
     for key, items in sorted(by_key.items(), key=lambda kv: (kv[0].model, kv[0].attack, kv[0].eps)):
         if key.model not in losses:
             continue
         items.sort(key=lambda r: r["key"])
-        clean = [r["clean"] for r in items]
-        adversarial = [r["adversarial"] for r in items]
         references = {
-            "clean": [_self_reference(c, task) for c in clean],
+            "clean": [_self_reference(r["clean"], task) for r in items],
             "ground_truth": [r["references"] for r in items],
         }
+        n_steps = len(items[0].get("per_step", []))
         for reference, refs in references.items():
-            clean_scores = scorer.score(clean, refs, metrics)
-            adv_scores = scorer.score(adversarial, refs, metrics)
-            run = {
-                "model": key.model,
-                "loss": losses[key.model][0],
-                "loss_params": losses[key.model][1],
-                "task": task,
-                "attack": key.attack,
-                "eps": key.eps,
-                "steps": items[0]["steps"],
-                "n_images": len(items),
-                "reference": reference,
-                "clean": clean_scores,
-                "adversarial": adv_scores,
-                "degradation": {m: clean_scores[m] - adv_scores[m] for m in clean_scores},
-            }
-            if "per_step" in items[0]:
-                n_steps = len(items[0]["per_step"])
-                run["per_step"] = [
-                    scorer.score([r["per_step"][t] for r in items], refs, metrics)
-                    for t in range(n_steps)
-                ]
-            runs.append(run)
+            outputs = [
+                [r["clean"] for r in items],
+                [r["adversarial"] for r in items],
+                *([r["per_step"][t] for r in items] for t in range(n_steps)),
+            ]
+            first = len(corpora)
+            corpora += [(candidates, refs) for candidates in outputs]
+            runs.append(
+                {
+                    "model": key.model,
+                    "loss": losses[key.model][0],
+                    "loss_params": losses[key.model][1],
+                    "task": task,
+                    "attack": key.attack,
+                    "eps": key.eps,
+                    "steps": items[0]["steps"],
+                    "n_images": len(items),
+                    "reference": reference,
+                    "_corpora": range(first, len(corpora)),
+                }
+            )
+    if scorer is None:
+        with Scorer() as scorer:  # stops its METEOR JVM once scored
+            scores = scorer.score_many(corpora, metrics) if corpora else []
+            bertscore = scorer.bertscore_description()
+    else:
+        scores = scorer.score_many(corpora, metrics) if corpora else []
+        bertscore = scorer.bertscore_description()
+    for run in runs:
+        clean, adversarial, *per_step = (scores[i] for i in run.pop("_corpora"))
+        run["clean"], run["adversarial"] = clean, adversarial
+        run["degradation"] = {m: clean[m] - adversarial[m] for m in clean}
+        if per_step:
+            run["per_step"] = per_step
     return {
         "runs": runs,
         "meta": {
@@ -285,7 +294,7 @@ def score_predictions(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "attack_target": cfg.attack_target,
             "seed": cfg.seed,
-            "bertscore_model": scorer.bertscore_description(),
+            "bertscore_model": bertscore,
             "models": {i.name: i.path for i in infos},
             "dataset": cfg.data.model_dump(),
         },

@@ -109,7 +109,9 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
     per_epoch = math.ceil(len(samples) / (cfg.train.batch_size * cfg.train.grad_accum))
     total_steps = cfg.train.max_steps or per_epoch * cfg.train.epochs
     params = [p for p in adapter.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=True
+    )
     scheduler = get_scheduler(
         cfg.train.scheduler,
         optimizer,
