@@ -51,3 +51,19 @@ def test_yaml_is_loaded_safely(tmp_path):
     path.write_text("train: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(Exception, match="could not determine a constructor"):
         load_config(FinetuneConfig, path)
+
+
+def test_override_reaches_into_lists_of_the_file_or_the_defaults(tmp_path):
+    default = load_config(EvalConfig, None, ["attacks.0.steps=20", "attacks.0.eps=[2/255]"])
+    assert (default.attacks[0].name, default.attacks[0].steps) == ("bim", 20)
+    assert default.attacks[0].eps == ["2/255"]
+    path = tmp_path / "eval.yaml"
+    path.write_text("attacks:\n  - {name: fgsm}\n  - {name: pgd, steps: 5}\nn_images: 3\n")
+    cfg = load_config(EvalConfig, path, ["attacks.1.norm=l2"])
+    assert [(a.name, a.steps, a.norm) for a in cfg.attacks] == [
+        ("fgsm", 10, "linf"),
+        ("pgd", 5, "l2"),
+    ]
+    assert cfg.n_images == 3 and cfg.batch_size == EvalConfig().batch_size
+    with pytest.raises(ValueError, match="'2' must index the list, which has 2 item"):
+        load_config(EvalConfig, path, ["attacks.2.steps=1"])

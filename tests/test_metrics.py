@@ -253,3 +253,10 @@ def test_score_many_equals_one_score_call_per_corpus(scorer: Scorer) -> None:
 def test_score_many_validates_every_corpus_before_scoring(scorer: Scorer) -> None:
     with pytest.raises(ValueError, match="len\\(candidates\\)=2 but len\\(references\\)=1"):
         scorer.score_many([(CANDIDATES, REFERENCES), (CANDIDATES[:2], REFERENCES[:1])])
+
+
+def test_references_without_any_word_score_zero_cider_instead_of_crashing(scorer: Scorer) -> None:
+    # A model that outputs nothing, scored against its own clean output, has only blank references.
+    result = scorer.score(["", "a red circle"], [[""], [" "]], COCO)
+    assert result["CIDEr"] == 0.0
+    assert all(0.0 <= value <= 1.0 for name, value in result.items() if name != "CIDEr")

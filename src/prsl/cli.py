@@ -52,6 +52,10 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
+    if not verbose:  # our own rich bars show progress; transformers' per-file bars are noise
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 @app.command()
@@ -140,9 +144,9 @@ def report(
 @user_errors
 def sweep(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Grid over loss and attack parameters; finished cells are skipped on rerun."""
-    from prsl.config import load_config
+    from prsl.config import SweepConfig, load_config
     from prsl.report import write_report
-    from prsl.sweep import SweepConfig, run_sweep
+    from prsl.sweep import run_sweep
 
     cfg = load_config(SweepConfig, config, set_)
     run_sweep(cfg)

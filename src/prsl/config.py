@@ -28,6 +28,16 @@ class TinyModelConfig(Strict):
     hidden: int = 64
     layers: int = 2
     heads: int = 2
+    dropout: float | None = None
+    """Every dropout probability of the model; None keeps the architectures' defaults (GPT-2
+    0.1, ViT 0.0). 0 makes training independent of the random state, e.g. of the process count."""
+
+    @field_validator("dropout")
+    @classmethod
+    def _probability(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 <= value < 1.0:
+            raise ValueError("must be in [0, 1)")
+        return value
 
 
 class ModelConfig(Strict):
@@ -123,15 +133,46 @@ class EvalConfig(Strict):
     seed: int = 0
 
 
+class SweepConfig(Strict):
+    """A grid of fine-tune + evaluate cells (see ``prsl.sweep``).
+
+    ``grid`` maps dotted keys to value lists: ``loss.params.k: [4, 10]`` (fine-tune fields, an
+    optional ``finetune.`` prefix) or ``evaluate.attacks.0.steps: [10, 20]``-style keys under
+    ``evaluate.``.
+    """
+
+    output_dir: str = "runs/sweep"
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``tree['a']['b'] = value`` for ``dotted = 'a.b'``, creating levels as needed."""
+    """Set ``tree['a']['b'] = value`` for ``dotted = 'a.b'``, creating levels as needed.
+
+    A numeric part indexes a list: ``attacks.0.steps`` is the first attack's ``steps``.
+    """
     *parents, leaf = dotted.split(".")
-    node = tree
+    node: Any = tree
     for key in parents:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
+        if isinstance(node, list):
+            node = node[_list_index(node, key, dotted)]
+        else:
+            node = node.setdefault(key, {})
+        if not isinstance(node, dict | list):
             raise ValueError(f"override {dotted!r}: {key!r} is not a section")
-    node[leaf] = value
+    if isinstance(node, list):
+        node[_list_index(node, leaf, dotted)] = value
+    else:
+        node[leaf] = value
+
+
+def _list_index(items: list, key: str, dotted: str) -> int:
+    if not key.isdigit() or int(key) >= len(items):
+        raise ValueError(
+            f"override {dotted!r}: {key!r} must index the list, which has {len(items)} item(s)"
+        )
+    return int(key)
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
@@ -145,11 +186,24 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: mappings merge key by key, anything else in ``top`` replaces."""
+    merged = dict(base)
+    for key, value in top.items():
+        both_maps = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _merged(base[key], value) if both_maps else value
+    return merged
+
+
 def load_config(
     schema: type[Schema], path: str | Path | None = None, overrides: list[str] | None = None
 ) -> Schema:
-    """Read, override and validate a config; errors name the file and the offending field."""
-    tree: dict[str, Any] = {}
+    """Read, override and validate a config; errors name the file and the offending field.
+
+    The file is laid over the schema's defaults, so an override can reach into a default list
+    (``attacks.0.eps=[8/255]``) that the file never spelled out.
+    """
+    tree: dict[str, Any] = schema().model_dump()
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -157,7 +211,7 @@ def load_config(
         loaded = yaml.safe_load(path.read_text())
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"config file {path} must hold a mapping of sections, got {loaded!r}")
-        tree = loaded or {}
+        tree = _merged(tree, loaded or {})
     for key, value in parse_overrides(overrides or []):
         set_dotted(tree, key, value)
     try:

@@ -97,6 +97,21 @@ def read_predictions(path: Path) -> list[dict]:
     return rows
 
 
+def drop_torn_tail(path: Path) -> None:
+    """Cut a last line left without its newline by a kill mid-write, before appending.
+
+    Appending after it would glue the next row onto the fragment and lose that row too.
+    """
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        log.warning("dropping an incomplete last line of %s (interrupted write)", path)
+        with path.open("r+b") as handle:
+            handle.truncate(keep)
+
+
 def attack_eps(spec: AttackSpec) -> list[float]:
     return [parse_eps(e) for e in spec.eps]
 
@@ -139,6 +154,7 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True, scorer: Scorer | None = 
     split = read_dataset(cfg.data.name, **cfg.data.options)
     skipped: list[Skipped] = list(split.skipped)
     pred_path = out / PREDICTIONS
+    drop_torn_tail(pred_path)
     done = {(r["model"], r["attack"], r["eps"], r["key"]) for r in read_predictions(pred_path)}
     infos = [model_info(m) for m in cfg.models]
     with pred_path.open("a") as sink, _progress(progress) as bar:

@@ -2,90 +2,20 @@
 
 Tables put the models (CE, PRSL, ...) side by side per task, reference, attack and ε with the
 better value marked; plots show score against ε and against attack iteration, one line per
-model; a gallery shows clean/adversarial pairs with both captions. The summary states plainly
-whether PRSL degraded less than CE on this data, in how many cells, and never more than that.
+model, and against K / start / b when a sweep varied them; a gallery shows clean/adversarial
+pairs with both captions. The summary states plainly whether PRSL degraded less than CE on this
+data, in how many cells, and never more than that.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-RUN_FIELDS = {
-    "model": str,
-    "loss": str,
-    "loss_params": dict,
-    "task": str,
-    "attack": str,
-    "eps": (int, float),
-    "steps": int,
-    "n_images": int,
-    "reference": str,
-    "clean": dict,
-    "adversarial": dict,
-    "degradation": dict,
-}
-HEADLINE = {"caption": ["CIDEr", "BERTScore", "BLEU-4"], "vqa": ["VQA-acc"]}
-
-
-def validate_results(data: Any, source: str = "results") -> None:
-    """Raise ValueError naming the first field that breaks the DESIGN.md §5 schema."""
-    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
-        raise ValueError(f"{source}: expected an object with a 'runs' list (prsl results.json)")
-    if not isinstance(data.get("meta"), dict):
-        raise ValueError(f"{source}: missing the 'meta' object")
-    for i, run in enumerate(data["runs"]):
-        if not isinstance(run, dict):
-            raise ValueError(f"{source}: runs[{i}] is not an object")
-        for name, kind in RUN_FIELDS.items():
-            if name not in run:
-                raise ValueError(f"{source}: runs[{i}] lacks field {name!r}")
-            if not isinstance(run[name], kind) or isinstance(run[name], bool):
-                raise ValueError(f"{source}: runs[{i}].{name} has the wrong type")
-        if run["task"] not in ("caption", "vqa"):
-            raise ValueError(f"{source}: runs[{i}].task must be 'caption' or 'vqa'")
-        if run["reference"] not in ("clean", "ground_truth"):
-            raise ValueError(f"{source}: runs[{i}].reference must be 'clean' or 'ground_truth'")
-        for part in ("clean", "adversarial", "degradation"):
-            bad = [k for k, v in run[part].items() if not isinstance(v, int | float)]
-            if bad:
-                raise ValueError(f"{source}: runs[{i}].{part}[{bad[0]!r}] is not a number")
-
-
-def load_results(paths: list[Path]) -> tuple[list[dict], list[dict], dict]:
-    """Runs from every file (validated), their gallery rows, and the first file's meta."""
-    runs, gallery, meta = [], [], {}
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"results file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        validate_results(data, str(path))
-        runs += data["runs"]
-        meta = meta or data["meta"]
-        predictions = path.parent / "predictions.jsonl"
-        if predictions.exists():
-            for line in predictions.read_text().splitlines():
-                row = json.loads(line) if line.strip() else {}
-                if "gallery" in row:
-                    row["gallery"] = {k: str(path.parent / v) for k, v in row["gallery"].items()}
-                    gallery.append(row)
-    return runs, gallery, meta
-
-
-def model_label(run: dict) -> str:
-    return f"{run['model']} ({run['loss']})"
+from prsl.plots import plot_vs_eps, plot_vs_iteration, plot_vs_parameter
+from prsl.results import grouped, load_results, model_label
 
 
 def comparisons(runs: list[dict]) -> list[dict]:
@@ -126,13 +56,6 @@ def summary_lines(runs: list[dict]) -> list[str]:
     return lines
 
 
-def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for run in runs:
-        groups[(run["task"], run["reference"], run["attack"])].append(run)
-    return dict(sorted(groups.items()))
-
-
 def table_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: ε, metric, then clean / adversarial / Δ per model; best marked **."""
     models = sorted({model_label(r) for r in runs})
@@ -167,63 +90,6 @@ def _bold(text: str, on: bool) -> str:
     return f"**{text}**" if on else text
 
 
-def plot_vs_eps(runs: list[dict], folder: Path) -> list[Path]:
-    made = []
-    for (task, reference, attack), group in grouped(runs).items():
-        if len({r["eps"] for r in group}) < 2:
-            continue
-        metrics = [m for m in HEADLINE[task] if m in group[0]["adversarial"]]
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
-        for ax, metric in zip(axes[0], metrics, strict=True):
-            for label in sorted({model_label(r) for r in group}):
-                points = sorted(
-                    (r["eps"], r["adversarial"][metric]) for r in group if model_label(r) == label
-                )
-                clean = next(r["clean"][metric] for r in group if model_label(r) == label)
-                xs = [0.0] + [p[0] * 255 for p in points]
-                ax.plot(xs, [clean] + [p[1] for p in points], marker="o", label=label)
-            ax.set(xlabel="ε (×1/255)", ylabel=metric, title=f"{attack}: {metric}")
-            ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"{task}, reference = {reference}", fontsize=9)
-        fig.tight_layout()
-        path = folder / f"eps_{task}_{reference}_{attack}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made.append(path)
-    return made
-
-
-def plot_vs_iteration(runs: list[dict], folder: Path) -> list[Path]:
-    made = []
-    curves = [r for r in runs if r.get("per_step")]
-    keys = sorted({(r["task"], r["reference"], r["attack"], r["eps"]) for r in curves})
-    for task, reference, attack, eps in keys:
-        group = [
-            r
-            for r in curves
-            if (r["task"], r["reference"], r["attack"], r["eps"]) == (task, reference, attack, eps)
-        ]
-        metrics = [m for m in HEADLINE[task] if m in group[0]["adversarial"]]
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
-        for ax, metric in zip(axes[0], metrics, strict=True):
-            for run in sorted(group, key=model_label):
-                ys = [run["clean"][metric]] + [s[metric] for s in run["per_step"]]
-                ax.plot(range(len(ys)), ys, marker=".", label=model_label(run))
-            ax.set(
-                xlabel="attack iteration", ylabel=metric, title=f"{attack} ε={eps * 255:.3g}/255"
-            )
-            ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"{task}, reference = {reference}", fontsize=9)
-        fig.tight_layout()
-        path = folder / f"iter_{task}_{reference}_{attack}_{eps * 255:.3g}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made.append(path)
-    return made
-
-
 def write_report(
     result_files: list[Path], out: Path, title: str = "prsl robustness report"
 ) -> dict:
@@ -232,7 +98,11 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     plots_dir = out / "plots"
     plots_dir.mkdir(exist_ok=True)
-    plots = plot_vs_eps(runs, plots_dir) + plot_vs_iteration(runs, plots_dir)
+    plots = (
+        plot_vs_eps(runs, plots_dir)
+        + plot_vs_iteration(runs, plots_dir)
+        + plot_vs_parameter(runs, plots_dir)
+    )
     sections = []
     for (task, reference, attack), group in grouped(runs).items():
         header, rows = table_rows(group)

@@ -16,18 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
-from prsl.config import EvalConfig, FinetuneConfig, Strict, set_dotted
+from prsl.config import EvalConfig, FinetuneConfig, SweepConfig, set_dotted
 from prsl.evaluate import RESULTS, evaluate
+from prsl.losses import get_loss
 from prsl.train import finetune
-
-
-class SweepConfig(Strict):
-    output_dir: str = "runs/sweep"
-    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    evaluate: EvalConfig = Field(default_factory=EvalConfig)
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
 
 
 def cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -73,6 +65,8 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True, scorer=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     todo = cells(cfg.grid)
     planned = [cell_configs(cfg, c) for c in todo]  # validates every cell before any work
+    for tune, _ in planned:
+        get_loss(tune.loss.name, **tune.loss.params)  # a bad loss parameter fails here too
     merged: list[dict] = []
     meta: dict[str, Any] = {"cells": {}}
     for cell, (tune, ev) in zip(todo, planned, strict=True):

@@ -191,5 +191,9 @@ def coco_scores(
     if "ROUGE-L" in wanted:
         scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
     if "CIDEr" in wanted:
-        scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+        # pycocoevalcap's CIDEr crashes on a corpus whose references hold no word at all (its
+        # document frequencies are empty), e.g. a model's own empty outputs used as references;
+        # with no reference n-gram there is nothing to match, so the score is 0.
+        has_words = any(ref.split() for refs in gts.values() for ref in refs)
+        scores["CIDEr"] = float(Cider().compute_score(gts, res)[0]) if has_words else 0.0
     return {name: scores[name] for name in COCO_METRICS if name in wanted}

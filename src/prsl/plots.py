@@ -1,0 +1,138 @@
+"""The report's figures (PNG, matplotlib): score against ε, against attack iteration, and against
+a swept loss parameter (K, start, b), one line per model or per attack.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from statistics import fmean
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from prsl.results import HEADLINE, grouped, model_label  # noqa: E402
+
+
+def plot_vs_eps(runs: list[dict], folder: Path) -> list[Path]:
+    made = []
+    for (task, reference, attack), group in grouped(runs).items():
+        if len({r["eps"] for r in group}) < 2:
+            continue
+        metrics = [m for m in HEADLINE[task] if m in group[0]["adversarial"]]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
+        for ax, metric in zip(axes[0], metrics, strict=True):
+            for label in sorted({model_label(r) for r in group}):
+                points = sorted(
+                    (r["eps"], r["adversarial"][metric]) for r in group if model_label(r) == label
+                )
+                clean = next(r["clean"][metric] for r in group if model_label(r) == label)
+                xs = [0.0] + [p[0] * 255 for p in points]
+                ax.plot(xs, [clean] + [p[1] for p in points], marker="o", label=label)
+            ax.set(xlabel="ε (×1/255)", ylabel=metric, title=f"{attack}: {metric}")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{task}, reference = {reference}", fontsize=9)
+        fig.tight_layout()
+        path = folder / f"eps_{task}_{reference}_{attack}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def plot_vs_iteration(runs: list[dict], folder: Path) -> list[Path]:
+    made = []
+    curves = [r for r in runs if r.get("per_step")]
+    keys = sorted({(r["task"], r["reference"], r["attack"], r["eps"]) for r in curves})
+    for task, reference, attack, eps in keys:
+        group = [
+            r
+            for r in curves
+            if (r["task"], r["reference"], r["attack"], r["eps"]) == (task, reference, attack, eps)
+        ]
+        metrics = [m for m in HEADLINE[task] if m in group[0]["adversarial"]]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
+        for ax, metric in zip(axes[0], metrics, strict=True):
+            for run in sorted(group, key=model_label):
+                ys = [run["clean"][metric]] + [s[metric] for s in run["per_step"]]
+                ax.plot(range(len(ys)), ys, marker=".", label=model_label(run))
+            ax.set(
+                xlabel="attack iteration", ylabel=metric, title=f"{attack} ε={eps * 255:.3g}/255"
+            )
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{task}, reference = {reference}", fontsize=9)
+        fig.tight_layout()
+        path = folder / f"iter_{task}_{reference}_{attack}_{eps * 255:.3g}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+SWEPT = {"k": "K (window size)", "start": "start (first rank)", "weight": "b (regulariser weight)"}
+
+
+def plot_vs_parameter(runs: list[dict], folder: Path) -> list[Path]:
+    """For each loss parameter a sweep varied (K, start, b): clean and adversarial score vs it.
+
+    Left panel: against the ground truth (clean score, and one adversarial line per attack/ε:
+    accuracy and robustness together). Right panel: adversarial score against the model's own
+    clean output (the paper's robustness measure). Runs sharing a value but differing in other
+    swept parameters are averaged, and the title says so. Models without the parameter (CE in a
+    CE-vs-PRSL grid) are drawn as dotted horizontal lines for reference.
+    """
+    made = []
+    for param, label in SWEPT.items():
+        values = {r["loss_params"][param] for r in runs if param in r["loss_params"]}
+        if len(values) < 2:
+            continue
+        for task in sorted({r["task"] for r in runs}):
+            group = [r for r in runs if r["task"] == task]
+            metric = next((m for m in HEADLINE[task] if m in group[0]["adversarial"]), None)
+            if metric is None:
+                continue
+            fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+            averaged = _plot_parameter_panels(axes, group, param, metric)
+            for ax, reference in zip(axes, ("ground truth", "clean output"), strict=True):
+                ax.set(xlabel=label, ylabel=metric, title=f"{metric} vs {reference}")
+                ax.grid(alpha=0.3)
+                if param == "weight":
+                    ax.set_xscale("log")
+            axes[0].legend(fontsize=7)
+            note = " (averaged over the other swept parameters)" if averaged else ""
+            fig.suptitle(f"{task}: sensitivity to {label}{note}", fontsize=9)
+            fig.tight_layout()
+            path = folder / f"param_{task}_{param}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            made.append(path)
+    return made
+
+
+def _plot_parameter_panels(axes, runs: list[dict], param: str, metric: str) -> bool:
+    """Draw both panels; True when several runs had to be averaged into one point."""
+    points: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    baselines: dict[tuple, list[float]] = defaultdict(list)
+    for run in runs:
+        attack = f"{run['attack']} ε={run['eps'] * 255:.3g}/255"
+        panel = 0 if run["reference"] == "ground_truth" else 1
+        series = [(panel, attack, run["adversarial"][metric])]
+        if panel == 0:
+            series.append((0, "clean", run["clean"][metric]))
+        for panel, name, value in series:
+            if param in run["loss_params"]:
+                points[(panel, name)][run["loss_params"][param]].append(value)
+            else:
+                baselines[(panel, f"{name} ({run['loss']})")].append(value)
+    averaged = False
+    for (panel, name), by_value in sorted(points.items()):
+        xs = sorted(by_value)
+        averaged |= any(len(by_value[x]) > 1 for x in xs if name != "clean")
+        axes[panel].plot(xs, [fmean(by_value[x]) for x in xs], marker="o", label=name)
+    for (panel, name), values in sorted(baselines.items()):
+        axes[panel].axhline(fmean(values), linestyle=":", color="grey", label=name)
+    return averaged

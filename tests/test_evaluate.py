@@ -1,0 +1,196 @@
+"""``prsl evaluate`` end to end on a tiny captioner: the results schema, the numbers' meaning,
+incremental predictions and resuming a killed run without redoing finished images."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import prsl.evaluate as evaluate_module
+from prsl.attacks import parse_eps
+from prsl.config import AttackSpec, DataConfig, EvalConfig, FinetuneConfig, LossConfig, TrainConfig
+from prsl.data import read_dataset
+from prsl.evaluate import PREDICTIONS, RESULTS, evaluate
+from prsl.metrics import Scorer
+from prsl.models import build_tiny_captioner
+from prsl.results import validate_results
+from prsl.train import finetune
+
+METRICS = ["BLEU-1", "CIDEr", "BERTScore"]
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    with Scorer() as shared:
+        yield shared
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """An untrained tiny captioner over the shapes vocabulary: evaluation needs no skill."""
+    texts = [t for ex in read_dataset("shapes", n=50, seed=0).examples for t in ex.references]
+    texts += [ex.question for ex in read_dataset("shapes-vqa", n=50, seed=0).examples]
+    texts += [a for ex in read_dataset("shapes-vqa", n=50, seed=0).examples for a in ex.answers]
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-untrained"
+    build_tiny_captioner(texts, seed=3).save(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory) -> str:
+    """A tiny captioner trained briefly on shapes, so that its captions have words to score."""
+    out = tmp_path_factory.mktemp("trained") / "tiny-ce"
+    cfg = FinetuneConfig(
+        data=DataConfig(name="shapes", options={"n": 120, "seed": 0}),
+        loss=LossConfig(name="ce"),
+        train=TrainConfig(output_dir=str(out), lr=3e-3, max_steps=60, batch_size=16),
+    )
+    return str(finetune(cfg, progress=False).model_dir)
+
+
+def config(model: str, out: Path, **overrides) -> EvalConfig:
+    fields = {
+        "models": [model],
+        "data": DataConfig(name="shapes", options={"n": 6, "seed": 5}),
+        "attacks": [
+            AttackSpec(name="bim", eps=["2/255", "8/255"], steps=3, record_every_step=True),
+            AttackSpec(name="fgsm", eps=["8/255"]),
+        ],
+        "output_dir": str(out),
+        "n_images": 6,
+        "batch_size": 3,
+        "max_new_tokens": 6,
+        "metrics": METRICS,
+        "gallery": 2,
+    }
+    return EvalConfig(**(fields | overrides))
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / PREDICTIONS).read_text().splitlines()]
+
+
+def test_results_follow_the_schema_and_mean_what_they_say(trained_model, tmp_path, scorer):
+    results = evaluate(config(trained_model, tmp_path), progress=False, scorer=scorer)
+    validate_results(results)
+    assert json.loads((tmp_path / RESULTS).read_text()) == results
+    cells = {(r["attack"], r["eps"], r["reference"]) for r in results["runs"]}
+    eps = [parse_eps("2/255"), parse_eps("8/255")]
+    want = {("bim", e, ref) for e in eps for ref in ("clean", "ground_truth")}
+    assert cells == want | {("fgsm", eps[1], ref) for ref in ("clean", "ground_truth")}
+    for run in results["runs"]:
+        assert run["model"] == "tiny-ce" and run["loss"] == "ce"
+        assert run["task"] == "caption" and run["n_images"] == 6 and run["steps"] in (3, 10)
+        assert list(run["clean"]) == METRICS
+        for metric in METRICS:
+            assert run["degradation"][metric] == pytest.approx(
+                run["clean"][metric] - run["adversarial"][metric]
+            )
+        if run["reference"] == "clean":  # the clean caption scored against itself
+            assert run["clean"]["BLEU-1"] == pytest.approx(1.0)
+            assert run["clean"]["BERTScore"] == pytest.approx(1.0, abs=1e-4)
+        if run["attack"] == "bim":
+            assert len(run["per_step"]) == 3
+            assert run["per_step"][-1] == pytest.approx(run["adversarial"])
+    assert "MiniLM" in results["meta"]["bertscore_model"]
+    predictions = rows(tmp_path)
+    assert len(predictions) == 6 * 3  # one row per image and (attack, ε)
+    for row in predictions:
+        assert row["linf"] <= row["eps"] + 1e-6  # the attack stayed in its ball
+    pairs = [r["gallery"] for r in predictions if "gallery" in r]
+    assert len(pairs) == 2 * 3  # `gallery` pairs per (model, attack, ε)
+    assert all((tmp_path / p["adversarial"]).is_file() for p in pairs)
+
+
+def test_vqa_scores_answers_with_soft_accuracy(tiny_model, tmp_path, scorer):
+    cfg = config(
+        tiny_model,
+        tmp_path,
+        data=DataConfig(name="shapes-vqa", options={"n": 4, "seed": 5}),
+        attacks=[AttackSpec(name="fgsm", eps=["8/255"])],
+        n_images=4,
+        metrics=None,
+    )
+    results = evaluate(cfg, progress=False, scorer=scorer)
+    validate_results(results)
+    by_reference = {run["reference"]: run for run in results["runs"]}
+    assert set(by_reference) == {"clean", "ground_truth"}
+    assert all(
+        run["task"] == "vqa" and list(run["clean"]) == ["VQA-acc"] for run in by_reference.values()
+    )
+    assert by_reference["clean"]["clean"]["VQA-acc"] == pytest.approx(1.0)
+    assert all(row["question"] for row in rows(tmp_path))
+
+
+def test_a_torn_last_line_is_redone(trained_model, tmp_path, scorer):
+    cfg = config(trained_model, tmp_path, attacks=[AttackSpec(name="fgsm", eps=["8/255"])])
+    evaluate(cfg, progress=False, scorer=scorer)
+    lines = (tmp_path / PREDICTIONS).read_text().splitlines()
+    (tmp_path / PREDICTIONS).write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
+    results = evaluate(cfg, progress=False, scorer=scorer)
+    keys = [r["key"] for r in rows_skipping_torn(tmp_path)]
+    assert sorted(keys) == sorted(json.loads(line)["key"] for line in lines)
+    assert all(run["n_images"] == 6 for run in results["runs"])
+
+
+def rows_skipping_torn(out: Path) -> list[dict]:
+    return evaluate_module.read_predictions(out / PREDICTIONS)
+
+
+KILLED_RUN = """
+import sys
+from prsl.config import EvalConfig
+from prsl.evaluate import evaluate
+evaluate(EvalConfig.model_validate_json(sys.argv[1]), progress=False)
+"""
+
+
+def test_a_killed_run_resumes_without_redoing_finished_images(
+    trained_model, tmp_path, scorer, monkeypatch
+):
+    cfg = config(trained_model, tmp_path, batch_size=1, n_images=6)
+    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, cfg.model_dump_json()])
+    predictions = tmp_path / PREDICTIONS
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and child.poll() is None:
+        if predictions.exists() and predictions.read_text().count("\n") >= 6:
+            break
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    before = evaluate_module.read_predictions(predictions)
+    assert 6 <= len(before) < 18, "the run should be killed midway"
+
+    crafted = []
+    real_craft = evaluate_module.craft
+    monkeypatch.setattr(
+        evaluate_module,
+        "craft",
+        lambda spec, eps, pixels, *a, **k: (
+            crafted.append(pixels.shape[0]) or real_craft(spec, eps, pixels, *a, **k)
+        ),
+    )
+    results = evaluate(cfg, progress=False, scorer=scorer)
+    after = evaluate_module.read_predictions(predictions)
+    assert after[: len(before)] == before  # finished rows kept as they were
+    cells = [(r["attack"], r["eps"], r["key"]) for r in after]
+    assert len(cells) == len(set(cells)) == 18  # every cell exactly once
+    images_done = {r["key"] for r in before if sum(b["key"] == r["key"] for b in before) == 3}
+    assert len(crafted) <= 3 * (6 - len(images_done))  # finished images were not attacked again
+    assert all(run["n_images"] == 6 for run in results["runs"])
+
+
+def test_bad_input_fails_before_any_work(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="unknown attack 'bimm'"):
+        evaluate(config(tiny_model, tmp_path, attacks=[AttackSpec(name="bimm")]))
+    with pytest.raises(ValueError, match="no model to evaluate"):
+        evaluate(config(tiny_model, tmp_path, models=[]))
+    with pytest.raises(ValueError, match="unknown dataset"):
+        evaluate(config(tiny_model, tmp_path, data=DataConfig(name="cocoo")))
+    assert not (tmp_path / PREDICTIONS).exists()
