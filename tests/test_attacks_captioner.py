@@ -1,0 +1,215 @@
+"""BIM against a real (tiny, trained) captioner: it changes captions, within the threat model.
+
+A tiny ViT + GPT-2 captioner is trained on shapes for a few hundred Adam steps (as in
+``test_models_training``), then attacked with BIM-10 at ε = 8/255, α = 2/255, untargeted on
+its own clean captions of held-out images. Thresholds were measured on a 2-core CPU (one and two
+threads) over six model seeds (0-5) and two held-out sets, and set with margin:
+
+- captions changed: 91-100 % (asserted >= 75 %); random ±ε sign noise (three draws per model)
+  changed 6-19 % (<= 40 %);
+- corpus BLEU-2 of the adversarial captions against the clean ones: 0.39-0.50 (<= 0.65);
+  for the noise: 0.91-0.98 (>= 0.85);
+- mean CE of the clean captions: 0.59-0.65 on the clean images, 1.02-1.35 attacked, a ratio of
+  1.65-2.16 (asserted >= 1.4), and higher for every image (>= 90 %);
+- mean |δ| is 0.76-0.81 ε (>= 0.5 ε): the attack uses its budget.
+
+The noise baseline shows that the attack, not the ε-ball alone, moves the captions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+from prsl.attacks import bim, untargeted_loss
+from prsl.data.images import to_pixels
+from prsl.data.shapes import make_shapes_captions
+from prsl.models import build_tiny_captioner
+
+TRAIN_STEPS = 200
+TRAIN_BATCH = 32
+HELD_OUT = 32
+EPS = 8 / 255
+ALPHA = EPS / 4
+STEPS = 10
+MAX_NEW_TOKENS = 16
+
+
+def ngram_counts(words: list[str], n: int) -> Counter:
+    return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+
+
+def bleu2(candidates: list[str], references: list[str]) -> float:
+    """Corpus BLEU-2 with one reference per candidate (clipped precisions, brevity penalty)."""
+    log_precisions = []
+    for n in (1, 2):
+        matched = total = 0
+        for candidate, reference in zip(candidates, references, strict=True):
+            counts = ngram_counts(candidate.split(), n)
+            ref_counts = ngram_counts(reference.split(), n)
+            matched += sum(min(c, ref_counts[g]) for g, c in counts.items())
+            total += sum(counts.values())
+        if matched == 0:
+            return 0.0
+        log_precisions.append(math.log(matched / total))
+    cand_len = sum(len(c.split()) for c in candidates)
+    ref_len = sum(len(r.split()) for r in references)
+    brevity = 1.0 if cand_len > ref_len else math.exp(1 - ref_len / max(cand_len, 1))
+    return brevity * math.exp(sum(log_precisions) / 2)
+
+
+def test_bleu2_on_hand_computed_cases():
+    assert bleu2(["a red circle", "a blue square"], ["a red circle", "a blue square"]) == 1.0
+    assert bleu2(["blue"], ["a red circle"]) == 0.0
+    # unigrams 2/3, bigrams 1/2, same length: sqrt(1/3)
+    assert bleu2(["a red square"], ["a red circle"]) == pytest.approx(math.sqrt(1 / 3))
+    # a perfect but short candidate pays the brevity penalty exp(1 - 3/2)
+    assert bleu2(["a red"], ["a red circle"]) == pytest.approx(math.exp(-0.5))
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """The tiny model trains several times faster on one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def captioner(single_thread):
+    """(adapter, held-out pixels, clean captions) of a captioner trained on shapes."""
+    train = make_shapes_captions(300, seed=0).examples
+    held_out = make_shapes_captions(HELD_OUT, seed=1000).examples
+    pairs = [(i, ref) for i, ex in enumerate(train) for ref in ex.references]
+    adapter = build_tiny_captioner([ref for _, ref in pairs], seed=0)
+    train_pixels = to_pixels([ex.image for ex in train], adapter.pixel_size)
+    pixels = to_pixels([ex.image for ex in held_out], adapter.pixel_size)
+    optimizer = torch.optim.Adam(adapter.model.parameters(), lr=2e-3)
+    order = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # dropout
+        adapter.model.train()
+        for _ in range(TRAIN_STEPS):
+            batch = torch.randint(len(pairs), (TRAIN_BATCH,), generator=order).tolist()
+            loss = adapter.loss(
+                train_pixels[[pairs[j][0] for j in batch]], [pairs[j][1] for j in batch]
+            ).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    adapter.model.eval()
+    clean = adapter.generate(pixels, max_new_tokens=MAX_NEW_TOKENS)
+    return adapter, pixels, clean
+
+
+@pytest.fixture(scope="module")
+def attacked(captioner):
+    """Run BIM once with the model left in train mode, recording what every forward saw."""
+    adapter, pixels, clean = captioner
+    model = adapter.model
+    weights = {name: value.clone() for name, value in model.state_dict().items()}
+    model.train()  # as a training loop would leave it: the attack must not depend on that
+    model.decoder.eval()  # a mixed state, to check that it comes back module by module
+    modes_before = {name: sub.training for name, sub in model.named_modules()}
+    seen: list[tuple[bool, bool]] = []
+
+    def record(module, args, kwargs):
+        seen.append((module.training, any(p.requires_grad for p in module.parameters())))
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        adversarial = bim(
+            pixels, untargeted_loss(adapter, clean), eps=EPS, alpha=ALPHA, steps=STEPS
+        )
+    finally:
+        handle.remove()
+    modes_after = {name: sub.training for name, sub in model.named_modules()}
+    model.eval()
+    return {
+        "adversarial": adversarial,
+        "captions": adapter.generate(adversarial, max_new_tokens=MAX_NEW_TOKENS),
+        "seen": seen,
+        "modes_before": modes_before,
+        "modes_after": modes_after,
+        "weights": weights,
+    }
+
+
+@pytest.fixture(scope="module")
+def noise_captions(captioner):
+    """Captions of the images under random ±ε sign noise: the same budget, no gradient."""
+    adapter, pixels, _ = captioner
+    gen = torch.Generator().manual_seed(1)
+    signs = torch.randint(0, 2, pixels.shape, generator=gen).float() * 2 - 1
+    noisy = (pixels + EPS * signs).clamp(0, 1)
+    return adapter.generate(noisy, max_new_tokens=MAX_NEW_TOKENS)
+
+
+def changed_fraction(captions: list[str], clean: list[str]) -> float:
+    return sum(a != c for a, c in zip(captions, clean, strict=True)) / len(clean)
+
+
+def test_the_clean_captions_are_varied(captioner):
+    """A model writing one template caption would make "changed" meaningless."""
+    _, _, clean = captioner
+    assert len(set(clean)) >= HELD_OUT // 3, clean  # measured 16-21 distinct of 32
+    assert all(clean), clean
+
+
+def test_bim_changes_most_captions_and_noise_does_not(captioner, attacked, noise_captions):
+    _, _, clean = captioner
+    changed = changed_fraction(attacked["captions"], clean)
+    noise_changed = changed_fraction(noise_captions, clean)
+    assert changed >= 0.75, list(zip(clean, attacked["captions"], strict=True))
+    assert noise_changed <= 0.4, list(zip(clean, noise_captions, strict=True))
+
+
+def test_bim_lowers_similarity_to_the_clean_caption(captioner, attacked, noise_captions):
+    _, _, clean = captioner
+    assert bleu2(clean, clean) == 1.0
+    attacked_bleu = bleu2(attacked["captions"], clean)
+    noise_bleu = bleu2(noise_captions, clean)
+    assert attacked_bleu <= 0.65, attacked_bleu
+    assert noise_bleu >= 0.85, noise_bleu
+
+
+def test_bim_raises_the_loss_it_climbs(captioner, attacked):
+    adapter, pixels, clean = captioner
+    loss_fn = untargeted_loss(adapter, clean)
+    with torch.no_grad():
+        before, after = loss_fn(pixels), loss_fn(attacked["adversarial"])
+    assert after.mean() >= 1.4 * before.mean(), (before.mean(), after.mean())
+    assert (after > before).float().mean() >= 0.9
+
+
+def test_adversarial_images_stay_in_the_eps_ball_and_unit_range(captioner, attacked):
+    _, pixels, _ = captioner
+    adversarial = attacked["adversarial"]
+    assert adversarial.shape == pixels.shape and adversarial.dtype == pixels.dtype
+    assert not adversarial.requires_grad
+    delta = (adversarial - pixels).abs()
+    assert delta.max() <= EPS + 1e-6
+    assert adversarial.min() >= 0.0 and adversarial.max() <= 1.0
+    # and the budget is actually used: ten steps of ε/4 push most pixels to the boundary
+    assert delta.mean() >= EPS / 2, delta.mean()
+
+
+def test_the_attack_leaves_the_model_as_it_found_it(captioner, attacked):
+    adapter, _, _ = captioner
+    model = adapter.model
+    assert len(attacked["seen"]) == STEPS  # one forward per step
+    # every forward ran in eval mode (no dropout) with frozen parameters ...
+    assert all(seen == (False, False) for seen in attacked["seen"]), attacked["seen"]
+    # ... and afterwards each module's mode is what it was, not just the root's
+    assert attacked["modes_after"] == attacked["modes_before"]
+    assert attacked["modes_before"][""] and not attacked["modes_before"]["decoder"]
+    for name, param in model.named_parameters():
+        assert param.requires_grad, name
+        assert param.grad is None, name
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, attacked["weights"][name]), name
