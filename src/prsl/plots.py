@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from prsl.results import HEADLINE, grouped, model_label  # noqa: E402
 
@@ -102,6 +103,8 @@ def plot_vs_parameter(runs: list[dict], folder: Path) -> list[Path]:
                 ax.grid(alpha=0.3)
                 if param == "weight":
                     ax.set_xscale("log")
+                else:  # K and start are counts
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             axes[0].legend(fontsize=7)
             note = " (averaged over the other swept parameters)" if averaged else ""
             fig.suptitle(f"{task}: sensitivity to {label}{note}", fontsize=9)
@@ -129,10 +132,13 @@ def _plot_parameter_panels(axes, runs: list[dict], param: str, metric: str) -> b
             else:
                 baselines[(panel, f"{name} ({run['loss']})")].append(value)
     averaged = False
+    names = sorted({name for _, name in points}, key=lambda n: (n != "clean", n))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}  # same series, same colour
     for (panel, name), by_value in sorted(points.items()):
         xs = sorted(by_value)
         averaged |= any(len(by_value[x]) > 1 for x in xs if name != "clean")
-        axes[panel].plot(xs, [fmean(by_value[x]) for x in xs], marker="o", label=name)
+        ys = [fmean(by_value[x]) for x in xs]
+        axes[panel].plot(xs, ys, marker="o", color=colours[name], label=name)
     for (panel, name), values in sorted(baselines.items()):
         axes[panel].axhline(fmean(values), linestyle=":", color="grey", label=name)
     return averaged
