@@ -11,15 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import prsl.evaluate as evaluate_module
-from prsl.attacks import parse_eps
+from prsl.attacks import craft_on_surrogate, get_attack, parse_eps
 from prsl.config import AttackSpec, DataConfig, EvalConfig, FinetuneConfig, LossConfig, TrainConfig
 from prsl.data import read_dataset
 from prsl.evaluate import PREDICTIONS, RESULTS, evaluate
 from prsl.metrics import Scorer
-from prsl.models import build_tiny_captioner
+from prsl.models import build_tiny_captioner, load_adapter
 from prsl.results import validate_results
+from prsl.samples import evaluation_samples, load_batch
 from prsl.train import finetune
 
 METRICS = ["BLEU-1", "CIDEr", "BERTScore"]
@@ -194,3 +196,40 @@ def test_bad_input_fails_before_any_work(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="unknown dataset"):
         evaluate(config(tiny_model, tmp_path, data=DataConfig(name="cocoo")))
     assert not (tmp_path / PREDICTIONS).exists()
+
+
+def test_transfer_scores_images_crafted_on_the_surrogate(
+    trained_model, tiny_model, tmp_path, scorer
+):
+    cfg = config(
+        trained_model,
+        tmp_path,
+        surrogate=tiny_model,
+        attacks=[AttackSpec(name="fgsm", eps=["8/255"])],
+        n_images=4,
+        batch_size=4,
+    )
+    results = evaluate(cfg, progress=False, scorer=scorer)
+    validate_results(results)
+    assert {r["attack"] for r in results["runs"]} == {"fgsm", "fgsm@tiny-untrained"}
+    assert results["meta"]["surrogate"] == tiny_model
+    # Independently: FGSM on the surrogate's own clean captions, captioned by the target.
+    target, surrogate = load_adapter(trained_model), load_adapter(tiny_model)
+    samples = evaluation_samples(read_dataset("shapes", n=6, seed=5), target.vqa_prompt)[:4]
+    pixels, _, _ = load_batch(samples, target.pixel_size)
+    with torch.no_grad():
+        own = surrogate.generate(pixels, max_new_tokens=6)
+    adv = craft_on_surrogate(get_attack("fgsm", eps=8 / 255), pixels, surrogate, own)
+    with torch.no_grad():
+        want = target.generate(adv, max_new_tokens=6)
+    got = {r["key"]: r["adversarial"] for r in rows(tmp_path) if "@" in r["attack"]}
+    assert [got[s.key] for s in samples] == want
+
+
+def test_two_specs_of_one_attack_need_distinct_labels(trained_model, tmp_path, scorer):
+    twice = [AttackSpec(name="bim", steps=1), AttackSpec(name="bim", steps=2)]
+    with pytest.raises(ValueError, match="two attacks are named 'bim'.*distinct `label`"):
+        evaluate(config(trained_model, tmp_path, attacks=twice))
+    twice[1] = AttackSpec(name="bim", steps=2, label="bim-2")
+    results = evaluate(config(trained_model, tmp_path, attacks=twice, n_images=2), scorer=scorer)
+    assert {(r["attack"], r["steps"]) for r in results["runs"]} == {("bim", 1), ("bim-2", 2)}

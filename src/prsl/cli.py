@@ -169,3 +169,7 @@ def bench(
         )
     sys.argv = [str(script), *(args or [])]
     runpy.run_path(str(script), run_name="__main__")
+
+
+if __name__ == "__main__":  # `python -m prsl.cli`, e.g. under `accelerate launch -m prsl.cli`
+    app()

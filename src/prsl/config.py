@@ -108,9 +108,14 @@ class FinetuneConfig(Strict):
 
 
 class AttackSpec(Strict):
-    """One attack of an evaluation grid; ``eps`` accepts numbers or strings like ``8/255``."""
+    """One attack of an evaluation grid; ``eps`` accepts numbers or strings like ``8/255``.
+
+    ``label`` names it in the results (default: ``name``); two specs of the same attack, e.g.
+    BIM-10 and BIM-50, need different labels.
+    """
 
     name: str = "bim"
+    label: str | None = None
     eps: list[float | str] = Field(default_factory=lambda: ["8/255"])
     steps: int = 10
     alpha: float | str | None = None
@@ -118,9 +123,22 @@ class AttackSpec(Strict):
     record_every_step: bool = False
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @property
+    def result_name(self) -> str:
+        return self.label or self.name
+
 
 class EvalConfig(Strict):
+    """What to evaluate and how.
+
+    ``surrogate``: a model (directory or hub id) on which every attack is crafted a second
+    time; those images are scored on each evaluated model under the attack name
+    ``<attack>@<surrogate>``. A defence that only masks gradients falls to them while resisting
+    its own white-box attack.
+    """
+
     models: list[str] = Field(default_factory=list)
+    surrogate: str | None = None
     data: DataConfig = Field(default_factory=DataConfig)
     attacks: list[AttackSpec] = Field(default_factory=lambda: [AttackSpec()])
     output_dir: str = "runs/evaluate"

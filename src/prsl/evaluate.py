@@ -143,12 +143,41 @@ def craft(spec: AttackSpec, eps: float, pixels: torch.Tensor, loss_fn, seed: int
     return result, None
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One (attack, ε) of the grid and where it is crafted: on the evaluated model itself
+    (white-box, ``surrogate`` None) or on the surrogate (transfer)."""
+
+    name: str
+    spec: AttackSpec
+    eps: float
+    surrogate: ModelInfo | None = None
+
+
+def grid_cells(cfg: EvalConfig, surrogate: ModelInfo | None) -> list[Cell]:
+    """Every cell, with duplicate result names rejected before any work."""
+    cells = [Cell(spec.result_name, spec, eps) for spec in cfg.attacks for eps in attack_eps(spec)]
+    if surrogate is not None:
+        cells += [Cell(f"{c.name}@{surrogate.name}", c.spec, c.eps, surrogate) for c in list(cells)]
+    seen: set[tuple[str, float]] = set()
+    for cell in cells:
+        if (cell.name, cell.eps) in seen:
+            raise ValueError(
+                f"two attacks are named {cell.name!r} at ε={cell.eps:.5g}: give one of them a "
+                "distinct `label` in the config"
+            )
+        seen.add((cell.name, cell.eps))
+    return cells
+
+
 def evaluate(cfg: EvalConfig, *, progress: bool = True, scorer: Scorer | None = None) -> dict:
     """Run (or resume) the evaluation grid and write ``results.json``; returns its content."""
     if not cfg.models:
         raise ValueError("no model to evaluate: give at least one model directory or hub id")
     for spec in cfg.attacks:
         get_attack(spec.name)  # unknown attack names fail before any work
+    surrogate_info = model_info(cfg.surrogate) if cfg.surrogate else None
+    cells = grid_cells(cfg, surrogate_info)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     split = read_dataset(cfg.data.name, **cfg.data.options)
@@ -157,28 +186,46 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True, scorer: Scorer | None = 
     drop_torn_tail(pred_path)
     done = {(r["model"], r["attack"], r["eps"], r["key"]) for r in read_predictions(pred_path)}
     infos = [model_info(m) for m in cfg.models]
+    surrogate = load_adapter(surrogate_info.path) if surrogate_info else None
     with pred_path.open("a") as sink, _progress(progress) as bar:
         for info in infos:
             adapter = load_adapter(info.path)
+            if surrogate is not None and surrogate.pixel_size != adapter.pixel_size:
+                raise ValueError(
+                    f"surrogate {surrogate_info.name} takes {surrogate.pixel_size} images but "
+                    f"{info.name} takes {adapter.pixel_size}: transfer needs the same size"
+                )
             samples = evaluation_samples(split, adapter.vqa_prompt)[: cfg.n_images]
             task = bar.add_task(f"{info.name}", total=len(samples))
             for batch in _batches(samples, cfg.batch_size):
                 todo = [
-                    (spec, eps)
-                    for spec in cfg.attacks
-                    for eps in attack_eps(spec)
-                    if any((info.name, spec.name, eps, s.key) not in done for s in batch)
+                    c
+                    for c in cells
+                    if any((info.name, c.name, c.eps, s.key) not in done for s in batch)
                 ]
                 if todo:
-                    skipped += _evaluate_batch(cfg, adapter, info, batch, todo, done, sink, out)
+                    models = Models(info, adapter, surrogate)
+                    skipped += _evaluate_batch(cfg, models, batch, todo, done, sink, out)
                 bar.advance(task, len(batch))
     results = score_predictions(cfg, split.task, infos, read_predictions(pred_path), scorer)
     results["meta"]["skipped"] = [s.__dict__ for s in skipped]
+    if surrogate_info is not None:
+        results["meta"]["surrogate"] = surrogate_info.path
     (out / RESULTS).write_text(json.dumps(results, indent=2))
     return results
 
 
-def _evaluate_batch(cfg, adapter: VLMAdapter, info, batch, todo, done, sink, out) -> list[Skipped]:
+@dataclass
+class Models:
+    """The evaluated model (name, loss, adapter) and the optional transfer surrogate."""
+
+    info: ModelInfo
+    adapter: VLMAdapter
+    surrogate: VLMAdapter | None
+
+
+def _evaluate_batch(cfg, models: Models, batch, todo: list[Cell], done, sink, out) -> list:
+    adapter, info = models.adapter, models.info
     pixels, kept, skipped = load_batch(batch, adapter.pixel_size)
     if pixels is None:
         return skipped
@@ -187,22 +234,34 @@ def _evaluate_batch(cfg, adapter: VLMAdapter, info, batch, todo, done, sink, out
     gen = {"max_new_tokens": cfg.max_new_tokens}
     with torch.no_grad():
         clean = adapter.generate(pixels, prompts, **gen)
-    targets = clean if cfg.attack_target == "clean" else [s.text for s in kept]
-    for spec, eps in todo:
-        loss_fn = untargeted_loss(adapter, targets, prompts)
-        adv, steps = craft(spec, eps, pixels, loss_fn, cfg.seed)
+    loss_fns = {False: _attack_loss(cfg, adapter, clean, kept, prompts)}  # keyed by transfer
+    for cell in todo:
+        transfer = cell.surrogate is not None
+        crafter = models.surrogate if transfer else adapter
+        if transfer and True not in loss_fns:
+            with torch.no_grad():
+                own = crafter.generate(pixels.to(crafter.device), prompts, **gen)
+            loss_fns[True] = _attack_loss(cfg, crafter, own, kept, prompts)
+        adv, steps = craft(
+            cell.spec, cell.eps, pixels.to(crafter.device), loss_fns[transfer], cfg.seed
+        )
+        adv = adv.to(adapter.device)
         with torch.no_grad():
             adversarial = adapter.generate(adv, prompts, **gen)
-            per_step = [adapter.generate(x, prompts, **gen) for x in steps] if steps else None
+            per_step = (
+                [adapter.generate(x.to(adapter.device), prompts, **gen) for x in steps]
+                if steps
+                else None
+            )
         for i, sample in enumerate(kept):
-            if (info.name, spec.name, eps, sample.key) in done:
+            if (info.name, cell.name, cell.eps, sample.key) in done:
                 continue
             row = {
                 "model": info.name,
                 "loss": info.loss,
-                "attack": spec.name,
-                "eps": eps,
-                "steps": spec.steps,
+                "attack": cell.name,
+                "eps": cell.eps,
+                "steps": cell.spec.steps,
                 "key": sample.key,
                 "question": sample.question,
                 "references": list(sample.references),
@@ -212,14 +271,20 @@ def _evaluate_batch(cfg, adapter: VLMAdapter, info, batch, todo, done, sink, out
             }
             if per_step:
                 row["per_step"] = [captions[i] for captions in per_step]
-            if _wants_gallery(out, info.name, spec.name, eps, cfg.gallery):
+            if _wants_gallery(out, info.name, cell.name, cell.eps, cfg.gallery):
                 row["gallery"] = _save_pair(
-                    out, info.name, spec.name, eps, sample.key, pixels[i], adv[i]
+                    out, info.name, cell.name, cell.eps, sample.key, pixels[i], adv[i]
                 )
             sink.write(json.dumps(row) + "\n")
-            done.add((info.name, spec.name, eps, sample.key))
+            done.add((info.name, cell.name, cell.eps, sample.key))
         sink.flush()
     return skipped
+
+
+def _attack_loss(cfg: EvalConfig, crafter: VLMAdapter, own_clean, kept, prompts):
+    """The untargeted loss on ``crafter``: CE of its own clean output, or of the ground truth."""
+    targets = own_clean if cfg.attack_target == "clean" else [s.text for s in kept]
+    return untargeted_loss(crafter, targets, prompts)
 
 
 def _wants_gallery(out: Path, model: str, attack: str, eps: float, limit: int) -> bool:

@@ -1,0 +1,5 @@
+"""``python -m prsl`` runs the command line."""
+
+from prsl.cli import app
+
+app()
