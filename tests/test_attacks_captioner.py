@@ -19,7 +19,6 @@ The noise baseline shows that the attack, not the ε-ball alone, moves the capti
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import pytest
 import torch
@@ -27,7 +26,7 @@ import torch
 from prsl.attacks import bim, untargeted_loss
 from prsl.data.images import to_pixels
 from prsl.data.shapes import make_shapes_captions
-from prsl.models import build_tiny_captioner
+from shapes_training import corpus_bleu, tiny_captioner_for, train_captioner
 
 TRAIN_STEPS = 200
 TRAIN_BATCH = 32
@@ -38,27 +37,9 @@ STEPS = 10
 MAX_NEW_TOKENS = 16
 
 
-def ngram_counts(words: list[str], n: int) -> Counter:
-    return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-
-
 def bleu2(candidates: list[str], references: list[str]) -> float:
-    """Corpus BLEU-2 with one reference per candidate (clipped precisions, brevity penalty)."""
-    log_precisions = []
-    for n in (1, 2):
-        matched = total = 0
-        for candidate, reference in zip(candidates, references, strict=True):
-            counts = ngram_counts(candidate.split(), n)
-            ref_counts = ngram_counts(reference.split(), n)
-            matched += sum(min(c, ref_counts[g]) for g, c in counts.items())
-            total += sum(counts.values())
-        if matched == 0:
-            return 0.0
-        log_precisions.append(math.log(matched / total))
-    cand_len = sum(len(c.split()) for c in candidates)
-    ref_len = sum(len(r.split()) for r in references)
-    brevity = 1.0 if cand_len > ref_len else math.exp(1 - ref_len / max(cand_len, 1))
-    return brevity * math.exp(sum(log_precisions) / 2)
+    """Corpus BLEU-2 with one reference per candidate."""
+    return corpus_bleu(candidates, [(ref,) for ref in references])
 
 
 def test_bleu2_on_hand_computed_cases():
@@ -71,38 +52,13 @@ def test_bleu2_on_hand_computed_cases():
 
 
 @pytest.fixture(scope="module")
-def single_thread():
-    """The tiny model trains several times faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def captioner(single_thread):
+def captioner():
     """(adapter, held-out pixels, clean captions) of a captioner trained on shapes."""
     train = make_shapes_captions(300, seed=0).examples
     held_out = make_shapes_captions(HELD_OUT, seed=1000).examples
-    pairs = [(i, ref) for i, ex in enumerate(train) for ref in ex.references]
-    adapter = build_tiny_captioner([ref for _, ref in pairs], seed=0)
-    train_pixels = to_pixels([ex.image for ex in train], adapter.pixel_size)
+    adapter = tiny_captioner_for(train)
+    train_captioner(adapter, train, steps=TRAIN_STEPS, batch=TRAIN_BATCH)
     pixels = to_pixels([ex.image for ex in held_out], adapter.pixel_size)
-    optimizer = torch.optim.Adam(adapter.model.parameters(), lr=2e-3)
-    order = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # dropout
-        adapter.model.train()
-        for _ in range(TRAIN_STEPS):
-            batch = torch.randint(len(pairs), (TRAIN_BATCH,), generator=order).tolist()
-            loss = adapter.loss(
-                train_pixels[[pairs[j][0] for j in batch]], [pairs[j][1] for j in batch]
-            ).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    adapter.model.eval()
     clean = adapter.generate(pixels, max_new_tokens=MAX_NEW_TOKENS)
     return adapter, pixels, clean
 

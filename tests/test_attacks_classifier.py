@@ -21,15 +21,6 @@ SHAPE = (3, 8, 8)
 EPS = 12 / 255
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run several times faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def blobs(prototypes: torch.Tensor, n: int, gen: torch.Generator):
     labels = torch.randint(0, CLASSES, (n,), generator=gen)
     noise = 0.15 * torch.randn(n, *SHAPE, generator=gen)
@@ -37,7 +28,7 @@ def blobs(prototypes: torch.Tensor, n: int, gen: torch.Generator):
 
 
 @pytest.fixture(scope="module")
-def trained(single_thread):
+def trained():
     gen = torch.Generator().manual_seed(0)
     signs = 2 * torch.randint(0, 2, (CLASSES, *SHAPE), generator=gen) - 1
     prototypes = 0.5 + 0.05 * signs

@@ -26,16 +26,6 @@ from prsl.attacks import (
     square,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run several times faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 LINEAR = nn.Linear(3 * 4 * 4, 2)
 IMAGES = torch.full((2, 3, 4, 4), 0.5)
 

@@ -35,15 +35,6 @@ def fixed_model(seed: int = 0) -> nn.Module:
 MODEL = fixed_model()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run several times faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def ce_loss(model: nn.Module, labels: torch.Tensor):
     return lambda x: nn.functional.cross_entropy(model(x), labels, reduction="none")
 

@@ -34,13 +34,8 @@ def plot_vs_eps(runs: list[dict], folder: Path) -> list[Path]:
                 ax.plot(xs, [clean] + [p[1] for p in points], marker="o", label=label)
             ax.set(xlabel="ε (×1/255)", ylabel=metric, title=f"{attack}: {metric}")
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"{task}, reference = {reference}", fontsize=9)
-        fig.tight_layout()
-        path = folder / f"eps_{task}_{reference}_{attack}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made.append(path)
+        name = f"eps_{task}_{reference}_{attack}.png"
+        made.append(_finish(fig, axes, f"{task}, reference = {reference}", folder / name))
     return made
 
 
@@ -64,14 +59,19 @@ def plot_vs_iteration(runs: list[dict], folder: Path) -> list[Path]:
                 xlabel="attack iteration", ylabel=metric, title=f"{attack} ε={eps * 255:.3g}/255"
             )
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"{task}, reference = {reference}", fontsize=9)
-        fig.tight_layout()
-        path = folder / f"iter_{task}_{reference}_{attack}_{eps * 255:.3g}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made.append(path)
+        name = f"iter_{task}_{reference}_{attack}_{eps * 255:.3g}.png"
+        made.append(_finish(fig, axes, f"{task}, reference = {reference}", folder / name))
     return made
+
+
+def _finish(fig, axes, title: str, path: Path) -> Path:
+    """Legend on the first panel, title, tight layout, PNG; the figure is closed."""
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 SWEPT = {"k": "K (window size)", "start": "start (first rank)", "weight": "b (regulariser weight)"}
@@ -105,14 +105,9 @@ def plot_vs_parameter(runs: list[dict], folder: Path) -> list[Path]:
                     ax.set_xscale("log")
                 else:  # K and start are counts
                     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            axes[0].legend(fontsize=7)
             note = " (averaged over the other swept parameters)" if averaged else ""
-            fig.suptitle(f"{task}: sensitivity to {label}{note}", fontsize=9)
-            fig.tight_layout()
-            path = folder / f"param_{task}_{param}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            made.append(path)
+            title = f"{task}: sensitivity to {label}{note}"
+            made.append(_finish(fig, axes, title, folder / f"param_{task}_{param}.png"))
     return made
 
 
