@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from prsl.initial_model import build_adapter
 from prsl.models import (
     ADAPTER_FAMILIES,
     ADAPTER_INFO,
     VisionEncoderDecoderAdapter,
     adapter_class,
-    build_adapter,
     build_tiny_captioner,
     build_word_tokenizer,
     load_adapter,

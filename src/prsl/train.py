@@ -7,15 +7,18 @@ Built on ``accelerate``: the same code runs on CPU, one GPU, or under ``accelera
 
 Loss scaling across processes: every process computes its token CE as a sum divided by the
 number of counted tokens in the *global* micro-batch (gathered), times the number of processes,
-so DDP's gradient averaging yields exactly the single-process mean. The PRSL/DRSL regulariser is a
-sum over positions (the authors' form); each process sums over its own positions and the
-regulariser's log-softmax spans that process's positions, as it spans one micro-batch under
-gradient accumulation.
+so DDP's gradient averaging yields exactly the single-process mean. Label-smoothed CE is a mean
+as a whole and is scaled the same way. The PRSL/DRSL regulariser is a sum over positions (the
+authors' form); each process sums over its own positions and the regulariser's log-softmax spans
+that process's positions, as it spans one micro-batch under gradient accumulation.
+
+Logs (main process): a progress bar with the loss, CE, regulariser and throughput; a console line
+every ``log_every`` steps; ``train_log.csv``; TensorBoard scalars with ``train.tensorboard``.
+Logged values are averaged over processes; throughput counts the target tokens of all of them.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -26,21 +29,25 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import get_scheduler
 
 from prsl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from prsl.config import FinetuneConfig
 from prsl.data import read_dataset
 from prsl.data.types import Skipped
+from prsl.initial_model import TINY, build_adapter
 from prsl.losses import get_loss
-from prsl.models import build_adapter
+from prsl.models.registry import adapter_class
+from prsl.models.ved import VisionEncoderDecoderAdapter
 from prsl.samples import Sample, load_batch, training_samples
+from prsl.train_log import MetricLog, describe, progress_bar, require_tensorboard
 
 log = logging.getLogger(__name__)
 
 TRAIN_INFO = "prsl_train.json"
+MEAN_LOSSES = frozenset({"ce", "ls"})
+"""Losses that are a mean over counted tokens as a whole (no summed regulariser)."""
 
 
 @dataclass
@@ -58,6 +65,19 @@ def check_output_dir(output_dir: Path, resume: bool) -> None:
         raise FileExistsError(
             f"{output_dir} already holds checkpoints of another run; pass --resume to continue "
             "it, or choose a new output directory"
+        )
+
+
+def check_model_config(cfg: FinetuneConfig) -> None:
+    """Fail on a model family that does not exist (or does not fit the tiny model) up front."""
+    family = cfg.model.family
+    if family is None:
+        return
+    adapter_class(family)
+    if cfg.model.name_or_path == TINY and family != VisionEncoderDecoderAdapter.family:
+        raise ValueError(
+            f"model.family={family!r} does not fit model.name_or_path='tiny', which is a "
+            f"{VisionEncoderDecoderAdapter.family!r} model; leave family unset"
         )
 
 
@@ -86,10 +106,16 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
     out = Path(cfg.train.output_dir)
     check_output_dir(out, resume)
     criterion = get_loss(cfg.loss.name, **cfg.loss.params)
+    check_model_config(cfg)
     if cfg.train.tensorboard:
-        _require_tensorboard()
+        require_tensorboard()
     accelerator = Accelerator(
-        mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available()
+        mixed_precision=cfg.train.mixed_precision,
+        cpu=not torch.cuda.is_available(),
+        # Each global micro-batch is split across the processes (below), so there is one
+        # scheduler step per optimizer step. Without this, accelerate steps a prepared scheduler
+        # once per process and the schedule runs num_processes times too fast.
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
     world = accelerator.num_processes
     if cfg.train.batch_size % world:
@@ -125,7 +151,13 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
     position = {"step": 0, "epoch": 0, "in_epoch": 0}
     if resume and (ckpts := list_checkpoints(out)):
         state = load_checkpoint(ckpts[-1])
-        accelerator.unwrap_model(wrapped).load_state_dict(state["model"], strict=False)
+        loaded = accelerator.unwrap_model(wrapped).load_state_dict(state["model"], strict=False)
+        if loaded.missing_keys or loaded.unexpected_keys:
+            raise ValueError(
+                f"{ckpts[-1]} does not fit the configured model (missing "
+                f"{loaded.missing_keys[:5]}, unexpected {loaded.unexpected_keys[:5]}); was it "
+                "written by a run with another model?"
+            )
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -133,10 +165,13 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
         step, start_epoch, start_in_epoch = (position[k] for k in ("step", "epoch", "in_epoch"))
         accelerator.print(f"resuming from {ckpts[-1]} (step {step})")
 
-    logger = _MetricLog(out, accelerator.is_main_process, cfg.train.tensorboard, resume)
+    bar = progress_bar(progress and accelerator.is_main_process)
+    logger = MetricLog(
+        out, accelerator.is_main_process, cfg.train.tensorboard, step, bar if progress else None
+    )
     result = TrainResult(out, out / "final", total_steps, skipped=list(split.skipped))
+    saved = step if resume and step else None
     wrapped.train()
-    bar = _progress(progress and accelerator.is_main_process)
     task = bar.add_task("fine-tuning", total=total_steps, completed=step)
     with bar:
         for epoch, step_in_epoch, group in step_groups(
@@ -167,12 +202,14 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
             }
             result.history.append(stats)
             if step % max(cfg.train.log_every, 1) == 0 or step == total_steps:
-                logger.write(stats)
-            bar.update(task, completed=step, description=f"loss {stats['loss']:.4f}")
+                logger.write(stats, total_steps)
+            bar.update(task, completed=step, description=describe(stats))
             position = {"step": step, "epoch": epoch, "in_epoch": step_in_epoch + 1}
             if cfg.train.save_every and step % cfg.train.save_every == 0:
                 _save(accelerator, wrapped, optimizer, scheduler, out, position)
-    _save(accelerator, wrapped, optimizer, scheduler, out, position)
+                saved = step
+    if saved != step:
+        _save(accelerator, wrapped, optimizer, scheduler, out, position)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         adapter.set_forward_module(None)
@@ -181,6 +218,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
             "loss": cfg.loss.name,
             "loss_params": criterion.params,
             "steps": step,
+            "processes": accelerator.num_processes,
             "config": cfg.model_dump(),
             "skipped": [s.__dict__ for s in result.skipped],
         }
@@ -191,9 +229,15 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
 
 
 def _optimizer_step(cfg, accelerator, adapter, wrapped, criterion, samples, group, result) -> dict:
-    """Forward/backward over the micro-batches of one optimizer step; returns averaged stats."""
-    totals = {"loss": 0.0, "ce": 0.0, "regularizer": 0.0, "tokens": 0}
+    """Forward/backward over the micro-batches of one optimizer step; returns averaged stats.
+
+    The stats are those of the objective the gradient follows, over all processes: CE (and a
+    mean-type loss) over every counted token, the regulariser summed over the processes.
+    """
+    parts = torch.zeros(3, dtype=torch.float64)  # this process's part of loss, CE, regulariser
+    tokens = 0
     rank, world = accelerator.process_index, accelerator.num_processes
+    mean_loss = cfg.loss.name in MEAN_LOSSES
     for i, indices in enumerate(group):
         mine = indices[rank::world] if world > 1 else indices
         batch: list[Sample] = [samples[j] for j in mine]
@@ -209,15 +253,21 @@ def _optimizer_step(cfg, accelerator, adapter, wrapped, criterion, samples, grou
             )
             terms = criterion.terms(logits, labels)
             local = (labels != -100).sum()
-            counted = accelerator.reduce(local.detach().clone(), reduction="sum").clamp(min=1)
-            ce_part = terms.ce * local / counted * world
-            loss = (ce_part + (terms.loss - terms.ce) * world) / len(group)
-            accelerator.backward(loss)
-        totals["loss"] += terms.loss.item() / len(group)
-        totals["ce"] += terms.ce.item() / len(group)
-        totals["regularizer"] += terms.regularizer.item() / len(group)
-        totals["tokens"] += int(local) * world
-    return totals
+            everywhere = accelerator.reduce(local.detach().clone(), reduction="sum")
+            share = local / everywhere.clamp(min=1)  # of the micro-batch's counted tokens
+            ce = terms.ce * share
+            if mean_loss:
+                loss, regularizer = terms.loss * share, terms.regularizer * share
+            else:
+                loss, regularizer = ce + (terms.loss - terms.ce), terms.regularizer
+            # DDP averages gradients over processes: scale up by their number.
+            accelerator.backward(loss * world / len(group))
+        parts += torch.stack([loss, ce, regularizer]).detach().double().cpu()
+        tokens += int(everywhere)
+    if world > 1:
+        parts = accelerator.reduce(parts.to(accelerator.device), reduction="sum").cpu()
+    loss, ce, regularizer = (parts / len(group)).tolist()
+    return {"loss": loss, "ce": ce, "regularizer": regularizer, "tokens": tokens}
 
 
 def _save(accelerator, wrapped, optimizer, scheduler, out, position: dict) -> None:
@@ -232,61 +282,3 @@ def _save(accelerator, wrapped, optimizer, scheduler, out, position: dict) -> No
             position=position,
         )
     accelerator.wait_for_everyone()
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
-
-
-def _require_tensorboard() -> None:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        raise RuntimeError(
-            "train.tensorboard=true needs the tensorboard package: pip install tensorboard"
-        ) from None
-
-
-class _MetricLog:
-    """CSV (always) and TensorBoard (on request) logs of the training curve, main process only."""
-
-    FIELDS = ("step", "epoch", "loss", "ce", "regularizer", "lr", "tokens_per_s")
-
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool, resume: bool) -> None:
-        self.enabled = enabled
-        self.writer = None
-        if not enabled:
-            return
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "train_log.csv"
-        fresh = not (resume and path.exists())
-        self.handle = path.open("w" if fresh else "a", newline="")
-        self.csv = csv.DictWriter(self.handle, fieldnames=self.FIELDS, extrasaction="ignore")
-        if fresh:
-            self.csv.writeheader()
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out / "tensorboard"))
-
-    def write(self, stats: dict) -> None:
-        if not self.enabled:
-            return
-        self.csv.writerow(stats)
-        self.handle.flush()
-        log.info("step %(step)d loss %(loss).4f ce %(ce).4f reg %(regularizer).4f", stats)
-        if self.writer is not None:
-            for key in ("loss", "ce", "regularizer", "lr", "tokens_per_s"):
-                self.writer.add_scalar(f"train/{key}", stats[key], stats["step"])
-
-    def close(self) -> None:
-        if self.enabled:
-            self.handle.close()
-            if self.writer is not None:
-                self.writer.close()

@@ -7,7 +7,6 @@ Families: ``vision-encoder-decoder`` (ViT-GPT2 and the tiny from-scratch caption
 from prsl.models.base import VLMAdapter
 from prsl.models.blip2 import Blip2Adapter
 from prsl.models.blip2_finetune import freeze_for_finetune, lora_merged_state_dict
-from prsl.models.build import build_adapter, vocabulary_texts
 from prsl.models.hf import ADAPTER_INFO, HFAdapter
 from prsl.models.registry import ADAPTER_FAMILIES, adapter_class, detect_family, load_adapter
 from prsl.models.tiny import build_tiny_captioner, build_word_tokenizer
@@ -21,12 +20,10 @@ __all__ = [
     "VLMAdapter",
     "VisionEncoderDecoderAdapter",
     "adapter_class",
-    "build_adapter",
     "build_tiny_captioner",
     "build_word_tokenizer",
     "detect_family",
     "freeze_for_finetune",
     "load_adapter",
     "lora_merged_state_dict",
-    "vocabulary_texts",
 ]

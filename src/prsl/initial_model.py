@@ -1,5 +1,8 @@
 """The model a fine-tuning run starts from, as its configuration describes it.
 
+A pipeline module: it composes ``prsl.models`` with the run's config and dataset (the tiny
+model's vocabulary comes from the training texts), so the models package needs neither.
+
 ``name_or_path: tiny`` builds the from-scratch captioner with a vocabulary covering the
 training data (captions, or VQA prompts and answers); anything else is loaded with
 :func:`load_adapter`, and BLIP-2 is frozen for its fine-tuning mode.
@@ -11,6 +14,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torch import nn
+
 from prsl.models.blip2 import Blip2Adapter
 from prsl.models.hf import ADAPTER_INFO, HFAdapter
 from prsl.models.registry import load_adapter
@@ -19,6 +24,7 @@ from prsl.models.ved import VisionEncoderDecoderAdapter
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+    from transformers import VisionEncoderDecoderModel
 
     from prsl.config import ModelConfig
     from prsl.data.types import DatasetSplit
@@ -47,7 +53,8 @@ def build_adapter(
     accelerator: Accelerator | None = None,
     seed: int = 0,
 ) -> HFAdapter:
-    """The adapter to fine-tune, on the accelerator's device.
+    """The adapter to fine-tune, on the accelerator's device, with the parameters that no loss
+    reaches frozen (see :func:`freeze_encoder_pooler`).
 
     For the tiny model, ``base_dir`` keeps the freshly built model: the main process builds
     and saves it first, the others (and a resumed run) load it, so every process starts from
@@ -65,9 +72,23 @@ def build_adapter(
             adapter.freeze_for_finetune(
                 model_cfg.blip2_trainable, lora_r=model_cfg.lora_r, lora_alpha=model_cfg.lora_alpha
             )
+    if isinstance(adapter, VisionEncoderDecoderAdapter):
+        freeze_encoder_pooler(adapter.model)
     if accelerator is not None:
         adapter.model.to(accelerator.device)
     return adapter
+
+
+def freeze_encoder_pooler(model: VisionEncoderDecoderModel) -> None:
+    """Freeze the vision encoder's pooler, which a VisionEncoderDecoder never uses.
+
+    The decoder cross-attends to the encoder's hidden states, not to its pooled output, so the
+    pooler (ViT has one) gets no gradient. DDP waits for the gradient of every trainable
+    parameter and fails at the second step; frozen, the pooler is simply left out.
+    """
+    pooler = getattr(model.encoder, "pooler", None)
+    if pooler is not None:
+        pooler.requires_grad_(False)
 
 
 def _tiny_adapter(
@@ -83,7 +104,27 @@ def _tiny_adapter(
         if base_dir is not None and (Path(base_dir) / ADAPTER_INFO).is_file():
             return load_adapter(base_dir)
         texts = vocabulary_texts(split, VisionEncoderDecoderAdapter.default_vqa_template)
-        adapter = build_tiny_captioner(texts, **model_cfg.tiny.model_dump(), seed=seed)
+        options = model_cfg.tiny.model_dump()
+        dropout = options.pop("dropout")
+        adapter = build_tiny_captioner(texts, **options, seed=seed)
+        if dropout is not None:
+            set_dropout(adapter.model, dropout)
         if base_dir is not None and main:
             adapter.save(base_dir)
     return adapter
+
+
+def set_dropout(model: VisionEncoderDecoderModel, p: float) -> None:
+    """Every dropout probability of a ViT + GPT-2 encoder-decoder, in its config and its modules.
+
+    The config is what a saved copy is rebuilt from; the modules are what this copy runs: GPT-2
+    reads its ``nn.Dropout`` modules, ViT's attention a float attribute.
+    """
+    encoder, decoder = model.config.encoder, model.config.decoder
+    encoder.hidden_dropout_prob = encoder.attention_probs_dropout_prob = p
+    decoder.resid_pdrop = decoder.embd_pdrop = decoder.attn_pdrop = p
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        elif isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p

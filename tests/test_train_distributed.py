@@ -1,0 +1,156 @@
+"""Distributed for real: ``accelerate launch`` with two CPU processes (DDP over gloo) trains the
+tiny model to the same weights as one process with the same global batch.
+
+Each process takes every other sample of each global micro-batch and scales its token-mean loss
+by its share of the global token count, so DDP's gradient average equals the single-process
+gradient. Dropout is off: its masks would otherwise depend on how the batch is split.
+
+Launching: ``accelerate launch --cpu --num_processes 2`` starts ONE process (accelerate 1.x
+spawns several CPU processes only through ``mpirun --hostfile``). ``--multi_gpu`` goes through
+torchrun and starts both; with no visible GPU, accelerate sets them up as MULTI_CPU over gloo.
+The test checks the world size the run recorded, so it cannot pass on a single process.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from prsl.checkpoint import list_checkpoints, load_checkpoint
+from prsl.config import FinetuneConfig, load_config
+from prsl.train import TRAIN_INFO, finetune
+
+pytestmark = pytest.mark.slow
+
+LAUNCH_TIMEOUT_S = 240
+"""Two processes importing torch + transformers on a busy two-core machine take a while."""
+
+
+def config_tree(loss: str) -> dict:
+    return {
+        "model": {"name_or_path": "tiny", "tiny": {"hidden": 32, "layers": 1, "dropout": 0.0}},
+        "data": {"name": "shapes", "options": {"n": 16, "seed": 0}},
+        "loss": {"name": loss, "params": {}},
+        # global micro-batch 4 (2 per process), 2 micro-batches per step: 8 samples per step
+        "train": {
+            "lr": 3e-3,
+            "batch_size": 4,
+            "grad_accum": 2,
+            "max_steps": 4,
+            "warmup_steps": 1,
+            "max_grad_norm": None,  # clipping would hide a wrongly scaled gradient
+            "seed": 0,
+            "log_every": 1,
+        },
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_two_processes(config: Path, out: Path, workdir: Path) -> None:
+    """``accelerate launch ... -m prsl.cli finetune``, as the configs document it."""
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",  # `accelerate launch`
+        "--multi_gpu",  # torchrun: two processes (see the module docstring)
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "prsl.cli",
+        "finetune",
+        "--config",
+        str(config),
+        "--set",
+        f"train.output_dir={out}",
+    ]
+    env = os.environ | {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(
+        command, cwd=workdir, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
+    )
+    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+
+
+def weights(run: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(run / name / "model.safetensors"))
+
+
+def adam_moments(run: Path) -> dict[str, torch.Tensor]:
+    """Adam's running gradient moments: linear (and quadratic) in the gradients, where the
+    weights Adam moves are nearly blind to a gradient's scale after a few steps."""
+    state = load_checkpoint(list_checkpoints(run)[-1])["optimizer"]["state"]
+    return {
+        f"{index}.{key}": value
+        for index, slots in state.items()
+        for key, value in slots.items()
+        if key in ("exp_avg", "exp_avg_sq")
+    }
+
+
+def losses(run: Path) -> list[tuple[float, float]]:
+    with (run / "train_log.csv").open(newline="") as handle:
+        return [(float(r["loss"]), float(r["ce"])) for r in csv.DictReader(handle)]
+
+
+@pytest.mark.parametrize("loss", ["ce", "ls"])
+def test_two_processes_reach_the_weights_of_one(tmp_path, loss):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(config_tree(loss)))
+    two, one = tmp_path / "two", tmp_path / "one"
+    launch_two_processes(config, two, tmp_path)
+    assert json.loads((two / "final" / TRAIN_INFO).read_text())["processes"] == 2
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        finetune(load_config(FinetuneConfig, config, [f"train.output_dir={one}"]), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+    start = weights(one, "base")
+    assert weights(two, "base").keys() == start.keys()
+    for name, tensor in weights(two, "base").items():
+        assert torch.equal(tensor, start[name]), name
+    single, double = weights(one, "final"), weights(two, "final")
+    assert single.keys() == double.keys()
+    moved = max((single[k] - start[k]).abs().max().item() for k in single)
+    assert moved > 1e-3, "training did not move the weights: the comparison would prove nothing"
+    for name, tensor in single.items():
+        torch.testing.assert_close(double[name], tensor, rtol=1e-4, atol=2e-5, msg=name)
+    # Adam's moments, each kind against its largest entry: gradients that are zero in exact
+    # arithmetic (e.g. of attention key biases) hold rounding noise that differs between runs.
+    expected, moments = adam_moments(one), adam_moments(two)
+    assert moments.keys() == expected.keys()
+    for kind in ("exp_avg", "exp_avg_sq"):
+        of_kind = {name: m for name, m in expected.items() if name.endswith(f".{kind}")}
+        scale = max(m.abs().max().item() for m in of_kind.values())
+        for name, moment in of_kind.items():
+            torch.testing.assert_close(
+                moments[name], moment, rtol=1e-3, atol=1e-5 * scale, msg=name
+            )
+    # The logged loss of two processes is the global one, too.
+    for (loss_two, ce_two), (loss_one, ce_one) in zip(losses(two), losses(one), strict=True):
+        assert loss_two == pytest.approx(loss_one, rel=1e-4)
+        assert ce_two == pytest.approx(ce_one, rel=1e-4)
