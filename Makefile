@@ -34,6 +34,8 @@ format:
 
 bench: install
 	$(BIN)/python benchmarks/losses.py
+	$(BIN)/python benchmarks/attacks.py --threads 1
+	$(BIN)/python benchmarks/train.py --threads 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
