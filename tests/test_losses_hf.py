@@ -37,6 +37,21 @@ def test_num_items_in_batch_rescales_only_the_ce_part():
     torch.testing.assert_close(doubled, terms.ce * 10 / 20 + 0.2 * terms.regularizer)
 
 
+def test_num_items_in_batch_rescales_all_of_label_smoothing():
+    # Label-smoothed CE is a per-token mean as a whole: Trainer's contract is its token sum over
+    # num_items_in_batch, the smoothing part included.
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 5, 20, generator=gen)
+    labels = torch.randint(0, 20, (2, 5), generator=gen)
+    labels[0, :2] = -100
+    out = Seq2SeqLMOutput(logits=logits, encoder_last_hidden_state=logits)
+    got = hf_loss("ls", smoothing=0.2)(out, labels, num_items_in_batch=torch.tensor(32))
+    token_sum = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 20), labels.reshape(-1), label_smoothing=0.2, reduction="sum"
+    )
+    torch.testing.assert_close(got, token_sum / 32)
+
+
 class TokenDataset(torch.utils.data.Dataset):
     def __init__(self, n: int, length: int, vocab: int) -> None:
         gen = torch.Generator().manual_seed(2)

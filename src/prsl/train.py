@@ -46,8 +46,6 @@ from prsl.train_log import MetricLog, describe, progress_bar, require_tensorboar
 log = logging.getLogger(__name__)
 
 TRAIN_INFO = "prsl_train.json"
-MEAN_LOSSES = frozenset({"ce", "ls"})
-"""Losses that are a mean over counted tokens as a whole (no summed regulariser)."""
 
 
 @dataclass
@@ -237,7 +235,6 @@ def _optimizer_step(cfg, accelerator, adapter, wrapped, criterion, samples, grou
     parts = torch.zeros(3, dtype=torch.float64)  # this process's part of loss, CE, regulariser
     tokens = 0
     rank, world = accelerator.process_index, accelerator.num_processes
-    mean_loss = cfg.loss.name in MEAN_LOSSES
     for i, indices in enumerate(group):
         mine = indices[rank::world] if world > 1 else indices
         batch: list[Sample] = [samples[j] for j in mine]
@@ -255,11 +252,10 @@ def _optimizer_step(cfg, accelerator, adapter, wrapped, criterion, samples, grou
             local = (labels != -100).sum()
             everywhere = accelerator.reduce(local.detach().clone(), reduction="sum")
             share = local / everywhere.clamp(min=1)  # of the micro-batch's counted tokens
-            ce = terms.ce * share
-            if mean_loss:
-                loss, regularizer = terms.loss * share, terms.regularizer * share
-            else:
-                loss, regularizer = ce + (terms.loss - terms.ce), terms.regularizer
+            loss, ce = criterion.rescaled(terms, share), terms.ce * share
+            regularizer = terms.regularizer
+            if criterion.mean_over_tokens:  # label smoothing's part is a per-token mean too
+                regularizer = regularizer * share
             # DDP averages gradients over processes: scale up by their number.
             accelerator.backward(loss * world / len(group))
         parts += torch.stack([loss, ce, regularizer]).detach().double().cpu()

@@ -90,15 +90,28 @@ class TermsLoss(torch.nn.Module):
 
     Every registered loss is one of these, so training code calls ``criterion(logits, labels)``
     for the objective and ``criterion.terms(...)`` when it logs CE and the regulariser apart.
+
+    ``mean_over_tokens``: the whole loss is a mean over counted tokens (CE, label smoothing);
+    otherwise only ``ce`` is, and ``loss - ce`` is a sum over positions (PRSL, DRSL). Code that
+    splits a batch over micro-batches or processes rescales only the mean part
+    (:meth:`rescaled`).
     """
 
-    def __init__(self, terms_fn, **params) -> None:
+    def __init__(self, terms_fn, *, mean_over_tokens: bool = False, **params) -> None:
         super().__init__()
         self.terms_fn = terms_fn
+        self.mean_over_tokens = mean_over_tokens
         self.params = params
 
     def terms(self, logits: torch.Tensor, labels: torch.Tensor) -> LossTerms:
         return self.terms_fn(logits, labels, **self.params)
+
+    def rescaled(self, terms: LossTerms, share: torch.Tensor | float) -> torch.Tensor:
+        """The loss with its per-token mean part weighted by ``share``: this batch's fraction of
+        all the tokens the mean should run over (gradient accumulation, several processes).
+        Summed regularisers stay as they are."""
+        mean_part = terms.loss if self.mean_over_tokens else terms.ce
+        return terms.loss + mean_part * (share - 1)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.terms(logits, labels).loss

@@ -21,9 +21,9 @@ def hf_loss(name: str, *, shift: bool | None = None, **params) -> Callable[..., 
     """A ``compute_loss_func`` for ``transformers.Trainer`` computing loss ``name``.
 
     With gradient accumulation Trainer passes ``num_items_in_batch`` (counted tokens across the
-    accumulated micro-batches); the CE part is then rescaled so accumulated steps average over
-    all of them, exactly like Trainer's own loss. Regularisers are sums over positions and are
-    left as they are.
+    accumulated micro-batches); the per-token mean part (CE, or the whole label-smoothed CE) is
+    then rescaled so accumulated steps average over all of them, exactly like Trainer's own loss.
+    Regularisers are sums over positions and are left as they are.
     """
     criterion = get_loss(name, **params)
     ignore_index = criterion.params.get("ignore_index", -100)
@@ -38,8 +38,8 @@ def hf_loss(name: str, *, shift: bool | None = None, **params) -> Callable[..., 
         if num_items_in_batch is None:
             return terms.loss
         counted = (labels != ignore_index).sum().to(terms.ce.dtype)
-        scale = counted / torch.as_tensor(num_items_in_batch, dtype=terms.ce.dtype).clamp(min=1)
-        return terms.loss - terms.ce + terms.ce * scale.to(terms.ce.device)
+        total = torch.as_tensor(num_items_in_batch, dtype=terms.ce.dtype, device=counted.device)
+        return criterion.rescaled(terms, counted / total.clamp(min=1))
 
     return compute_loss
 

@@ -15,6 +15,8 @@ LOSSES: dict[str, Callable[..., LossTerms]] = {
     "drsl": drsl_terms,
     "ls": label_smoothing_terms,
 }
+MEAN_OVER_TOKENS = frozenset({"ce", "ls"})
+"""Losses that are a mean over counted tokens as a whole (no summed regulariser)."""
 
 
 def loss_parameters(name: str) -> dict[str, object]:
@@ -40,7 +42,7 @@ def get_loss(name: str, **params) -> TermsLoss:
         )
     if name == "prsl":
         return PRSLoss(**params)
-    return TermsLoss(_lookup(name), **params)
+    return TermsLoss(_lookup(name), mean_over_tokens=name in MEAN_OVER_TOKENS, **params)
 
 
 def _lookup(name: str) -> Callable[..., LossTerms]:
