@@ -21,7 +21,9 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+import prsl.metrics.scorer as scorer_module
 from prsl.metrics import BERTSCORE_DEFAULT, CAPTION_METRICS, Scorer, score
+from prsl.metrics.coco import ptb_tokenize as ptb
 
 CANDIDATES = [
     "A brown dog runs across the green grass.",
@@ -233,16 +235,23 @@ def test_unknown_metric_error_lists_every_valid_name() -> None:
         assert name in str(caught.value)
 
 
-def test_score_many_equals_one_score_call_per_corpus(scorer: Scorer) -> None:
-    # Corpora that share texts, hold an empty caption and differ in size: one tokenizer run and
-    # one BERTScore pass for all of them must give each corpus exactly its own scores.
+def test_score_many_equals_one_score_call_per_corpus(
+    scorer: Scorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Corpora that share texts, hold an empty caption, differ in size or repeat: one tokenizer
+    # run and one BERTScore pass for all of them must give each corpus exactly its own scores.
     corpora = [
         (CANDIDATES, REFERENCES),
         (["", *CANDIDATES[1:3]], REFERENCES[:3]),
         ([refs[0] for refs in REFERENCES[1:]], REFERENCES[1:]),
         ([CANDIDATES[0]], [[CANDIDATES[1]]]),
+        (list(CANDIDATES), [list(refs) for refs in REFERENCES]),  # equal to the first
     ]
+    runs = []
+    monkeypatch.setattr(scorer_module, "ptb_tokenize", lambda t: runs.append(1) or ptb(t))
     together = scorer.score_many(corpora)
+    assert len(runs) == 1
+    assert together[4] == together[0] and together[4] is not together[0]
     alone = [scorer.score(c, r) for c, r in corpora]
     for many, one in zip(together, alone, strict=True):
         assert {m: many[m] for m in COCO} == pytest.approx({m: one[m] for m in COCO}, rel=1e-12)

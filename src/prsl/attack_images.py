@@ -12,10 +12,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from prsl.attacks import untargeted_loss
 from prsl.config import EvalConfig
 from prsl.data import read_dataset
-from prsl.evaluate import attack_eps, craft
+from prsl.evaluate import attack_eps, attack_loss, craft
 from prsl.models import load_adapter
 from prsl.samples import evaluation_samples, load_batch
 
@@ -44,8 +43,8 @@ def attack_to_files(cfg: EvalConfig, model: str, out: Path) -> int:
             prompts = [s.prompt for s in kept] if kept[0].prompt is not None else None
             with torch.no_grad():
                 clean = adapter.generate(pixels, prompts, max_new_tokens=cfg.max_new_tokens)
-            targets = clean if cfg.attack_target == "clean" else [s.text for s in kept]
-            adv, _ = craft(spec, eps, pixels, untargeted_loss(adapter, targets, prompts), cfg.seed)
+            loss_fn = attack_loss(cfg, adapter, clean, kept, prompts)
+            adv, _ = craft(spec, eps, pixels, loss_fn, cfg.seed)
             with torch.no_grad():
                 adversarial = adapter.generate(adv, prompts, max_new_tokens=cfg.max_new_tokens)
             for i, sample in enumerate(kept):

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import prsl
-from prsl.attacks import get_attack, parse_eps, untargeted_loss
+from prsl.attacks import attack_parameters, get_attack, parse_eps, untargeted_loss
 from prsl.config import AttackSpec, EvalConfig
 from prsl.data import read_dataset
 from prsl.data.types import Skipped
@@ -50,16 +51,13 @@ CAPTION_METRICS = [
 VQA_METRICS = ["VQA-acc"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class RunKey:
     """Identifies one (model, attack, ε) cell of the grid."""
 
     model: str
     attack: str
     eps: float
-
-    def row_matches(self, row: dict) -> bool:
-        return (row["model"], row["attack"], row["eps"]) == (self.model, self.attack, self.eps)
 
 
 @dataclass
@@ -97,6 +95,27 @@ def read_predictions(path: Path) -> list[dict]:
     return rows
 
 
+@dataclass
+class Ledger:
+    """What ``predictions.jsonl`` holds: finished (model, attack, ε, item) cells, and how many
+    gallery pairs each (model, attack, ε) has, so a rerun skips the first and tops up the
+    second without listing the gallery folder for every row."""
+
+    done: set[tuple] = field(default_factory=set)
+    pairs: Counter = field(default_factory=Counter)
+
+    def record(self, row: dict) -> None:
+        self.done.add((row["model"], row["attack"], row["eps"], row["key"]))
+        if "gallery" in row:
+            self.pairs[(row["model"], row["attack"], row["eps"])] += 1
+
+    def finished(self, model: str, attack: str, eps: float, key: str) -> bool:
+        return (model, attack, eps, key) in self.done
+
+    def wants_pair(self, model: str, attack: str, eps: float, limit: int) -> bool:
+        return self.pairs[(model, attack, eps)] < limit
+
+
 def drop_torn_tail(path: Path) -> None:
     """Cut a last line left without its newline by a kill mid-write, before appending.
 
@@ -122,17 +141,25 @@ def _batches(items: list[Sample], size: int) -> Iterator[list[Sample]]:
 
 
 def craft(spec: AttackSpec, eps: float, pixels: torch.Tensor, loss_fn, seed: int):
-    """Adversarial pixels and, when the spec asks, the images after every step."""
+    """Adversarial pixels and, when the spec asks, the images after every step.
+
+    The spec's ``steps``, ``alpha`` (default ε/4, or ε for one step), ``norm`` and a generator
+    seeded with ``seed`` go to every attack that takes them, so ``steps`` in the results is what
+    ran.
+    """
+    accepted = set(attack_parameters(spec.name))
     params = dict(spec.params)
-    if spec.name not in ("fgsm", "square", "cw"):
+    if "steps" in accepted:
         params["steps"] = spec.steps
-    if spec.alpha is not None:
-        params["alpha"] = parse_eps(spec.alpha)
-    elif spec.name in ("bim", "pgd", "mifgsm"):
-        params["alpha"] = eps / 4 if spec.steps > 1 else eps
-    if spec.name in ("pgd", "apgd"):
+    if "alpha" in accepted:
+        params["alpha"] = (
+            parse_eps(spec.alpha)
+            if spec.alpha is not None
+            else (eps / 4 if spec.steps > 1 else eps)
+        )
+    if "norm" in accepted:
         params["norm"] = spec.norm
-    if spec.name in ("pgd", "apgd", "square"):
+    if "generator" in accepted:
         params["generator"] = torch.Generator(device=pixels.device).manual_seed(seed)
     if spec.record_every_step:
         params["record_every_step"] = True
@@ -184,7 +211,9 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True, scorer: Scorer | None = 
     skipped: list[Skipped] = list(split.skipped)
     pred_path = out / PREDICTIONS
     drop_torn_tail(pred_path)
-    done = {(r["model"], r["attack"], r["eps"], r["key"]) for r in read_predictions(pred_path)}
+    ledger = Ledger()
+    for row in read_predictions(pred_path):
+        ledger.record(row)
     infos = [model_info(m) for m in cfg.models]
     surrogate = load_adapter(surrogate_info.path) if surrogate_info else None
     with pred_path.open("a") as sink, _progress(progress) as bar:
@@ -201,11 +230,11 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True, scorer: Scorer | None = 
                 todo = [
                     c
                     for c in cells
-                    if any((info.name, c.name, c.eps, s.key) not in done for s in batch)
+                    if not all(ledger.finished(info.name, c.name, c.eps, s.key) for s in batch)
                 ]
                 if todo:
                     models = Models(info, adapter, surrogate)
-                    skipped += _evaluate_batch(cfg, models, batch, todo, done, sink, out)
+                    skipped += _evaluate_batch(cfg, models, batch, todo, ledger, sink, out)
                 bar.advance(task, len(batch))
     results = score_predictions(cfg, split.task, infos, read_predictions(pred_path), scorer)
     results["meta"]["skipped"] = [s.__dict__ for s in skipped]
@@ -224,7 +253,7 @@ class Models:
     surrogate: VLMAdapter | None
 
 
-def _evaluate_batch(cfg, models: Models, batch, todo: list[Cell], done, sink, out) -> list:
+def _evaluate_batch(cfg, models: Models, batch, todo: list[Cell], ledger, sink, out) -> list:
     adapter, info = models.adapter, models.info
     pixels, kept, skipped = load_batch(batch, adapter.pixel_size)
     if pixels is None:
@@ -234,14 +263,14 @@ def _evaluate_batch(cfg, models: Models, batch, todo: list[Cell], done, sink, ou
     gen = {"max_new_tokens": cfg.max_new_tokens}
     with torch.no_grad():
         clean = adapter.generate(pixels, prompts, **gen)
-    loss_fns = {False: _attack_loss(cfg, adapter, clean, kept, prompts)}  # keyed by transfer
+    loss_fns = {False: attack_loss(cfg, adapter, clean, kept, prompts)}  # keyed by transfer
     for cell in todo:
         transfer = cell.surrogate is not None
         crafter = models.surrogate if transfer else adapter
         if transfer and True not in loss_fns:
             with torch.no_grad():
                 own = crafter.generate(pixels.to(crafter.device), prompts, **gen)
-            loss_fns[True] = _attack_loss(cfg, crafter, own, kept, prompts)
+            loss_fns[True] = attack_loss(cfg, crafter, own, kept, prompts)
         adv, steps = craft(
             cell.spec, cell.eps, pixels.to(crafter.device), loss_fns[transfer], cfg.seed
         )
@@ -254,7 +283,7 @@ def _evaluate_batch(cfg, models: Models, batch, todo: list[Cell], done, sink, ou
                 else None
             )
         for i, sample in enumerate(kept):
-            if (info.name, cell.name, cell.eps, sample.key) in done:
+            if ledger.finished(info.name, cell.name, cell.eps, sample.key):
                 continue
             row = {
                 "model": info.name,
@@ -271,28 +300,20 @@ def _evaluate_batch(cfg, models: Models, batch, todo: list[Cell], done, sink, ou
             }
             if per_step:
                 row["per_step"] = [captions[i] for captions in per_step]
-            if _wants_gallery(out, info.name, cell.name, cell.eps, cfg.gallery):
+            if ledger.wants_pair(info.name, cell.name, cell.eps, cfg.gallery):
                 row["gallery"] = _save_pair(
                     out, info.name, cell.name, cell.eps, sample.key, pixels[i], adv[i]
                 )
             sink.write(json.dumps(row) + "\n")
-            done.add((info.name, cell.name, cell.eps, sample.key))
+            ledger.record(row)
         sink.flush()
     return skipped
 
 
-def _attack_loss(cfg: EvalConfig, crafter: VLMAdapter, own_clean, kept, prompts):
+def attack_loss(cfg: EvalConfig, crafter: VLMAdapter, own_clean, kept, prompts):
     """The untargeted loss on ``crafter``: CE of its own clean output, or of the ground truth."""
     targets = own_clean if cfg.attack_target == "clean" else [s.text for s in kept]
     return untargeted_loss(crafter, targets, prompts)
-
-
-def _wants_gallery(out: Path, model: str, attack: str, eps: float, limit: int) -> bool:
-    folder = out / "gallery"
-    prefix = _slug(f"{model}_{attack}_{eps:.5f}_")
-    return limit > 0 and (
-        not folder.exists() or len(list(folder.glob(prefix + "*_adv.png"))) < limit
-    )
 
 
 def _save_pair(out: Path, model, attack, eps, key, clean: torch.Tensor, adv: torch.Tensor):
@@ -324,7 +345,7 @@ def score_predictions(
         by_key[RunKey(row["model"], row["attack"], row["eps"])].append(row)
     losses = {i.name: (i.loss, i.loss_params) for i in infos}
     runs, corpora = [], []  # each run names the corpora it needs; one batched scoring pass
-    for key, items in sorted(by_key.items(), key=lambda kv: (kv[0].model, kv[0].attack, kv[0].eps)):
+    for key, items in sorted(by_key.items()):
         if key.model not in losses:
             continue
         items.sort(key=lambda r: r["key"])
@@ -355,13 +376,10 @@ def score_predictions(
                     "_corpora": range(first, len(corpora)),
                 }
             )
-    if scorer is None:
-        with Scorer() as scorer:  # stops its METEOR JVM once scored
-            scores = scorer.score_many(corpora, metrics) if corpora else []
-            bertscore = scorer.bertscore_description()
-    else:
-        scores = scorer.score_many(corpora, metrics) if corpora else []
-        bertscore = scorer.bertscore_description()
+    # A Scorer made here is closed (its METEOR JVM stopped) once scored; a caller's stays open.
+    with Scorer() if scorer is None else nullcontext(scorer) as active:
+        scores = active.score_many(corpora, metrics) if corpora else []
+        bertscore = active.bertscore_description()
     for run in runs:
         clean, adversarial, *per_step = (scores[i] for i in run.pop("_corpora"))
         run["clean"], run["adversarial"] = clean, adversarial

@@ -37,21 +37,24 @@ def majority_answer(answers: tuple[str, ...]) -> str:
     return max(answers, key=lambda a: (counts[a], -answers.index(a)))
 
 
+def vqa_sample(ex: VQAExample, vqa_prompt) -> Sample:
+    """One question: its majority answer is the text to train on or attack, all ten the refs."""
+    return Sample(
+        ex.question_id,
+        ex.image,
+        majority_answer(ex.answers),
+        vqa_prompt(ex.question),
+        ex.answers,
+        ex.question,
+    )
+
+
 def training_samples(split: DatasetSplit, vqa_prompt) -> list[Sample]:
     """Every (image, reference caption) pair, or every question with its majority answer."""
     samples = []
     for ex in split.examples:
         if isinstance(ex, VQAExample):
-            samples.append(
-                Sample(
-                    ex.question_id,
-                    ex.image,
-                    majority_answer(ex.answers),
-                    vqa_prompt(ex.question),
-                    ex.answers,
-                    ex.question,
-                )
-            )
+            samples.append(vqa_sample(ex, vqa_prompt))
         else:
             samples.extend(
                 Sample(f"{ex.image_id}#{i}", ex.image, ref, None, ex.references)
@@ -65,16 +68,7 @@ def evaluation_samples(split: DatasetSplit, vqa_prompt) -> list[Sample]:
     samples = []
     for ex in split.examples:
         if isinstance(ex, VQAExample):
-            samples.append(
-                Sample(
-                    ex.question_id,
-                    ex.image,
-                    majority_answer(ex.answers),
-                    vqa_prompt(ex.question),
-                    ex.answers,
-                    ex.question,
-                )
-            )
+            samples.append(vqa_sample(ex, vqa_prompt))
         elif isinstance(ex, CaptionExample):
             samples.append(Sample(ex.image_id, ex.image, ex.references[0], None, ex.references))
     return samples
