@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from prsl.attacks import apgd, bim, cw_l2, fgsm, mifgsm, pgd, square
+from prsl.attacks.apgd import should_halve
 
 FEW = settings(max_examples=25, deadline=None)
 CLASSES = 5
@@ -365,3 +366,14 @@ def test_square_fraction_halves_at_the_paper_iterations():
     assert square_fraction(11, 10_000, 0.8) == 0.4
     assert square_fraction(60, 1000, 0.8) == 0.8 / 2**4  # 6000 of 10 000 rescaled: 500 < . <= 1000
     assert math.isclose(square_fraction(9999, 10_000, 0.8), 0.8 / 2**9)
+
+
+def test_apgd_halves_on_too_few_rises_or_on_a_stall_after_a_checkpoint_that_kept_eta():
+    # Five examples: [few rises, stalled after keeping η, stalled after halving, improved after
+    # keeping η, improved with few rises]; 10 steps since the last checkpoint, ρ = 0.75.
+    rises = torch.tensor([7.0, 8.0, 8.0, 9.0, 2.0])
+    halved_last = torch.tensor([False, False, True, False, False])
+    best_then = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0])
+    best_now = torch.tensor([2.0, 1.0, 1.0, 1.5, 3.0])
+    halve = should_halve(rises, 10, halved_last, best_now, best_then)
+    assert halve.tolist() == [True, True, False, False, True]

@@ -23,7 +23,6 @@ from prsl.attacks.tasks import (
     attack_mode,
     craft_on_surrogate,
     targeted_loss,
-    transfer_attack,
     untargeted_loss,
 )
 
@@ -61,6 +60,5 @@ __all__ = [
     "square",
     "square_fraction",
     "targeted_loss",
-    "transfer_attack",
     "untargeted_loss",
 ]

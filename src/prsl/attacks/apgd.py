@@ -5,7 +5,7 @@ no step size: it starts at η = 2ε and halves it, per example, at checkpoints w
 p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06), whenever
 
 1. fewer than ρ = 0.75 of the steps since the last checkpoint raised the loss, or
-2. neither η nor the best loss changed since the last checkpoint,
+2. the previous checkpoint did not halve η and the best loss has not improved since it,
 
 and then restarts from the best point found so far. Each step is a projected gradient step
 z = P(x_k + η·s(∇)) followed by momentum 0.75: x_{k+1} = P(x_k + 0.75(z − x_k) + 0.25(x_k −
@@ -37,6 +37,19 @@ def apgd_checkpoints(steps: int) -> list[int]:
     # the small tolerance keeps float error from pushing 0.22·100 up to 23
     points = {math.ceil(p * steps - 1e-9) for p in fractions[1:] if p <= 1.0}
     return sorted(w for w in points if 1 <= w <= steps)
+
+
+def should_halve(
+    rises: torch.Tensor,
+    steps_since: int,
+    halved_last: torch.Tensor,
+    best_loss: torch.Tensor,
+    best_at_checkpoint: torch.Tensor,
+) -> torch.Tensor:
+    """Per example, whether to halve η at this checkpoint (the two conditions above)."""
+    too_few_rises = rises < RHO * steps_since
+    stalled = ~halved_last & (best_loss <= best_at_checkpoint)
+    return too_few_rises | stalled
 
 
 def apgd(
@@ -76,7 +89,10 @@ def apgd(
     loss, grad = loss_and_grad(loss_fn, current)
     best, best_loss, best_grad = current, loss, grad
     eta = torch.full_like(loss, 2 * eps)
-    eta_at_checkpoint, best_at_checkpoint = eta.clone(), best_loss.clone()
+    # As in the authors' AutoAttack code: the start counts as a halving, so condition 2 can
+    # first fire at the second checkpoint.
+    halved_last = torch.ones_like(loss, dtype=torch.bool)
+    best_at_checkpoint = best_loss.clone()
     rises = torch.zeros_like(loss)
     last_checkpoint = 0
     history: list[torch.Tensor] = []
@@ -98,8 +114,9 @@ def apgd(
             history.append(current)
 
         if k + 1 in checkpoints:
-            stalled = (eta == eta_at_checkpoint) & (best_loss == best_at_checkpoint)
-            halve = (rises < RHO * (k + 1 - last_checkpoint)) | stalled
+            halve = should_halve(
+                rises, k + 1 - last_checkpoint, halved_last, best_loss, best_at_checkpoint
+            )
             eta = torch.where(halve, eta / 2, eta)
             back = expand(halve, current)
             current = torch.where(back, best, current)
@@ -107,7 +124,7 @@ def apgd(
             loss = torch.where(halve, best_loss, loss)
             grad = torch.where(back, best_grad, grad)
             rises.zero_()
-            eta_at_checkpoint, best_at_checkpoint = eta.clone(), best_loss.clone()
+            halved_last, best_at_checkpoint = halve, best_loss.clone()
             last_checkpoint = k + 1
 
     return finish(best, history, record_every_step)

@@ -101,13 +101,6 @@ def targeted_loss(
     return _text_loss(adapter, target_texts, prompts, -1.0)
 
 
-def transfer_attack(
-    attack: Attack, images: torch.Tensor, surrogate_loss_fn: LossFn
-) -> torch.Tensor | AttackResult:
-    """Craft on a surrogate: the attack sees only the surrogate's loss, never the target's."""
-    return attack(images, surrogate_loss_fn)
-
-
 def craft_on_surrogate(
     attack: Attack,
     images: torch.Tensor,
@@ -126,5 +119,5 @@ def craft_on_surrogate(
     ground truth; with ``targeted=True`` the texts to steer toward).
     """
     make = targeted_loss if targeted else untargeted_loss
-    result = transfer_attack(attack, images, make(surrogate, texts, prompts))
+    result = attack(images, make(surrogate, texts, prompts))  # never the target's gradients
     return result.final if isinstance(result, AttackResult) else result
