@@ -10,12 +10,12 @@ import torch
 from prsl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 
 
-def _trained():
-    torch.manual_seed(0)
+def _trained(seed: int = 0, steps: int = 3):
+    torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.1, total_iters=9)
-    for _ in range(3):
+    for _ in range(steps):
         model(torch.randn(5, 4)).square().sum().backward()
         opt.step()
         sched.step()
@@ -42,7 +42,8 @@ def test_round_trip_restores_everything(tmp_path):
     expected_draws = (torch.rand(3), np.random.rand(), random.random())
 
     state = load_checkpoint(path)
-    clone, clone_opt, clone_sched = _trained()
+    clone, clone_opt, clone_sched = _trained(seed=1, steps=0)  # fresh: nothing to agree by luck
+    assert not torch.equal(clone[0].weight, model[0].weight) and not clone_opt.state
     clone.load_state_dict(state["model"])
     clone_opt.load_state_dict(state["optimizer"])
     clone_sched.load_state_dict(state["scheduler"])

@@ -108,13 +108,15 @@ def save_checkpoint(
     keep: int = 2,
 ) -> Path:
     """Write ``checkpoint-{step}`` atomically and keep only the newest ``keep`` checkpoints."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1 (the checkpoint just written), got {keep}")
     final = output_dir / f"checkpoint-{step}"
     partial = output_dir / f".checkpoint-{step}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     # Tied weights (GPT-2's wte/lm_head) share memory, which safetensors refuses: clone them.
     save_file(
-        {k: v.detach().cpu().clone() for k, v in model_state.items()},
+        {k: v.detach().to("cpu", copy=True) for k, v in model_state.items()},
         str(partial / "model.safetensors"),
     )
     save_state_dict(optimizer_state, partial, "optimizer")

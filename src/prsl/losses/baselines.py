@@ -56,7 +56,9 @@ def drsl_terms(
     mu = (centre * vocab - target) / (vocab - 1)
     spread = vocab * var - (target - centre).square() - (vocab - 1) * (mu - centre).square()
     reg = torch.where(batch.counted, spread, torch.zeros_like(spread)).sum()
-    ce = mean_over_counted(token_cross_entropy(batch), batch)
+    # CE from the fp32 copy already made: token_cross_entropy would upcast half logits again
+    ce_rows = torch.nn.functional.cross_entropy(z, batch.labels, reduction="none")
+    ce = mean_over_counted(ce_rows, batch)
     return LossTerms(ce + weight * reg, ce, reg)
 
 

@@ -31,8 +31,9 @@ def hf_loss(name: str, *, shift: bool | None = None, **params) -> Callable[..., 
     def compute_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         do_shift = shift if shift is not None else _is_decoder_only(outputs)
-        if do_shift:
-            logits, labels = logits[:, :-1, :], labels[:, 1:]
+        if do_shift:  # shift the labels, not the logits: a sliced (B, T-1, V) view would be
+            # copied whole to flatten; the last position, with no next token, is ignored instead
+            labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=ignore_index)
         labels = labels.to(logits.device)
         terms = criterion.terms(logits, labels)
         if num_items_in_batch is None:

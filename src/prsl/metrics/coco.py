@@ -177,8 +177,8 @@ def coco_scores(
     across calls. ``tokens`` maps each text to its PTB tokens (from :func:`ptb_tokenize`, shared
     by many corpora); None tokenises these texts here.
     """
-    require_java()
-    if tokens is None:
+    if tokens is None:  # a Scorer that passes tokens has checked for Java already
+        require_java()
         tokens = ptb_tokenize([*candidates, *(r for refs in references for r in refs)])
     gts = {i: [tokens[r] for r in refs] for i, refs in enumerate(references)}
     res = {i: [tokens[c]] for i, c in enumerate(candidates)}
