@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from prsl.core import IGNORE_INDEX
 from prsl.losses import get_loss
 from prsl.losses.prsl import triton_unavailable_reason
 
@@ -46,10 +47,7 @@ def ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels)
 
 
-def prsl_in_place(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    from prsl.losses.triton_prsl import prsl_terms_triton
-
-    return prsl_terms_triton(logits, labels, k=K, weight=1e-5, inplace=True).loss
+prsl_in_place = get_loss("prsl", k=K, weight=1e-5, backend="triton", inplace=True)
 
 
 def losses(fused: bool) -> dict[str, Loss]:
@@ -70,7 +68,7 @@ def make_inputs(n: int, dtype: torch.dtype, device: str):
     # Built in place, in the target dtype: no temporary raises the peak before the measurement.
     logits = torch.randn(n, VOCAB, generator=gen, dtype=dtype, device=device).mul_(2)
     labels = torch.randint(0, VOCAB, (n,), generator=gen, device=device)
-    labels[::7] = -100
+    labels[::7] = IGNORE_INDEX
     return logits.requires_grad_(), labels
 
 

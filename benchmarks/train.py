@@ -40,7 +40,7 @@ from transformers import (
 
 from prsl.data.images import to_pixels
 from prsl.data.shapes import make_shapes_captions
-from prsl.losses import get_loss
+from prsl.losses import counted_tokens, get_loss
 from prsl.losses.prsl import triton_unavailable_reason
 from prsl.models import VisionEncoderDecoderAdapter, build_tiny_captioner, build_word_tokenizer
 from prsl.models.tiny import BOS, EOS, PAD
@@ -121,7 +121,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=True)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return int((labels != -100).sum())
+        return int(counted_tokens(labels))
 
 
 def make_batches(adapter, n_batches: int, batch: int, device: str):

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from prsl.attacks import (
+    AttackResult,
     attack_mode,
     bim,
     craft_on_surrogate,
@@ -180,12 +181,14 @@ def test_craft_on_surrogate_is_the_attack_on_the_surrogate_loss():
     assert not torch.equal(crafted, attack(images(), untargeted_loss(target, TEXTS)))
 
 
-def test_craft_on_surrogate_returns_images_even_when_steps_are_recorded():
+def test_craft_on_surrogate_keeps_the_steps_when_they_are_recorded():
     surrogate = FakeCaptioner(seed=1)
     recording = get_attack("bim", eps=0.1, alpha=0.02, steps=3, record_every_step=True)
     plain = get_attack("bim", eps=0.1, alpha=0.02, steps=3)
     crafted = craft_on_surrogate(recording, images(), surrogate, ["no", "yes"], targeted=True)
-    assert torch.equal(crafted, plain(images(), targeted_loss(surrogate, ["no", "yes"])))
+    assert isinstance(crafted, AttackResult) and len(crafted.steps) == 3
+    expected = plain(images(), targeted_loss(surrogate, ["no", "yes"]))
+    assert torch.equal(crafted.final, expected) and torch.equal(crafted.steps[-1], expected)
 
 
 class MaskedCaptioner(FakeCaptioner):

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from prsl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
+from prsl.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 
 
 def _trained(seed: int = 0, steps: int = 3):

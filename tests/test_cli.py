@@ -11,9 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from prsl.cli import app
-from prsl.data import read_dataset
+from prsl.data import evaluation_samples, load_batch, read_dataset
 from prsl.models import build_tiny_captioner, load_adapter
-from prsl.samples import evaluation_samples, load_batch
 
 SHAPES = ["data.name=shapes", "data.options={n: 3, seed: 2}", "n_images=3", "max_new_tokens=5"]
 

@@ -232,13 +232,13 @@ def test_to_pixels_rejects_non_rgb_and_bad_sizes():
             to_pixels([Image.new("RGB", (2, 2))], size)
 
 
-def test_load_images_skips_counts_and_logs_broken_sources(tmp_path, caplog):
+def test_load_images_skips_and_names_broken_sources(tmp_path, caplog):
     good = saved(Image.new("RGB", (4, 4), (10, 20, 30)), tmp_path / "good.png")
     truncated = tmp_path / "bad.jpg"
     truncated.write_bytes(saved(noisy_rgb(), tmp_path / "whole.jpg").read_bytes()[:300])
     missing = tmp_path / "missing.png"
     in_memory = Image.new("L", (4, 4), 255)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.DEBUG):
         batch = load_images([good, truncated, in_memory, missing], (4, 4))
     assert batch.kept == [0, 2]
     assert batch.pixels.shape == (2, 3, 4, 4)

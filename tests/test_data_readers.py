@@ -67,11 +67,19 @@ def test_coco_reads_references_in_file_order(coco):
     assert first == CaptionExample(
         str(image_dir / "a.jpg"), ("A dog on a sofa.", "A brown dog."), "1"
     )
+    # One entry per image left out; the empty caption of a kept image is a dropped reference.
     assert split.skipped == [
-        Skipped(str(image_dir / "a.jpg"), "empty caption (annotation 12 in captions_val2014.json)"),
-        Skipped(str(image_dir / "b.jpg"), "image file not found"),
-        Skipped(str(image_dir / "d.jpg"), "empty caption (annotation 15 in captions_val2014.json)"),
-        Skipped(str(image_dir / "d.jpg"), "no non-empty caption; image dropped"),
+        Skipped(str(image_dir / "b.jpg"), "image file not found", "2"),
+        Skipped(
+            str(image_dir / "d.jpg"),
+            "no non-empty caption (annotation 15 in captions_val2014.json)",
+            "4",
+        ),
+    ]
+    assert split.dropped == [
+        Skipped(
+            str(image_dir / "a.jpg"), "empty caption (annotation 12 in captions_val2014.json)", "1"
+        ),
     ]
 
 
@@ -168,7 +176,8 @@ def test_karpathy_coco_style_uses_filepath_and_cocoid(tmp_path):
     test = read_karpathy(path, tmp_path, split="test")
     assert references(test) == {"42": ("a man riding a horse",)}
     assert test.examples[0].image == str(tmp_path / "val2014" / "COCO_val2014_000000000042.jpg")
-    assert test.skipped[0].reason.startswith("empty caption (sentence 1 of COCO_val2014")
+    assert test.skipped == []
+    assert test.dropped[0].reason.startswith("empty caption (sentence 1 of COCO_val2014")
     train = read_karpathy(path, tmp_path, split=["train", "restval"])
     assert references(train) == {"7": ("a bus",)}
 
@@ -184,7 +193,9 @@ def test_karpathy_flickr_style_has_no_filepath(tmp_path):
     }
     split = read_karpathy(write_json(tmp_path / "d.json", data), tmp_path / "img", split="val")
     assert references(split) == {"5": ("a child", "a girl")}
-    assert split.skipped == [Skipped(str(tmp_path / "img" / "2000.jpg"), "image file not found")]
+    assert split.skipped == [
+        Skipped(str(tmp_path / "img" / "2000.jpg"), "image file not found", "6")
+    ]
 
 
 def test_karpathy_rejects_unknown_split_and_wrong_format(tmp_path):
@@ -216,8 +227,10 @@ def test_flickr8k_captions_txt(tmp_path):
         "2000_b.jpg": ("A dog , running , outside",),
     }
     assert split.skipped == [
-        Skipped(str(tmp_path / "Images" / "2000_b.jpg"), "empty caption (line 5)"),
-        Skipped(str(tmp_path / "Images" / "3000_c.jpg"), "image file not found"),
+        Skipped(str(tmp_path / "Images" / "3000_c.jpg"), "image file not found", "3000_c.jpg"),
+    ]
+    assert split.dropped == [
+        Skipped(str(tmp_path / "Images" / "2000_b.jpg"), "empty caption (line 5)", "2000_b.jpg"),
     ]
 
 
@@ -277,10 +290,8 @@ def test_imagefolder_groups_rows_per_file(tmp_path):
         "sub/b.png": ("multi, comma",),
     }
     assert split.examples[1].image == str(tmp_path / "sub" / "b.png")
-    assert split.skipped[1:] == [
-        Skipped(str(tmp_path / "a.png"), "empty caption (line 6)"),
-        Skipped(str(tmp_path / "c.png"), "image file not found"),
-    ]
+    assert split.skipped[1:] == [Skipped(str(tmp_path / "c.png"), "image file not found", "c.png")]
+    assert split.dropped == [Skipped(str(tmp_path / "a.png"), "empty caption (line 6)", "a.png")]
     assert split.skipped[0].path == f"{tmp_path / 'metadata.csv'}:7"
     assert split.skipped[0].reason.startswith("malformed row")
 

@@ -13,16 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import prsl.evaluate as evaluate_module
+import prsl.evaluate.loop as evaluate_module
 from prsl.attacks import craft_on_surrogate, get_attack, parse_eps
-from prsl.config import AttackSpec, DataConfig, EvalConfig, FinetuneConfig, LossConfig, TrainConfig
-from prsl.data import read_dataset
-from prsl.evaluate import PREDICTIONS, RESULTS, evaluate
+from prsl.config import DataConfig
+from prsl.data import evaluation_samples, load_batch, read_dataset
+from prsl.evaluate import PREDICTIONS, AttackSpec, EvalConfig, evaluate, read_predictions
 from prsl.metrics import Scorer
 from prsl.models import build_tiny_captioner, load_adapter
-from prsl.results import validate_results
-from prsl.samples import evaluation_samples, load_batch
-from prsl.train import finetune
+from prsl.results import RESULTS, validate_results
+from prsl.train import FinetuneConfig, LossConfig, TrainConfig, finetune
 
 METRICS = ["BLEU-1", "CIDEr", "BERTScore"]
 
@@ -88,7 +87,10 @@ def test_results_follow_the_schema_and_mean_what_they_say(trained_model, tmp_pat
     assert cells == want | {("fgsm", eps[1], ref) for ref in ("clean", "ground_truth")}
     for run in results["runs"]:
         assert run["model"] == "tiny-ce" and run["loss"] == "ce"
-        assert run["task"] == "caption" and run["n_images"] == 6 and run["steps"] in (3, 10)
+        assert run["task"] == "caption" and run["n_images"] == 6
+        # the steps each attack really took: BIM's 3, and FGSM's single step
+        assert run["steps"] == {"bim": 3, "fgsm": 1}[run["attack"]]
+        assert run["norm"] == "linf" and run["attack_params"]["eps"] == run["eps"]
         assert list(run["clean"]) == METRICS
         for metric in METRICS:
             assert run["degradation"][metric] == pytest.approx(
@@ -142,13 +144,12 @@ def test_a_torn_last_line_is_redone(trained_model, tmp_path, scorer):
 
 
 def rows_skipping_torn(out: Path) -> list[dict]:
-    return evaluate_module.read_predictions(out / PREDICTIONS)
+    return read_predictions(out / PREDICTIONS)
 
 
 KILLED_RUN = """
 import sys
-from prsl.config import EvalConfig
-from prsl.evaluate import evaluate
+from prsl.evaluate import EvalConfig, evaluate
 evaluate(EvalConfig.model_validate_json(sys.argv[1]), progress=False)
 """
 
@@ -166,7 +167,7 @@ def test_a_killed_run_resumes_without_redoing_finished_images(
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    before = evaluate_module.read_predictions(predictions)
+    before = read_predictions(predictions)
     assert 6 <= len(before) < 18, "the run should be killed midway"
 
     crafted = []
@@ -174,12 +175,12 @@ def test_a_killed_run_resumes_without_redoing_finished_images(
     monkeypatch.setattr(
         evaluate_module,
         "craft",
-        lambda spec, eps, pixels, *a, **k: (
-            crafted.append(pixels.shape[0]) or real_craft(spec, eps, pixels, *a, **k)
+        lambda cell, pixels, *a, **k: (
+            crafted.append(pixels.shape[0]) or real_craft(cell, pixels, *a, **k)
         ),
     )
     results = evaluate(cfg, progress=False, scorer=scorer)
-    after = evaluate_module.read_predictions(predictions)
+    after = read_predictions(predictions)
     assert after[: len(before)] == before  # finished rows kept as they were
     cells = [(r["attack"], r["eps"], r["key"]) for r in after]
     assert len(cells) == len(set(cells)) == 18  # every cell exactly once

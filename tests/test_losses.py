@@ -12,7 +12,7 @@ from prsl.losses import PRSLoss, get_loss, loss_parameters, prsl_loss, prsl_term
 
 
 def reference_prsl(logits, labels, *, k, start, weight, ignore_index=-100):
-    """DESIGN.md §1 literally: loops over rows, full sort of the non-target logits, float64."""
+    """The definition literally: loops over rows, full sort of the non-target logits, float64."""
     z = logits.double().reshape(-1, logits.shape[-1])
     y = labels.reshape(-1)
     ce_terms, means = [], []
@@ -187,7 +187,9 @@ def test_construction_rejects_bad_parameters_before_training():
         PRSLoss(k=0)
     with pytest.raises(ValueError, match="unknown loss 'focal'; choose one of"):
         get_loss("focal")
-    with pytest.raises(ValueError, match=r"does not take parameter\(s\) \['smoothing'\]"):
+    with pytest.raises(
+        ValueError, match=r"loss 'prsl' does not take 'smoothing'; its parameters are: k, start"
+    ):
         get_loss("prsl", smoothing=0.1)
     assert loss_parameters("prsl")["k"] == 10
 

@@ -36,6 +36,7 @@ if os.environ.get("CI") != "true":  # CI installs the dev extras: a missing trit
     pytest.importorskip("triton", reason="triton is not installed (it ships with the dev extras)")
 
 from prsl.losses import (  # noqa: E402
+    LossTerms,
     PRSLoss,
     get_loss,
     hf_loss,
@@ -55,7 +56,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def reference_terms(logits, labels, *, k, start, ignore_index=-100):
-    """(CE, R) in float64 from DESIGN.md §1, differentiable; ties ranked lower column first."""
+    """(CE, R) in float64 from the loss's definition, differentiable; ties ranked lower column
+    first."""
     vocab = logits.shape[-1]
     z = logits.double().reshape(-1, vocab)
     y = labels.reshape(-1)
@@ -225,9 +227,8 @@ def check_parity(case: Case, device: str) -> None:
     torch_terms = prsl_terms(frozen, labels, weight=WEIGHT, backend="torch", **params)
 
     config = triton_prsl.KernelConfig(block_v=case.block_v, bulk_min=case.bulk_min)
-    terms = triton_prsl.prsl_terms_triton(
-        logits, labels, weight=WEIGHT, inplace=case.inplace, config=config, **params
-    )
+    ce, reg = triton_prsl.fused_prsl(logits, labels, inplace=case.inplace, config=config, **params)
+    terms = LossTerms(ce + WEIGHT * reg, ce, reg)
     objective(case, terms.ce, terms.regularizer).backward()
 
     for got, want in [(terms.ce, ref_ce), (terms.regularizer, ref_reg)]:
@@ -263,7 +264,8 @@ def check_public_api_routes_to_kernel(device: str) -> None:
     _, logits, labels = make_inputs(case, device)
     logits = logits.detach()
     params = dict(k=3, start=1, weight=WEIGHT)
-    fused = triton_prsl.prsl_terms_triton(logits, labels, **params)
+    ce, reg = triton_prsl.fused_prsl(logits, labels, k=3, start=1)
+    fused = LossTerms(ce + WEIGHT * reg, ce, reg)
     assert torch.equal(prsl_loss(logits, labels, backend="triton", **params), fused.loss)
     assert torch.equal(PRSLoss(backend="triton", **params)(logits, labels), fused.loss)
     assert torch.equal(get_loss("prsl", backend="triton", **params)(logits, labels), fused.loss)
@@ -292,9 +294,9 @@ def check_inplace_overwrites_logits_with_ce_gradient(device: str) -> None:
     _, logits, labels = make_inputs(case, device)
     before = logits.detach().clone()
     with torch.no_grad():  # no gradient needed: nothing is overwritten
-        triton_prsl.prsl_terms_triton(logits, labels, k=3, inplace=True)
+        triton_prsl.fused_prsl(logits, labels, k=3, inplace=True)
     assert torch.equal(logits, before)
-    triton_prsl.prsl_terms_triton(logits, labels, k=3, inplace=True)
+    triton_prsl.fused_prsl(logits, labels, k=3, inplace=True)
     counted = labels != -100
     probs = before.double().softmax(dim=1)
     onehot = torch.nn.functional.one_hot(torch.where(counted, labels, 0), 70)
@@ -306,16 +308,17 @@ def check_inplace_fails_loudly_when_logits_are_saved_elsewhere(device: str) -> N
     case = Case("saved", (6,), 40, k=3)
     leaf, _, labels = make_inputs(case, device)
     logits = leaf.tanh()  # tanh saves its output for its own backward
-    terms = triton_prsl.prsl_terms_triton(logits, labels, k=3, inplace=True)
+    ce, reg = triton_prsl.fused_prsl(logits, labels, k=3, inplace=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        terms.loss.backward()
+        (ce + WEIGHT * reg).backward()
 
 
 def check_out_of_range_label_gives_nan_not_a_bad_read(device: str) -> None:
     case = Case("bad_label", (5,), 30, k=3, ignored="none")
     _, logits, labels = make_inputs(case, device)
     labels[2] = 30
-    assert torch.isnan(triton_prsl.prsl_terms_triton(logits.detach(), labels, k=3).loss)
+    ce, _ = triton_prsl.fused_prsl(logits.detach(), labels, k=3)
+    assert torch.isnan(ce)
 
 
 CHECKS: dict[str, Callable[[str], None]] = {
@@ -426,7 +429,8 @@ def small_batch():
 
 def test_unknown_backend_is_a_value_error():
     logits, labels = small_batch()
-    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'torch', 'triton'\)"):
+    message = r"backend must be one of 'auto', 'torch', 'triton'; got 'cuda'"
+    with pytest.raises(ValueError, match=message):
         prsl_loss(logits, labels, backend="cuda")
     with pytest.raises(ValueError, match="backend must be one of"):
         prsl_terms(logits, labels, backend="")
@@ -479,15 +483,13 @@ def test_unsupported_inputs_name_the_reason(dtype, k, start, message):
 def test_bad_kernel_config_is_a_value_error(config, message):
     logits, labels = small_batch()
     with pytest.raises(ValueError, match=message):
-        triton_prsl.prsl_terms_triton(
-            logits, labels, k=3, config=triton_prsl.KernelConfig(**config)
-        )
+        triton_prsl.fused_prsl(logits, labels, k=3, config=triton_prsl.KernelConfig(**config))
 
 
 def test_window_validation_comes_first():
     logits, labels = small_batch()
     with pytest.raises(ValueError, match="start \\+ k = 30 must be < vocabulary size V = 30"):
-        triton_prsl.prsl_terms_triton(logits, labels, k=30)
+        triton_prsl.fused_prsl(logits, labels, k=30)
 
 
 if __name__ == "__main__":  # interpreter child: python test_losses_triton.py OUT SHARD SHARDS

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from prsl.initial_model import build_adapter
 from prsl.models import (
     ADAPTER_FAMILIES,
     ADAPTER_INFO,
@@ -19,6 +18,7 @@ from prsl.models import (
     build_word_tokenizer,
     load_adapter,
 )
+from prsl.train.start_model import build_adapter
 
 TEXTS = [
     "a red circle left of a blue square",
@@ -302,8 +302,8 @@ def test_hub_id_without_network_is_a_clear_error(monkeypatch):
 
 
 def test_build_adapter_builds_the_tiny_model_once_and_reloads_it(tmp_path):
-    from prsl.config import ModelConfig
     from prsl.data.types import CaptionExample, DatasetSplit, VQAExample
+    from prsl.train import ModelConfig
 
     split = DatasetSplit(
         [VQAExample("img.png", "What colour is it?", ("red", "red", "blue"), "1", "q1")],

@@ -42,10 +42,9 @@ def _results(tmp_path, prsl_adv):
             runs.append(_run("prsl", eps, reference, 0.88, prsl_adv, per_step=[0.7, prsl_adv]))
     folder = tmp_path / "eval"
     (folder / "gallery").mkdir(parents=True)
-    rows = []
     for name in ("clean", "adv"):
         Image.new("RGB", (16, 16), (200, 30, 30)).save(folder / "gallery" / f"x_{name}.png")
-    rows.append(
+    gallery = [
         {
             "model": "tiny-ce",
             "loss": "ce",
@@ -54,12 +53,12 @@ def _results(tmp_path, prsl_adv):
             "key": "img-0",
             "clean": "a red square",
             "adversarial": "a blue circle",
-            "gallery": {"clean": "gallery/x_clean.png", "adversarial": "gallery/x_adv.png"},
+            "images": {"clean": "gallery/x_clean.png", "adversarial": "gallery/x_adv.png"},
         }
-    )
-    (folder / "predictions.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ]
     path = folder / "results.json"
-    path.write_text(json.dumps({"runs": runs, "meta": {"bertscore_model": "MiniLM-L6"}}))
+    meta = {"bertscore_model": "MiniLM-L6"}
+    path.write_text(json.dumps({"runs": runs, "gallery": gallery, "meta": meta}))
     return path
 
 

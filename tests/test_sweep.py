@@ -10,10 +10,9 @@ from typer.testing import CliRunner
 
 import prsl.sweep as sweep_module
 from prsl.cli import app
-from prsl.config import SweepConfig
 from prsl.metrics import Scorer
 from prsl.results import validate_results
-from prsl.sweep import cells, run_sweep
+from prsl.sweep import SweepConfig, cells, run_sweep
 
 GRID = {"loss.params.k": [2, 4], "loss.params.weight": [1e-3, 1e-2]}
 
@@ -48,7 +47,7 @@ def test_a_rerun_after_an_interruption_finishes_only_the_missing_cells(tmp_path,
     real_finetune, real_evaluate = sweep_module.finetune, sweep_module.evaluate
 
     def counting_finetune(tune, **kwargs):
-        calls["finetune"].append(tune.loss.params)
+        calls["finetune"].append(tune.loss.params.given())
         return real_finetune(tune, **kwargs)
 
     def evaluate_then_crash_on_the_third(ev, **kwargs):
@@ -84,8 +83,9 @@ def test_a_rerun_after_an_interruption_finishes_only_the_missing_cells(tmp_path,
     assert outcome.exit_code == 0, outcome.output
     assert calls["finetune"] == [] and calls["evaluate"] == []
     plots = {p.name for p in (tmp_path / "plots").iterdir()}
-    assert {"param_caption_k.png", "param_caption_weight.png"} <= plots
-    assert "param_caption_k" in (tmp_path / "report.md").read_text()
+    # keyed on the loss's own parameter names: prsl.k, prsl.weight
+    assert {"param_caption_prsl_k.png", "param_caption_prsl_weight.png"} <= plots
+    assert "param_caption_prsl_k" in (tmp_path / "report.md").read_text()
 
 
 def test_bad_cells_fail_before_any_training(tmp_path):

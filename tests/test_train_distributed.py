@@ -26,9 +26,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from prsl.checkpoint import list_checkpoints, load_checkpoint
-from prsl.config import FinetuneConfig, load_config
-from prsl.train import TRAIN_INFO, finetune
+from prsl.config import load_config
+from prsl.provenance import TRAIN_INFO
+from prsl.train import FinetuneConfig, finetune
+from prsl.train.checkpoint import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.slow
 

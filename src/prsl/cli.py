@@ -1,8 +1,11 @@
 """The ``prsl`` command line: thin commands over the Python API.
 
 Every command that takes a config accepts ``--config FILE.yaml`` and any number of
-``--set section.field=value`` overrides. User errors (bad config, missing files, unknown names)
-print one clear message and exit with status 2 instead of a traceback.
+``--set section.field=value`` overrides. A mistake the user can fix (a
+:class:`~prsl.core.errors.UserError`: bad config, missing file, unknown name, an output folder
+holding other results) prints one line, literally, and exits with status 2; ``-v`` adds the
+traceback. Anything else is a bug or the machine and keeps its traceback (out of memory adds a
+one-line hint). Ctrl-C says what was kept and how to resume, and exits with 130.
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ import functools
 import logging
 import runpy
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
+
+from prsl.core.errors import UserError
 
 app = typer.Typer(
     help="PRSL: robust fine-tuning and honest adversarial evaluation of vision-language models.",
@@ -23,32 +30,71 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True, highlight=False)
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+USER_ERROR = 2
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config field: section.field=value (repeatable)."),
 ]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(help="Discard results in the output folder computed with other settings."),
+]
+_state = {"verbose": False}
+
+
+def say(label: str, text: str, style: str = "bold") -> None:
+    """``label text`` on stderr, ``text`` printed literally (no markup, no hard wrapping)."""
+    console.print(Text.assemble((label, style), " ", str(text)))
 
 
 def user_errors(command):
-    """Turn the errors a user can fix into a one-line message and exit status 2."""
+    """Turn a :class:`UserError` into one line and status 2, Ctrl-C into a resume hint and 130;
+    every other exception keeps its traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-            console.print(f"[bold red]error:[/] {err}")
-            raise typer.Exit(code=2) from None
+        except UserError as err:
+            if _state["verbose"]:
+                console.print(Text("".join(traceback.format_exception(err))))
+            say("error:", str(err), "bold red")
+            raise typer.Exit(code=USER_ERROR) from None
+        except KeyboardInterrupt:
+            say(
+                "interrupted:",
+                "everything finished so far is kept; run the same command again to resume "
+                "(finetune: add --resume)",
+                "bold yellow",
+            )
+            raise typer.Exit(code=INTERRUPTED) from None
+        except Exception as err:
+            if _is_out_of_memory(err):
+                say(
+                    "hint:",
+                    "out of memory: lower batch_size, or use bf16 "
+                    "(train.mixed_precision=bf16); the traceback follows",
+                    "bold yellow",
+                )
+            raise
 
     return wrapper
+
+
+def _is_out_of_memory(err: Exception) -> bool:
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """PRSL toolkit."""
+    _state["verbose"] = verbose
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
@@ -69,7 +115,7 @@ def quickstart(
     from prsl.quickstart import quickstart as run
 
     report = run(out, fast=fast, seed=seed)
-    console.print(f"[bold green]report:[/] {report}  (also {report.with_suffix('.md')})")
+    say("report:", f"{report}  (also {report.with_suffix('.md')})", "bold green")
 
 
 @app.command()
@@ -80,12 +126,13 @@ def finetune(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
 ) -> None:
     """Fine-tune a model with any registered loss (accelerate: CPU, GPU, or multi-GPU)."""
-    from prsl.config import FinetuneConfig, load_config
+    from prsl.config import load_config
+    from prsl.train import FinetuneConfig
     from prsl.train import finetune as run
 
     cfg = load_config(FinetuneConfig, config, set_)
     result = run(cfg, resume=resume)
-    console.print(f"[bold green]model:[/] {result.model_dir}")
+    say("model:", str(result.model_dir), "bold green")
 
 
 @app.command()
@@ -96,17 +143,19 @@ def evaluate(
     model: Annotated[
         list[str] | None, typer.Option("--model", "-m", help="Model dir or hub id (repeatable).")
     ] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Generate on clean and adversarial images, score, write results.json (resumable)."""
-    from prsl.config import EvalConfig, load_config
-    from prsl.evaluate import RESULTS
+    from prsl.config import load_config
+    from prsl.evaluate import EvalConfig
     from prsl.evaluate import evaluate as run
+    from prsl.results import RESULTS
 
     cfg = load_config(EvalConfig, config, set_)
     if model:
-        cfg.models = list(model)
-    run(cfg)
-    console.print(f"[bold green]results:[/] {Path(cfg.output_dir) / RESULTS}")
+        cfg = cfg.model_copy(update={"models": list(model)})
+    run(cfg, overwrite=overwrite)
+    say("results:", str(Path(cfg.output_dir) / RESULTS), "bold green")
 
 
 @app.command()
@@ -116,14 +165,15 @@ def attack(
     out: Annotated[Path, typer.Option(help="Where adversarial PNGs go.")] = Path("runs/attack"),
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Craft adversarial images (8-bit PNGs) with the first attack and ε of the config."""
-    from prsl.attack_images import attack_to_files
-    from prsl.config import EvalConfig, load_config
+    from prsl.config import load_config
+    from prsl.evaluate import EvalConfig, attack_to_files
 
     cfg = load_config(EvalConfig, config, set_)
-    written = attack_to_files(cfg, model, out)
-    console.print(f"[bold green]wrote[/] {written} adversarial image(s) to {out}")
+    written = attack_to_files(cfg, model, out, overwrite=overwrite)
+    say("wrote", f"{written} adversarial image(s) to {out}", "bold green")
 
 
 @app.command()
@@ -134,25 +184,32 @@ def report(
     title: str = "prsl robustness report",
 ) -> None:
     """Write report.md and a self-contained report.html from results files."""
+    from prsl.core.paths import prepare_output_dir
     from prsl.report import write_report
 
+    for path in results:  # check every input before writing anything
+        from prsl.results import read_results
+
+        read_results(path)
+    prepare_output_dir(out, "--out")
     paths = write_report(results, out, title=title)
-    console.print(f"[bold green]report:[/] {paths['html']}")
+    say("report:", str(paths["html"]), "bold green")
 
 
 @app.command()
 @user_errors
 def sweep(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Grid over loss and attack parameters; finished cells are skipped on rerun."""
-    from prsl.config import SweepConfig, load_config
+    from prsl.config import load_config
     from prsl.report import write_report
-    from prsl.sweep import run_sweep
+    from prsl.results import RESULTS
+    from prsl.sweep import SweepConfig, run_sweep
 
     cfg = load_config(SweepConfig, config, set_)
     run_sweep(cfg)
     out = Path(cfg.output_dir)
-    paths = write_report([out / "results.json"], out, title="prsl sweep")
-    console.print(f"[bold green]report:[/] {paths['html']}")
+    paths = write_report([out / RESULTS], out, title="prsl sweep")
+    say("report:", str(paths["html"]), "bold green")
 
 
 @app.command()
@@ -162,9 +219,11 @@ def bench(
     args: Annotated[list[str] | None, typer.Argument(help="Arguments for the script.")] = None,
 ) -> None:
     """Run a benchmark script from a source checkout's benchmarks/ folder."""
+    from prsl.core.errors import MissingInput
+
     script = Path("benchmarks") / f"{name}.py"
     if not script.is_file():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"{script} not found: run `prsl bench` from the root of a prsl source checkout"
         )
     sys.argv = [str(script), *(args or [])]

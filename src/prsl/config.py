@@ -1,59 +1,34 @@
 """Run configuration: YAML files validated by pydantic, every field overridable from the CLI.
 
-A config is plain data. ``load_config(path, overrides)`` reads YAML with ``yaml.safe_load``,
-applies ``key.sub=value`` overrides (values parsed as YAML, so ``train.lr=1e-4`` is a float),
-and validates; a wrong type or unknown field fails before any work starts, naming the field.
+A config is plain data. ``load_config(schema, path, overrides)`` reads YAML safely, applies
+``key.sub=value`` overrides (values parsed as YAML, so ``train.lr=1e-4`` is a float), and
+validates the whole tree, loss and attack parameters included, before any work starts: a wrong
+type, an unknown field or malformed YAML is one :class:`~prsl.core.errors.InvalidInput` naming
+the file, the line or the field.
+
+The stage schemas live with their stage (``prsl.train.config``, ``prsl.evaluate.config``);
+this module holds what they share.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from prsl.core.errors import InvalidInput, MissingInput
+from prsl.data import check_reader_options
 
 Schema = TypeVar("Schema", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A config section: unknown fields are errors and numbers are strict (``true`` is not 1)."""
 
-
-class TinyModelConfig(Strict):
-    """Architecture of the from-scratch captioner used by the embedded default and the tests."""
-
-    image_size: int = 32
-    patch_size: int = 8
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    dropout: float | None = None
-    """Every dropout probability of the model; None keeps the architectures' defaults (GPT-2
-    0.1, ViT 0.0). 0 makes training independent of the random state, e.g. of the process count."""
-
-    @field_validator("dropout")
-    @classmethod
-    def _probability(cls, value: float | None) -> float | None:
-        if value is not None and not 0.0 <= value < 1.0:
-            raise ValueError("must be in [0, 1)")
-        return value
-
-
-class ModelConfig(Strict):
-    """Which model to fine-tune or evaluate.
-
-    ``name_or_path`` is a hub id or a local directory (loaded through ``from_pretrained``), or
-    ``tiny`` to build the small from-scratch captioner from the training texts.
-    """
-
-    name_or_path: str = "tiny"
-    family: str | None = None
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
-    blip2_trainable: Literal["qformer", "lora"] = "qformer"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    trust_remote_code: bool = False
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
 
 
 class DataConfig(Strict):
@@ -62,107 +37,52 @@ class DataConfig(Strict):
     name: str = "shapes"
     options: dict[str, Any] = Field(default_factory=dict)
 
-
-class LossConfig(Strict):
-    name: str = "prsl"
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-class TrainConfig(Strict):
-    output_dir: str = "runs/finetune"
-    lr: float = 5e-5
-    weight_decay: float = 0.0
-    epochs: int = 2
-    max_steps: int | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    warmup_steps: int = 0
-    scheduler: Literal["linear", "constant", "cosine"] = "linear"
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    seed: int = 0
-    save_every: int = 0
-    log_every: int = 10
-    max_grad_norm: float | None = 1.0
-    tensorboard: bool = False
-
-    @field_validator("lr")
-    @classmethod
-    def _positive_lr(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be > 0")
-        return value
-
-    @field_validator("epochs", "batch_size", "grad_accum")
-    @classmethod
-    def _at_least_one(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError("must be >= 1")
-        return value
+    @model_validator(mode="after")
+    def _reader_exists(self) -> DataConfig:
+        check_reader_options(self.name, self.options)
+        return self
 
 
-class FinetuneConfig(Strict):
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+# --------------------------------------------------------------------------------------- YAML
 
 
-class AttackSpec(Strict):
-    """One attack of an evaluation grid; ``eps`` accepts numbers or strings like ``8/255``.
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load`` with YAML 1.2 floats: ``1e-5`` is a number, not the string "1e-5".
 
-    ``label`` names it in the results (default: ``name``); two specs of the same attack, e.g.
-    BIM-10 and BIM-50, need different labels.
+    YAML 1.1, which PyYAML implements, needs a dot and a signed exponent (``1.0e-5``), so a
+    learning rate or loss weight written the usual way would reach the config as text.
     """
 
-    name: str = "bim"
-    label: str | None = None
-    eps: list[float | str] = Field(default_factory=lambda: ["8/255"])
-    steps: int = 10
-    alpha: float | str | None = None
-    norm: Literal["linf", "l2"] = "linf"
-    record_every_step: bool = False
-    params: dict[str, Any] = Field(default_factory=dict)
 
-    @property
-    def result_name(self) -> str:
-        return self.label or self.name
-
-
-class EvalConfig(Strict):
-    """What to evaluate and how.
-
-    ``surrogate``: a model (directory or hub id) on which every attack is crafted a second
-    time; those images are scored on each evaluated model under the attack name
-    ``<attack>@<surrogate>``. A defence that only masks gradients falls to them while resisting
-    its own white-box attack.
-    """
-
-    models: list[str] = Field(default_factory=list)
-    surrogate: str | None = None
-    data: DataConfig = Field(default_factory=DataConfig)
-    attacks: list[AttackSpec] = Field(default_factory=lambda: [AttackSpec()])
-    output_dir: str = "runs/evaluate"
-    n_images: int = 32
-    batch_size: int = 16
-    max_new_tokens: int = 20
-    metrics: list[str] | None = None
-    attack_target: Literal["clean", "ground_truth"] = "clean"
-    gallery: int = 6
-    seed: int = 0
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
-class SweepConfig(Strict):
-    """A grid of fine-tune + evaluate cells (see ``prsl.sweep``).
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text as Python data; a syntax error names ``source`` and the line and column."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = err.problem or err.context or "not valid YAML"
+        raise InvalidInput(f"{where}: {problem} (not valid YAML)") from None
+    except yaml.YAMLError as err:
+        raise InvalidInput(f"{source}: not valid YAML ({err})") from None
 
-    ``grid`` maps dotted keys to value lists: ``loss.params.k: [4, 10]`` (fine-tune fields, an
-    optional ``finetune.`` prefix) or ``evaluate.attacks.0.steps: [10, 20]``-style keys under
-    ``evaluate.``.
-    """
 
-    output_dir: str = "runs/sweep"
-    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    evaluate: EvalConfig = Field(default_factory=EvalConfig)
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
+# ---------------------------------------------------------------------------------- overrides
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -178,7 +98,7 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
         else:
             node = node.setdefault(key, {})
         if not isinstance(node, dict | list):
-            raise ValueError(f"override {dotted!r}: {key!r} is not a section")
+            raise InvalidInput(f"override {dotted!r}: {key!r} is not a section")
     if isinstance(node, list):
         node[_list_index(node, leaf, dotted)] = value
     else:
@@ -187,7 +107,7 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _list_index(items: list, key: str, dotted: str) -> int:
     if not key.isdigit() or int(key) >= len(items):
-        raise ValueError(
+        raise InvalidInput(
             f"override {dotted!r}: {key!r} must index the list, which has {len(items)} item(s)"
         )
     return int(key)
@@ -198,9 +118,10 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     parsed = []
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} must look like section.field=value")
-        parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+        if not sep or not key.strip():
+            raise InvalidInput(f"override {item!r} must look like section.field=value")
+        value = parse_yaml(raw, f"--set {item}") if raw.strip() else None
+        parsed.append((key.strip(), value))
     return parsed
 
 
@@ -211,6 +132,29 @@ def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
         both_maps = isinstance(value, dict) and isinstance(base.get(key), dict)
         merged[key] = _merged(base[key], value) if both_maps else value
     return merged
+
+
+def describe_validation(err: ValidationError) -> str:
+    """The problems of a failed config validation, one clause each, naming the field."""
+    problems = []
+    for error in err.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] in ("value_error", "assertion_error"):
+            named = not where or message.startswith(f"{error['loc'][-1]} ")
+            problems.append(message if named else f"{where}: {message}")
+        else:
+            problems.append(f"{where}: {message} (got {error.get('input')!r})")
+    return "; ".join(problems)
+
+
+def validate_config(schema: type[Schema], tree: Any, source: str = "") -> Schema:
+    """``schema.model_validate(tree)``, failures as one InvalidInput line naming the fields."""
+    try:
+        return schema.model_validate(tree)
+    except ValidationError as err:
+        where = f" in {source}" if source else ""
+        raise InvalidInput(f"invalid configuration{where}: {describe_validation(err)}") from None
 
 
 def load_config(
@@ -225,19 +169,13 @@ def load_config(
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text())
+            raise MissingInput(f"config file {path} does not exist")
+        loaded = parse_yaml(path.read_text(), str(path))
         if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a mapping of sections, got {loaded!r}")
+            raise InvalidInput(
+                f"config file {path} must hold a mapping of sections, got {loaded!r}"
+            )
         tree = _merged(tree, loaded or {})
     for key, value in parse_overrides(overrides or []):
         set_dotted(tree, key, value)
-    try:
-        return schema.model_validate(tree)
-    except ValidationError as err:
-        where = f" in {path}" if path is not None else ""
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-            for e in err.errors()
-        )
-        raise ValueError(f"invalid configuration{where}: {problems}") from None
+    return validate_config(schema, tree, str(path) if path is not None else "")

@@ -7,7 +7,6 @@ report states the measured outcome, whichever way it goes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,19 +14,16 @@ from pathlib import Path
 
 import torch
 
-from prsl.config import (
-    AttackSpec,
-    DataConfig,
-    EvalConfig,
-    FinetuneConfig,
-    LossConfig,
-    ModelConfig,
-    TrainConfig,
-)
-from prsl.evaluate import RESULTS, evaluate
+from prsl.config import DataConfig
+from prsl.core.paths import prepare_output_dir
+from prsl.evaluate import AttackSpec, EvalConfig, evaluate
+from prsl.provenance import check_settings, write_settings
 from prsl.report import write_report
-from prsl.train import finetune
+from prsl.results import RESULTS, merge_results
+from prsl.train import FinetuneConfig, LossConfig, ModelConfig, TrainConfig, finetune, finished_run
+from prsl.train.config import TINY
 
+COMMAND = "quickstart"
 EPSILONS = ["2/255", "4/255", "8/255"]
 PRSL_PARAMS = {"k": 4, "start": 0, "weight": 1e-3}
 """The tiny word-level vocabulary has a few dozen entries, so K = 4 of them form the window;
@@ -69,33 +65,32 @@ def quickstart(out: Path, *, fast: bool = False, seed: int = 0, progress: bool =
 
 def _quickstart(out: Path, *, fast: bool, seed: int, progress: bool) -> Path:
     budget = FAST if fast else FULL
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, "--out")
+    settings = {"fast": fast, "seed": seed}
+    fix = "run it again with those options to finish it, or choose another --out"
+    check_settings(out, COMMAND, settings, has_results=(out / "models").is_dir(), fix=fix)
+    write_settings(out, COMMAND, settings)
     result_files = []
     for task, reader in (("caption", "shapes"), ("vqa", "shapes-vqa")):
         models = []
         for loss, params in (("ce", {}), ("prsl", PRSL_PARAMS)):
             model_dir = out / "models" / f"{task}-{loss}"
-            if not (model_dir / "final").exists():
-                finetune(
-                    FinetuneConfig(
-                        model=ModelConfig(name_or_path="tiny"),
-                        data=DataConfig(
-                            name=reader, options={"n": budget.train_examples, "seed": seed}
-                        ),
-                        loss=LossConfig(name=loss, params=params),
-                        train=TrainConfig(
-                            output_dir=str(model_dir),
-                            lr=3e-3,
-                            max_steps=budget.steps,
-                            batch_size=budget.batch_size,
-                            warmup_steps=budget.steps // 10,
-                            seed=seed,
-                            log_every=20,
-                        ),
-                    ),
-                    resume=model_dir.exists(),
-                    progress=progress,
-                )
+            tune = FinetuneConfig(
+                model=ModelConfig(name_or_path=TINY),
+                data=DataConfig(name=reader, options={"n": budget.train_examples, "seed": seed}),
+                loss=LossConfig(name=loss, params=params),
+                train=TrainConfig(
+                    output_dir=str(model_dir),
+                    lr=3e-3,
+                    max_steps=budget.steps,
+                    batch_size=budget.batch_size,
+                    warmup_steps=budget.steps // 10,
+                    seed=seed,
+                    log_every=20,
+                ),
+            )
+            if not finished_run(tune):
+                finetune(tune, resume=model_dir.exists(), progress=progress)
             models.append(str(model_dir / "final"))
         eval_cfg = EvalConfig(
             models=models,
@@ -113,18 +108,6 @@ def _quickstart(out: Path, *, fast: bool, seed: int, progress: bool) -> Path:
         )
         evaluate(eval_cfg, progress=progress)
         result_files.append(out / f"eval-{task}" / RESULTS)
-    merge_results(result_files, out / RESULTS, extra_meta={"seed": seed, "fast": fast})
+    merge_results(result_files, out / RESULTS, {"seed": seed, "fast": fast})
     paths = write_report(result_files, out, title="prsl quickstart: CE vs PRSL on shapes")
     return paths["html"]
-
-
-def merge_results(files: list[Path], target: Path, extra_meta: dict) -> dict:
-    """One results.json holding every run of several evaluations (meta per source kept)."""
-    runs, metas = [], {}
-    for path in files:
-        data = json.loads(path.read_text())
-        runs += data["runs"]
-        metas[str(path.parent.name)] = data["meta"]
-    merged = {"runs": runs, "meta": {**extra_meta, "sources": metas}}
-    target.write_text(json.dumps(merged, indent=2))
-    return merged

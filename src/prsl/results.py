@@ -1,17 +1,34 @@
-"""The ``results.json`` format (DESIGN.md §5): its schema, reading it, and grouping its runs.
+"""The ``results.json`` format: its schema, reading it back, merging files, grouping its runs.
 
-Shared by the report's tables and its plots; nothing here draws or formats.
+``prsl evaluate`` writes it, ``prsl report`` reads it, the quickstart and sweeps merge several;
+nothing here draws or formats. The format::
+
+    {"runs": [{"model", "loss", "loss_params", "task": "caption"|"vqa", "attack", "eps",
+               "steps", "norm", "attack_params", "n_images", "reference": "clean"|"ground_truth",
+               "clean": {metric: value}, "adversarial": {...}, "degradation": {...},
+               "per_step": [{metric: value}, ...]?}],
+     "gallery": [{"model", "loss", "attack", "eps", "key", "clean", "adversarial",
+                  "images": {"clean": path, "adversarial": path}}],
+     "meta": {...}}
+
+``steps`` is how many steps (or queries) the attack really took and ``attack_params`` every
+parameter as it ran; gallery image paths are relative to the file's folder.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-RUN_FIELDS = {
+from prsl.core.errors import InvalidInput, MissingInput
+
+RESULTS = "results.json"
+RUN_FIELDS: Mapping[str, type | tuple[type, ...]] = {
     "model": str,
     "loss": str,
     "loss_params": dict,
@@ -25,58 +42,109 @@ RUN_FIELDS = {
     "adversarial": dict,
     "degradation": dict,
 }
+OPTIONAL_RUN_FIELDS: Mapping[str, type | tuple[type, ...]] = {
+    "norm": str,
+    "attack_params": dict,
+    "per_step": list,
+}
+TASKS = ("caption", "vqa")
+REFERENCES = ("clean", "ground_truth")
 HEADLINE = {"caption": ["CIDEr", "BERTScore", "BLEU-4"], "vqa": ["VQA-acc"]}
 
 
 def validate_results(data: Any, source: str = "results") -> None:
-    """Raise ValueError naming the first field that breaks the DESIGN.md §5 schema."""
+    """Raise InvalidInput naming the first field that breaks the schema (module docstring)."""
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
-        raise ValueError(f"{source}: expected an object with a 'runs' list (prsl results.json)")
+        raise InvalidInput(f"{source}: expected an object with a 'runs' list (prsl results.json)")
     if not isinstance(data.get("meta"), dict):
-        raise ValueError(f"{source}: missing the 'meta' object")
+        raise InvalidInput(f"{source}: missing the 'meta' object")
+    if not isinstance(data.get("gallery", []), list):
+        raise InvalidInput(f"{source}: 'gallery' must be a list")
     for i, run in enumerate(data["runs"]):
-        if not isinstance(run, dict):
-            raise ValueError(f"{source}: runs[{i}] is not an object")
-        for name, kind in RUN_FIELDS.items():
-            if name not in run:
-                raise ValueError(f"{source}: runs[{i}] lacks field {name!r}")
-            if not isinstance(run[name], kind) or isinstance(run[name], bool):
-                raise ValueError(f"{source}: runs[{i}].{name} has the wrong type")
-        if run["task"] not in ("caption", "vqa"):
-            raise ValueError(f"{source}: runs[{i}].task must be 'caption' or 'vqa'")
-        if run["reference"] not in ("clean", "ground_truth"):
-            raise ValueError(f"{source}: runs[{i}].reference must be 'clean' or 'ground_truth'")
-        for part in ("clean", "adversarial", "degradation"):
-            bad = [
-                k
-                for k, v in run[part].items()
-                if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v)
-            ]
-            if bad:
-                raise ValueError(f"{source}: runs[{i}].{part}[{bad[0]!r}] is not a finite number")
+        _validate_run(run, f"{source}: runs[{i}]")
+
+
+def _validate_run(run: Any, where: str) -> None:
+    if not isinstance(run, dict):
+        raise InvalidInput(f"{where} is not an object")
+    for name, kind in RUN_FIELDS.items():
+        if name not in run:
+            raise InvalidInput(f"{where} lacks field {name!r}")
+        if not isinstance(run[name], kind) or isinstance(run[name], bool):
+            raise InvalidInput(f"{where}.{name} has the wrong type")
+    for name, kind in OPTIONAL_RUN_FIELDS.items():
+        if name in run and not isinstance(run[name], kind):
+            raise InvalidInput(f"{where}.{name} has the wrong type")
+    if run["task"] not in TASKS:
+        raise InvalidInput(f"{where}.task must be 'caption' or 'vqa'")
+    if run["reference"] not in REFERENCES:
+        raise InvalidInput(f"{where}.reference must be 'clean' or 'ground_truth'")
+    for part in ("clean", "adversarial", "degradation"):
+        bad = [k for k, v in run[part].items() if not _finite(v)]
+        if bad:
+            raise InvalidInput(f"{where}.{part}[{bad[0]!r}] is not a finite number")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """One results file, validated; its gallery's image paths made absolute."""
+    if not path.is_file():
+        raise MissingInput(f"results file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InvalidInput(f"{path}: not valid JSON ({err})") from None
+    validate_results(data, str(path))
+    for row in data.get("gallery", []):
+        row["images"] = {k: str(path.parent / v) for k, v in row["images"].items()}
+    return data
 
 
 def load_results(paths: list[Path]) -> tuple[list[dict], list[dict], dict]:
     """Runs from every file (validated), their gallery rows, and the first file's meta."""
     runs, gallery, meta = [], [], {}
     for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"results file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        validate_results(data, str(path))
+        data = read_results(path)
         runs += data["runs"]
+        gallery += data.get("gallery", [])
         meta = meta or data["meta"]
-        predictions = path.parent / "predictions.jsonl"
-        if predictions.exists():
-            for line in predictions.read_text().splitlines():
-                row = json.loads(line) if line.strip() else {}
-                if "gallery" in row:
-                    row["gallery"] = {k: str(path.parent / v) for k, v in row["gallery"].items()}
-                    gallery.append(row)
     return runs, gallery, meta
+
+
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    """Validate and write atomically (a reader never sees half a file)."""
+    validate_results(results, str(path))
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def merge_results(
+    files: list[Path],
+    target: Path,
+    meta: dict[str, Any],
+    annotate: Mapping[Path, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One results file holding every run and gallery row of several, their metas kept.
+
+    ``annotate[file]`` holds fields set on each run and gallery row of that file (a sweep names
+    each cell's model after the cell); gallery paths are rebased onto ``target``'s folder.
+    """
+    runs, gallery, sources = [], [], {}
+    for path in files:
+        data = read_results(path)
+        extra = (annotate or {}).get(path, {})
+        runs += [run | extra for run in data["runs"]]
+        for row in data.get("gallery", []):
+            images = {k: os.path.relpath(v, target.parent) for k, v in row["images"].items()}
+            gallery.append(row | {k: v for k, v in extra.items() if k in row} | {"images": images})
+        sources[str(path.parent.name)] = data["meta"]
+    merged = {"runs": runs, "gallery": gallery, "meta": {**meta, "sources": sources}}
+    write_results(target, merged)
+    return merged
 
 
 def model_label(run: dict) -> str:
@@ -84,6 +152,7 @@ def model_label(run: dict) -> str:
 
 
 def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
+    """Runs by (task, reference, attack), in a stable order."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
         groups[(run["task"], run["reference"], run["attack"])].append(run)

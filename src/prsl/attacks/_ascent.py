@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from prsl.attacks.base import LossFn
+from prsl.attacks.base import LossFn, finish
 from prsl.attacks.constraint import BallConstraint, expand, loss_and_grad, per_example_norm
 
 Step = Callable[[torch.Tensor], torch.Tensor]
@@ -45,3 +46,18 @@ def ascend(
         if record:
             history.append(current)
     return current, history
+
+
+def signed_ascent(attack: Any, images: torch.Tensor, loss_fn: LossFn) -> Any:
+    """Run BIM (or FGSM, its single step of size ε): ``attack.iterations`` L∞ sign steps of
+    ``attack.step_size`` from the clean images, with the attack's 8-bit / JPEG options."""
+    constraint = BallConstraint(images, attack.eps, "linf", attack.quantize, attack.jpeg_quality)
+    final, history = ascend(
+        images,
+        loss_fn,
+        constraint,
+        steps=attack.iterations,
+        step=sign_step(attack.step_size),
+        record=attack.record_every_step,
+    )
+    return finish(final, history, attack.record_every_step)

@@ -1,21 +1,41 @@
-"""Argument checks shared by every attack.
+"""Argument checks shared by every attack: the parameter types, and the images and losses.
 
-Attacks fail before the first forward pass, with a ``ValueError`` that names the argument and
-its valid range, so a wrong CLI flag costs nothing. The same checks run when an attack class is
-constructed, so ``get_attack("pgd", eps=-1)`` fails before a model is even loaded.
+Parameters are fields of the attack's class (see :mod:`prsl.attacks.base`) typed with the
+annotated types below, so ``get_attack("pgd", eps=-1)`` fails when it is built, before a model
+is even loaded, with a message naming the parameter and its valid range. Images and per-example
+losses are checked when the attack runs, before the first forward pass.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Collection, Mapping
-from types import MappingProxyType
 from typing import Any
 
 import torch
 
+from prsl.core.params import choice, integer, real
+
 NORMS = ("linf", "l2")
 QUANTIZE = ("uint8",)
+
+Eps = real(0, hint=" (pixel units, e.g. 8/255)")
+"""The radius of the ball around each clean image, in pixel units (at most 1 for L∞)."""
+StepSize = real(0, open_low=True, optional=True, hint=" (step size in pixel units)")
+"""α; None: ε/4 (ε when there is one step)."""
+Steps = integer(1, hint=" (iterations)")
+Restarts = integer(1, hint=" (random starts)")
+Queries = integer(1, hint=" (loss evaluations)")
+Decay = real(0, hint=" (momentum factor)")
+Weight = real(0, open_low=True, hint=" (weight of the loss against the distortion)")
+LearningRate = real(0, open_low=True, hint=" (Adam learning rate)")
+Fraction = real(0, 1, open_low=True, hint=" (fraction of the image)")
+Norm = choice(*NORMS)
+Quantize = choice(*QUANTIZE, optional=True, hint=" (keep every iterate on the 8-bit grid)")
+JpegQuality = integer(1, 100, optional=True, hint=" (JPEG round trip after every step)")
+
+
+def check_generator(generator: Any) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None; got {generator!r}")
 
 
 def check_images(images: Any) -> None:
@@ -53,91 +73,3 @@ def check_losses(losses: Any, batch: int) -> torch.Tensor:
     if not losses.is_floating_point():
         raise ValueError(f"loss_fn must return a floating tensor; got dtype {losses.dtype}")
     return losses
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number; got {value!r}")
-    return float(value)
-
-
-def _integer(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-
-
-def _non_negative(name: str, hint: str) -> Callable[[Any], None]:
-    def check(value: Any) -> None:
-        number = _number(name, value)
-        if not (math.isfinite(number) and number >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0{hint}; got {value!r}")
-
-    return check
-
-
-def _positive(name: str, hint: str) -> Callable[[Any], None]:
-    def check(value: Any) -> None:
-        number = _number(name, value)
-        if not (math.isfinite(number) and number > 0):
-            raise ValueError(f"{name} must be a finite number > 0{hint}; got {value!r}")
-
-    return check
-
-
-def _at_least(name: str, minimum: int) -> Callable[[Any], None]:
-    return lambda value: _integer(name, value, minimum)
-
-
-def _one_of(name: str, choices: tuple[str, ...], allow_none: bool) -> Callable[[Any], None]:
-    def check(value: Any) -> None:
-        if value in choices or (allow_none and value is None):
-            return
-        valid = ", ".join(repr(c) for c in choices) + (" or None" if allow_none else "")
-        raise ValueError(f"{name} must be {valid}; got {value!r}")
-
-    return check
-
-
-def _jpeg_quality(value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
-        raise ValueError(f"jpeg_quality must be an integer in [1, 100] or None; got {value!r}")
-
-
-def _p_init(value: Any) -> None:
-    number = _number("p_init", value)
-    if not 0 < number <= 1:
-        raise ValueError(f"p_init must be in (0, 1] (fraction of the image); got {value!r}")
-
-
-def _generator(value: Any) -> None:
-    if value is not None and not isinstance(value, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or None; got {value!r}")
-
-
-_VALIDATORS: Mapping[str, Callable[[Any], None]] = MappingProxyType(
-    {
-        "eps": _non_negative("eps", " (pixel units, e.g. 8/255)"),
-        "alpha": _positive("alpha", " (step size in pixel units)"),
-        "steps": _at_least("steps", 1),
-        "restarts": _at_least("restarts", 1),
-        "queries": _at_least("queries", 1),
-        "decay": _non_negative("decay", " (momentum factor)"),
-        "c": _positive("c", " (weight of the loss against the distortion)"),
-        "lr": _positive("lr", " (Adam learning rate)"),
-        "norm": _one_of("norm", NORMS, allow_none=False),
-        "quantize": _one_of("quantize", QUANTIZE, allow_none=True),
-        "jpeg_quality": _jpeg_quality,
-        "p_init": _p_init,
-        "generator": _generator,
-    }
-)
-
-
-def check_params(params: Mapping[str, Any], optional: Collection[str] = ()) -> None:
-    """Validate every known attack parameter in ``params``; those in ``optional`` may be None."""
-    for name, value in params.items():
-        validator = _VALIDATORS.get(name)
-        if validator is not None and not (name in optional and value is None):
-            validator(value)

@@ -16,13 +16,13 @@ the restart from the best point does not carry the direction of the point it lef
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from prsl.attacks._ascent import steepest_step
-from prsl.attacks._checks import check_images, check_params
-from prsl.attacks.base import Attack, AttackResult, LossFn, finish
+from prsl.attacks._checks import Eps, JpegQuality, Norm, Quantize, Steps
+from prsl.attacks.base import DEFAULT_EPS, Attack, finish
 from prsl.attacks.constraint import BallConstraint, expand, loss_and_grad
 
 MOMENTUM = 0.75
@@ -52,93 +52,73 @@ def should_halve(
     return too_few_rises | stalled
 
 
-def apgd(
-    images: torch.Tensor,
-    loss_fn: LossFn,
-    *,
-    eps: float,
-    steps: int,
-    norm: str = "linf",
-    generator: torch.Generator | None = None,
-    quantize: str | None = None,
-    record_every_step: bool = False,
-    jpeg_quality: int | None = None,
-) -> torch.Tensor | AttackResult:
+class APGD(Attack):
     """Auto-PGD from a random point of the ball; returns the per-example best-loss iterate.
 
     Costs ``steps + 1`` forward/backward passes (the start point is evaluated too).
     ``record_every_step`` records the iterates x_1..x_N, not the running best.
     """
-    check_params(
-        {
-            "eps": eps,
-            "steps": steps,
-            "norm": norm,
-            "generator": generator,
-            "quantize": quantize,
-            "jpeg_quality": jpeg_quality,
-        }
-    )
-    check_images(images)
-    constraint = BallConstraint(images, eps, norm, quantize, jpeg_quality)
-    checkpoints = set(apgd_checkpoints(steps))
-    direction = steepest_step(1.0, norm)
 
-    current = constraint.random_start(generator)
-    previous = current
-    loss, grad = loss_and_grad(loss_fn, current)
-    best, best_loss, best_grad = current, loss, grad
-    eta = torch.full_like(loss, 2 * eps)
-    # As in the authors' AutoAttack code: the start counts as a halving, so condition 2 can
-    # first fire at the second checkpoint.
-    halved_last = torch.ones_like(loss, dtype=torch.bool)
-    best_at_checkpoint = best_loss.clone()
-    rises = torch.zeros_like(loss)
-    last_checkpoint = 0
-    history: list[torch.Tensor] = []
+    name: ClassVar[str] = "apgd"
 
-    for k in range(steps):
-        z = constraint.project(current + expand(eta, current) * direction(grad))
-        weight = 1.0 if k == 0 else MOMENTUM
-        candidate = constraint.project(
-            current + weight * (z - current) + (1 - weight) * (current - previous)
-        )
-        new_loss, new_grad = loss_and_grad(loss_fn, candidate)
-        rises += (new_loss > loss).to(rises.dtype)
-        improved = new_loss > best_loss
-        best = torch.where(expand(improved, best), candidate, best)
-        best_grad = torch.where(expand(improved, best), new_grad, best_grad)
-        best_loss = torch.where(improved, new_loss, best_loss)
-        previous, current, loss, grad = current, candidate, new_loss, new_grad
-        if record_every_step:
-            history.append(current)
-
-        if k + 1 in checkpoints:
-            halve = should_halve(
-                rises, k + 1 - last_checkpoint, halved_last, best_loss, best_at_checkpoint
-            )
-            eta = torch.where(halve, eta / 2, eta)
-            back = expand(halve, current)
-            current = torch.where(back, best, current)
-            previous = torch.where(back, best, previous)
-            loss = torch.where(halve, best_loss, loss)
-            grad = torch.where(back, best_grad, grad)
-            rises.zero_()
-            halved_last, best_at_checkpoint = halve, best_loss.clone()
-            last_checkpoint = k + 1
-
-    return finish(best, history, record_every_step)
-
-
-@dataclass(frozen=True)
-class APGD(Attack):
-    name = "apgd"
-    function = apgd
-
-    eps: float = 8 / 255
-    steps: int = 10
-    norm: str = "linf"
-    generator: torch.Generator | None = None
-    quantize: str | None = None
+    eps: Eps = DEFAULT_EPS
+    steps: Steps = 10
+    norm: Norm = "linf"
+    quantize: Quantize = None
     record_every_step: bool = False
-    jpeg_quality: int | None = None
+    jpeg_quality: JpegQuality = None
+
+    def run(self, images, loss_fn, generator):
+        constraint = BallConstraint(images, self.eps, self.norm, self.quantize, self.jpeg_quality)
+        checkpoints = set(apgd_checkpoints(self.steps))
+        direction = steepest_step(1.0, self.norm)
+
+        current = constraint.random_start(generator)
+        previous = current
+        loss, grad = loss_and_grad(loss_fn, current)
+        best, best_loss, best_grad = current, loss, grad
+        eta = torch.full_like(loss, 2 * self.eps)
+        # As in the authors' AutoAttack code: the start counts as a halving, so condition 2 can
+        # first fire at the second checkpoint.
+        halved_last = torch.ones_like(loss, dtype=torch.bool)
+        best_at_checkpoint = best_loss.clone()
+        rises = torch.zeros_like(loss)
+        last_checkpoint = 0
+        history: list[torch.Tensor] = []
+
+        for k in range(self.steps):
+            z = constraint.project(current + expand(eta, current) * direction(grad))
+            weight = 1.0 if k == 0 else MOMENTUM
+            candidate = constraint.project(
+                current + weight * (z - current) + (1 - weight) * (current - previous)
+            )
+            new_loss, new_grad = loss_and_grad(loss_fn, candidate)
+            rises += (new_loss > loss).to(rises.dtype)
+            improved = new_loss > best_loss
+            best = torch.where(expand(improved, best), candidate, best)
+            best_grad = torch.where(expand(improved, best), new_grad, best_grad)
+            best_loss = torch.where(improved, new_loss, best_loss)
+            previous, current, loss, grad = current, candidate, new_loss, new_grad
+            if self.record_every_step:
+                history.append(current)
+
+            if k + 1 in checkpoints:
+                halve = should_halve(
+                    rises, k + 1 - last_checkpoint, halved_last, best_loss, best_at_checkpoint
+                )
+                eta = torch.where(halve, eta / 2, eta)
+                back = expand(halve, current)
+                current = torch.where(back, best, current)
+                previous = torch.where(back, best, previous)
+                loss = torch.where(halve, best_loss, loss)
+                grad = torch.where(back, best_grad, grad)
+                rises.zero_()
+                halved_last, best_at_checkpoint = halve, best_loss.clone()
+                last_checkpoint = k + 1
+
+        return finish(best, history, self.record_every_step)
+
+
+def apgd(images, loss_fn, *, generator=None, **params):
+    """:class:`APGD` as a function: ``apgd(images, loss_fn, eps=8/255, steps=100)``."""
+    return APGD(**params)(images, loss_fn, generator=generator)

@@ -1,4 +1,11 @@
-"""What every attack shares: the loss-function type, the result type, and the class base.
+"""What every attack shares: the parameter object it is, the loss-function type, the result.
+
+An attack is a typed parameter object (``PGD(eps=8/255, steps=10)``): its fields are the only
+declaration of its parameters, checked once when it is built (an unknown name, a wrong type or an
+out-of-range value is one clear error), and calling it runs it: ``attack(images, loss_fn)``.
+Objects that only exist at run time, the random ``generator`` (and C&W's ``success_fn``), are
+arguments of the call, not parameters. The functional forms (``pgd(images, loss_fn, ...)``)
+build the object and call it.
 
 Return convention (one for all attacks): the adversarial images, a tensor (B, 3, H, W); with
 ``record_every_step=True`` an :class:`AttackResult` ``(final, steps)`` instead, where ``steps``
@@ -9,15 +16,20 @@ so ``final, steps = attack(...)`` and ``result.final`` both work.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+from pydantic import model_validator
 
-from prsl.attacks._checks import check_params
+from prsl.attacks._checks import check_generator, check_images
+from prsl.core.params import Params
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 """``loss_fn(images (B, 3, H, W)) -> per-example losses (B,)``, to be MAXIMISED."""
+
+DEFAULT_EPS = 8 / 255
+"""The usual L∞ budget for images in [0, 1]; every attack's default ε."""
+LINF = "linf"
 
 
 class AttackResult(NamedTuple):
@@ -34,24 +46,56 @@ def finish(
     return AttackResult(final, history) if record else final
 
 
-class Attack:
-    """torchattacks-style wrapper: parameters at construction, ``attack(images, loss_fn)``.
+class Attack(Params):
+    """Base of the registered attacks (see the module docstring)."""
 
-    Subclasses are frozen dataclasses whose fields are exactly the keyword arguments of their
-    functional attack (``function``); parameters are validated at construction so a bad
-    configuration fails before any model is loaded.
-    """
+    kind: ClassVar[str] = "attack"
 
-    name: ClassVar[str]
-    function: ClassVar[Callable[..., Any]]
-    optional: ClassVar[frozenset[str]] = frozenset()  # parameters that may be None
+    @property
+    def ball_norm(self) -> str:
+        """The norm of the ε-ball the attack stays in: "linf" or "l2"."""
+        return getattr(self, "norm", LINF)
 
-    def __post_init__(self) -> None:
-        check_params(self.params(), self.optional)
+    @property
+    def iterations(self) -> int:
+        """How many steps (or loss queries) the attack takes: what results record as steps."""
+        return int(getattr(self, "steps", 1))
 
-    def params(self) -> dict[str, Any]:
-        """The keyword arguments passed to the functional attack."""
-        return {field.name: getattr(self, field.name) for field in fields(self)}  # type: ignore[arg-type]
+    @property
+    def step_size(self) -> float:
+        """α as it runs: the ``alpha`` given, else ε/4 (ε for a single step)."""
+        alpha = getattr(self, "alpha", None)
+        if alpha is not None:
+            return alpha
+        eps = getattr(self, "eps", None) or 0.0
+        return eps if self.iterations == 1 else eps / 4
 
-    def __call__(self, images: torch.Tensor, loss_fn: LossFn) -> torch.Tensor | AttackResult:
-        return type(self).function(images, loss_fn, **self.params())
+    @model_validator(mode="after")
+    def _linf_budget_is_a_pixel_range(self) -> Attack:
+        eps = getattr(self, "eps", None)
+        if eps is not None and self.ball_norm == LINF and eps > 1:
+            raise ValueError(
+                f"eps must be in [0, 1] for an L∞ ball (pixel units, e.g. 8/255); got {eps!r}"
+            )
+        return self
+
+    def recorded(self) -> dict[str, Any]:
+        """Every parameter as it runs (α resolved), for the results."""
+        fields = self.model_dump()
+        if "alpha" in fields:
+            fields["alpha"] = self.step_size
+        return fields
+
+    def __call__(
+        self, images: torch.Tensor, loss_fn: LossFn, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor | AttackResult:
+        """Adversarial examples for ``images`` against ``loss_fn``; ``generator`` seeds any
+        random draw (random starts, Square's squares) and must live on the images' device."""
+        check_generator(generator)
+        check_images(images)
+        return self.run(images, loss_fn, generator)
+
+    def run(
+        self, images: torch.Tensor, loss_fn: LossFn, generator: torch.Generator | None
+    ) -> torch.Tensor | AttackResult:
+        raise NotImplementedError

@@ -6,53 +6,29 @@ with ``steps=1, alpha=eps`` it is exactly FGSM.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import ClassVar
 
-import torch
-
-from prsl.attacks._ascent import ascend, sign_step
-from prsl.attacks._checks import check_images, check_params
-from prsl.attacks.base import Attack, AttackResult, LossFn, finish
-from prsl.attacks.constraint import BallConstraint
+from prsl.attacks._ascent import signed_ascent
+from prsl.attacks._checks import Eps, JpegQuality, Quantize, Steps, StepSize
+from prsl.attacks.base import DEFAULT_EPS, Attack
 
 
-def bim(
-    images: torch.Tensor,
-    loss_fn: LossFn,
-    *,
-    eps: float,
-    alpha: float,
-    steps: int,
-    quantize: str | None = None,
-    record_every_step: bool = False,
-    jpeg_quality: int | None = None,
-) -> torch.Tensor | AttackResult:
-    """``steps`` Linf steps of size ``alpha`` from the clean images; returns the last iterate."""
-    check_params(
-        {
-            "eps": eps,
-            "alpha": alpha,
-            "steps": steps,
-            "quantize": quantize,
-            "jpeg_quality": jpeg_quality,
-        }
-    )
-    check_images(images)
-    constraint = BallConstraint(images, eps, "linf", quantize, jpeg_quality)
-    final, history = ascend(
-        images, loss_fn, constraint, steps=steps, step=sign_step(alpha), record=record_every_step
-    )
-    return finish(final, history, record_every_step)
-
-
-@dataclass(frozen=True)
 class BIM(Attack):
-    name = "bim"
-    function = bim
+    """BIM: ``steps`` L∞ steps of size α from the clean images; returns the last iterate."""
 
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
-    steps: int = 10
-    quantize: str | None = None
+    name: ClassVar[str] = "bim"
+
+    eps: Eps = DEFAULT_EPS
+    alpha: StepSize = None
+    steps: Steps = 10
+    quantize: Quantize = None
     record_every_step: bool = False
-    jpeg_quality: int | None = None
+    jpeg_quality: JpegQuality = None
+
+    def run(self, images, loss_fn, generator):
+        return signed_ascent(self, images, loss_fn)
+
+
+def bim(images, loss_fn, *, generator=None, **params):
+    """:class:`BIM` as a function: ``bim(images, loss_fn, eps=8/255, alpha=2/255, steps=10)``."""
+    return BIM(**params)(images, loss_fn, generator=generator)

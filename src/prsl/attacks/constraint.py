@@ -25,8 +25,9 @@ from PIL import Image
 
 from prsl.attacks._checks import check_losses
 from prsl.attacks.base import LossFn
+from prsl.core.errors import InvalidInput
+from prsl.core.pixels import LEVELS, to_uint8
 
-LEVELS = 255  # grey levels of an 8-bit image, minus one
 _GRID_TOLERANCE = 1e-3  # in grey levels: float32 k/255 is within 1e-5 of the grid
 _EPS_TOLERANCE = 1e-4  # in grey levels: eps = 8/255 must allow 8 levels despite rounding
 
@@ -45,9 +46,8 @@ def jpeg_roundtrip(images: torch.Tensor, quality: int) -> torch.Tensor:
     """Encode each image as an in-memory JPEG of ``quality`` and decode it (the authors' loop)."""
     decoded = []
     for image in images.detach():
-        array = (image.clamp(0, 1) * LEVELS).round().to(torch.uint8).permute(1, 2, 0)
         buffer = io.BytesIO()
-        Image.fromarray(array.cpu().numpy()).save(buffer, format="JPEG", quality=quality)
+        Image.fromarray(to_uint8(image)).save(buffer, format="JPEG", quality=quality)
         buffer.seek(0)
         with Image.open(buffer) as reloaded:
             pixels = np.array(reloaded.convert("RGB"))
@@ -80,7 +80,7 @@ class BallConstraint:
         if quantize is not None:
             scaled = self.origin * LEVELS
             if (scaled - scaled.round()).abs().max().item() > _GRID_TOLERANCE:
-                raise ValueError(
+                raise InvalidInput(
                     "quantize='uint8' needs images already on the 8-bit grid (values k/255), "
                     "e.g. images = (images * 255).round() / 255"
                 )

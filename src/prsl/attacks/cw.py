@@ -19,11 +19,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from prsl.attacks._checks import check_images, check_losses, check_params
+from prsl.attacks._checks import (
+    Eps,
+    JpegQuality,
+    LearningRate,
+    Quantize,
+    Steps,
+    Weight,
+    check_generator,
+    check_images,
+    check_losses,
+)
 from prsl.attacks.base import Attack, AttackResult, LossFn, finish
 from prsl.attacks.constraint import BallConstraint, expand, per_example_norm
 
@@ -37,84 +47,81 @@ def _check_success(success: object, batch: int) -> torch.Tensor:
     return success.bool()
 
 
-def cw_l2(
-    images: torch.Tensor,
-    loss_fn: LossFn,
-    *,
-    steps: int,
-    c: float = 1.0,
-    lr: float = 0.01,
-    eps: float | None = None,
-    success_fn: SuccessFn | None = None,
-    quantize: str | None = None,
-    record_every_step: bool = False,
-    jpeg_quality: int | None = None,
-) -> torch.Tensor | AttackResult:
-    """Adam on ||δ||₂² − c·loss in tanh space for ``steps`` steps; see the module docstring."""
-    check_params(
-        {
-            "steps": steps,
-            "c": c,
-            "lr": lr,
-            "eps": eps,
-            "quantize": quantize,
-            "jpeg_quality": jpeg_quality,
-        },
-        optional={"eps"},
-    )
-    check_images(images)
-    origin = images.detach()
-    budget = math.inf if eps is None else eps
-    constraint = BallConstraint(origin, budget, "l2", quantize, jpeg_quality)
-
-    w = torch.atanh((2 * origin - 1).clamp(-_TANH_LIMIT, _TANH_LIMIT)).requires_grad_(True)
-    optimizer = torch.optim.Adam([w], lr=lr)
-    best = constraint.project(origin)
-    best_loss = torch.full((origin.shape[0],), -math.inf, device=origin.device)
-    best_dist = torch.full_like(best_loss, math.inf)
-    succeeded = torch.zeros_like(best_loss, dtype=torch.bool)
-    history: list[torch.Tensor] = []
-
-    for _ in range(steps):
-        with torch.enable_grad():
-            x = (torch.tanh(w) + 1) / 2
-            projected = constraint.project(x)
-            straight_through = x + (projected - x).detach()
-            losses = check_losses(loss_fn(straight_through), origin.shape[0])
-            distortion = (x - origin).pow(2).flatten(1).sum(dim=1)
-            (grad,) = torch.autograd.grad((distortion - c * losses).sum(), w)
-        losses = losses.detach().to(best_loss.dtype)
-        dist = per_example_norm(projected - origin).to(best_loss.dtype)
-        if success_fn is None:
-            take = losses > best_loss
-        else:
-            with torch.no_grad():
-                success = _check_success(success_fn(projected), origin.shape[0])
-            closer = success & (~succeeded | (dist < best_dist))
-            take = closer | (~succeeded & ~success & (losses > best_loss))
-            succeeded = succeeded | success
-        best = torch.where(expand(take, best), projected, best)
-        best_loss = torch.where(take, losses, best_loss)
-        best_dist = torch.where(take, dist, best_dist)
-        if record_every_step:
-            history.append(projected)
-        w.grad = grad
-        optimizer.step()
-
-    return finish(best, history, record_every_step)
-
-
-@dataclass(frozen=True)
 class CW(Attack):
-    name = "cw"
-    function = cw_l2
-    optional = frozenset({"eps"})
+    """C&W-L2: Adam on ||δ||₂² − c·loss in tanh space for ``steps`` steps (module docstring).
 
-    steps: int = 100
-    c: float = 1.0
-    lr: float = 0.01
-    eps: float | None = None
-    success_fn: SuccessFn | None = None
-    quantize: str | None = None
+    ``eps`` is an optional L2 budget (None: unbounded); the call's ``success_fn`` picks the
+    smallest successful perturbation.
+    """
+
+    name: ClassVar[str] = "cw"
+
+    steps: Steps = 100
+    c: Weight = 1.0
+    lr: LearningRate = 0.01
+    eps: Eps | None = None
+    quantize: Quantize = None
     record_every_step: bool = False
-    jpeg_quality: int | None = None
+    jpeg_quality: JpegQuality = None
+
+    @property
+    def ball_norm(self) -> str:
+        return "l2"
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        loss_fn: LossFn,
+        *,
+        generator: torch.Generator | None = None,
+        success_fn: SuccessFn | None = None,
+    ) -> torch.Tensor | AttackResult:
+        check_generator(generator)
+        check_images(images)
+        return self.run(images, loss_fn, generator, success_fn)
+
+    def run(self, images, loss_fn, generator, success_fn: SuccessFn | None = None):
+        origin = images.detach()
+        budget = math.inf if self.eps is None else self.eps
+        constraint = BallConstraint(origin, budget, "l2", self.quantize, self.jpeg_quality)
+
+        w = torch.atanh((2 * origin - 1).clamp(-_TANH_LIMIT, _TANH_LIMIT)).requires_grad_(True)
+        optimizer = torch.optim.Adam([w], lr=self.lr)
+        best = constraint.project(origin)
+        best_loss = torch.full((origin.shape[0],), -math.inf, device=origin.device)
+        best_dist = torch.full_like(best_loss, math.inf)
+        succeeded = torch.zeros_like(best_loss, dtype=torch.bool)
+        history: list[torch.Tensor] = []
+
+        for _ in range(self.steps):
+            with torch.enable_grad():
+                x = (torch.tanh(w) + 1) / 2
+                projected = constraint.project(x)
+                straight_through = x + (projected - x).detach()
+                losses = check_losses(loss_fn(straight_through), origin.shape[0])
+                distortion = (x - origin).pow(2).flatten(1).sum(dim=1)
+                (grad,) = torch.autograd.grad((distortion - self.c * losses).sum(), w)
+            losses = losses.detach().to(best_loss.dtype)
+            dist = per_example_norm(projected - origin).to(best_loss.dtype)
+            if success_fn is None:
+                take = losses > best_loss
+            else:
+                with torch.no_grad():
+                    success = _check_success(success_fn(projected), origin.shape[0])
+                closer = success & (~succeeded | (dist < best_dist))
+                take = closer | (~succeeded & ~success & (losses > best_loss))
+                succeeded = succeeded | success
+            best = torch.where(expand(take, best), projected, best)
+            best_loss = torch.where(take, losses, best_loss)
+            best_dist = torch.where(take, dist, best_dist)
+            if self.record_every_step:
+                history.append(projected)
+            w.grad = grad
+            optimizer.step()
+
+        return finish(best, history, self.record_every_step)
+
+
+def cw_l2(images, loss_fn, *, generator=None, success_fn=None, **params):
+    """:class:`CW` as a function: ``cw_l2(images, loss_fn, steps=100, c=1.0, eps=None)``."""
+    return CW(**params)(images, loss_fn, generator=generator, success_fn=success_fn)

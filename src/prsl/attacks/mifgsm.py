@@ -6,13 +6,13 @@ models, the reason to use it for transfer (surrogate) evaluation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from prsl.attacks._ascent import ascend
-from prsl.attacks._checks import check_images, check_params
-from prsl.attacks.base import Attack, AttackResult, LossFn, finish
+from prsl.attacks._checks import Decay, Eps, JpegQuality, Quantize, Steps, StepSize
+from prsl.attacks.base import DEFAULT_EPS, Attack, finish
 from prsl.attacks.constraint import BallConstraint, expand
 
 
@@ -34,47 +34,28 @@ class _MomentumStep:
         return self.alpha * self.velocity.sign()
 
 
-def mifgsm(
-    images: torch.Tensor,
-    loss_fn: LossFn,
-    *,
-    eps: float,
-    alpha: float,
-    steps: int,
-    decay: float = 1.0,
-    quantize: str | None = None,
-    record_every_step: bool = False,
-    jpeg_quality: int | None = None,
-) -> torch.Tensor | AttackResult:
-    """Momentum iterative FGSM (Linf) from the clean images; returns the last iterate."""
-    check_params(
-        {
-            "eps": eps,
-            "alpha": alpha,
-            "steps": steps,
-            "decay": decay,
-            "quantize": quantize,
-            "jpeg_quality": jpeg_quality,
-        }
-    )
-    check_images(images)
-    constraint = BallConstraint(images, eps, "linf", quantize, jpeg_quality)
-    step = _MomentumStep(alpha, decay)
-    final, history = ascend(
-        images, loss_fn, constraint, steps=steps, step=step, record=record_every_step
-    )
-    return finish(final, history, record_every_step)
-
-
-@dataclass(frozen=True)
 class MIFGSM(Attack):
-    name = "mifgsm"
-    function = mifgsm
+    """MI-FGSM: momentum iterative FGSM (L∞) from the clean images; returns the last iterate."""
 
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
-    steps: int = 10
-    decay: float = 1.0
-    quantize: str | None = None
+    name: ClassVar[str] = "mifgsm"
+
+    eps: Eps = DEFAULT_EPS
+    alpha: StepSize = None
+    steps: Steps = 10
+    decay: Decay = 1.0
+    quantize: Quantize = None
     record_every_step: bool = False
-    jpeg_quality: int | None = None
+    jpeg_quality: JpegQuality = None
+
+    def run(self, images, loss_fn, generator):
+        constraint = BallConstraint(images, self.eps, "linf", self.quantize, self.jpeg_quality)
+        step = _MomentumStep(self.step_size, self.decay)
+        final, history = ascend(
+            images, loss_fn, constraint, steps=self.steps, step=step, record=self.record_every_step
+        )
+        return finish(final, history, self.record_every_step)
+
+
+def mifgsm(images, loss_fn, *, generator=None, **params):
+    """:class:`MIFGSM` as a function: ``mifgsm(images, loss_fn, eps=8/255, decay=1.0)``."""
+    return MIFGSM(**params)(images, loss_fn, generator=generator)

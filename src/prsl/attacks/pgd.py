@@ -6,88 +6,75 @@ restart whose final iterate has the highest loss (one extra forward pass per res
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
+from pydantic import model_validator
 
 from prsl.attacks._ascent import ascend, steepest_step
-from prsl.attacks._checks import check_images, check_params
-from prsl.attacks.base import Attack, AttackResult, LossFn, finish
+from prsl.attacks._checks import Eps, JpegQuality, Norm, Quantize, Restarts, Steps, StepSize
+from prsl.attacks.base import DEFAULT_EPS, Attack, finish
 from prsl.attacks.constraint import BallConstraint, evaluate_losses, expand
 
 
-def pgd(
-    images: torch.Tensor,
-    loss_fn: LossFn,
-    *,
-    eps: float,
-    alpha: float,
-    steps: int,
-    norm: str = "linf",
-    random_start: bool = True,
-    restarts: int = 1,
-    generator: torch.Generator | None = None,
-    quantize: str | None = None,
-    record_every_step: bool = False,
-    jpeg_quality: int | None = None,
-) -> torch.Tensor | AttackResult:
-    """Projected gradient ascent; per-example best over ``restarts`` random starts.
-
-    ``alpha`` is the step length in the attack's norm (pixel units); ``generator`` makes the
-    random starts reproducible (it must live on the images' device).
-    """
-    check_params(
-        {
-            "eps": eps,
-            "alpha": alpha,
-            "steps": steps,
-            "norm": norm,
-            "restarts": restarts,
-            "generator": generator,
-            "quantize": quantize,
-            "jpeg_quality": jpeg_quality,
-        }
-    )
-    if restarts > 1 and not random_start:
-        raise ValueError(
-            "restarts > 1 needs random_start=True: restarts from the clean images are identical"
-        )
-    check_images(images)
-    constraint = BallConstraint(images, eps, norm, quantize, jpeg_quality)
-    step = steepest_step(alpha, norm)
-
-    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        start = constraint.random_start(generator) if random_start else images.detach()
-        return ascend(start, loss_fn, constraint, steps=steps, step=step, record=record_every_step)
-
-    best, best_history = run()
-    if restarts > 1:
-        best_losses = evaluate_losses(loss_fn, best)
-    for _ in range(restarts - 1):
-        final, history = run()
-        losses = evaluate_losses(loss_fn, final)
-        better = losses > best_losses
-        best_losses = torch.where(better, losses, best_losses)
-        keep = expand(better, final)
-        best = torch.where(keep, final, best)
-        best_history = [
-            torch.where(keep, new, old) for new, old in zip(history, best_history, strict=True)
-        ]
-    return finish(best, best_history, record_every_step)
-
-
-@dataclass(frozen=True)
 class PGD(Attack):
-    name = "pgd"
-    function = pgd
+    """PGD: projected gradient ascent; per-example best over ``restarts`` random starts.
 
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
-    steps: int = 10
-    norm: str = "linf"
+    ``alpha`` is the step length in the attack's norm (pixel units); the call's ``generator``
+    makes the random starts reproducible.
+    """
+
+    name: ClassVar[str] = "pgd"
+
+    eps: Eps = DEFAULT_EPS
+    alpha: StepSize = None
+    steps: Steps = 10
+    norm: Norm = "linf"
     random_start: bool = True
-    restarts: int = 1
-    generator: torch.Generator | None = None
-    quantize: str | None = None
+    restarts: Restarts = 1
+    quantize: Quantize = None
     record_every_step: bool = False
-    jpeg_quality: int | None = None
+    jpeg_quality: JpegQuality = None
+
+    @model_validator(mode="after")
+    def _restarts_need_random_starts(self) -> PGD:
+        if self.restarts > 1 and not self.random_start:
+            raise ValueError(
+                "restarts > 1 needs random_start=True: restarts from the clean images are identical"
+            )
+        return self
+
+    def run(self, images, loss_fn, generator):
+        constraint = BallConstraint(images, self.eps, self.norm, self.quantize, self.jpeg_quality)
+        step = steepest_step(self.step_size, self.norm)
+
+        def attempt() -> tuple[torch.Tensor, list[torch.Tensor]]:
+            start = constraint.random_start(generator) if self.random_start else images.detach()
+            return ascend(
+                start,
+                loss_fn,
+                constraint,
+                steps=self.steps,
+                step=step,
+                record=self.record_every_step,
+            )
+
+        best, best_history = attempt()
+        if self.restarts > 1:
+            best_losses = evaluate_losses(loss_fn, best)
+        for _ in range(self.restarts - 1):
+            final, history = attempt()
+            losses = evaluate_losses(loss_fn, final)
+            better = losses > best_losses
+            best_losses = torch.where(better, losses, best_losses)
+            keep = expand(better, final)
+            best = torch.where(keep, final, best)
+            best_history = [
+                torch.where(keep, new, old) for new, old in zip(history, best_history, strict=True)
+            ]
+        return finish(best, best_history, self.record_every_step)
+
+
+def pgd(images, loss_fn, *, generator=None, **params):
+    """:class:`PGD` as a function: ``pgd(images, loss_fn, eps=8/255, alpha=2/255, steps=10)``."""
+    return PGD(**params)(images, loss_fn, generator=generator)

@@ -12,10 +12,12 @@ attacks pixels in [0, 1] (the adapter normalises), so a normalised-unit budget Î
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
+
+from prsl.core.errors import InvalidInput
+from prsl.core.params import parse_number
 
 VIT_GPT2_STD = 0.5
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -38,18 +40,7 @@ def parse_eps(value: float | int | str, *, name: str = "eps") -> float:
 
     Fractions are parsed, never evaluated, so a config file cannot run code.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{name} must be a number or a fraction like '8/255'; got {value!r}")
-    if isinstance(value, str):
-        numerator, slash, denominator = value.strip().partition("/")
-        try:
-            number = float(numerator) / float(denominator) if slash else float(numerator)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(
-                f"{name} must be a number or a fraction like '8/255'; got {value!r}"
-            ) from None
-    else:
-        number = float(value)
-    if not (math.isfinite(number) and number >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0 (pixel units); got {value!r}")
+    number = parse_number(value, name=name)
+    if number < 0:
+        raise InvalidInput(f"{name} must be a finite number >= 0 (pixel units); got {value!r}")
     return number

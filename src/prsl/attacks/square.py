@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from prsl.attacks._checks import check_images, check_params
-from prsl.attacks.base import Attack, LossFn
+from prsl.attacks._checks import Eps, Fraction, Quantize, Queries
+from prsl.attacks.base import DEFAULT_EPS, Attack
 from prsl.attacks.constraint import BallConstraint, evaluate_losses, expand
 
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # of 10 000 iterations
@@ -57,61 +57,48 @@ def _square_masks(
     return (in_rows[:, None, :, None] & in_cols[:, None, None, :]).contiguous()
 
 
-def square(
-    images: torch.Tensor,
-    loss_fn: LossFn,
-    *,
-    eps: float,
-    queries: int,
-    generator: torch.Generator | None = None,
-    p_init: float = 0.05,
-    quantize: str | None = None,
-) -> torch.Tensor:
-    """Score-based Linf attack using ``queries`` loss evaluations (the stripe start counts)."""
-    check_params(
-        {
-            "eps": eps,
-            "queries": queries,
-            "generator": generator,
-            "p_init": p_init,
-            "quantize": quantize,
-        }
-    )
-    check_images(images)
-    origin = images.detach()
-    batch, channels, height, width = origin.shape
-    constraint = BallConstraint(origin, eps, "linf", quantize)
-    with torch.no_grad():
-        best = constraint.project(
-            origin + eps * _signs((batch, channels, 1, width), generator, origin)
-        )
-        best_loss = evaluate_losses(loss_fn, best)
-        for query in range(1, queries):
-            side = _side(square_fraction(query, queries, p_init), height, width)
-            window = _square_masks(batch, side, height, width, generator, origin.device)
-            proposal = best
-            changed = torch.zeros(batch, dtype=torch.bool, device=origin.device)
-            for _ in range(_RESAMPLES):
-                values = eps * _signs((batch, channels, 1, 1), generator, origin)
-                fresh = constraint.project(torch.where(window, origin + values, best))
-                proposal = torch.where(expand(changed, best), proposal, fresh)
-                changed = (proposal != best).flatten(1).any(dim=1)
-                if changed.all():
-                    break
-            losses = evaluate_losses(loss_fn, proposal)
-            better = losses > best_loss
-            best = torch.where(expand(better, best), proposal, best)
-            best_loss = torch.where(better, losses, best_loss)
-    return best
-
-
-@dataclass(frozen=True)
 class Square(Attack):
-    name = "square"
-    function = square
+    """Score-based L∞ attack using ``queries`` loss evaluations (the stripe start counts)."""
 
-    eps: float = 8 / 255
-    queries: int = 1000
-    generator: torch.Generator | None = None
-    p_init: float = 0.05
-    quantize: str | None = None
+    name: ClassVar[str] = "square"
+
+    eps: Eps = DEFAULT_EPS
+    queries: Queries = 1000
+    p_init: Fraction = 0.05
+    quantize: Quantize = None
+
+    @property
+    def iterations(self) -> int:
+        return self.queries
+
+    def run(self, images, loss_fn, generator):
+        origin = images.detach()
+        batch, channels, height, width = origin.shape
+        constraint = BallConstraint(origin, self.eps, "linf", self.quantize)
+        with torch.no_grad():
+            best = constraint.project(
+                origin + self.eps * _signs((batch, channels, 1, width), generator, origin)
+            )
+            best_loss = evaluate_losses(loss_fn, best)
+            for query in range(1, self.queries):
+                side = _side(square_fraction(query, self.queries, self.p_init), height, width)
+                window = _square_masks(batch, side, height, width, generator, origin.device)
+                proposal = best
+                changed = torch.zeros(batch, dtype=torch.bool, device=origin.device)
+                for _ in range(_RESAMPLES):
+                    values = self.eps * _signs((batch, channels, 1, 1), generator, origin)
+                    fresh = constraint.project(torch.where(window, origin + values, best))
+                    proposal = torch.where(expand(changed, best), proposal, fresh)
+                    changed = (proposal != best).flatten(1).any(dim=1)
+                    if changed.all():
+                        break
+                losses = evaluate_losses(loss_fn, proposal)
+                better = losses > best_loss
+                best = torch.where(expand(better, best), proposal, best)
+                best_loss = torch.where(better, losses, best_loss)
+        return best
+
+
+def square(images, loss_fn, *, generator=None, **params):
+    """:class:`Square` as a function: ``square(images, loss_fn, eps=8/255, queries=1000)``."""
+    return Square(**params)(images, loss_fn, generator=generator)

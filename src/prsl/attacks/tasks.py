@@ -109,15 +109,17 @@ def craft_on_surrogate(
     prompts: Sequence[str] | None = None,
     *,
     targeted: bool = False,
-) -> torch.Tensor:
+    generator: torch.Generator | None = None,
+) -> torch.Tensor | AttackResult:
     """Adversarial images crafted on ``surrogate``, to be scored on another (target) model.
 
     Why: a training change can make a model *look* robust by breaking its gradients (gradient
     masking) rather than its vulnerability. Images crafted on an independent surrogate do not
     rely on the target's gradients, so if they fool the target more than white-box ones do, the
     white-box numbers are masked. ``texts`` are the surrogate's targets (its clean output or the
-    ground truth; with ``targeted=True`` the texts to steer toward).
+    ground truth; with ``targeted=True`` the texts to steer toward). Returns what the attack
+    returns (an :class:`AttackResult` with ``record_every_step``).
     """
     make = targeted_loss if targeted else untargeted_loss
-    result = attack(images, make(surrogate, texts, prompts))  # never the target's gradients
-    return result.final if isinstance(result, AttackResult) else result
+    # never the target's gradients: the loss is the surrogate's
+    return attack(images, make(surrogate, texts, prompts), generator=generator)

@@ -6,9 +6,25 @@ instead of ending a run. This package knows nothing of models, losses or attacks
 """
 
 from prsl.data.captions import read_coco, read_flickr, read_imagefolder, read_karpathy
-from prsl.data.collate import TextBatch, collate_text, pad_labels
-from prsl.data.images import ImageLoadError, LoadedImages, load_images, load_rgb, to_pixels
-from prsl.data.registry import READERS, read_dataset
+from prsl.data.images import (
+    ImageLoadError,
+    LoadedImages,
+    load_images,
+    load_rgb,
+    save_image,
+    to_pixels,
+)
+from prsl.data.registry import READERS, check_reader_options, read_dataset
+from prsl.data.samples import (
+    Sample,
+    any_readable,
+    batch_prompts,
+    evaluation_samples,
+    load_batch,
+    majority_answer,
+    require_usable,
+    training_samples,
+)
 from prsl.data.shapes import (
     make_shapes_captions,
     make_shapes_vqa,
@@ -17,7 +33,15 @@ from prsl.data.shapes import (
 )
 from prsl.data.shapes_scene import Scene, Shape, generate_scene, render_scene
 from prsl.data.shapes_text import scene_captions, scene_questions
-from prsl.data.types import CaptionExample, DatasetSplit, ImageSource, Skipped, VQAExample
+from prsl.data.types import (
+    CaptionExample,
+    DatasetSplit,
+    ImageSource,
+    Skipped,
+    VQAExample,
+    skip_summary,
+    unique_skips,
+)
 from prsl.data.vqa import ANSWER_COPIES, read_vg, read_vqav2
 
 __all__ = [
@@ -27,19 +51,23 @@ __all__ = [
     "DatasetSplit",
     "ImageLoadError",
     "ImageSource",
+    "Sample",
     "LoadedImages",
     "Scene",
     "Shape",
     "Skipped",
-    "TextBatch",
     "VQAExample",
-    "collate_text",
+    "any_readable",
+    "batch_prompts",
+    "check_reader_options",
+    "evaluation_samples",
     "generate_scene",
+    "load_batch",
     "load_images",
     "load_rgb",
+    "majority_answer",
     "make_shapes_captions",
     "make_shapes_vqa",
-    "pad_labels",
     "read_coco",
     "read_dataset",
     "read_flickr",
@@ -48,9 +76,14 @@ __all__ = [
     "read_vg",
     "read_vqav2",
     "render_scene",
+    "require_usable",
+    "save_image",
     "save_shapes_imagefolder",
     "scene_captions",
     "scene_questions",
     "shapes_scenes",
+    "skip_summary",
     "to_pixels",
+    "training_samples",
+    "unique_skips",
 ]

@@ -12,9 +12,11 @@ import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from prsl.core.errors import InvalidInput, MissingInput
 from prsl.data._parsing import (
     ImageCaptions,
     caption_split,
+    check_image_dir,
     check_max_examples,
     clean_text,
     format_error,
@@ -45,6 +47,7 @@ def read_coco(
 ) -> DatasetSplit:
     """Official COCO captions (``captions_val2014.json``), images in ``image_dir``."""
     check_max_examples(max_examples)
+    check_image_dir(image_dir)
     path = Path(annotations_file)
     data = read_json(path, COCO_FORMAT)
     images = require_list(data, "images", path, COCO_FORMAT)
@@ -81,7 +84,8 @@ def read_karpathy(
     check_max_examples(max_examples)
     wanted = (split,) if isinstance(split, str) else tuple(split)
     if not wanted or any(name not in KARPATHY_SPLITS for name in wanted):
-        raise ValueError(f"split must be one or more of {list(KARPATHY_SPLITS)}, got {split!r}")
+        raise InvalidInput(f"split must be one or more of {list(KARPATHY_SPLITS)}, got {split!r}")
+    check_image_dir(image_dir)
     path = Path(split_file)
     images = require_list(read_json(path, KARPATHY_FORMAT), "images", path, KARPATHY_FORMAT)
     return caption_split(_karpathy_images(images, path, Path(image_dir), wanted), max_examples)
@@ -114,9 +118,10 @@ def read_flickr(
     one) is skipped and recorded with its line number rather than rejecting the whole file.
     """
     check_max_examples(max_examples)
+    check_image_dir(image_dir)
     path = Path(captions_file)
     if not path.is_file():
-        raise FileNotFoundError(f"captions file not found: {path} (expected {FLICKR_FORMATS})")
+        raise MissingInput(f"captions file not found: {path} (expected {FLICKR_FORMATS})")
     rows, malformed = _flickr_rows(path)
     split = caption_split(_group_rows(rows, Path(image_dir)), max_examples)
     split.skipped[:0] = malformed
@@ -160,10 +165,10 @@ def read_imagefolder(directory: str | Path, max_examples: int | None = None) -> 
     ignored, and ``file_name`` may name a file in a subfolder.
     """
     check_max_examples(max_examples)
-    folder = Path(directory)
+    folder = check_image_dir(directory)
     path = folder / "metadata.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"no metadata.csv in {folder} (expected {IMAGEFOLDER_FORMAT})")
+        raise MissingInput(f"no metadata.csv in {folder} (expected {IMAGEFOLDER_FORMAT})")
     reader = csv.DictReader(io.StringIO(_read_text(path, IMAGEFOLDER_FORMAT)))
     columns = reader.fieldnames or []
     if "file_name" not in columns or "text" not in columns:

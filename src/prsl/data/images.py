@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from prsl.core.pixels import to_uint8
 from prsl.data.types import ImageSource, Skipped
 
 IN_MEMORY = "<in-memory image>"
@@ -117,6 +118,16 @@ def to_pixels(images: Sequence[Image.Image], size: tuple[int, int]) -> torch.Ten
     return batch.float().div_(255.0).contiguous()
 
 
+def save_image(pixels: torch.Tensor, path: str | Path) -> Path:
+    """Write one image (3, H, W) in [0, 1] as an 8-bit file (PNG unless the suffix says else).
+
+    An image on the 8-bit grid (values k/255, e.g. an attack run with ``quantize="uint8"``)
+    is saved exactly: reading the PNG back gives the same tensor.
+    """
+    Image.fromarray(to_uint8(pixels)).save(path)
+    return Path(path)
+
+
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     if (
         len(size) != 2
@@ -148,7 +159,8 @@ def load_images(
     """Load and stack ``sources``, skipping (and logging a warning for) each one that fails.
 
     The returned ``pixels`` has one row per kept source and may be empty (B = 0) when every
-    image failed; each skipped source is named with its path and reason in ``log``.
+    image failed; each skipped source is named with its path and reason (the caller, which
+    knows whether it has seen the item before, reports it once).
     """
     logger = log or _log
     images, kept, skipped = [], [], []
@@ -157,7 +169,7 @@ def load_images(
             images.append(load_rgb(source))
         except ImageLoadError as err:
             skipped.append(Skipped(err.path, err.reason))
-            logger.warning("skipping unreadable image %s: %s", err.path, err.reason)
+            logger.debug("unreadable image %s: %s", err.path, err.reason)
         else:
             kept.append(index)
     return LoadedImages(to_pixels(images, size), kept, skipped)

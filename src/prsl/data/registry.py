@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+from prsl.core.errors import InvalidInput
 from prsl.data.captions import read_coco, read_flickr, read_imagefolder, read_karpathy
 from prsl.data.shapes import make_shapes_captions, make_shapes_vqa
 from prsl.data.types import DatasetSplit
@@ -22,16 +23,11 @@ READERS: dict[str, Callable[..., DatasetSplit]] = {
 }
 
 
-def read_dataset(name: str, **options) -> DatasetSplit:
-    """Read dataset ``name`` with ``options`` (the reader's keyword arguments).
-
-    Wrong names or options are a ``ValueError`` listing what is accepted, raised before any
-    file is opened, so a typo in a config fails at once.
-    """
+def check_reader_options(name: str, options: dict) -> None:
+    """An unknown dataset name or option is an error listing what is accepted (no file opened)."""
     if name not in READERS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(READERS)}")
-    reader = READERS[name]
-    signature = inspect.signature(reader)
+        raise InvalidInput(f"unknown dataset {name!r}; valid names: {', '.join(READERS)}")
+    signature = inspect.signature(READERS[name])
     try:
         signature.bind(**options)
     except TypeError as err:
@@ -39,5 +35,14 @@ def read_dataset(name: str, **options) -> DatasetSplit:
             p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
             for p in signature.parameters.values()
         )
-        raise ValueError(f"dataset {name!r}: {err}; accepted options: {accepted}") from None
-    return reader(**options)
+        raise InvalidInput(f"dataset {name!r}: {err}; accepted options: {accepted}") from None
+
+
+def read_dataset(name: str, **options) -> DatasetSplit:
+    """Read dataset ``name`` with ``options`` (the reader's keyword arguments).
+
+    Wrong names or options are an ``InvalidInput`` listing what is accepted, raised before any
+    file is opened, so a typo in a config fails at once.
+    """
+    check_reader_options(name, options)
+    return READERS[name](**options)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prsl.core.errors import InvalidInput
 from prsl.data._parsing import check_max_examples
 from prsl.data.images import load_rgb
 from prsl.data.shapes_scene import Scene, check_image_size, generate_scene, render_scene
@@ -26,9 +27,9 @@ _QUESTION_STREAM = 1
 def shapes_scenes(n: int, seed: int, image_size: int = 32) -> list[Scene]:
     """The ``n`` scenes behind ``make_shapes_captions(n, seed)`` / ``make_shapes_vqa``."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n (number of images) must be a positive int, got {n!r}")
+        raise InvalidInput(f"n (number of images) must be a positive int, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise InvalidInput(f"seed must be a non-negative int, got {seed!r}")
     check_image_size(image_size)
     return [generate_scene(np.random.default_rng([seed, i]), image_size) for i in range(n)]
 
@@ -66,7 +67,7 @@ def make_shapes_vqa(
         or not isinstance(questions_per_image, int)
         or questions_per_image < 1
     ):
-        raise ValueError(
+        raise InvalidInput(
             f"questions_per_image must be a positive int or None, got {questions_per_image!r}"
         )
     examples: list[VQAExample] = []
@@ -94,7 +95,7 @@ def save_shapes_imagefolder(split: DatasetSplit, directory: str | Path) -> Path:
     gives the same pixels. Returns the directory.
     """
     if split.task != "caption":
-        raise ValueError(
+        raise InvalidInput(
             f"save_shapes_imagefolder writes captioning data; got a split with task {split.task!r}"
         )
     folder = Path(directory)
@@ -103,7 +104,7 @@ def save_shapes_imagefolder(split: DatasetSplit, directory: str | Path) -> Path:
     for example in split.examples:
         name = f"{example.image_id}.png"
         if Path(name).name != name or name.startswith("."):
-            raise ValueError(f"image_id {example.image_id!r} is not usable as a file name")
+            raise InvalidInput(f"image_id {example.image_id!r} is not usable as a file name")
         load_rgb(example.image).save(folder / name)
         rows.extend((name, reference) for reference in example.references)
     with (folder / "metadata.csv").open("w", newline="", encoding="utf-8") as handle:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from prsl.core.errors import InvalidInput
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 180, 60),
@@ -74,9 +76,9 @@ def radius_for(size: str, image_size: int) -> int:
 def check_image_size(image_size: int) -> None:
     """Below ``MIN_IMAGE_SIZE`` three large shapes no longer fit without touching."""
     if isinstance(image_size, bool) or not isinstance(image_size, int):
-        raise ValueError(f"image_size must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
+        raise InvalidInput(f"image_size must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
     if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}")
+        raise InvalidInput(f"image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}")
 
 
 def generate_scene(rng: np.random.Generator, image_size: int = 32) -> Scene:

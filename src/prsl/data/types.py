@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,18 +33,52 @@ class VQAExample:
     question_id: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Skipped:
-    """Something a reader or the image loader passed over, with why, for the run's log."""
+    """Something passed over, with why, for the run's log and results: an item (image or
+    question) that could not be used, or a reference dropped from an item that was kept.
+
+    ``key`` names the item when it is known (its image or question id), so an item found
+    unreadable by several models or epochs is counted once.
+    """
 
     path: str
     reason: str
+    key: str | None = None
+
+    @property
+    def identity(self) -> str:
+        return self.key if self.key is not None else self.path
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"path": self.path, "reason": self.reason, "key": self.key}
 
 
 @dataclass
 class DatasetSplit:
-    """What a reader returns: the usable examples and everything it skipped (never silently)."""
+    """What a reader returns: the usable examples and everything it passed over (never silently).
+
+    ``skipped`` holds one entry per item left out (a missing image, an image without any
+    non-empty caption, a malformed row); ``dropped`` one per reference left out of an item that
+    was kept (an empty caption beside good ones).
+    """
 
     examples: list[CaptionExample] | list[VQAExample]
     skipped: list[Skipped] = field(default_factory=list)
     task: str = "caption"  # "caption" | "vqa"
+    dropped: list[Skipped] = field(default_factory=list)
+
+
+def unique_skips(skipped: Iterable[Skipped]) -> list[Skipped]:
+    """Each skipped item once (the first reason given for it), in the order first seen."""
+    seen: dict[str, Skipped] = {}
+    for item in skipped:
+        seen.setdefault(item.identity, item)
+    return list(seen.values())
+
+
+def skip_summary(skipped: list[Skipped], total: int, what: str = "items") -> str:
+    """ "3 of 50 items skipped: 2 image file not found, 1 unreadable image" (reasons by kind)."""
+    kinds = Counter(s.reason.split(" (")[0].split(":")[0] for s in skipped)
+    reasons = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
+    return f"{len(skipped)} of {total} {what} skipped" + (f": {reasons}" if reasons else "")

@@ -12,8 +12,10 @@ import string
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from prsl.core.errors import InvalidInput
 from prsl.data._parsing import (
     Question,
+    check_image_dir,
     check_max_examples,
     clean_text,
     format_error,
@@ -56,13 +58,14 @@ def read_vqav2(
     file's ``data_subtype`` unless given; COCO 2017 folders use ``"{image_id:012d}.jpg"``.
     """
     check_max_examples(max_examples)
+    check_image_dir(image_dir)
     qpath, apath = Path(questions_file), Path(annotations_file)
     qdata = read_json(qpath, VQAV2_QUESTIONS_FORMAT)
     questions = require_list(qdata, "questions", qpath, VQAV2_QUESTIONS_FORMAT)
     if "subset" in _pattern_fields(image_pattern, {"image_id", "subset"}) and subset is None:
         subset = qdata.get("data_subtype")
         if not isinstance(subset, str):
-            raise ValueError(
+            raise InvalidInput(
                 f"image_pattern {image_pattern!r} needs a subset, but {qpath} has no "
                 "'data_subtype': pass subset='val2014' (or the like) or another image_pattern"
             )
@@ -132,7 +135,9 @@ def read_vg(
     check_max_examples(max_examples)
     dirs = [Path(image_dir)] if isinstance(image_dir, str | Path) else [Path(d) for d in image_dir]
     if not dirs:
-        raise ValueError("image_dir must name at least one folder")
+        raise InvalidInput("image_dir must name at least one folder")
+    for folder in dirs:
+        check_image_dir(folder)
     _pattern_fields(image_pattern, {"image_id"})
     path = Path(qa_file)
     data = read_json(path, VG_FORMAT)
@@ -166,7 +171,7 @@ def _pattern_fields(pattern: str, allowed: set[str]) -> set[str]:
     """The fields ``pattern`` uses; it must use ``image_id`` and nothing outside ``allowed``."""
     fields = {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
     if "image_id" not in fields or not fields <= allowed:
-        raise ValueError(
+        raise InvalidInput(
             f"image_pattern {pattern!r} must contain {{image_id}} and may only use the "
             f"fields {sorted(allowed)}"
         )

@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import torch
 
+from prsl.core.labels import IGNORE_INDEX
+
 
 class LossTerms(NamedTuple):
     """A loss split into its parts, so training can log CE and the regulariser separately.
@@ -36,7 +38,7 @@ class FlatBatch(NamedTuple):
 def flatten(
     logits: torch.Tensor,
     labels: torch.Tensor,
-    ignore_index: int,
+    ignore_index: int = IGNORE_INDEX,
     check_finite: bool = False,
 ) -> FlatBatch:
     """Validate shapes and flatten (B, T, V) / (N, V) logits to rows."""
@@ -83,38 +85,3 @@ def mean_over_counted(per_row: torch.Tensor, batch: FlatBatch) -> torch.Tensor:
 def token_cross_entropy(batch: FlatBatch) -> torch.Tensor:
     """Per-row CE in fp32; ignored rows hold a meaningless value that callers weight out."""
     return torch.nn.functional.cross_entropy(upcast(batch.logits), batch.labels, reduction="none")
-
-
-class TermsLoss(torch.nn.Module):
-    """A criterion built from a ``*_terms(logits, labels, **params) -> LossTerms`` function.
-
-    Every registered loss is one of these, so training code calls ``criterion(logits, labels)``
-    for the objective and ``criterion.terms(...)`` when it logs CE and the regulariser apart.
-
-    ``mean_over_tokens``: the whole loss is a mean over counted tokens (CE, label smoothing);
-    otherwise only ``ce`` is, and ``loss - ce`` is a sum over positions (PRSL, DRSL). Code that
-    splits a batch over micro-batches or processes rescales only the mean part
-    (:meth:`rescaled`).
-    """
-
-    def __init__(self, terms_fn, *, mean_over_tokens: bool = False, **params) -> None:
-        super().__init__()
-        self.terms_fn = terms_fn
-        self.mean_over_tokens = mean_over_tokens
-        self.params = params
-
-    def terms(self, logits: torch.Tensor, labels: torch.Tensor) -> LossTerms:
-        return self.terms_fn(logits, labels, **self.params)
-
-    def rescaled(self, terms: LossTerms, share: torch.Tensor | float) -> torch.Tensor:
-        """The loss with its per-token mean part weighted by ``share``: this batch's fraction of
-        all the tokens the mean should run over (gradient accumulation, several processes).
-        Summed regularisers stay as they are."""
-        mean_part = terms.loss if self.mean_over_tokens else terms.ce
-        return terms.loss + mean_part * (share - 1)
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.terms(logits, labels).loss
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{key}={value!r}" for key, value in self.params.items())

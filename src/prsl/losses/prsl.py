@@ -17,36 +17,72 @@ the fused kernel in ``prsl.losses.triton_prsl``.
 
 from __future__ import annotations
 
-import torch
+from typing import ClassVar
 
+import torch
+from pydantic import model_validator
+
+from prsl.core.errors import MissingDependency
+from prsl.core.labels import IGNORE_INDEX
+from prsl.core.params import choice, integer, real
 from prsl.losses._common import (
     FlatBatch,
     LossTerms,
-    TermsLoss,
     flatten,
     mean_over_counted,
     token_cross_entropy,
     upcast,
 )
-
-
-def validate_window(k: int, start: int, vocab_size: int | None = None) -> None:
-    """The window start..start+k-1 must fit in the V-1 non-target logits.
-
-    Without ``vocab_size`` only k and start are checked (at construction, before any logits).
-    """
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1 (number of ranked competitors), got {k!r}")
-    if not isinstance(start, int) or start < 0:
-        raise ValueError(f"start must be an integer >= 0, got {start!r}")
-    if vocab_size is not None and start + k >= vocab_size:
-        raise ValueError(
-            f"start + k = {start + k} must be < vocabulary size V = {vocab_size}: the window "
-            f"start..start+k-1 has to fit in the V-1 = {vocab_size - 1} non-target logits"
-        )
-
+from prsl.losses._recentralization import check_window, recentralization
+from prsl.losses.base import Loss, TermsLoss
 
 BACKENDS = ("auto", "torch", "triton")
+
+
+class PRSL(Loss):
+    """PRSL's parameters, and the loss itself: ``PRSL(k=10, weight=1e-5)(logits, labels)``."""
+
+    name: ClassVar[str] = "prsl"
+
+    k: integer(1, hint=" (number of ranked competitors in the window)") = 10
+    """K, how many ranked non-target logits form the window (authors: 10 ViT-GPT2, 20 BLIP-2)."""
+    start: integer(0, hint=" (rank of the window's first competitor)") = 0
+    """Rank of the first competitor in the window (0 = the strongest)."""
+    weight: real(0, hint=" (b, the regulariser's weight)") = 1e-5
+    """b, the regulariser's weight (authors: 1e-5 ViT-GPT2, 1e-6 BLIP-2)."""
+    backend: choice(*BACKENDS) = "auto"
+    """"auto": the fused Triton kernel for CUDA logits it supports, else torch; "torch" or
+    "triton" force one (an error says why the kernel cannot run). Same values either way."""
+    inplace: bool = False
+    """Kernel only: write the CE gradient into the logits buffer instead of a new one (the
+    logits are overwritten; nothing in training needs them afterwards)."""
+
+    @model_validator(mode="after")
+    def _inplace_needs_the_kernel(self) -> PRSL:
+        if self.inplace and self.backend == "torch":
+            raise ValueError("inplace=True needs the fused kernel: use backend 'auto' or 'triton'")
+        return self
+
+    def terms(self, logits, labels, *, ignore_index: int = IGNORE_INDEX) -> LossTerms:
+        """PRSL split into CE, R and the total ``CE + weight * R``."""
+        check_window(self.k, self.start, logits.shape[-1])
+        if use_triton(self.backend, logits, self.k, self.start):
+            from prsl.losses.triton_prsl import fused_prsl
+
+            ce, reg = fused_prsl(
+                logits,
+                labels,
+                k=self.k,
+                start=self.start,
+                ignore_index=ignore_index,
+                check_finite=self.check_finite,
+                inplace=self.inplace,
+            )
+        else:
+            batch = flatten(logits, labels, ignore_index, self.check_finite)
+            ce = mean_over_counted(token_cross_entropy(batch), batch)
+            reg = recentralization(competitor_means(batch, self.k, self.start), batch)
+        return LossTerms(ce + self.weight * reg, ce, reg)
 
 
 def triton_unavailable_reason(logits: torch.Tensor, k: int, start: int) -> str | None:
@@ -62,16 +98,13 @@ def use_triton(backend: str, logits: torch.Tensor, k: int, start: int) -> bool:
     """Resolve ``backend``: "auto" takes the kernel only for CUDA logits it supports.
 
     Raises:
-        ValueError: unknown backend.
-        RuntimeError: ``backend="triton"`` where the kernel cannot run, saying why.
+        MissingDependency: ``backend="triton"`` where the kernel cannot run, saying why.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch" or (backend == "auto" and logits.device.type != "cuda"):
         return False
     reason = triton_unavailable_reason(logits, k, start)
     if reason is not None and backend == "triton":
-        raise RuntimeError(
+        raise MissingDependency(
             f"backend='triton' cannot run: {reason}; use backend='torch' (or 'auto', which "
             "falls back to it)"
         )
@@ -93,111 +126,24 @@ def competitor_means(batch: FlatBatch, k: int, start: int) -> torch.Tensor:
     return upcast(kept[:, start:depth]).mean(dim=1)
 
 
-def recentralization(m: torch.Tensor, batch: FlatBatch) -> torch.Tensor:
-    """R = n * logsumexp_{j in M}(m_j) - sum_{i in M} m_i; exactly 0 with zero grad when n = 0."""
-    # With no counted row, fill with 0 instead of -inf so logsumexp (and its gradient) stays finite;
-    # the n = 0 factor then zeroes both the value and the gradient. With no row at all (e.g. a
-    # shifted length-1 sequence) logsumexp of nothing is -inf, so return the empty sum instead.
-    if m.numel() == 0:
-        return m.sum()
-    fill = torch.where(batch.n > 0, float("-inf"), 0.0).to(m.dtype)
-    lse = torch.logsumexp(torch.where(batch.counted, m, fill), dim=0)
-    m_sum = torch.where(batch.counted, m, torch.zeros_like(m)).sum()
-    return batch.n.to(m.dtype) * lse - m_sum
+def prsl_terms(logits, labels, *, ignore_index: int = IGNORE_INDEX, **params) -> LossTerms:
+    """:class:`PRSL` as a function: ``prsl_terms(logits, labels, k=10, weight=1e-5)``."""
+    return PRSL(**params).terms(logits, labels, ignore_index=ignore_index)
 
 
-def prsl_terms(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    k: int = 10,
-    start: int = 0,
-    weight: float = 1e-5,
-    ignore_index: int = -100,
-    check_finite: bool = False,
-    backend: str = "auto",
-) -> LossTerms:
-    """PRSL split into CE, R and the total ``CE + weight * R``.
-
-    ``backend``: "torch" (the reference below), "triton" (the fused kernel; a RuntimeError says
-    why when it cannot run) or "auto" (the kernel for CUDA logits it supports, else torch).
-    """
-    validate_window(k, start, logits.shape[-1])
-    if use_triton(backend, logits, k, start):
-        from prsl.losses.triton_prsl import prsl_terms_triton
-
-        return prsl_terms_triton(
-            logits,
-            labels,
-            k=k,
-            start=start,
-            weight=weight,
-            ignore_index=ignore_index,
-            check_finite=check_finite,
-        )
-    batch = flatten(logits, labels, ignore_index, check_finite)
-    ce = mean_over_counted(token_cross_entropy(batch), batch)
-    reg = recentralization(competitor_means(batch, k, start), batch)
-    return LossTerms(ce + weight * reg, ce, reg)
-
-
-def prsl_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    k: int = 10,
-    start: int = 0,
-    weight: float = 1e-5,
-    ignore_index: int = -100,
-    check_finite: bool = False,
-    backend: str = "auto",
-) -> torch.Tensor:
+def prsl_loss(logits, labels, *, ignore_index: int = IGNORE_INDEX, **params) -> torch.Tensor:
     """PRSL = CE + weight * R as a scalar fp32 tensor.
 
-    Args:
-        logits: (N, V) or (B, T, V), any float dtype (accumulated in fp32).
-        labels: (N,) or (B, T), aligned with ``logits`` (the caller shifts); ``ignore_index``
-            marks positions that do not count (padding, prompt tokens).
-        k: how many ranked non-target logits form the window (``end = start + k``).
-        start: rank of the first competitor in the window (0 = the strongest).
-        weight: b, the regulariser's weight (authors: 1e-5 ViT-GPT2, 1e-6 BLIP-2).
-        check_finite: raise a clear error on NaN/inf logits (costs a device sync).
-        backend: "auto" (fused Triton kernel for supported CUDA logits, else torch), "torch"
-            or "triton" (error when the kernel cannot run).
+    ``logits`` (N, V) or (B, T, V), any float dtype (accumulated in fp32); ``labels`` (N,) or
+    (B, T), aligned with the logits (the caller shifts), ``ignore_index`` where a position does
+    not count (padding, prompt tokens). ``params`` are :class:`PRSL`'s: ``k``, ``start``,
+    ``weight``, ``backend``, ``inplace``, ``check_finite``.
     """
-    return prsl_terms(
-        logits,
-        labels,
-        k=k,
-        start=start,
-        weight=weight,
-        ignore_index=ignore_index,
-        check_finite=check_finite,
-        backend=backend,
-    ).loss
+    return prsl_terms(logits, labels, ignore_index=ignore_index, **params).loss
 
 
 class PRSLoss(TermsLoss):
     """``nn.Module`` form of :func:`prsl_loss` for training loops that expect a criterion."""
 
-    def __init__(
-        self,
-        k: int = 10,
-        start: int = 0,
-        weight: float = 1e-5,
-        ignore_index: int = -100,
-        check_finite: bool = False,
-        backend: str = "auto",
-    ) -> None:
-        validate_window(k, start)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        super().__init__(
-            prsl_terms,
-            k=k,
-            start=start,
-            weight=weight,
-            ignore_index=ignore_index,
-            check_finite=check_finite,
-            backend=backend,
-        )
+    def __init__(self, **params) -> None:
+        super().__init__(PRSL(**params))

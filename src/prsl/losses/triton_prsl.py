@@ -56,8 +56,10 @@ import torch
 import triton
 import triton.language as tl
 
-from prsl.losses._common import FlatBatch, LossTerms, flatten
-from prsl.losses.prsl import recentralization, validate_window
+from prsl.core.errors import InvalidInput, MissingDependency
+from prsl.core.labels import IGNORE_INDEX
+from prsl.losses._common import FlatBatch, flatten
+from prsl.losses._recentralization import check_window, recentralization
 
 MAX_DEPTH = 1024
 """Largest supported ``start + k``: the buffer lives in registers and ``tl.topk`` cost grows
@@ -275,9 +277,9 @@ class KernelConfig(NamedTuple):
     def validate(self) -> None:
         block = self.block_v
         if block is not None and (not isinstance(block, int) or block < 1 or block & (block - 1)):
-            raise ValueError(f"block_v must be a power of two >= 1 (or None), got {block!r}")
+            raise InvalidInput(f"block_v must be a power of two >= 1 (or None), got {block!r}")
         if self.bulk_min is not None and (not isinstance(self.bulk_min, int) or self.bulk_min < 0):
-            raise ValueError(f"bulk_min must be an integer >= 0 (or None), got {self.bulk_min!r}")
+            raise InvalidInput(f"bulk_min must be an integer >= 0 (or None), got {self.bulk_min!r}")
 
     def launch(self, vocab: int, depth: int) -> dict:
         """Compile-time parameters of a launch: block, buffer size, bulk threshold, warps."""
@@ -434,19 +436,21 @@ def _inplace_backward(ctx, grad_ce, grad_reg) -> torch.Tensor:
     return grad
 
 
-def prsl_terms_triton(
+def fused_prsl(
     logits: torch.Tensor,
     labels: torch.Tensor,
     *,
-    k: int = 10,
+    k: int,
     start: int = 0,
-    weight: float = 1e-5,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     check_finite: bool = False,
     inplace: bool = False,
     config: KernelConfig | None = None,
-) -> LossTerms:
-    """PRSL through the fused kernel; same arguments and result as ``prsl_terms``.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CE, R) of PRSL through the fused kernel, each differentiable with its own gradient.
+
+    ``prsl.losses.PRSL(backend="triton")`` calls this and adds ``weight * R``; use it directly to
+    set the tuning knobs.
 
     Args:
         inplace: when a gradient is required, overwrite the logits with their CE gradient during
@@ -455,18 +459,17 @@ def prsl_terms_triton(
         config: tuning knobs (:class:`KernelConfig`); the result does not depend on them.
 
     Raises:
-        ValueError: bad window (as ``prsl_terms``) or bad ``config``.
-        RuntimeError: the kernel cannot run here (see :func:`unsupported_reason`).
+        InvalidInput: bad window or bad ``config``.
+        MissingDependency: the kernel cannot run here (see :func:`unsupported_reason`).
     """
-    validate_window(k, start, logits.shape[-1])
+    check_window(k, start, logits.shape[-1])
     config = config or KernelConfig()
     config.validate()
     reason = unsupported_reason(logits, k, start)
     if reason is not None:
-        raise RuntimeError(f"the fused Triton PRSL cannot run: {reason}")
+        raise MissingDependency(f"the fused Triton PRSL cannot run: {reason}")
     batch = flatten(logits, labels, ignore_index, check_finite)
     write_ce_grad = inplace and torch.is_grad_enabled() and logits.requires_grad
-    ce, reg = _FusedPRSL.apply(
+    return _FusedPRSL.apply(
         batch.logits, labels.reshape(-1).long(), k, start, ignore_index, write_ce_grad, config
     )
-    return LossTerms(ce + weight * reg, ce, reg)

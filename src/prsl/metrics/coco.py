@@ -22,9 +22,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import IO
 
 from pycocoevalcap.bleu.bleu import Bleu
@@ -32,6 +34,8 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor import meteor as meteor_module
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+from prsl.core.errors import MissingDependency
 
 BLEU_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
 COCO_METRICS = (*BLEU_METRICS, "METEOR", "ROUGE-L", "CIDEr")
@@ -48,7 +52,26 @@ _Tokenised = dict[int, list[str]]
 def require_java() -> None:
     """Fail early, with the fix, when no ``java`` is on PATH (pycocoevalcap starts it by name)."""
     if shutil.which("java") is None:
-        raise RuntimeError(JAVA_MISSING)
+        raise MissingDependency(JAVA_MISSING)
+
+
+@contextmanager
+def _stderr_captured() -> Iterator[IO[bytes]]:
+    """Send this process's file descriptor 2 to a temporary file while the block runs.
+
+    pycocoevalcap starts the PTB tokenizer's JVM with an inherited stderr, where it prints a
+    "PTBTokenizer tokenized N tokens" status line onto the user's console; redirecting the
+    descriptor (not ``sys.stderr``) is the only way to catch a child process's writes.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield sink
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _one_line(text: str) -> str:
@@ -73,11 +96,17 @@ def ptb_tokenize(texts: Iterable[str]) -> dict[str, str]:
     tokens = {t: "" for t in unique if not t.strip()}
     if not distinct:
         return tokens
-    lines = PTBTokenizer().tokenize(
-        {i: [{"caption": _one_line(t)}] for i, t in enumerate(distinct)}
-    )
+    with _stderr_captured() as stderr:
+        lines = PTBTokenizer().tokenize(
+            {i: [{"caption": _one_line(t)}] for i, t in enumerate(distinct)}
+        )
+        stderr.seek(0)
+        said = stderr.read().decode(errors="replace").strip()
     if sorted(lines) != list(range(len(distinct))) or any(len(v) != 1 for v in lines.values()):
-        raise RuntimeError("the PTB tokenizer returned a different number of lines than given")
+        raise RuntimeError(
+            "the PTB tokenizer returned a different number of lines than given; "
+            f"its stderr: {said[-2000:] or '(nothing)'}"
+        )
     tokens.update({text: lines[i][0] for i, text in enumerate(distinct)})
     return tokens
 

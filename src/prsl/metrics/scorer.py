@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from statistics import fmean
 from types import TracebackType
 
+from prsl.core.errors import InvalidInput
 from prsl.metrics.bertscore import BertScore
 from prsl.metrics.coco import (
     COCO_METRICS,
@@ -31,12 +32,12 @@ def resolve_metrics(metrics: Sequence[str] | None) -> list[str]:
     if metrics is None:
         return list(CAPTION_METRICS)
     if isinstance(metrics, str):
-        raise ValueError(f"metrics must be a list of names, e.g. [{metrics!r}], not a string")
+        raise InvalidInput(f"metrics must be a list of names, e.g. [{metrics!r}], not a string")
     unknown = [name for name in metrics if name not in ALL_METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; valid names: {', '.join(ALL_METRICS)}")
+        raise InvalidInput(f"unknown metric(s) {unknown}; valid names: {', '.join(ALL_METRICS)}")
     if not metrics:
-        raise ValueError(f"metrics is empty: name at least one of {', '.join(ALL_METRICS)}")
+        raise InvalidInput(f"metrics is empty: name at least one of {', '.join(ALL_METRICS)}")
     return list(dict.fromkeys(metrics))
 
 
@@ -118,8 +119,8 @@ class Scorer:
             lie in [0, 1]; CIDEr (CIDEr-D, as in pycocoevalcap) is usually in [0, 10].
 
         Raises:
-            ValueError: on an unknown metric name or malformed input.
-            RuntimeError: when a Java-based metric is asked for and Java is missing.
+            InvalidInput: on an unknown metric name; ValueError on malformed input.
+            MissingDependency: when a Java-based metric is asked for and Java is missing.
         """
         return self.score_many([(candidates, references)], metrics)[0]
 

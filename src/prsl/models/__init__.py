@@ -8,7 +8,13 @@ from prsl.models.base import VLMAdapter
 from prsl.models.blip2 import Blip2Adapter
 from prsl.models.blip2_finetune import freeze_for_finetune, lora_merged_state_dict
 from prsl.models.hf import ADAPTER_INFO, HFAdapter
-from prsl.models.registry import ADAPTER_FAMILIES, adapter_class, detect_family, load_adapter
+from prsl.models.registry import (
+    ADAPTER_FAMILIES,
+    adapter_class,
+    check_model_source,
+    detect_family,
+    load_adapter,
+)
 from prsl.models.tiny import build_tiny_captioner, build_word_tokenizer
 from prsl.models.ved import VisionEncoderDecoderAdapter
 
@@ -22,6 +28,7 @@ __all__ = [
     "adapter_class",
     "build_tiny_captioner",
     "build_word_tokenizer",
+    "check_model_source",
     "detect_family",
     "freeze_for_finetune",
     "load_adapter",

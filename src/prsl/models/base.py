@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prsl.core.labels import IGNORE_INDEX
+
 
 class VLMAdapter(ABC):
     """A captioning / VQA model with a uniform, differentiable-in-pixels interface."""
@@ -55,8 +57,8 @@ class VLMAdapter(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, T, V), labels (B, T)) already aligned (labels[t] is predicted by logits[t]).
 
-        Positions that must not count (padding, prompt tokens) carry -100, so any registered
-        loss from :mod:`prsl.losses` can be applied directly.
+        Positions that must not count (padding, prompt tokens) carry ``IGNORE_INDEX``, so any
+        registered loss from :mod:`prsl.losses` can be applied directly.
         """
 
     def loss(
@@ -65,9 +67,9 @@ class VLMAdapter(ABC):
         """Per-example mean token cross-entropy of ``texts`` (B,); differentiable in ``pixels``."""
         logits, labels = self.logits_and_labels(pixels, texts, prompts)
         token_ce = nn.functional.cross_entropy(
-            logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+            logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
         )
-        counted = (labels != -100).sum(dim=1).clamp(min=1)
+        counted = (labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
         return token_ce.sum(dim=1) / counted
 
     @abstractmethod

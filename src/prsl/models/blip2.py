@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from transformers import Blip2ForConditionalGeneration
 
+from prsl.core.errors import InvalidInput
 from prsl.models.blip2_finetune import (
     FinetuneMode,
     freeze_for_finetune,
@@ -36,12 +37,12 @@ class Blip2Adapter(HFAdapter):
     ):
         config = model.config
         if not config.use_decoder_only_language_model:
-            raise ValueError(
+            raise InvalidInput(
                 "Blip2Adapter supports decoder-only language models (OPT); this checkpoint "
                 f"uses {config.text_config.model_type!r}"
             )
         if config.image_token_index is None:
-            raise ValueError(
+            raise InvalidInput(
                 "the BLIP-2 config defines no image_token_index; transformers >= 4.47 "
                 "checkpoints (or a config with image_token_index set) are required"
             )

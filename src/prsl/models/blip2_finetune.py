@@ -13,6 +13,8 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from prsl.core.errors import InvalidInput
+
 FinetuneMode = Literal["qformer", "lora"]
 LORA_TARGETS = ("q_proj", "v_proj")
 """OPT attention projections; the vision tower and the Q-Former name theirs differently."""
@@ -46,9 +48,9 @@ def freeze_for_finetune(
     rank-``lora_r`` LoRA adapters on the LLM's ``q_proj`` and ``v_proj``.
     """
     if mode not in get_args(FinetuneMode):
-        raise ValueError(f"mode must be one of {get_args(FinetuneMode)}, got {mode!r}")
+        raise InvalidInput(f"mode must be one of {get_args(FinetuneMode)}, got {mode!r}")
     if has_lora(model):
-        raise ValueError("this model already carries LoRA layers; freeze it only once")
+        raise InvalidInput("this model already carries LoRA layers; freeze it only once")
     model.requires_grad_(False)
     if mode == "qformer":
         model.query_tokens.requires_grad_(True)
@@ -61,9 +63,9 @@ def freeze_for_finetune(
 
 def _inject_lora(model: nn.Module, r: int, alpha: int, dropout: float) -> None:
     if r < 1:
-        raise ValueError(f"lora_r must be >= 1, got {r}")
+        raise InvalidInput(f"lora_r must be >= 1, got {r}")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"lora_dropout must be in [0, 1), got {dropout}")
+        raise InvalidInput(f"lora_dropout must be in [0, 1), got {dropout}")
     from peft import LoraConfig, inject_adapter_in_model
 
     targets = "|".join(LORA_TARGETS)

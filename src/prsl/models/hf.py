@@ -5,7 +5,8 @@ where the prefix is what the model needs before any text (a decoder-start token,
 image placeholders and BOS). Only the tokens of ``text`` and the end token carry labels, so a
 VQA question is context, never a target. Padding is built here by hand rather than by the
 tokenizer, because the pad id of a checkpoint is often a real token (GPT-2 pads with its EOS):
-padded positions get the attention mask 0 and the label -100, whatever id fills them.
+padded positions get the attention mask 0 and the label ``IGNORE_INDEX`` (-100), whatever id
+fills them.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from typing import Any, ClassVar
 import torch
 from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedModel
 
+from prsl.core.errors import InvalidInput
+from prsl.core.labels import IGNORE_INDEX
 from prsl.models.base import VLMAdapter
 
 ADAPTER_INFO = "prsl_adapter.json"
 """Written beside the Hugging Face files by ``save``: the family and the VQA prompt template."""
-
-IGNORE_INDEX = -100
 
 
 def pad_batch(
@@ -51,7 +52,7 @@ def teacher_forcing_batch(
     """(input ids, attention mask, labels) for ``prefix + text + [end]``, right-padded.
 
     ``labels[b, t]`` is the token that ``input[b, t]`` must predict when it belongs to the text
-    or is the end token, and -100 otherwise (prefix, prompt, padding).
+    or is the end token, and ``IGNORE_INDEX`` otherwise (prefix, prompt, padding).
     """
     rows, targets = [], []
     for prefix, text in zip(prefixes, texts, strict=True):
@@ -66,7 +67,7 @@ def image_geometry(processor: Any) -> tuple[list[float], list[float], tuple[int,
     """(mean, std, (H, W)) of a Hugging Face image processor, validated."""
     mean, std = list(processor.image_mean), list(processor.image_std)
     if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"image processor must give 3 channel means/stds, got {mean} / {std}")
+        raise InvalidInput(f"image processor must give 3 channel means/stds, got {mean} / {std}")
     size = processor.size
     height, width = getattr(size, "height", None), getattr(size, "width", None)
     if height is None and isinstance(size, dict):
@@ -76,7 +77,7 @@ def image_geometry(processor: Any) -> tuple[list[float], list[float], tuple[int,
         if shortest is None and isinstance(size, dict):
             shortest = size.get("shortest_edge")
         if shortest is None:
-            raise ValueError(f"cannot read an input size (height/width) from {size!r}")
+            raise InvalidInput(f"cannot read an input size (height/width) from {size!r}")
         height = width = shortest
     return mean, std, (int(height), int(width))
 
@@ -105,7 +106,9 @@ class HFAdapter(VLMAdapter):
         self.image_std = torch.tensor(std, dtype=torch.float32)
         self.vqa_template = self.default_vqa_template if vqa_template is None else vqa_template
         if "{question}" not in self.vqa_template:
-            raise ValueError(f"vqa_template must contain '{{question}}', got {self.vqa_template!r}")
+            raise InvalidInput(
+                f"vqa_template must contain '{{question}}', got {self.vqa_template!r}"
+            )
         self.end_token_id, self.stop_token_ids = self._end_tokens()
 
     # ----------------------------------------------------------------- pixels and tokens
@@ -122,7 +125,7 @@ class HFAdapter(VLMAdapter):
         """(pixels - mean) / std in fp32, then cast to the vision dtype; differentiable."""
         height, width = self.pixel_size
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, height, width):
-            raise ValueError(
+            raise InvalidInput(
                 f"pixels must have shape (B, 3, {height}, {width}) for this model, "
                 f"got {tuple(pixels.shape)}; resize images to pixel_size first"
             )
@@ -141,7 +144,7 @@ class HFAdapter(VLMAdapter):
         if not ids and self.tokenizer.eos_token_id is not None:
             ids = [self.tokenizer.eos_token_id]
         if not ids:
-            raise ValueError("neither the generation config nor the tokenizer defines an EOS id")
+            raise InvalidInput("neither the generation config nor the tokenizer defines an EOS id")
         return ids[0], frozenset(ids)
 
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
@@ -167,7 +170,7 @@ class HFAdapter(VLMAdapter):
     def _check_length(self, length: int, what: str) -> None:
         limit = self.max_positions
         if limit is not None and length > limit:
-            raise ValueError(f"{what} needs {length} positions but the model holds {limit}")
+            raise InvalidInput(f"{what} needs {length} positions but the model holds {limit}")
 
     @property
     @abstractmethod
@@ -184,7 +187,7 @@ class HFAdapter(VLMAdapter):
 
     def _generation_kwargs(self, max_new_tokens: int, overrides: dict[str, Any]) -> dict[str, Any]:
         if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+            raise InvalidInput(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         return {
             "max_new_tokens": max_new_tokens,
             "do_sample": False,

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
+from prsl.core.errors import InvalidInput, MissingInput
 from prsl.models.blip2 import Blip2Adapter
 from prsl.models.hf import ADAPTER_INFO, HFAdapter
 from prsl.models.ved import VisionEncoderDecoderAdapter
@@ -31,7 +32,7 @@ def adapter_class(family: str) -> type[HFAdapter]:
         return ADAPTER_FAMILIES[family]
     except KeyError:
         valid = ", ".join(sorted(ADAPTER_FAMILIES))
-        raise ValueError(f"unknown model family {family!r}; valid families: {valid}") from None
+        raise InvalidInput(f"unknown model family {family!r}; valid families: {valid}") from None
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -39,18 +40,24 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
         return dtype
     resolved = getattr(torch, str(dtype), None)
     if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise ValueError(
+        raise InvalidInput(
             f"dtype must be a floating torch dtype such as 'float32', 'bfloat16' or 'float16', "
             f"got {dtype!r}"
         )
     return resolved
 
 
-def _load_error(source: str, err: Exception) -> OSError:
-    return OSError(
+_CAUSE_SHOWN = 300  # characters of the loader's own message kept in ours
+
+
+def _load_error(source: str, err: Exception) -> MissingInput:
+    cause = " ".join(str(err).split())
+    if len(cause) > _CAUSE_SHOWN:
+        cause = cause[: _CAUSE_SHOWN - 3] + "..."
+    return MissingInput(
         f"could not load model {source!r}: it is not a local directory, and loading it as a "
         f"Hugging Face hub id failed (no network, a wrong id, or a gated model?). Give the path "
-        f"of a saved model directory, or check the id and your connection. Cause: {err}"
+        f"of a saved model directory, or check the id and your connection. Cause: {cause}"
     )
 
 
@@ -60,11 +67,48 @@ def detect_family(source: str, trust_remote_code: bool = False) -> str:
     family = MODEL_TYPE_FAMILIES.get(config.model_type)
     if family is None:
         supported = ", ".join(sorted(MODEL_TYPE_FAMILIES))
-        raise ValueError(
+        raise InvalidInput(
             f"{source!r} is a {config.model_type!r} model; supported model types: {supported} "
             f"(pass family= to force an adapter)"
         )
     return family
+
+
+def _config_source(dir_or_hub_id: str | Path) -> tuple[str, Path | None]:
+    """(what ``from_pretrained`` is given, the local directory or None for a hub id)."""
+    source = str(dir_or_hub_id)
+    local = Path(source).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise MissingInput(
+                f"{local} holds no config.json, so it is not a saved model; point to a directory "
+                f"written by adapter.save() or save_pretrained()"
+            )
+        return str(local), local
+    if local.exists():
+        raise InvalidInput(f"model {source!r} is a file; give a model directory or a hub id")
+    return source, None
+
+
+def check_model_source(
+    dir_or_hub_id: str | Path, family: str | None = None, trust_remote_code: bool = False
+) -> str:
+    """The adapter family of a model directory or hub id, from its config alone (no weights).
+
+    A missing directory, an unreachable hub id or an unsupported model type fails here, with
+    the fix, before any model is loaded.
+    """
+    if family is not None:
+        adapter_class(family)
+    source, local = _config_source(dir_or_hub_id)
+    if family is not None:
+        return family
+    try:
+        return detect_family(source, trust_remote_code)
+    except (OSError, ValueError) as err:
+        if local is not None or isinstance(err, InvalidInput):
+            raise
+        raise _load_error(source, err) from None
 
 
 def load_adapter(
@@ -79,23 +123,13 @@ def load_adapter(
     ``dtype`` is a torch dtype or its name; ``device`` where the model is moved after loading.
     A directory written by ``adapter.save`` also restores its VQA prompt template.
     """
-    source = str(dir_or_hub_id)
-    cls = adapter_class(family) if family is not None else None
     dtype = _resolve_dtype(dtype)
-    local = Path(source).expanduser()
+    cls = adapter_class(check_model_source(dir_or_hub_id, family, trust_remote_code))
+    source, local = _config_source(dir_or_hub_id)
     vqa_template = None
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{local} holds no config.json, so it is not a saved model; point to a directory "
-                f"written by adapter.save() or save_pretrained()"
-            )
-        source = str(local)
-        if (local / ADAPTER_INFO).is_file():
-            vqa_template = json.loads((local / ADAPTER_INFO).read_text()).get("vqa_template")
+    if local is not None and (local / ADAPTER_INFO).is_file():
+        vqa_template = json.loads((local / ADAPTER_INFO).read_text()).get("vqa_template")
     try:
-        if cls is None:
-            cls = adapter_class(detect_family(source, trust_remote_code))
         return cls.from_pretrained(
             source,
             device=device,
@@ -104,6 +138,6 @@ def load_adapter(
             vqa_template=vqa_template,
         )
     except OSError as err:
-        if local.is_dir():
+        if local is not None:
             raise
         raise _load_error(source, err) from err

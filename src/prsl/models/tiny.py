@@ -19,6 +19,7 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
+from prsl.core.errors import InvalidInput
 from prsl.models.ved import VisionEncoderDecoderAdapter
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
@@ -36,7 +37,7 @@ def build_word_tokenizer(
     alphabetical order. Punctuation splits into its own tokens (Whitespace pre-tokenizer).
     """
     if not texts:
-        raise ValueError("texts must hold at least one string to build a vocabulary from")
+        raise InvalidInput("texts must hold at least one string to build a vocabulary from")
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -57,7 +58,7 @@ def build_word_tokenizer(
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+            raise InvalidInput(f"{name} must be >= 1, got {value}")
 
 
 def build_tiny_captioner(
@@ -78,11 +79,11 @@ def build_tiny_captioner(
         image_size=image_size, patch_size=patch_size, hidden=hidden, layers=layers, heads=heads
     )
     if image_size % patch_size:
-        raise ValueError(
+        raise InvalidInput(
             f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})"
         )
     if hidden % heads:
-        raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
+        raise InvalidInput(f"hidden ({hidden}) must be a multiple of heads ({heads})")
     tokenizer = build_word_tokenizer(texts)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     encoder = ViTConfig(

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from transformers import VisionEncoderDecoderModel
 
+from prsl.core.errors import InvalidInput
 from prsl.models.hf import HFAdapter, pad_batch, teacher_forcing_batch
 
 
@@ -33,7 +34,7 @@ class VisionEncoderDecoderAdapter(HFAdapter):
         if start is None:
             start = model.generation_config.decoder_start_token_id
         if start is None:
-            raise ValueError("the model config defines no decoder_start_token_id")
+            raise InvalidInput("the model config defines no decoder_start_token_id")
         self.start_token_id = int(start)
         pad = config.pad_token_id
         self.pad_token_id = self.end_token_id if pad is None else int(pad)

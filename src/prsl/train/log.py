@@ -12,6 +12,8 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from prsl.core.errors import MissingDependency
+
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +38,7 @@ def require_tensorboard() -> None:
     try:
         import tensorboard  # noqa: F401
     except ImportError:
-        raise RuntimeError(
+        raise MissingDependency(
             "train.tensorboard=true needs the tensorboard package: pip install tensorboard"
         ) from None
 
@@ -91,7 +93,7 @@ class MetricLog:
         self.handle.flush()
         line = f"step {stats['step']}/{total_steps} {describe(stats)} lr {stats['lr']:.3g}"
         if self.console is not None:
-            self.console.print(line, highlight=False)
+            self.console.print(line, highlight=False, markup=False)
         else:
             log.info(line)
         if self.writer is not None:

@@ -14,10 +14,14 @@ from collections.abc import Callable
 
 import torch
 
-from prsl.losses.registry import get_loss
+from prsl.core.labels import IGNORE_INDEX
+from prsl.losses.base import Loss, counted_tokens, token_share
+from prsl.losses.registry import build_loss
 
 
-def hf_loss(name: str, *, shift: bool | None = None, **params) -> Callable[..., torch.Tensor]:
+def hf_loss(
+    name: str | Loss, *, shift: bool | None = None, **params
+) -> Callable[..., torch.Tensor]:
     """A ``compute_loss_func`` for ``transformers.Trainer`` computing loss ``name``.
 
     With gradient accumulation Trainer passes ``num_items_in_batch`` (counted tokens across the
@@ -25,22 +29,20 @@ def hf_loss(name: str, *, shift: bool | None = None, **params) -> Callable[..., 
     then rescaled so accumulated steps average over all of them, exactly like Trainer's own loss.
     Regularisers are sums over positions and are left as they are.
     """
-    criterion = get_loss(name, **params)
-    ignore_index = criterion.params.get("ignore_index", -100)
+    loss = name if isinstance(name, Loss) else build_loss(name, **params)
 
     def compute_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         do_shift = shift if shift is not None else _is_decoder_only(outputs)
         if do_shift:  # shift the labels, not the logits: a sliced (B, T-1, V) view would be
             # copied whole to flatten; the last position, with no next token, is ignored instead
-            labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=ignore_index)
+            labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
         labels = labels.to(logits.device)
-        terms = criterion.terms(logits, labels)
+        terms = loss.terms(logits, labels)
         if num_items_in_batch is None:
             return terms.loss
-        counted = (labels != ignore_index).sum().to(terms.ce.dtype)
-        total = torch.as_tensor(num_items_in_batch, dtype=terms.ce.dtype, device=counted.device)
-        return criterion.rescaled(terms, counted / total.clamp(min=1))
+        share = token_share(counted_tokens(labels), num_items_in_batch)
+        return loss.rescaled(terms, share).loss
 
     return compute_loss
 

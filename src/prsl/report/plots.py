@@ -1,5 +1,5 @@
 """The report's figures (PNG, matplotlib): score against ε, against attack iteration, and against
-a swept loss parameter (K, start, b), one line per model or per attack.
+a swept loss parameter (``prsl.k``, ``prsl.weight``, ...), one line per model or per attack.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from prsl.losses import LOSSES  # noqa: E402
 from prsl.results import HEADLINE, grouped, model_label  # noqa: E402
 
 
@@ -74,44 +75,60 @@ def _finish(fig, axes, title: str, path: Path) -> Path:
     return path
 
 
-SWEPT = {"k": "K (window size)", "start": "start (first rank)", "weight": "b (regulariser weight)"}
+def swept_parameters(runs: list[dict]) -> list[tuple[str, str]]:
+    """(loss, parameter) pairs whose numeric value differs between runs of that loss."""
+    values: dict[tuple[str, str], set] = defaultdict(set)
+    for run in runs:
+        for param, value in run["loss_params"].items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                values[(run["loss"], param)].add(value)
+    return sorted(key for key, seen in values.items() if len(seen) > 1)
+
+
+def parameter_label(loss: str, param: str) -> str:
+    """``prsl.weight: b, the regulariser's weight``, from the loss's own field description."""
+    fields = LOSSES[loss].model_fields if loss in LOSSES else {}
+    description = fields[param].description if param in fields else None
+    meaning = (description or "").split(" (")[0].split(".")[0].strip()
+    return f"{loss}.{param}" + (f": {meaning}" if meaning else "")
 
 
 def plot_vs_parameter(runs: list[dict], folder: Path) -> list[Path]:
-    """For each loss parameter a sweep varied (K, start, b): clean and adversarial score vs it.
+    """For each loss parameter a sweep varied (``prsl.k``, ``prsl.weight``, ``drsl.weight``):
+    clean and adversarial score against it.
 
     Left panel: against the ground truth (clean score, and one adversarial line per attack/ε:
     accuracy and robustness together). Right panel: adversarial score against the model's own
     clean output (the paper's robustness measure). Runs sharing a value but differing in other
-    swept parameters are averaged, and the title says so. Models without the parameter (CE in a
+    swept parameters are averaged, and the title says so. Runs of other losses (CE in a
     CE-vs-PRSL grid) are drawn as dotted horizontal lines for reference.
     """
     made = []
-    for param, label in SWEPT.items():
-        values = {r["loss_params"][param] for r in runs if param in r["loss_params"]}
-        if len(values) < 2:
-            continue
+    for loss, param in swept_parameters(runs):
+        label = parameter_label(loss, param)
         for task in sorted({r["task"] for r in runs}):
             group = [r for r in runs if r["task"] == task]
             metric = next((m for m in HEADLINE[task] if m in group[0]["adversarial"]), None)
             if metric is None:
                 continue
             fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-            averaged = _plot_parameter_panels(axes, group, param, metric)
+            averaged = _plot_parameter_panels(axes, group, loss, param, metric)
+            values = sorted({r["loss_params"][param] for r in group if r["loss"] == loss})
             for ax, reference in zip(axes, ("ground truth", "clean output"), strict=True):
                 ax.set(xlabel=label, ylabel=metric, title=f"{metric} vs {reference}")
                 ax.grid(alpha=0.3)
-                if param == "weight":
-                    ax.set_xscale("log")
-                else:  # K and start are counts
+                if all(isinstance(v, int) for v in values):
                     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                elif values[0] > 0 and values[-1] / values[0] >= 10:
+                    ax.set_xscale("log")
             note = " (averaged over the other swept parameters)" if averaged else ""
             title = f"{task}: sensitivity to {label}{note}"
-            made.append(_finish(fig, axes, title, folder / f"param_{task}_{param}.png"))
+            name = f"param_{task}_{loss}_{param}.png"
+            made.append(_finish(fig, axes, title, folder / name))
     return made
 
 
-def _plot_parameter_panels(axes, runs: list[dict], param: str, metric: str) -> bool:
+def _plot_parameter_panels(axes, runs: list[dict], loss: str, param: str, metric: str) -> bool:
     """Draw both panels; True when several runs had to be averaged into one point."""
     points: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     baselines: dict[tuple, list[float]] = defaultdict(list)
@@ -122,7 +139,7 @@ def _plot_parameter_panels(axes, runs: list[dict], param: str, metric: str) -> b
         if panel == 0:
             series.append((0, "clean", run["clean"][metric]))
         for panel, name, value in series:
-            if param in run["loss_params"]:
+            if run["loss"] == loss and param in run["loss_params"]:
                 points[(panel, name)][run["loss_params"][param]].append(value)
             else:
                 baselines[(panel, f"{name} ({run['loss']})")].append(value)

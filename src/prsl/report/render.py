@@ -1,93 +1,21 @@
 """Turn ``results.json`` files into ``report.md`` and a self-contained ``report.html``.
 
-Tables put the models (CE, PRSL, ...) side by side per task, reference, attack and ε with the
-better value marked; plots show score against ε and against attack iteration, one line per
-model, and against K / start / b when a sweep varied them; a gallery shows clean/adversarial
-pairs with both captions. The summary states plainly whether PRSL degraded less than CE on this
-data, in how many cells, and never more than that.
+The verdict and the tables (:mod:`prsl.report.tables`) come first, then the plots
+(:mod:`prsl.report.plots`: score against ε, against attack iteration, and against a swept loss
+parameter) and a gallery of clean/adversarial pairs with both outputs. Every PNG is embedded in
+the HTML, so the file can be mailed on its own.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-from collections import defaultdict
 from pathlib import Path
 
-from prsl.plots import plot_vs_eps, plot_vs_iteration, plot_vs_parameter
-from prsl.results import grouped, load_results, model_label
-
-
-def comparisons(runs: list[dict]) -> list[dict]:
-    """CE vs PRSL cells: same task, reference, attack, ε, metric; lower degradation wins."""
-    cells: dict[tuple, dict[str, float]] = defaultdict(dict)
-    for run in runs:
-        for metric, value in run["degradation"].items():
-            cells[(run["task"], run["reference"], run["attack"], run["eps"], metric)][
-                run["loss"]
-            ] = value
-    return [
-        {"cell": cell, "ce": losses["ce"], "prsl": losses["prsl"]}
-        for cell, losses in cells.items()
-        if "ce" in losses and "prsl" in losses
-    ]
-
-
-def summary_lines(runs: list[dict]) -> list[str]:
-    found = comparisons(runs)
-    if not found:
-        return ["No CE/PRSL pair in these results: nothing to compare."]
-    lines = []
-    for reference in ("clean", "ground_truth"):
-        cells = [c for c in found if c["cell"][1] == reference]
-        if not cells:
-            continue
-        wins = sum(c["prsl"] < c["ce"] for c in cells)
-        ties = sum(c["prsl"] == c["ce"] for c in cells)
-        verdict = (
-            "PRSL degraded less than CE in most cells"
-            if wins > len(cells) / 2
-            else "PRSL did NOT degrade less than CE in most cells"
-        )
-        lines.append(
-            f"Reference = {reference}: {verdict} ({wins} of {len(cells)} task/attack/ε/metric "
-            f"cells lower, {ties} equal)."
-        )
-    return lines
-
-
-def table_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: ε, metric, then clean / adversarial / Δ per model; best marked **."""
-    models = sorted({model_label(r) for r in runs})
-    header = ["ε", "metric"] + [f"{m} {p}" for m in models for p in ("clean", "adv", "Δ")]
-    by = {(model_label(r), r["eps"]): r for r in runs}
-    rows = []
-    for eps in sorted({r["eps"] for r in runs}):
-        metrics = sorted({m for r in runs if r["eps"] == eps for m in r["clean"]})
-        for metric in metrics:
-            cells = {m: by.get((m, eps)) for m in models}
-            present = [c for c in cells.values() if c is not None]
-            best_adv = max(c["adversarial"][metric] for c in present)
-            best_deg = min(c["degradation"][metric] for c in present)
-            row = [f"{eps * 255:.3g}/255", metric]
-            for m in models:
-                run = cells[m]
-                if run is None:
-                    row += ["–"] * 3
-                    continue
-                adv, deg = run["adversarial"][metric], run["degradation"][metric]
-                mark = len(present) > 1
-                row += [
-                    f"{run['clean'][metric]:.4f}",
-                    _bold(f"{adv:.4f}", mark and adv == best_adv),
-                    _bold(f"{deg:+.4f}", mark and deg == best_deg),
-                ]
-            rows.append(row)
-    return header, rows
-
-
-def _bold(text: str, on: bool) -> str:
-    return f"**{text}**" if on else text
+from prsl.data import Skipped, skip_summary
+from prsl.report.plots import plot_vs_eps, plot_vs_iteration, plot_vs_parameter
+from prsl.report.tables import summary_lines, table_rows
+from prsl.results import grouped, load_results
 
 
 def write_report(
@@ -121,10 +49,10 @@ def _notes(meta: dict) -> list[str]:
     ]
     if meta.get("bertscore_model"):
         notes.append(f"BERTScore model: {meta['bertscore_model']}.")
-    if meta.get("skipped"):
-        notes.append(
-            f"{len(meta['skipped'])} item(s) were skipped as unreadable (see results.json)."
-        )
+    items = meta.get("items")
+    if isinstance(items, dict) and items.get("skipped"):
+        skipped = [Skipped(s["path"], s["reason"], s.get("key")) for s in meta.get("skipped", [])]
+        notes.append(f"{skip_summary(skipped, items['looked_at'])} (listed in results.json).")
     if "seed" in meta:
         notes.append(f"Seed: {meta['seed']}.")
     return notes
@@ -142,7 +70,7 @@ def _markdown(title, meta, runs, sections, plots, gallery, out: Path) -> str:
     if gallery:
         lines += ["## Gallery", "", "| clean | adversarial | captions |", "|---|---|---|"]
         for row in gallery:
-            clean, adv = row["gallery"]["clean"], row["gallery"]["adversarial"]
+            clean, adv = row["images"]["clean"], row["images"]["adversarial"]
             lines.append(
                 f"| ![clean]({_rel(clean, out)}) | ![adv]({_rel(adv, out)}) | "
                 f"{row['model']} {row['attack']} ε={row['eps'] * 255:.3g}/255<br>"
@@ -199,8 +127,8 @@ def _html(title, meta, runs, sections, plots, gallery) -> str:
         for row in gallery:
             parts.append(
                 "<div class='pair'>"
-                f"<img alt='clean' src='{_data_uri(row['gallery']['clean'])}'>"
-                f"<img alt='adversarial' src='{_data_uri(row['gallery']['adversarial'])}'>"
+                f"<img alt='clean' src='{_data_uri(row['images']['clean'])}'>"
+                f"<img alt='adversarial' src='{_data_uri(row['images']['adversarial'])}'>"
                 f"<p>{esc(row['model'])} ({esc(row['loss'])}), {esc(row['attack'])} "
                 f"ε={row['eps'] * 255:.3g}/255<br>clean: <q>{esc(row['clean'])}</q><br>"
                 f"adversarial: <q>{esc(row['adversarial'])}</q></p></div>"

@@ -1,7 +1,7 @@
 """The model a fine-tuning run starts from, as its configuration describes it.
 
-A pipeline module: it composes ``prsl.models`` with the run's config and dataset (the tiny
-model's vocabulary comes from the training texts), so the models package needs neither.
+It composes ``prsl.models`` with the run's config and dataset (the tiny model's vocabulary
+comes from the training texts), so the models package needs neither.
 
 ``name_or_path: tiny`` builds the from-scratch captioner with a vocabulary covering the
 training data (captions, or VQA prompts and answers); anything else is loaded with
@@ -16,20 +16,25 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from prsl.models.blip2 import Blip2Adapter
-from prsl.models.hf import ADAPTER_INFO, HFAdapter
-from prsl.models.registry import load_adapter
-from prsl.models.tiny import build_tiny_captioner
-from prsl.models.ved import VisionEncoderDecoderAdapter
+from prsl.models import (
+    ADAPTER_INFO,
+    Blip2Adapter,
+    HFAdapter,
+    VisionEncoderDecoderAdapter,
+    build_tiny_captioner,
+    load_adapter,
+)
+from prsl.train.config import TINY
+
+BASE = "base"
+"""The folder of a run's output directory that keeps the tiny model it started from."""
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
     from transformers import VisionEncoderDecoderModel
 
-    from prsl.config import ModelConfig
-    from prsl.data.types import DatasetSplit
-
-TINY = "tiny"
+    from prsl.data import DatasetSplit
+    from prsl.train.config import ModelConfig
 
 
 def vocabulary_texts(split: DatasetSplit, vqa_template: str) -> list[str]:

@@ -1,0 +1,26 @@
+"""What every package of prsl may import: user errors, the typed-parameter base, and the two
+conventions the libraries share (the ignored label, 8-bit pixels), plus output-folder helpers.
+
+Nothing here imports another part of prsl.
+"""
+
+from prsl.core.errors import InvalidInput, MissingDependency, MissingInput, RunConflict, UserError
+from prsl.core.labels import IGNORE_INDEX
+from prsl.core.params import Params, parse_number
+from prsl.core.paths import prepare_output_dir, slug
+from prsl.core.pixels import LEVELS, to_uint8
+
+__all__ = [
+    "IGNORE_INDEX",
+    "LEVELS",
+    "InvalidInput",
+    "MissingDependency",
+    "MissingInput",
+    "Params",
+    "RunConflict",
+    "UserError",
+    "parse_number",
+    "prepare_output_dir",
+    "slug",
+    "to_uint8",
+]

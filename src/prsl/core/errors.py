@@ -1,0 +1,30 @@
+"""The mistakes a user can fix, as one family of exceptions the command line prints in one line.
+
+Everything raised as a :class:`UserError` names the value or file the person running prsl gave
+and how to fix it; the CLI prints that message alone and exits with status 2. Any other
+exception is a bug (or the machine: out of memory, a failing kernel) and keeps its traceback.
+Each kind also derives from the built-in exception it refines, so ``except ValueError`` in a
+caller's code keeps working.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: a value, a file, a folder, a missing package."""
+
+
+class InvalidInput(UserError, ValueError):
+    """A value that cannot be used: a parameter out of range, a malformed config or file."""
+
+
+class MissingInput(UserError, FileNotFoundError):
+    """A file, folder or model the user named does not exist (or cannot be reached)."""
+
+
+class RunConflict(UserError, FileExistsError):
+    """An output folder holds results computed with other settings than the ones given."""
+
+
+class MissingDependency(UserError, RuntimeError):
+    """An optional program or package the request needs is not installed (Java, TensorBoard)."""

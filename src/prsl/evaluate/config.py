@@ -1,0 +1,120 @@
+"""What an evaluation is configured with: models, data, the attack grid, generation, scoring.
+
+Each attack of the grid is written as in YAML, flat: ``{name: pgd, eps: [2/255, 8/255],
+steps: 20}``. Every field but ``name``, ``label`` and ``eps`` is a parameter of the attack, and
+the spec is validated into the attack's own typed object (``prsl.attacks.PGD`` ...) once per ε
+when the config is loaded: a parameter the attack does not take (``{name: bim, norm: l2}``), a
+wrong type or an out-of-range value fails before any work, naming the attack and the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, model_serializer, model_validator
+
+from prsl.attacks import Attack, attack_class
+from prsl.config import DataConfig, Strict
+from prsl.core.errors import InvalidInput
+from prsl.metrics import ALL_METRICS
+from prsl.metrics.scorer import resolve_metrics
+
+_SPEC_FIELDS = ("name", "label", "eps")
+
+
+class AttackSpec(Strict):
+    """One attack of an evaluation grid at one or more ε (see the module docstring).
+
+    ``label`` names it in the results (default: ``name``); two specs of the same attack, e.g.
+    BIM-10 and BIM-50, need different labels. ``attacks`` holds the validated attack, one per ε.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str = "bim"
+    label: str | None = None
+    eps: list[float]
+    attacks: list[Attack]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _build(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "attacks" in data:
+            return data
+        name = data.get("name", "bim")
+        if not isinstance(name, str):
+            raise ValueError(f"name must be an attack name, got {name!r}")
+        params = {k: v for k, v in data.items() if k not in _SPEC_FIELDS}
+        try:
+            kind = attack_class(name)
+            given = data.get("eps", kind.model_fields["eps"].default)
+            if given is None:
+                raise InvalidInput(
+                    f"attack {name!r} has no default ε: give eps (its budget in pixel units)"
+                )
+            eps = given if isinstance(given, list) else [given]
+            if not eps:
+                raise InvalidInput(f"attack {name!r}: eps is empty; give at least one value")
+            attacks = [kind(**params, eps=e) for e in eps]
+        except InvalidInput as err:
+            raise ValueError(str(err)) from None
+        label = data.get("label")
+        return {"name": name, "label": label, "eps": [a.eps for a in attacks], "attacks": attacks}
+
+    @model_serializer(mode="plain")
+    def _flat(self) -> dict[str, Any]:
+        """The spec as a YAML file would say it: name, label, the ε list, the given parameters."""
+        params = {k: v for k, v in self.attacks[0].given().items() if k != "eps"}
+        label = {"label": self.label} if self.label is not None else {}
+        return {"name": self.name, **label, "eps": list(self.eps), **params}
+
+    @property
+    def result_name(self) -> str:
+        return self.label or self.name
+
+
+class EvalConfig(Strict):
+    """What to evaluate and how.
+
+    ``surrogate``: a model (directory or hub id) on which every attack is crafted a second
+    time; those images are scored on each evaluated model under the attack name
+    ``<attack>@<surrogate>``. A defence that only masks gradients falls to them while resisting
+    its own white-box attack.
+    """
+
+    models: list[str] = Field(default_factory=list)
+    surrogate: str | None = None
+    data: DataConfig = Field(default_factory=DataConfig)
+    attacks: list[AttackSpec] = Field(default_factory=lambda: [AttackSpec()], min_length=1)
+    output_dir: str = "runs/evaluate"
+    n_images: int = Field(32, ge=1)
+    """How many items (images; questions for VQA) of the dataset to evaluate, from the first."""
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(20, ge=1)
+    metrics: list[str] | None = None
+    """Metric names (None: every captioning metric, or VQA accuracy for VQA data)."""
+    attack_target: Literal["clean", "ground_truth"] = "clean"
+    gallery: int = Field(6, ge=0)
+    """Clean/adversarial image pairs kept per model, attack and ε for the report."""
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _checks(self) -> EvalConfig:
+        if self.metrics is not None:
+            try:
+                resolve_metrics(self.metrics)
+            except InvalidInput as err:
+                raise ValueError(f"metrics: {err}") from None
+        seen: set[tuple[str, float]] = set()
+        for spec in self.attacks:
+            for eps in spec.eps:
+                if (spec.result_name, eps) in seen:
+                    raise ValueError(
+                        f"two attacks are named {spec.result_name!r} at ε={eps:.5g}: give one "
+                        "of them a distinct `label`"
+                    )
+                seen.add((spec.result_name, eps))
+        return self
+
+
+__all__ = ["ALL_METRICS", "AttackSpec", "EvalConfig"]

@@ -1,0 +1,173 @@
+"""``predictions.jsonl``: one line per (model, attack, ε, item), appended as the run goes.
+
+The file is the evaluation's ledger. A rerun reads it (tolerating a last line torn by a kill),
+skips every cell already in it and appends the rest, so an interrupted run resumes where it
+stopped; scores are computed from it alone. Rows are keyed by :class:`RunKey` and the item key,
+where the model is its *location* (resolved directory or hub id), never a folder name that two
+models could share.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from prsl.data import Sample
+from prsl.evaluate.grid import Cell
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions.jsonl"
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """One (model, attack, ε) cell of the grid; ``model`` is the model's location."""
+
+    model: str
+    attack: str
+    eps: float
+
+
+@dataclass
+class Prediction:
+    """One row: the clean and adversarial output of one model for one item under one cell."""
+
+    model: str  # display name when written
+    model_path: str  # location: what the row is keyed by
+    loss: str
+    attack: str
+    eps: float
+    steps: int
+    key: str
+    question: str | None
+    references: list[str]
+    clean: str
+    adversarial: str
+    linf: float
+    per_step: list[str] | None = None
+    gallery: dict[str, str] | None = None
+
+    @property
+    def run_key(self) -> RunKey:
+        return RunKey(self.model_path, self.attack, self.eps)
+
+    def as_json(self) -> str:
+        row = {k: v for k, v in asdict(self).items() if v is not None or k == "question"}
+        return json.dumps(row)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Prediction | None:
+        """A row of the file, or None for one this version cannot key (an older format)."""
+        if "model_path" not in row:
+            return None
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in row.items() if k in names})
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """Rows written so far; a line cut off by a crash mid-write is dropped (and redone)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("ignoring an incomplete line in %s (interrupted write)", path)
+    return rows
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a last line left without its newline by a kill mid-write, before appending.
+
+    Appending after it would glue the next row onto the fragment and lose that row too.
+    """
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        log.warning("dropping an incomplete last line of %s (interrupted write)", path)
+        with path.open("r+b") as handle:
+            handle.truncate(keep)
+
+
+@dataclass
+class Ledger:
+    """What ``predictions.jsonl`` holds, and the handle new rows are appended through.
+
+    Besides the finished cells it counts the gallery pairs of each (model, attack, ε), so a
+    rerun tops them up without listing the gallery folder.
+    """
+
+    path: Path
+    rows: list[Prediction] = field(default_factory=list)
+    done: set[tuple[RunKey, str]] = field(default_factory=set)
+    pairs: Counter = field(default_factory=Counter)
+    _sink: IO[str] | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> Ledger:
+        ledger = cls(path)
+        for row in read_predictions(path):
+            prediction = Prediction.from_row(row)
+            if prediction is not None:
+                ledger._note(prediction)
+        return ledger
+
+    def _note(self, row: Prediction) -> None:
+        self.rows.append(row)
+        self.done.add((row.run_key, row.key))
+        if row.gallery is not None:
+            self.pairs[row.run_key] += 1
+
+    def finished(self, key: RunKey, item: str) -> bool:
+        return (key, item) in self.done
+
+    def unfinished(self, model: str, cells: list[Cell], samples: Iterable[Sample]) -> list[Cell]:
+        """The cells some of ``samples`` still lack for ``model`` (a location)."""
+        items = [s.key for s in samples]
+        return [
+            c
+            for c in cells
+            if not all(self.finished(RunKey(model, c.name, c.eps), i) for i in items)
+        ]
+
+    def wants_pair(self, key: RunKey, limit: int) -> bool:
+        return self.pairs[key] < limit
+
+    @contextmanager
+    def appending(self) -> Iterator[Ledger]:
+        """Open the file for appending (after cutting a torn last line) for the block."""
+        drop_torn_tail(self.path)
+        with self.path.open("a") as sink:
+            self._sink = sink
+            try:
+                yield self
+            finally:
+                self._sink = None
+
+    def append(self, rows: list[Prediction]) -> None:
+        assert self._sink is not None, "append inside `with ledger.appending():`"
+        for row in rows:
+            self._sink.write(row.as_json() + "\n")
+            self._note(row)
+        self._sink.flush()
+
+    def selected(self, models: set[str], cells: list[Cell], items: set[str]) -> list[Prediction]:
+        """The rows of these models, cells and items: what the results are computed from."""
+        wanted = {(c.name, c.eps) for c in cells}
+        return [
+            r
+            for r in self.rows
+            if r.model_path in models and (r.attack, r.eps) in wanted and r.key in items
+        ]

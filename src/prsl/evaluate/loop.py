@@ -1,0 +1,291 @@
+"""Robustness evaluation: generate on clean and adversarial images, score, compute degradation.
+
+For every model x attack x ε the loop generates the clean output, attacks the images
+(untargeted, on the model's own clean output, the paper's protocol, or on the ground truth),
+generates again, and appends one row per item to ``predictions.jsonl`` as it goes. A rerun
+with the same settings skips every (model, attack, ε, item) already there, so an interrupted run
+resumes where it stopped; one with other settings is refused, naming the fields (see
+:mod:`prsl.provenance.settings`). Scores come at the end from the predictions file alone.
+
+What a rerun may change without a conflict: models and attacks may be added or left out
+(``models`` and ``cells`` grow), and ``n_images``, ``batch_size``, ``metrics`` and ``gallery``
+are free, because the results are always computed from the rows of the current models, cells
+and first ``n_images`` items. Anything the rows depend on (data, attack parameters,
+``max_new_tokens``, ``attack_target``, ``seed``, a model's files) must stay the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from prsl.core.errors import InvalidInput
+from prsl.core.paths import prepare_output_dir
+from prsl.data import Sample, batch_prompts, evaluation_samples, load_batch, skip_summary
+from prsl.evaluate.config import EvalConfig
+from prsl.evaluate.crafting import attack_texts, craft, generate
+from prsl.evaluate.export import GALLERY, save_pair
+from prsl.evaluate.grid import Cell, grid_cells
+from prsl.evaluate.items import SkipTally, read_evaluation_data
+from prsl.evaluate.ledger import PREDICTIONS, Ledger, Prediction, RunKey
+from prsl.evaluate.scoring import results_meta, score_predictions
+from prsl.metrics import Scorer
+from prsl.models import VLMAdapter, check_model_source, load_adapter
+from prsl.provenance import ModelRef, check_settings, model_refs, write_settings
+from prsl.provenance.models import describe
+from prsl.provenance.settings import SETTINGS
+from prsl.results import RESULTS, write_results
+
+log = logging.getLogger(__name__)
+
+COMMAND = "evaluate"
+GROWING = ("cells", "models")
+"""Sections of the settings record a rerun may add to or leave entries out of."""
+OWN_FILES = (PREDICTIONS, RESULTS, SETTINGS)
+
+
+def evaluate(
+    cfg: EvalConfig, *, progress: bool = True, scorer: Scorer | None = None, overwrite: bool = False
+) -> dict:
+    """Run (or resume) the evaluation grid and write ``results.json``; returns its content.
+
+    ``overwrite=True`` discards the results already in ``output_dir`` instead of refusing a
+    rerun with other settings.
+    """
+    out = Path(cfg.output_dir)
+    models, surrogate = resolve_models(cfg)
+    cells = grid_cells(cfg.attacks, surrogate)
+    split = read_evaluation_data(cfg)
+    settings = evaluation_settings(cfg, models, surrogate, cells)
+    prepare_output_dir(out, "output_dir")
+    if overwrite:
+        discard_results(out)
+    ledger = Ledger.read(out / PREDICTIONS)
+    check_settings(
+        out,
+        COMMAND,
+        settings,
+        has_results=bool(ledger.rows),
+        may_grow=GROWING,
+        fix="rerun with those settings to resume, choose another output_dir, or pass "
+        "--overwrite to discard them",
+    )
+    write_settings(out, COMMAND, settings, may_grow=GROWING)
+
+    skips = SkipTally(split.skipped)
+    keys: set[str] = set()
+    with ledger.appending(), _progress(progress) as bar:
+        crafter = load_adapter(surrogate.given) if surrogate is not None else None
+        for model in models:
+            adapter = load_adapter(model.given)
+            check_transfer_size(model, adapter, surrogate, crafter)
+            samples = evaluation_samples(split, adapter.vqa_prompt)
+            keys |= {s.key for s in samples}
+            job = ModelJob(cfg, model, adapter, crafter, cells, ledger, skips, out)
+            task = bar.add_task(model.name, total=len(samples))
+            for batch in batches(samples, cfg.batch_size):
+                if ledger.unfinished(model.location, cells, batch):
+                    evaluate_batch(job, batch)
+                bar.advance(task, len(batch))
+
+    rows = ledger.selected({m.location for m in models}, cells, keys)
+    runs, bertscore = score_predictions(
+        rows, task=split.task, models=models, cells=cells, metrics=cfg.metrics, scorer=scorer
+    )
+    skipped = skips.values()
+    looked_at = len(split.examples) + len(split.skipped)
+    results = {
+        "runs": runs,
+        "gallery": gallery_rows(rows),
+        "meta": results_meta(
+            attack_target=cfg.attack_target,
+            seed=cfg.seed,
+            bertscore_model=bertscore,
+            models={m.name: m.location for m in models},
+            dataset=cfg.data.model_dump(),
+            surrogate=surrogate.location if surrogate is not None else None,
+            items={"looked_at": looked_at, "skipped": len(skipped)},
+            skipped=[s.as_dict() for s in skipped],
+            dropped_references=[s.as_dict() for s in split.dropped],
+        ),
+    }
+    write_results(out / RESULTS, results)
+    if skipped:
+        log.warning(
+            "evaluation: %s (listed in %s)", skip_summary(skipped, looked_at), out / RESULTS
+        )
+    return results
+
+
+# ------------------------------------------------------------------------------- the steps
+
+
+def resolve_models(cfg: EvalConfig) -> tuple[list[ModelRef], ModelRef | None]:
+    """The evaluated models and the surrogate, each checked to exist and to be supported."""
+    if not cfg.models:
+        raise InvalidInput("no model to evaluate: give at least one model directory or hub id")
+    refs = model_refs([*cfg.models, *([cfg.surrogate] if cfg.surrogate else [])])
+    for ref in refs:
+        check_model_source(ref.given)
+    if cfg.surrogate:
+        return refs[:-1], refs[-1]
+    return refs, None
+
+
+def evaluation_settings(
+    cfg: EvalConfig, models: list[ModelRef], surrogate: ModelRef | None, cells: list[Cell]
+) -> dict:
+    """What the rows of ``predictions.jsonl`` depend on (see the module docstring)."""
+    return {
+        "data": cfg.data.model_dump(),
+        "attack_target": cfg.attack_target,
+        "max_new_tokens": cfg.max_new_tokens,
+        "seed": cfg.seed,
+        "surrogate": describe(surrogate) if surrogate is not None else None,
+        "cells": {cell.key: cell.recorded() for cell in cells},
+        "models": {ref.location: describe(ref) for ref in models},
+    }
+
+
+def discard_results(out: Path) -> None:
+    """Remove what an earlier evaluation wrote into ``out`` (and nothing else)."""
+    for name in OWN_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / GALLERY, ignore_errors=True)
+
+
+def check_transfer_size(
+    model: ModelRef, adapter: VLMAdapter, surrogate: ModelRef | None, crafter: VLMAdapter | None
+) -> None:
+    if crafter is not None and surrogate is not None and crafter.pixel_size != adapter.pixel_size:
+        raise InvalidInput(
+            f"surrogate {surrogate.name} takes {crafter.pixel_size} images but {model.name} "
+            f"takes {adapter.pixel_size}: transfer needs the same size"
+        )
+
+
+def batches(items: list[Sample], size: int) -> Iterator[list[Sample]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@dataclass
+class ModelJob:
+    """What the batches of one evaluated model share."""
+
+    cfg: EvalConfig
+    model: ModelRef
+    adapter: VLMAdapter
+    surrogate: VLMAdapter | None
+    cells: list[Cell]
+    ledger: Ledger
+    skips: SkipTally
+    out: Path
+
+
+@dataclass
+class Outputs:
+    """One batch's images and outputs under one cell."""
+
+    clean_pixels: torch.Tensor
+    adversarial_pixels: torch.Tensor
+    clean: list[str]
+    adversarial: list[str]
+    per_step: list[list[str]] | None
+
+
+def evaluate_batch(job: ModelJob, batch: list[Sample]) -> None:
+    """Generate clean, craft every unfinished cell, generate adversarial, append the rows."""
+    pixels, kept, skipped = load_batch(batch, job.adapter.pixel_size)
+    job.skips.add(skipped)
+    todo = job.ledger.unfinished(job.model.location, job.cells, kept)
+    if pixels is None or not todo:
+        return
+    cfg = job.cfg
+    pixels = pixels.to(job.adapter.device)
+    prompts = batch_prompts(kept)
+    clean = generate(job.adapter, pixels, prompts, cfg.max_new_tokens)
+    targets = {False: attack_texts(cfg.attack_target, clean, kept)}  # keyed by transfer
+    for cell in todo:
+        crafter = job.surrogate if cell.transfer else job.adapter
+        assert crafter is not None
+        if cell.transfer not in targets:  # the surrogate attacks its own clean output
+            own = generate(crafter, pixels, prompts, cfg.max_new_tokens)
+            targets[True] = attack_texts(cfg.attack_target, own, kept)
+        adv, steps = craft(cell, pixels, crafter, targets[cell.transfer], prompts, cfg.seed)
+        adv = adv.to(job.adapter.device)
+        outputs = Outputs(
+            pixels,
+            adv,
+            clean,
+            generate(job.adapter, adv, prompts, cfg.max_new_tokens),
+            [generate(job.adapter, x, prompts, cfg.max_new_tokens) for x in steps]
+            if steps
+            else None,
+        )
+        key = RunKey(job.model.location, cell.name, cell.eps)
+        rows: list[Prediction] = []
+        for i, sample in enumerate(kept):
+            if job.ledger.finished(key, sample.key):
+                continue
+            row = prediction(job, cell, sample, i, outputs)
+            pairs = sum(r.gallery is not None for r in rows)
+            if job.ledger.wants_pair(key, job.cfg.gallery - pairs):
+                stem = f"{job.model.name}_{cell.name}_{cell.eps:.5f}_{sample.key}"
+                pair = outputs.clean_pixels[i], outputs.adversarial_pixels[i]
+                row.gallery = save_pair(job.out, stem, *pair)
+            rows.append(row)
+        job.ledger.append(rows)
+
+
+def prediction(job: ModelJob, cell: Cell, sample: Sample, i: int, outputs: Outputs) -> Prediction:
+    """The row of item ``i`` of the batch."""
+    return Prediction(
+        model=job.model.name,
+        model_path=job.model.location,
+        loss=job.model.loss,
+        attack=cell.name,
+        eps=cell.eps,
+        steps=cell.attack.iterations,
+        key=sample.key,
+        question=sample.question,
+        references=list(sample.references),
+        clean=outputs.clean[i],
+        adversarial=outputs.adversarial[i],
+        linf=float((outputs.adversarial_pixels[i] - outputs.clean_pixels[i]).abs().max()),
+        per_step=[captions[i] for captions in outputs.per_step] if outputs.per_step else None,
+    )
+
+
+def gallery_rows(rows: list[Prediction]) -> list[dict]:
+    """The report's gallery: each pair with its captions, image paths relative to the run."""
+    return [
+        {
+            "model": r.model,
+            "loss": r.loss,
+            "attack": r.attack,
+            "eps": r.eps,
+            "key": r.key,
+            "clean": r.clean,
+            "adversarial": r.adversarial,
+            "images": r.gallery,
+        }
+        for r in rows
+        if r.gallery is not None
+    ]
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+    )

@@ -1,0 +1,107 @@
+"""From the ledger's rows to ``results.json``: every cell scored against both references.
+
+For each model x attack x ε the clean and the adversarial outputs are scored against the
+model's own clean output (the paper's protocol: how far the attack moves the answer) and
+against the ground truth; degradation = clean - adversarial. Every corpus of the run goes to
+the scorer in one batch, which scores each distinct corpus once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import prsl
+from prsl.data import ANSWER_COPIES
+from prsl.evaluate.grid import Cell
+from prsl.evaluate.ledger import Prediction, RunKey
+from prsl.metrics import CAPTION_METRICS, VQA_METRICS, Scorer
+from prsl.provenance import ModelRef
+
+
+@dataclass
+class _Run:
+    """A results row in the making, and which of the batch's corpora it needs."""
+
+    fields: dict
+    corpora: range
+
+
+def self_reference(clean: str, task: str) -> list[str]:
+    """The clean output as the reference; for VQA ten copies, so soft accuracy is exact match."""
+    return [clean] * (ANSWER_COPIES if task == "vqa" else 1)
+
+
+def score_predictions(
+    rows: list[Prediction],
+    *,
+    task: str,
+    models: list[ModelRef],
+    cells: list[Cell],
+    metrics: list[str] | None,
+    scorer: Scorer | None,
+) -> tuple[list[dict], str]:
+    """The ``runs`` of results.json, in model / attack / ε order, and the BERTScore model."""
+    names = metrics or list(VQA_METRICS if task == "vqa" else CAPTION_METRICS)
+    by_key: dict[RunKey, list[Prediction]] = defaultdict(list)
+    for row in rows:
+        by_key[row.run_key].append(row)
+    order = {ref.location: i for i, ref in enumerate(models)}
+    cell_of = {(c.name, c.eps): c for c in cells}
+    runs: list[_Run] = []
+    corpora: list[tuple[list[str], list[list[str]]]] = []
+    for key in sorted(by_key, key=lambda k: (order[k.model], k.attack, k.eps)):
+        items = sorted(by_key[key], key=lambda r: r.key)
+        ref = models[order[key.model]]
+        cell = cell_of[(key.attack, key.eps)]
+        references = {
+            "clean": [self_reference(r.clean, task) for r in items],
+            "ground_truth": [r.references for r in items],
+        }
+        n_steps = len(items[0].per_step or [])
+        for reference, refs in references.items():
+            outputs = [
+                [r.clean for r in items],
+                [r.adversarial for r in items],
+                *([(r.per_step or [])[t] for r in items] for t in range(n_steps)),
+            ]
+            first = len(corpora)
+            corpora += [(candidates, refs) for candidates in outputs]
+            fields = {
+                "model": ref.name,
+                "loss": ref.loss,
+                "loss_params": ref.loss_params,
+                "task": task,
+                "attack": key.attack,
+                "eps": key.eps,
+                "steps": cell.attack.iterations,
+                "norm": cell.attack.ball_norm,
+                "attack_params": cell.attack.recorded(),
+                "n_images": len(items),
+                "reference": reference,
+            }
+            runs.append(_Run(fields, range(first, len(corpora))))
+    # A Scorer made here is closed (its METEOR JVM stopped) once scored; a caller's stays open.
+    with Scorer() if scorer is None else nullcontext(scorer) as active:
+        scores = active.score_many(corpora, names) if corpora else []
+        bertscore = active.bertscore_description()
+    finished = []
+    for run in runs:
+        clean, adversarial, *per_step = (scores[i] for i in run.corpora)
+        row = run.fields | {"clean": clean, "adversarial": adversarial}
+        row["degradation"] = {m: clean[m] - adversarial[m] for m in clean}
+        if per_step:
+            row["per_step"] = per_step
+        finished.append(row)
+    return finished, bertscore
+
+
+def results_meta(**fields) -> dict:
+    """The ``meta`` object: the version and time of the run, then what the caller adds."""
+    return {
+        "prsl_version": prsl.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **fields,
+    }

@@ -1,0 +1,147 @@
+"""What identifies a model in a run, and what fine-tuning wrote beside it.
+
+A model is named on the command line by a directory or a hub id. Results key it by its
+*location* (the resolved directory, or the hub id) and show it under a *display name*: the
+shortest tail of its path that no other model of the run shares (``run/final`` shows as
+``run``; ``a/run/final`` and ``b/run/final`` as ``a/run`` and ``b/run``), so two folders with the
+same name can never be mixed up. Its *fingerprint* changes when its files are rewritten, so a
+model retrained in place is not taken for the one evaluated before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from prsl.core.errors import InvalidInput
+
+TRAIN_INFO = "prsl_train.json"
+"""Written by ``prsl finetune`` into the saved model: the loss, its parameters, the run."""
+PRETRAINED = "pretrained"
+"""The loss of a model prsl did not fine-tune."""
+FINAL = "final"
+"""The folder ``prsl finetune`` saves the finished model in, inside its output directory."""
+_WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+class TrainingRecord(BaseModel):
+    """``prsl_train.json``: how a saved model was fine-tuned."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loss: str
+    loss_params: dict[str, Any]
+    steps: int
+    processes: int = 1
+    config: dict[str, Any] = {}
+    skipped: list[dict[str, Any]] = []
+
+
+def write_training_record(model_dir: Path, record: TrainingRecord) -> None:
+    (Path(model_dir) / TRAIN_INFO).write_text(record.model_dump_json(indent=2) + "\n")
+
+
+def read_training_record(model_dir: str | Path) -> TrainingRecord | None:
+    """The record beside a saved model, or None for a model prsl did not fine-tune."""
+    path = Path(model_dir) / TRAIN_INFO
+    if not path.is_file():
+        return None
+    try:
+        return TrainingRecord.model_validate_json(path.read_text())
+    except ValueError as err:
+        raise InvalidInput(f"{path} is not a prsl training record ({err})") from None
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model of a run: as given, where it is, how it is shown, what it was trained with."""
+
+    given: str
+    location: str
+    name: str
+    fingerprint: str
+    loss: str = PRETRAINED
+    loss_params: dict[str, Any] = field(default_factory=dict)
+
+
+def _location(given: str) -> tuple[str, Path | None]:
+    path = Path(given).expanduser()
+    if path.exists():
+        return str(path.resolve()), path.resolve()
+    return given, None
+
+
+def fingerprint(location: str, directory: Path | None) -> str:
+    """A short hash of a model directory's config, training record and weight files (name, size,
+    modification time): it changes whenever the model is saved again. ``hub:<id>`` for a hub id.
+    """
+    if directory is None:
+        return f"hub:{location}"
+    digest = hashlib.sha1()
+    for name in ("config.json", TRAIN_INFO):
+        file = directory / name
+        if file.is_file():
+            digest.update(name.encode() + file.read_bytes())
+    for pattern in _WEIGHTS:
+        for file in sorted(directory.glob(pattern)):
+            stat = file.stat()
+            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _tails(location: str) -> list[str]:
+    """Path components, last first, with the ``final`` folder of a fine-tuning run left out."""
+    parts = [p for p in Path(location).parts if p not in ("/", "")]
+    if len(parts) > 1 and parts[-1] == FINAL:
+        parts = parts[:-1]
+    return parts
+
+
+def display_names(locations: list[str]) -> list[str]:
+    """For each location the shortest path tail no other location shares."""
+    tails = [_tails(loc) for loc in locations]
+    depth = [1] * len(locations)
+    while True:
+        names = ["/".join(t[-d:]) for t, d in zip(tails, depth, strict=True)]
+        counts = Counter(names)
+        clash = [i for i, n in enumerate(names) if counts[n] > 1]
+        growing = [i for i in clash if depth[i] < len(tails[i])]
+        if not growing:  # tails exhausted (``run`` and ``run/final``): show whole locations
+            return [locations[i] if i in clash else n for i, n in enumerate(names)]
+        for i in growing:
+            depth[i] += 1
+
+
+def model_refs(given: list[str]) -> list[ModelRef]:
+    """The models of a run, each with a unique display name; the same model twice is an error."""
+    located = [_location(g) for g in given]
+    locations = [loc for loc, _ in located]
+    repeated = [loc for loc, n in Counter(locations).items() if n > 1]
+    if repeated:
+        raise InvalidInput(f"model {repeated[0]} is given twice: name each model once")
+    refs = []
+    for text, (location, directory), name in zip(
+        given, located, display_names(locations), strict=True
+    ):
+        record = read_training_record(directory) if directory is not None else None
+        refs.append(
+            ModelRef(
+                text,
+                location,
+                name,
+                fingerprint(location, directory),
+                record.loss if record else PRETRAINED,
+                record.loss_params if record else {},
+            )
+        )
+    return refs
+
+
+def describe(ref: ModelRef) -> dict[str, Any]:
+    """What a settings record keeps of a model: enough to see that it changed."""
+    return {"fingerprint": ref.fingerprint, "loss": ref.loss, "loss_params": ref.loss_params}

@@ -1,0 +1,163 @@
+"""The settings an output folder's results were computed with, and the check every rerun makes.
+
+Every command that writes results (``finetune``, ``evaluate``, ``attack``) records in its output
+folder, as ``prsl_run.json``, the settings those results depend on. A rerun into that folder
+compares its own settings with the record before any work:
+
+- equal: the rerun resumes, reusing what is finished;
+- different in a field the results depend on: refused with a :class:`RunConflict` naming each
+  field, its recorded and its new value;
+- different only where a command allows it: ``may_change`` fields (how often to log, say) are
+  ignored, and in a ``may_grow`` section (the attacks of an evaluation, its models) entries may
+  be added or left out, but an entry present in both must be equal.
+
+A folder whose record exists but that holds no result yet (the first run failed before
+producing any) is not protected: the caller passes ``has_results=False`` and the record is
+replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prsl.core.errors import RunConflict
+
+SETTINGS = "prsl_run.json"
+_ABSENT = object()
+_SHOWN = 60  # characters of a value shown in a message
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One field whose recorded value differs from the value given now."""
+
+    path: str
+    recorded: Any
+    given: Any
+
+    def __str__(self) -> str:
+        return f"{self.path}: {_show(self.recorded)} -> {_show(self.given)}"
+
+
+def _show(value: Any) -> str:
+    if value is _ABSENT:
+        return "(not set)"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def _child(path: str, key: str) -> str:
+    if key.isidentifier():
+        return f"{path}.{key}" if path else key
+    return f"{path}[{json.dumps(key)}]"
+
+
+def _walk(recorded: Any, given: Any, path: str, may_grow: Collection[str]) -> Iterator[Difference]:
+    if isinstance(recorded, dict) and isinstance(given, dict):
+        growing = path in may_grow
+        for key in dict.fromkeys([*recorded, *given]):
+            old, new = recorded.get(key, _ABSENT), given.get(key, _ABSENT)
+            if growing and (old is _ABSENT or new is _ABSENT):
+                continue
+            if old is _ABSENT or new is _ABSENT:
+                yield Difference(_child(path, key), old, new)
+            else:
+                yield from _walk(old, new, _child(path, key), may_grow)
+    elif recorded != given:
+        yield Difference(path, recorded, given)
+
+
+def as_recorded(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` as they read back from the record (JSON types: lists, str keys)."""
+    return json.loads(json.dumps(settings, default=str))
+
+
+def differences(
+    recorded: dict[str, Any],
+    given: dict[str, Any],
+    *,
+    may_change: Collection[str] = (),
+    may_grow: Collection[str] = (),
+) -> list[Difference]:
+    """The fields (dotted paths) whose values differ, less those allowed to."""
+    found = _walk(as_recorded(recorded), as_recorded(given), "", may_grow)
+    return [d for d in found if not any(_within(d.path, allowed) for allowed in may_change)]
+
+
+def _within(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + ".") or path.startswith(prefix + "[")
+
+
+def read_settings(folder: Path) -> dict[str, Any] | None:
+    """The record in ``folder``: ``{"command": ..., "settings": {...}}``, or None."""
+    path = Path(folder) / SETTINGS
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # torn by a kill while written: nothing trustworthy is recorded
+    return record if isinstance(record, dict) else None
+
+
+def check_settings(
+    folder: Path,
+    command: str,
+    settings: dict[str, Any],
+    *,
+    has_results: bool,
+    fix: str,
+    may_change: Collection[str] = (),
+    may_grow: Collection[str] = (),
+) -> bool:
+    """Refuse to reuse ``folder`` when its results were computed with other settings.
+
+    Returns True when the folder holds results computed with these settings (a resume), False
+    when there is nothing to reuse. ``fix`` ends the message: what the user can do instead.
+    """
+    record = read_settings(folder)
+    if record is None or not has_results:
+        return False
+    if record.get("command") != command:
+        raise RunConflict(
+            f"{folder} holds the results of `prsl {record.get('command')}`, not of "
+            f"`prsl {command}`: {fix}"
+        )
+    found = differences(
+        record.get("settings", {}), settings, may_change=may_change, may_grow=may_grow
+    )
+    if found:
+        listed = "; ".join(str(d) for d in found)
+        raise RunConflict(f"{folder} holds results computed with other settings ({listed}): {fix}")
+    return True
+
+
+def merged_settings(
+    folder: Path, settings: dict[str, Any], may_grow: Collection[str] = ()
+) -> dict[str, Any]:
+    """``settings`` with the entries of the recorded ``may_grow`` sections it does not name, so
+    the record keeps describing every result in the folder."""
+    record = read_settings(folder) or {}
+    old = record.get("settings", {})
+    merged = dict(settings)
+    for section in may_grow:
+        if isinstance(old.get(section), dict) and isinstance(settings.get(section), dict):
+            merged[section] = {**old[section], **settings[section]}
+    return merged
+
+
+def write_settings(
+    folder: Path, command: str, settings: dict[str, Any], may_grow: Collection[str] = ()
+) -> None:
+    """Record ``settings`` in ``folder`` (atomically: a kill leaves the old record or the new)."""
+    merged = merged_settings(folder, as_recorded(settings), may_grow)
+    record = {"command": command, "settings": merged}
+    path = Path(folder) / SETTINGS
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(partial, path)

@@ -1,0 +1,148 @@
+"""What a fine-tuning run is configured with: the model, the data, the loss and the loop.
+
+Loss parameters are validated into the loss's own typed object (``prsl.losses.PRSL`` ...) when
+the config is loaded, so a wrong value fails before any work and ``cfg.loss.params`` is what
+will run. In YAML they stay a mapping under the loss's name::
+
+    loss: {name: prsl, params: {k: 10, start: 0, weight: 1e-5}}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_serializer, field_validator, model_validator
+
+from prsl.config import DataConfig, Strict
+from prsl.core.errors import InvalidInput
+from prsl.losses import Loss, build_loss
+
+TINY = "tiny"
+"""``model.name_or_path`` that builds the from-scratch captioner."""
+
+
+class TinyModelConfig(Strict):
+    """Architecture of the from-scratch captioner used by the embedded default and the tests."""
+
+    image_size: int = Field(32, ge=8)
+    patch_size: int = Field(8, ge=1)
+    hidden: int = Field(64, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float | None = None
+    """Every dropout probability of the model; None keeps the architectures' defaults (GPT-2
+    0.1, ViT 0.0). 0 makes training independent of the random state, e.g. of the process count."""
+
+    @field_validator("dropout")
+    @classmethod
+    def _probability(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 <= value < 1.0:
+            raise ValueError("must be in [0, 1)")
+        return value
+
+
+class ModelConfig(Strict):
+    """Which model to fine-tune.
+
+    ``name_or_path`` is a hub id or a local directory (loaded through ``from_pretrained``), or
+    ``tiny`` to build the small from-scratch captioner from the training texts.
+    """
+
+    name_or_path: str = TINY
+    family: str | None = None
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    blip2_trainable: Literal["qformer", "lora"] = "qformer"
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _family_fits(self) -> ModelConfig:
+        if self.family is None:
+            return self
+        from prsl.models import VisionEncoderDecoderAdapter, adapter_class
+
+        try:
+            adapter_class(self.family)
+        except InvalidInput as err:
+            raise ValueError(str(err)) from None
+        if self.name_or_path == TINY and self.family != VisionEncoderDecoderAdapter.family:
+            raise ValueError(
+                f"model.family={self.family!r} does not fit model.name_or_path='tiny', which is "
+                f"a {VisionEncoderDecoderAdapter.family!r} model; leave family unset"
+            )
+        return self
+
+
+class LossConfig(Strict):
+    """A registered loss by name and its parameters, validated into the loss object."""
+
+    name: str = "prsl"
+    params: Loss = Field(default_factory=lambda: build_loss("prsl"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _build(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        name = data.get("name", "prsl")
+        params = data.get("params", {})
+        if isinstance(params, Loss):
+            if params.name != name:
+                raise ValueError(f"params are those of loss {params.name!r}, not of {name!r}")
+            return data
+        if not isinstance(params, dict):
+            raise ValueError(f"params must be a mapping of the loss's parameters, got {params!r}")
+        if not isinstance(name, str):
+            raise ValueError(f"name must be a loss name, got {name!r}")
+        try:
+            built = build_loss(name, **params)
+        except InvalidInput as err:
+            raise ValueError(str(err)) from None
+        return {**data, "params": built}
+
+    @field_serializer("params")
+    def _as_given(self, params: Loss) -> dict[str, Any]:
+        return params.given()
+
+
+class TrainConfig(Strict):
+    """The fine-tuning loop: optimiser, schedule, batch, precision, checkpoints and logs."""
+
+    output_dir: str = "runs/finetune"
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(2, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps (None: ``epochs`` full passes)."""
+    batch_size: int = Field(8, ge=1)
+    """The global micro-batch, split across processes."""
+    grad_accum: int = Field(1, ge=1)
+    warmup_steps: int = Field(0, ge=0)
+    scheduler: Literal["linear", "constant", "cosine"] = "linear"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = Field(0, ge=0)
+    save_every: int = Field(0, ge=0)
+    """Write a checkpoint every this many steps (0: only at the end)."""
+    log_every: int = Field(10, ge=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    tensorboard: bool = False
+
+
+RESUMABLE_CHANGES = ("train.save_every", "train.log_every", "train.tensorboard")
+"""Fields a ``--resume`` may change: they decide what is written down, not what is learnt."""
+
+
+class FinetuneConfig(Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def settings(self) -> dict[str, Any]:
+        """What the weights depend on, for the output folder's record: every field but where
+        the run is written, with the loss as it runs."""
+        tree = self.model_dump()
+        tree["train"].pop("output_dir")
+        tree["loss"]["params"] = self.loss.params.recorded()
+        return tree

@@ -1,0 +1,362 @@
+"""Fine-tuning any supported VLM with any registered loss, from one CPU to many GPUs.
+
+Built on ``accelerate``: the same code runs on CPU, one GPU, or under ``accelerate launch``
+(DDP; FSDP / DeepSpeed through accelerate's own config). Data order is a pure function of
+(seed, epoch), checkpoints hold model, optimiser, scheduler, RNG and data position, so
+``resume=True`` continues exactly where a run stopped and reaches the same weights.
+
+Loss scaling across processes: every process computes its token CE as a sum divided by the
+number of counted tokens in the *global* micro-batch (gathered), times the number of processes,
+so DDP's gradient averaging yields exactly the single-process mean. Label-smoothed CE is a mean
+as a whole and is scaled the same way. The PRSL/DRSL regulariser is a sum over positions (the
+authors' form); each process sums over its own positions and the regulariser's log-softmax spans
+that process's positions, as it spans one micro-batch under gradient accumulation.
+
+Logs (main process): a progress bar with the loss, CE, regulariser and throughput; a console line
+every ``log_every`` steps; ``train_log.csv``; TensorBoard scalars with ``train.tensorboard``.
+Logged values are averaged over processes; throughput counts the target tokens of all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from transformers import get_scheduler
+
+from prsl.core.errors import InvalidInput, RunConflict
+from prsl.core.paths import prepare_output_dir
+from prsl.data import (
+    DatasetSplit,
+    Sample,
+    Skipped,
+    batch_prompts,
+    load_batch,
+    read_dataset,
+    require_usable,
+    skip_summary,
+    training_samples,
+    unique_skips,
+)
+from prsl.losses import TermsLoss, counted_tokens, token_share
+from prsl.models import HFAdapter
+from prsl.provenance import (
+    TrainingRecord,
+    check_settings,
+    differences,
+    read_settings,
+    write_settings,
+    write_training_record,
+)
+from prsl.provenance.models import FINAL
+from prsl.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
+from prsl.train.config import RESUMABLE_CHANGES, FinetuneConfig
+from prsl.train.log import MetricLog, describe, progress_bar, require_tensorboard
+from prsl.train.schedule import step_groups, steps_per_epoch
+from prsl.train.start_model import BASE, build_adapter
+
+log = logging.getLogger(__name__)
+
+COMMAND = "finetune"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path
+    steps: int
+    history: list[dict] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+@dataclass
+class Position:
+    """Where the run stands: optimizer steps done, and the epoch and step within it."""
+
+    step: int = 0
+    epoch: int = 0
+    in_epoch: int = 0
+
+
+@dataclass
+class Session:
+    """What every optimizer step works with."""
+
+    cfg: FinetuneConfig
+    accelerator: Accelerator
+    adapter: HFAdapter
+    wrapped: torch.nn.Module
+    criterion: TermsLoss
+    samples: list[Sample]
+    skipped: dict[str, Skipped]
+
+
+def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Run the configured fine-tuning; returns where the final model was written."""
+    out = Path(cfg.train.output_dir)
+    if cfg.train.tensorboard:
+        require_tensorboard()
+    split = read_training_data(cfg)
+    accelerator = make_accelerator(cfg)
+    prepare_output_dir(out, "train.output_dir")
+    resuming = claim_output_dir(out, cfg, resume, accelerator)
+    set_seed(cfg.train.seed)
+    adapter = build_adapter(
+        cfg.model, split, base_dir=out / BASE, accelerator=accelerator, seed=cfg.train.seed
+    )
+    samples = training_samples(split, adapter.vqa_prompt)
+    if accelerator.is_main_process:
+        write_settings(out, COMMAND, cfg.settings())
+
+    total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch(
+        len(samples), cfg.train.batch_size, cfg.train.grad_accum
+    )
+    params = [p for p in adapter.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=True
+    )
+    scheduler = get_scheduler(
+        cfg.train.scheduler,
+        optimizer,
+        num_warmup_steps=cfg.train.warmup_steps,
+        num_training_steps=total_steps,
+    )
+    wrapped, optimizer, scheduler = accelerator.prepare(adapter.model, optimizer, scheduler)
+    adapter.set_forward_module(wrapped)
+    position = Position()
+    if resuming:
+        position = restore(out, accelerator, wrapped, optimizer, scheduler)
+
+    session = Session(cfg, accelerator, adapter, wrapped, TermsLoss(cfg.loss.params), samples, {})
+    result = TrainResult(out, out / FINAL, total_steps)
+    bar = progress_bar(progress and accelerator.is_main_process)
+    logger = MetricLog(
+        out,
+        accelerator.is_main_process,
+        cfg.train.tensorboard,
+        position.step,
+        bar if progress else None,
+    )
+    saved = position.step if resuming else None
+    wrapped.train()
+    task = bar.add_task("fine-tuning", total=total_steps, completed=position.step)
+    with bar:
+        for epoch, step_in_epoch, group in step_groups(
+            len(samples),
+            cfg.train.batch_size,
+            cfg.train.grad_accum,
+            cfg.train.seed,
+            position.epoch,
+            position.in_epoch,
+        ):
+            if position.step >= total_steps:
+                break
+            started = time.perf_counter()
+            stats = optimizer_step(session, group)
+            if cfg.train.max_grad_norm:
+                accelerator.clip_grad_norm_(params, cfg.train.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            position = Position(position.step + 1, epoch, step_in_epoch + 1)
+
+            tokens = stats.pop("tokens")
+            stats |= {
+                "step": position.step,
+                "epoch": epoch,
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_s": tokens / (time.perf_counter() - started),
+            }
+            result.history.append(stats)
+            if position.step % cfg.train.log_every == 0 or position.step == total_steps:
+                logger.write(stats, total_steps)
+            bar.update(task, completed=position.step, description=describe(stats))
+            if cfg.train.save_every and position.step % cfg.train.save_every == 0:
+                save(accelerator, wrapped, optimizer, scheduler, out, position)
+                saved = position.step
+
+    if saved != position.step:
+        save(accelerator, wrapped, optimizer, scheduler, out, position)
+    result.skipped = unique_skips([*split.skipped, *session.skipped.values()])
+    accelerator.wait_for_everyone()
+    finished_before = resuming and not result.history and result.model_dir.is_dir()
+    if accelerator.is_main_process and not finished_before:
+        save_final_model(cfg, session, position, result)
+    if result.skipped and accelerator.is_main_process:
+        total = len(split.examples) + len(split.skipped)
+        log.warning("fine-tuning: %s (listed in %s)", skip_summary(result.skipped, total), out)
+    logger.close()
+    accelerator.end_training()
+    return result
+
+
+def finished_run(cfg: FinetuneConfig) -> bool:
+    """Whether ``cfg.train.output_dir`` holds the final model of a run with exactly ``cfg``'s
+    settings, so that calling :func:`finetune` again would only repeat it."""
+    out = Path(cfg.train.output_dir)
+    record = read_settings(out)
+    if not (out / FINAL).is_dir() or record is None or record.get("command") != COMMAND:
+        return False
+    return not differences(record.get("settings", {}), cfg.settings(), may_change=RESUMABLE_CHANGES)
+
+
+# ------------------------------------------------------------------------------- the steps
+
+
+def read_training_data(cfg: FinetuneConfig) -> DatasetSplit:
+    """The dataset, refused when it leaves nothing to train on (before any folder is made)."""
+    split = read_dataset(cfg.data.name, **cfg.data.options)
+    require_usable(split, cfg.data.name, "to train on")
+    return split
+
+
+def claim_output_dir(
+    out: Path, cfg: FinetuneConfig, resume: bool, accelerator: Accelerator
+) -> bool:
+    """Whether this run resumes the one in ``out``; refuses to mix two runs in one folder.
+
+    A folder with checkpoints or a final model needs ``resume``, and then the settings it was
+    started with (fields in ``RESUMABLE_CHANGES`` aside). A folder with nothing to resume is
+    taken over: a tiny model's base built from other settings is rebuilt.
+    """
+    has_run = bool(list_checkpoints(out)) or (out / FINAL).is_dir()
+    if has_run and not resume:
+        raise RunConflict(
+            f"{out} already holds checkpoints of another run; pass --resume to continue it, "
+            "or choose a new train.output_dir"
+        )
+    if not has_run:
+        if resume and accelerator.is_main_process:
+            log.warning("no checkpoint in %s: starting fresh", out)
+        record = read_settings(out)
+        same = record is not None and not differences(record.get("settings", {}), cfg.settings())
+        if not same and accelerator.is_main_process:
+            shutil.rmtree(out / BASE, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return False
+    if read_settings(out) is None and accelerator.is_main_process:
+        log.warning("%s has no settings record (an older prsl wrote it): resuming unchecked", out)
+    check_settings(
+        out,
+        COMMAND,
+        cfg.settings(),
+        has_results=True,
+        may_change=RESUMABLE_CHANGES,
+        fix="resume it with the settings it was started with, or choose a new train.output_dir",
+    )
+    return bool(list_checkpoints(out))
+
+
+def make_accelerator(cfg: FinetuneConfig) -> Accelerator:
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        cpu=not torch.cuda.is_available(),
+        # Each global micro-batch is split across the processes (below), so there is one
+        # scheduler step per optimizer step. Without this, accelerate steps a prepared scheduler
+        # once per process and the schedule runs num_processes times too fast.
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+    world = accelerator.num_processes
+    if cfg.train.batch_size % world:
+        raise InvalidInput(
+            f"train.batch_size={cfg.train.batch_size} must be divisible by the number of "
+            f"processes ({world}): it is the global micro-batch, split across processes"
+        )
+    return accelerator
+
+
+def restore(out: Path, accelerator, wrapped, optimizer, scheduler) -> Position:
+    """Load the newest checkpoint into model, optimiser, scheduler and RNG."""
+    newest = list_checkpoints(out)[-1]
+    state = load_checkpoint(newest)
+    loaded = accelerator.unwrap_model(wrapped).load_state_dict(state["model"], strict=False)
+    if loaded.missing_keys or loaded.unexpected_keys:
+        raise RunConflict(
+            f"{newest} does not fit the configured model (missing {loaded.missing_keys[:5]}, "
+            f"unexpected {loaded.unexpected_keys[:5]}); was it written by a run with another "
+            "model?"
+        )
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    position = Position(**state["position"])
+    accelerator.print(f"resuming from {newest} (step {position.step})")
+    return position
+
+
+def optimizer_step(session: Session, group: list[list[int]]) -> dict[str, Any]:
+    """Forward/backward over the micro-batches of one optimizer step; returns averaged stats.
+
+    The stats are those of the objective the gradient follows, over all processes: CE (and a
+    mean-type loss) over every counted token, the regulariser summed over the processes.
+    """
+    accelerator = session.accelerator
+    parts = torch.zeros(3, dtype=torch.float64)  # this process's part of loss, CE, regulariser
+    tokens = 0
+    rank, world = accelerator.process_index, accelerator.num_processes
+    for i, indices in enumerate(group):
+        mine = indices[rank::world] if world > 1 else indices
+        pixels, kept, skipped = load_batch(
+            [session.samples[j] for j in mine], session.adapter.pixel_size
+        )
+        for item in skipped:
+            if session.skipped.setdefault(item.identity, item) is item:
+                log.warning("skipping unreadable image %s: %s", item.path, item.reason)
+        sync = nullcontext() if i == len(group) - 1 else accelerator.no_sync(session.wrapped)
+        with sync, accelerator.autocast():
+            if pixels is None:
+                continue
+            logits, labels = session.adapter.logits_and_labels(
+                pixels.to(accelerator.device), [s.text for s in kept], batch_prompts(kept)
+            )
+            terms = session.criterion.terms(logits, labels)
+            local = counted_tokens(labels)
+            everywhere = accelerator.reduce(local.detach().clone(), reduction="sum")
+            scaled = session.criterion.rescaled(terms, token_share(local, everywhere))
+            # DDP averages gradients over processes: scale up by their number.
+            accelerator.backward(scaled.loss * world / len(group))
+        parts += torch.stack(list(scaled)).detach().double().cpu()
+        tokens += int(everywhere)
+    if world > 1:
+        parts = accelerator.reduce(parts.to(accelerator.device), reduction="sum").cpu()
+    loss, ce, regularizer = (parts / len(group)).tolist()
+    return {"loss": loss, "ce": ce, "regularizer": regularizer, "tokens": tokens}
+
+
+def save(accelerator, wrapped, optimizer, scheduler, out: Path, position: Position) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_checkpoint(
+            out,
+            position.step,
+            model_state=accelerator.unwrap_model(wrapped).state_dict(),
+            optimizer_state=optimizer.state_dict(),
+            scheduler_state=scheduler.state_dict(),
+            position=asdict(position),
+        )
+    accelerator.wait_for_everyone()
+
+
+def save_final_model(
+    cfg: FinetuneConfig, session: Session, position: Position, result: TrainResult
+) -> None:
+    """The trained model in ``final/``, with the record of how it was trained beside it."""
+    session.adapter.set_forward_module(None)
+    session.adapter.save(result.model_dir)
+    record = TrainingRecord(
+        loss=cfg.loss.name,
+        loss_params=cfg.loss.params.recorded(),
+        steps=position.step,
+        processes=session.accelerator.num_processes,
+        config=cfg.model_dump(),
+        skipped=[s.as_dict() for s in result.skipped],
+    )
+    write_training_record(result.model_dir, record)
