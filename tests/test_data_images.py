@@ -245,7 +245,8 @@ def test_load_images_skips_and_names_broken_sources(tmp_path, caplog):
     assert torch.allclose(batch.pixels[0, :, 0, 0], torch.tensor([10, 20, 30]) / 255.0)
     assert torch.equal(batch.pixels[1], torch.ones(3, 4, 4))
     assert [s.path for s in batch.skipped] == [str(truncated), str(missing)]
-    assert batch.skipped[1].reason == "file not found"
+    assert batch.skipped[0].reason.startswith("unreadable image (")
+    assert batch.skipped[1].reason == "image file not found"
     for path in (truncated, missing):
         assert str(path) in caplog.text
 

@@ -181,8 +181,8 @@ def assert_same_run(out: Path, reference: Path) -> None:
 def test_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch, straight_run):
     saved = prsl.train.loop.save
 
-    def save_then_die(accelerator, wrapped, optimizer, scheduler, out, position):
-        saved(accelerator, wrapped, optimizer, scheduler, out, position)
+    def save_then_die(session, position):
+        saved(session, position)
         if position.step == 4:
             raise Killed
 

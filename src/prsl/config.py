@@ -69,13 +69,19 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
-def parse_yaml(text: str, source: str) -> Any:
-    """YAML text as Python data; a syntax error names ``source`` and the line and column."""
+def parse_yaml(text: str, source: str, *, one_line: bool = False) -> Any:
+    """YAML text as Python data; a syntax error names ``source`` and the line and column
+    (``file.yaml:4:6``), or only the column for a one-line text such as a ``--set`` value."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        if mark is None:
+            where = source
+        elif one_line:
+            where = f"{source}, column {mark.column + 1} of the value"
+        else:
+            where = f"{source}:{mark.line + 1}:{mark.column + 1}"
         problem = err.problem or err.context or "not valid YAML"
         raise InvalidInput(f"{where}: {problem} (not valid YAML)") from None
     except yaml.YAMLError as err:
@@ -120,7 +126,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise InvalidInput(f"override {item!r} must look like section.field=value")
-        value = parse_yaml(raw, f"--set {item}") if raw.strip() else None
+        value = parse_yaml(raw, f"--set {item!r}", one_line=True) if raw.strip() else None
         parsed.append((key.strip(), value))
     return parsed
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from prsl.core.errors import InvalidInput, MissingInput
+from prsl.core.pixels import LEVELS
 
 RESULTS = "results.json"
 RUN_FIELDS: Mapping[str, type | tuple[type, ...]] = {
@@ -145,6 +146,11 @@ def merge_results(
     merged = {"runs": runs, "gallery": gallery, "meta": {**meta, "sources": sources}}
     write_results(target, merged)
     return merged
+
+
+def eps_text(eps: float) -> str:
+    """ε as grey levels, the way budgets are quoted: ``8/255``."""
+    return f"{eps * LEVELS:.3g}/{LEVELS}"
 
 
 def model_label(run: dict) -> str:

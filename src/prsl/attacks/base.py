@@ -80,9 +80,10 @@ class Attack(Params):
         return self
 
     def recorded(self) -> dict[str, Any]:
-        """Every parameter as it runs (α resolved), for the results."""
+        """Every parameter as it runs (α resolved; at ε = 0 nothing moves and α stays unset),
+        for the results."""
         fields = self.model_dump()
-        if "alpha" in fields:
+        if "alpha" in fields and self.step_size > 0:
             fields["alpha"] = self.step_size
         return fields
 

@@ -56,7 +56,7 @@ def load_rgb(source: ImageSource) -> Image.Image:
         return _decode(source, IN_MEMORY)
     path = Path(source)
     if not path.is_file():
-        raise ImageLoadError(str(path), "file not found")
+        raise ImageLoadError(str(path), MISSING)
     try:
         with Image.open(path) as image:
             return _decode(image, str(path))
@@ -138,6 +138,14 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     return size[0], size[1]
 
 
+MISSING = "file not found"
+
+
+def unreadable_reason(err: ImageLoadError) -> str:
+    """How a skipped image is reported: ``image file not found`` or ``unreadable image (...)``."""
+    return "image file not found" if err.reason == MISSING else f"unreadable image ({err.reason})"
+
+
 @dataclass
 class LoadedImages:
     """A decoded batch: pixels of the images that loaded, their positions, and the rest.
@@ -168,7 +176,7 @@ def load_images(
         try:
             images.append(load_rgb(source))
         except ImageLoadError as err:
-            skipped.append(Skipped(err.path, err.reason))
+            skipped.append(Skipped(err.path, unreadable_reason(err)))
             logger.debug("unreadable image %s: %s", err.path, err.reason)
         else:
             kept.append(index)

@@ -16,9 +16,9 @@ from prsl.losses.baselines import (
     drsl_terms,
     label_smoothing_terms,
 )
-from prsl.losses.trainer import hf_loss
 from prsl.losses.prsl import PRSL, PRSLoss, prsl_loss, prsl_terms
 from prsl.losses.registry import LOSSES, build_loss, get_loss, loss_class, loss_parameters
+from prsl.losses.trainer import hf_loss
 
 __all__ = [
     "DRSL",

@@ -14,8 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from prsl.core.pixels import LEVELS  # noqa: E402
 from prsl.losses import LOSSES  # noqa: E402
-from prsl.results import HEADLINE, grouped, model_label  # noqa: E402
+from prsl.results import HEADLINE, eps_text, grouped, model_label  # noqa: E402
 
 
 def plot_vs_eps(runs: list[dict], folder: Path) -> list[Path]:
@@ -31,9 +32,9 @@ def plot_vs_eps(runs: list[dict], folder: Path) -> list[Path]:
                     (r["eps"], r["adversarial"][metric]) for r in group if model_label(r) == label
                 )
                 clean = next(r["clean"][metric] for r in group if model_label(r) == label)
-                xs = [0.0] + [p[0] * 255 for p in points]
+                xs = [0.0] + [p[0] * LEVELS for p in points]
                 ax.plot(xs, [clean] + [p[1] for p in points], marker="o", label=label)
-            ax.set(xlabel="ε (×1/255)", ylabel=metric, title=f"{attack}: {metric}")
+            ax.set(xlabel=f"ε (×1/{LEVELS})", ylabel=metric, title=f"{attack}: {metric}")
             ax.grid(alpha=0.3)
         name = f"eps_{task}_{reference}_{attack}.png"
         made.append(_finish(fig, axes, f"{task}, reference = {reference}", folder / name))
@@ -56,11 +57,9 @@ def plot_vs_iteration(runs: list[dict], folder: Path) -> list[Path]:
             for run in sorted(group, key=model_label):
                 ys = [run["clean"][metric]] + [s[metric] for s in run["per_step"]]
                 ax.plot(range(len(ys)), ys, marker=".", label=model_label(run))
-            ax.set(
-                xlabel="attack iteration", ylabel=metric, title=f"{attack} ε={eps * 255:.3g}/255"
-            )
+            ax.set(xlabel="attack iteration", ylabel=metric, title=f"{attack} ε={eps_text(eps)}")
             ax.grid(alpha=0.3)
-        name = f"iter_{task}_{reference}_{attack}_{eps * 255:.3g}.png"
+        name = f"iter_{task}_{reference}_{attack}_{eps * LEVELS:.3g}.png"
         made.append(_finish(fig, axes, f"{task}, reference = {reference}", folder / name))
     return made
 
@@ -133,7 +132,7 @@ def _plot_parameter_panels(axes, runs: list[dict], loss: str, param: str, metric
     points: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     baselines: dict[tuple, list[float]] = defaultdict(list)
     for run in runs:
-        attack = f"{run['attack']} ε={run['eps'] * 255:.3g}/255"
+        attack = f"{run['attack']} ε={eps_text(run['eps'])}"
         panel = 0 if run["reference"] == "ground_truth" else 1
         series = [(panel, attack, run["adversarial"][metric])]
         if panel == 0:

@@ -88,15 +88,20 @@ class Position:
 
 @dataclass
 class Session:
-    """What every optimizer step works with."""
+    """What the optimizer steps of one run work with."""
 
     cfg: FinetuneConfig
+    out: Path
     accelerator: Accelerator
     adapter: HFAdapter
     wrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
     criterion: TermsLoss
     samples: list[Sample]
-    skipped: dict[str, Skipped]
+    total_steps: int
+    params: list[torch.nn.Parameter]
+    skipped: dict[str, Skipped] = field(default_factory=dict)
 
 
 def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
@@ -109,91 +114,20 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
     prepare_output_dir(out, "train.output_dir")
     resuming = claim_output_dir(out, cfg, resume, accelerator)
     set_seed(cfg.train.seed)
-    adapter = build_adapter(
-        cfg.model, split, base_dir=out / BASE, accelerator=accelerator, seed=cfg.train.seed
-    )
-    samples = training_samples(split, adapter.vqa_prompt)
-    if accelerator.is_main_process:
-        write_settings(out, COMMAND, cfg.settings())
+    session = start_session(cfg, out, split, accelerator)
+    position = restore(session) if resuming else Position()
+    result = TrainResult(out, out / FINAL, session.total_steps)
 
-    total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch(
-        len(samples), cfg.train.batch_size, cfg.train.grad_accum
-    )
-    params = [p for p in adapter.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=True
-    )
-    scheduler = get_scheduler(
-        cfg.train.scheduler,
-        optimizer,
-        num_warmup_steps=cfg.train.warmup_steps,
-        num_training_steps=total_steps,
-    )
-    wrapped, optimizer, scheduler = accelerator.prepare(adapter.model, optimizer, scheduler)
-    adapter.set_forward_module(wrapped)
-    position = Position()
-    if resuming:
-        position = restore(out, accelerator, wrapped, optimizer, scheduler)
+    position = train_until_done(session, position, result, resumed=resuming, progress=progress)
 
-    session = Session(cfg, accelerator, adapter, wrapped, TermsLoss(cfg.loss.params), samples, {})
-    result = TrainResult(out, out / FINAL, total_steps)
-    bar = progress_bar(progress and accelerator.is_main_process)
-    logger = MetricLog(
-        out,
-        accelerator.is_main_process,
-        cfg.train.tensorboard,
-        position.step,
-        bar if progress else None,
-    )
-    saved = position.step if resuming else None
-    wrapped.train()
-    task = bar.add_task("fine-tuning", total=total_steps, completed=position.step)
-    with bar:
-        for epoch, step_in_epoch, group in step_groups(
-            len(samples),
-            cfg.train.batch_size,
-            cfg.train.grad_accum,
-            cfg.train.seed,
-            position.epoch,
-            position.in_epoch,
-        ):
-            if position.step >= total_steps:
-                break
-            started = time.perf_counter()
-            stats = optimizer_step(session, group)
-            if cfg.train.max_grad_norm:
-                accelerator.clip_grad_norm_(params, cfg.train.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            position = Position(position.step + 1, epoch, step_in_epoch + 1)
-
-            tokens = stats.pop("tokens")
-            stats |= {
-                "step": position.step,
-                "epoch": epoch,
-                "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": tokens / (time.perf_counter() - started),
-            }
-            result.history.append(stats)
-            if position.step % cfg.train.log_every == 0 or position.step == total_steps:
-                logger.write(stats, total_steps)
-            bar.update(task, completed=position.step, description=describe(stats))
-            if cfg.train.save_every and position.step % cfg.train.save_every == 0:
-                save(accelerator, wrapped, optimizer, scheduler, out, position)
-                saved = position.step
-
-    if saved != position.step:
-        save(accelerator, wrapped, optimizer, scheduler, out, position)
     result.skipped = unique_skips([*split.skipped, *session.skipped.values()])
     accelerator.wait_for_everyone()
     finished_before = resuming and not result.history and result.model_dir.is_dir()
     if accelerator.is_main_process and not finished_before:
-        save_final_model(cfg, session, position, result)
+        save_final_model(session, position, result)
     if result.skipped and accelerator.is_main_process:
         total = len(split.examples) + len(split.skipped)
         log.warning("fine-tuning: %s (listed in %s)", skip_summary(result.skipped, total), out)
-    logger.close()
     accelerator.end_training()
     return result
 
@@ -255,6 +189,99 @@ def claim_output_dir(
     return bool(list_checkpoints(out))
 
 
+def start_session(
+    cfg: FinetuneConfig, out: Path, split: DatasetSplit, accelerator: Accelerator
+) -> Session:
+    """The model (prepared by accelerate), its samples, the optimiser and the LR schedule."""
+    adapter = build_adapter(
+        cfg.model, split, base_dir=out / BASE, accelerator=accelerator, seed=cfg.train.seed
+    )
+    samples = training_samples(split, adapter.vqa_prompt)
+    if accelerator.is_main_process:
+        write_settings(out, COMMAND, cfg.settings())
+    total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch(
+        len(samples), cfg.train.batch_size, cfg.train.grad_accum
+    )
+    params = [p for p in adapter.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=True
+    )
+    scheduler = get_scheduler(
+        cfg.train.scheduler,
+        optimizer,
+        num_warmup_steps=cfg.train.warmup_steps,
+        num_training_steps=total_steps,
+    )
+    wrapped, optimizer, scheduler = accelerator.prepare(adapter.model, optimizer, scheduler)
+    adapter.set_forward_module(wrapped)
+    criterion = TermsLoss(cfg.loss.params)
+    return Session(
+        cfg,
+        out,
+        accelerator,
+        adapter,
+        wrapped,
+        optimizer,
+        scheduler,
+        criterion,
+        samples,
+        total_steps,
+        params,
+    )
+
+
+def train_until_done(
+    session: Session, position: Position, result: TrainResult, *, resumed: bool, progress: bool
+) -> Position:
+    """Optimizer steps from ``position`` to the last, logged, checkpointed every ``save_every``
+    steps and at the end; returns the final position."""
+    cfg, accelerator = session.cfg, session.accelerator
+    bar = progress_bar(progress and accelerator.is_main_process)
+    logger = MetricLog(
+        session.out,
+        accelerator.is_main_process,
+        cfg.train.tensorboard,
+        position.step,
+        bar if progress else None,
+    )
+    saved = position.step if resumed else None
+    session.wrapped.train()
+    task = bar.add_task("fine-tuning", total=session.total_steps, completed=position.step)
+    order = step_groups(
+        len(session.samples),
+        cfg.train.batch_size,
+        cfg.train.grad_accum,
+        cfg.train.seed,
+        position.epoch,
+        position.in_epoch,
+    )
+    with bar:
+        for epoch, step_in_epoch, group in order:
+            if position.step >= session.total_steps:
+                break
+            started = time.perf_counter()
+            stats = optimizer_step(session, group)
+            position = Position(position.step + 1, epoch, step_in_epoch + 1)
+            tokens = stats.pop("tokens")
+            stats |= {
+                "step": position.step,
+                "epoch": epoch,
+                "lr": session.scheduler.get_last_lr()[0],
+                "tokens_per_s": tokens / (time.perf_counter() - started),
+            }
+            result.history.append(stats)
+            if position.step % cfg.train.log_every == 0 or position.step == session.total_steps:
+                logger.write(stats, session.total_steps)
+            bar.update(task, completed=position.step, description=describe(stats))
+            if cfg.train.save_every and position.step % cfg.train.save_every == 0:
+                save(session, position)
+                saved = position.step
+    if saved != position.step:
+        save(session, position)
+    logger.close()
+    return position
+
+
 def make_accelerator(cfg: FinetuneConfig) -> Accelerator:
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
@@ -273,27 +300,29 @@ def make_accelerator(cfg: FinetuneConfig) -> Accelerator:
     return accelerator
 
 
-def restore(out: Path, accelerator, wrapped, optimizer, scheduler) -> Position:
+def restore(session: Session) -> Position:
     """Load the newest checkpoint into model, optimiser, scheduler and RNG."""
-    newest = list_checkpoints(out)[-1]
+    newest = list_checkpoints(session.out)[-1]
     state = load_checkpoint(newest)
-    loaded = accelerator.unwrap_model(wrapped).load_state_dict(state["model"], strict=False)
+    model = session.accelerator.unwrap_model(session.wrapped)
+    loaded = model.load_state_dict(state["model"], strict=False)
     if loaded.missing_keys or loaded.unexpected_keys:
         raise RunConflict(
             f"{newest} does not fit the configured model (missing {loaded.missing_keys[:5]}, "
             f"unexpected {loaded.unexpected_keys[:5]}); was it written by a run with another "
             "model?"
         )
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    session.optimizer.load_state_dict(state["optimizer"])
+    session.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     position = Position(**state["position"])
-    accelerator.print(f"resuming from {newest} (step {position.step})")
+    session.accelerator.print(f"resuming from {newest} (step {position.step})")
     return position
 
 
 def optimizer_step(session: Session, group: list[list[int]]) -> dict[str, Any]:
-    """Forward/backward over the micro-batches of one optimizer step; returns averaged stats.
+    """One optimizer step: forward/backward over its micro-batches, clip, step; returns the
+    averaged stats.
 
     The stats are those of the objective the gradient follows, over all processes: CE (and a
     mean-type loss) over every counted token, the regulariser summed over the processes.
@@ -327,28 +356,34 @@ def optimizer_step(session: Session, group: list[list[int]]) -> dict[str, Any]:
         tokens += int(everywhere)
     if world > 1:
         parts = accelerator.reduce(parts.to(accelerator.device), reduction="sum").cpu()
+    if session.cfg.train.max_grad_norm:
+        accelerator.clip_grad_norm_(session.params, session.cfg.train.max_grad_norm)
+    session.optimizer.step()
+    session.scheduler.step()
+    session.optimizer.zero_grad(set_to_none=True)
     loss, ce, regularizer = (parts / len(group)).tolist()
     return {"loss": loss, "ce": ce, "regularizer": regularizer, "tokens": tokens}
 
 
-def save(accelerator, wrapped, optimizer, scheduler, out: Path, position: Position) -> None:
+def save(session: Session, position: Position) -> None:
+    """A checkpoint of the run at ``position`` (main process; the others wait)."""
+    accelerator = session.accelerator
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_checkpoint(
-            out,
+            session.out,
             position.step,
-            model_state=accelerator.unwrap_model(wrapped).state_dict(),
-            optimizer_state=optimizer.state_dict(),
-            scheduler_state=scheduler.state_dict(),
+            model_state=accelerator.unwrap_model(session.wrapped).state_dict(),
+            optimizer_state=session.optimizer.state_dict(),
+            scheduler_state=session.scheduler.state_dict(),
             position=asdict(position),
         )
     accelerator.wait_for_everyone()
 
 
-def save_final_model(
-    cfg: FinetuneConfig, session: Session, position: Position, result: TrainResult
-) -> None:
+def save_final_model(session: Session, position: Position, result: TrainResult) -> None:
     """The trained model in ``final/``, with the record of how it was trained beside it."""
+    cfg = session.cfg
     session.adapter.set_forward_module(None)
     session.adapter.save(result.model_dir)
     record = TrainingRecord(

@@ -1,0 +1,510 @@
+"""No silent wrong results: every run does the right thing or refuses in one line.
+
+Each case is driven as a user drives it, through the command line: the exit status, the one
+line printed (no traceback), and what is on disk afterwards (nothing written, nothing lost).
+Where a Python caller meets the same mistake it gets a typed exception with the same message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import prsl.evaluate
+import prsl.evaluate.loop as evaluate_loop
+from prsl.cli import app
+from prsl.config import DataConfig, load_config
+from prsl.core.errors import InvalidInput, MissingInput, RunConflict, UserError
+from prsl.data import read_dataset
+from prsl.evaluate import PREDICTIONS, EvalConfig, evaluate, read_predictions
+from prsl.metrics.coco import ptb_tokenize
+from prsl.models import build_tiny_captioner
+from prsl.provenance import TrainingRecord, write_training_record
+from prsl.results import RESULTS
+from prsl.train import FinetuneConfig
+
+SHAPES = [
+    "data.name=shapes",
+    "data.options={n: 3, seed: 2}",
+    "n_images=3",
+    "max_new_tokens=4",
+    "metrics=[VQA-acc]",  # exact match: no Java, so every case here scores in milliseconds
+    "attacks=[{name: fgsm, eps: [4/255]}]",
+]
+TUNE = [
+    "data.options={n: 8, seed: 0}",
+    "model.tiny={hidden: 16, layers: 1, heads: 2}",
+    "loss.params={k: 2}",
+    "train.max_steps=2",
+    "train.batch_size=4",
+    "train.save_every=1",
+]
+
+
+def sets(*items: str) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def run(*args: str):
+    """The CLI's exit status and its output with white space folded (so wrapping would show)."""
+    result = CliRunner().invoke(app, list(args))
+    return result, " ".join(result.output.split())
+
+
+def one_line_error(result, output: str, fragment: str, code: int = 2) -> None:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert fragment in output, output
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    return [t for ex in read_dataset("shapes", n=40, seed=0).examples for t in ex.references]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, texts) -> str:
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    build_tiny_captioner(texts, hidden=16, layers=1, seed=1).save(folder)
+    return str(folder)
+
+
+def trained_record(folder: Path, loss: str) -> None:
+    record = TrainingRecord(loss=loss, loss_params={"k": 2} if loss == "prsl" else {}, steps=1)
+    write_training_record(folder, record)
+
+
+# ------------------------------------------------------------------ 1. two folders, one name
+
+
+def test_two_models_in_folders_of_the_same_name_are_both_evaluated(tmp_path, texts):
+    for parent, seed, loss in (("a", 1, "ce"), ("b", 2, "prsl")):
+        folder = tmp_path / parent / "run" / "final"
+        build_tiny_captioner(texts, hidden=16, layers=1, seed=seed).save(folder)
+        trained_record(folder, loss)
+    out = tmp_path / "eval"
+    result, output = run(
+        "evaluate",
+        *("-m", str(tmp_path / "a/run/final"), "-m", str(tmp_path / "b/run/final")),
+        *sets(*SHAPES, f"output_dir={out}"),
+    )
+    assert result.exit_code == 0, output
+    results = json.loads((out / RESULTS).read_text())
+    assert {(r["model"], r["loss"]) for r in results["runs"]} == {
+        ("a/run", "ce"),
+        ("b/run", "prsl"),
+    }
+    rows = read_predictions(out / PREDICTIONS)
+    by_model = {(r["model"], r["model_path"]) for r in rows}
+    assert by_model == {
+        ("a/run", str((tmp_path / "a/run/final").resolve())),
+        ("b/run", str((tmp_path / "b/run/final").resolve())),
+    }
+    assert len(rows) == 2 * 3  # every item once per model
+
+    twice, output = run(
+        "evaluate",
+        "-m",
+        str(tmp_path / "a/run/final"),
+        "-m",
+        str(tmp_path / "a/run/../run/final"),
+        *sets(*SHAPES),
+    )
+    one_line_error(twice, output, "is given twice")
+
+
+# ------------------------------------------------------------------ 2. reruns of an evaluation
+
+
+@pytest.fixture
+def evaluated(tmp_path, tiny) -> Path:
+    out = tmp_path / "eval"
+    result, output = run("evaluate", "-m", tiny, *sets(*SHAPES, f"output_dir={out}"))
+    assert result.exit_code == 0, output
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ("max_new_tokens=6", "max_new_tokens: 4 -> 6"),
+        ("attacks=[{name: fgsm, eps: [4/255], quantize: uint8}]", 'quantize: null -> "uint8"'),
+        ("data.options={n: 3, seed: 3}", "data.options.seed: 2 -> 3"),
+        ("seed=1", "seed: 0 -> 1"),
+        ("attack_target=ground_truth", 'attack_target: "clean" -> "ground_truth"'),
+    ],
+)
+def test_a_rerun_with_other_settings_is_refused_naming_the_field(evaluated, tiny, change, named):
+    before = snapshot(evaluated)
+    result, output = run("evaluate", "-m", tiny, *sets(*SHAPES, f"output_dir={evaluated}", change))
+    one_line_error(result, output, named)
+    assert "--overwrite" in output
+    assert snapshot(evaluated) == before  # nothing lost, nothing added
+
+
+def test_a_rerun_with_the_same_settings_does_no_work(evaluated, tiny, monkeypatch):
+    crafted = []
+    monkeypatch.setattr(evaluate_loop, "craft", lambda *a, **k: crafted.append(1))
+    before = json.loads((evaluated / RESULTS).read_text())["runs"]
+    result, output = run("evaluate", "-m", tiny, *sets(*SHAPES, f"output_dir={evaluated}"))
+    assert result.exit_code == 0, output
+    assert crafted == []
+    assert json.loads((evaluated / RESULTS).read_text())["runs"] == before
+
+
+def test_fewer_images_or_another_attack_reuse_what_fits_and_report_what_was_asked(
+    evaluated, tiny, monkeypatch
+):
+    result, _ = run("evaluate", "-m", tiny, *sets(*SHAPES, f"output_dir={evaluated}", "n_images=2"))
+    assert result.exit_code == 0
+    runs = json.loads((evaluated / RESULTS).read_text())["runs"]
+    assert {r["n_images"] for r in runs} == {2}  # not the 3 rows the file also holds
+
+    crafted = []
+    real = evaluate_loop.craft
+    monkeypatch.setattr(
+        evaluate_loop,
+        "craft",
+        lambda cell, *a, **k: crafted.append(cell.name) or real(cell, *a, **k),
+    )
+    two = "attacks=[{name: fgsm, eps: [4/255]}, {name: bim, eps: [4/255], steps: 2}]"
+    result, output = run("evaluate", "-m", tiny, *sets(*SHAPES, f"output_dir={evaluated}", two))
+    assert result.exit_code == 0, output
+    assert set(crafted) == {"bim"}  # only the new cell was attacked
+    runs = json.loads((evaluated / RESULTS).read_text())["runs"]
+    assert {(r["attack"], r["steps"]) for r in runs} == {("fgsm", 1), ("bim", 2)}
+
+
+def test_a_model_retrained_in_place_is_not_taken_for_the_old_one(evaluated, tiny, texts):
+    build_tiny_captioner(texts, hidden=16, layers=1, seed=9).save(tiny)  # same folder, new weights
+    result, output = run("evaluate", "-m", tiny, *sets(*SHAPES, f"output_dir={evaluated}"))
+    one_line_error(result, output, ".fingerprint:")
+
+
+def test_overwrite_recomputes_with_the_new_settings(evaluated, tiny):
+    result, output = run(
+        "evaluate",
+        "-m",
+        tiny,
+        "--overwrite",
+        *sets(*SHAPES, f"output_dir={evaluated}", "max_new_tokens=6"),
+    )
+    assert result.exit_code == 0, output
+    rows = read_predictions(evaluated / PREDICTIONS)
+    assert len(rows) == 3
+
+
+def test_the_python_api_raises_the_same_conflict(evaluated, tiny):
+    cfg = load_config(EvalConfig, None, [*SHAPES, f"output_dir={evaluated}", "seed=4"])
+    cfg = cfg.model_copy(update={"models": [tiny]})
+    with pytest.raises(RunConflict, match="seed: 0 -> 4") as caught:
+        evaluate(cfg, progress=False)
+    assert isinstance(caught.value, FileExistsError) and isinstance(caught.value, UserError)
+
+
+def test_prsl_attack_is_as_careful_and_names_files_after_their_items(tmp_path, tiny):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("L", (40, 40), 128).save(folder / "gray.png")
+    (folder / "metadata.csv").write_text("file_name,text\ngray.png,a gray square\n")
+    data = ["data.name=imagefolder", f"data.options={{directory: {folder}}}", "max_new_tokens=4"]
+    out = tmp_path / "adv"
+    result, output = run("attack", "-m", tiny, "--out", str(out), *sets(*data))
+    assert result.exit_code == 0, output
+    assert (out / "gray.png").is_file() and not (out / "gray.png.png").exists()
+    before = snapshot(out)
+    again, output = run("attack", "-m", tiny, "--out", str(out), *sets(*data, "attacks.0.steps=3"))
+    one_line_error(again, output, "steps: 10 -> 3")
+    assert snapshot(out) == before
+    forced, output = run(
+        "attack", "-m", tiny, "--out", str(out), "--overwrite", *sets(*data, "attacks.0.steps=3")
+    )
+    assert forced.exit_code == 0, output and "wrote 1 adversarial image(s)" in output
+
+
+# ------------------------------------------------------------------ 3. --resume
+
+
+@pytest.fixture
+def trained(tmp_path) -> Path:
+    out = tmp_path / "run"
+    result, output = run("finetune", *sets(*TUNE, f"train.output_dir={out}"))
+    assert result.exit_code == 0, output
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ("train.lr=1e-4", "train.lr: 5e-05 -> 0.0001"),
+        ("train.max_steps=3", "train.max_steps: 2 -> 3"),
+        ("loss.params={k: 3}", "loss.params.k: 2 -> 3"),
+        ("loss={name: ce}", 'loss.name: "prsl" -> "ce"'),
+        ("model.tiny={hidden: 32, layers: 1, heads: 2}", "model.tiny.hidden: 16 -> 32"),
+    ],
+)
+def test_resume_with_other_settings_is_refused_naming_the_field(trained, change, named):
+    before = snapshot(trained)
+    result, output = run(
+        "finetune", "--resume", *sets(*TUNE, f"train.output_dir={trained}", change)
+    )
+    one_line_error(result, output, named)
+    assert snapshot(trained) == before
+
+
+def test_resume_may_change_how_often_it_logs_and_saves(trained):
+    final = snapshot(trained / "final")
+    result, output = run(
+        "finetune",
+        "--resume",
+        *sets(*TUNE, f"train.output_dir={trained}", "train.log_every=5", "train.save_every=2"),
+    )
+    assert result.exit_code == 0, output
+    assert snapshot(trained / "final") == final  # a finished run is left as it is
+
+
+def test_resume_without_a_checkpoint_says_it_starts_fresh(tmp_path, caplog):
+    out = tmp_path / "fresh"
+    with caplog.at_level("WARNING"):
+        result, output = run("finetune", "--resume", *sets(*TUNE, f"train.output_dir={out}"))
+    assert result.exit_code == 0, output
+    assert f"no checkpoint in {out}: starting fresh" in caplog.text
+
+
+# ------------------------------------------------------------------ 4. numbers in YAML
+
+
+@pytest.mark.parametrize("written", ["1e-5", "1.0e-5", "0.00001", "1E-5"])
+def test_a_number_written_in_any_usual_form_is_a_number(tmp_path, written):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"loss:\n  name: prsl\n  params: {{weight: {written}, k: 4}}\n")
+    cfg = load_config(FinetuneConfig, path, [f"train.lr={written}"])
+    assert cfg.loss.params.weight == 1e-5 and isinstance(cfg.loss.params.weight, float)
+    assert cfg.train.lr == 1e-5
+    evaluation = load_config(EvalConfig, None, [f"attacks=[{{name: pgd, eps: {written}}}]"])
+    assert evaluation.attacks[0].eps == [1e-5]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("loss.params={k: true}", "k must be an integer >= 1"),
+        ("train.batch_size=true", "train.batch_size: Input should be a valid integer"),
+        ("train.lr=fast", "train.lr: Input should be a valid number"),
+    ],
+)
+def test_a_boolean_or_text_is_not_a_number(override, message):
+    with pytest.raises(InvalidInput, match=message):
+        load_config(FinetuneConfig, None, [override])
+
+
+# ------------------------------------------------------------------ 5-8. one line, before any work
+
+
+def test_a_missing_model_directory_or_unreachable_hub_id_is_one_line(tmp_path, monkeypatch):
+    out = tmp_path / "eval"
+    result, output = run(
+        "evaluate", "-m", str(tmp_path / "no/such/final"), *sets(*SHAPES, f"output_dir={out}")
+    )
+    one_line_error(result, output, "could not load model")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    result, output = run(
+        "evaluate", "-m", "prsl-tests/no-such-model", *sets(*SHAPES, f"output_dir={out}")
+    )
+    one_line_error(result, output, "hub id failed")
+    assert not out.exists()
+    with pytest.raises(MissingInput, match="could not load model"):
+        evaluate(EvalConfig(models=[str(tmp_path / "nope")], output_dir=str(out)))
+
+
+def test_an_output_directory_that_is_a_file_or_cannot_be_written_is_one_line(tmp_path, tiny):
+    taken = tmp_path / "taken"
+    taken.write_text("a user's file")
+    result, output = run("evaluate", "-m", tiny, *sets(*SHAPES, f"output_dir={taken}"))
+    one_line_error(result, output, f"output_dir {taken} is a file, not a folder")
+    assert taken.read_text() == "a user's file"
+    # /proc refuses new folders even to root, where a chmod would not
+    result, output = run("finetune", *sets(*TUNE, "train.output_dir=/proc/prsl-test/run"))
+    one_line_error(result, output, "train.output_dir /proc/prsl-test/run cannot be written")
+
+
+def test_malformed_yaml_names_the_file_and_line_or_the_override(tmp_path):
+    path = tmp_path / "eval.yaml"
+    path.write_text("n_images: 3\nattacks:\n  - {name: pgd, eps: [8/255}\n")
+    result, output = run("evaluate", "--config", str(path))
+    one_line_error(result, output, f"{path}:3:")
+    result, output = run("evaluate", "--set", "attacks=[{name: pgd")
+    one_line_error(result, output, "--set 'attacks=[{name: pgd'")
+
+
+def test_messages_are_printed_literally_and_never_wrapped(tmp_path):
+    odd = tmp_path / ("a-long-folder-name-" * 8) / "missing[v2][/].yaml"
+    result, output = run("evaluate", "--config", str(odd))
+    one_line_error(result, output, f"config file {odd} does not exist")
+    assert f"config file {odd} does not exist" in result.output  # unwrapped, markup-free
+
+
+@pytest.mark.parametrize(
+    ("command", "override", "message"),
+    [
+        ("evaluate", "n_images=0", "n_images: Input should be greater than or equal to 1"),
+        ("evaluate", "batch_size=0", "batch_size: Input should be greater than or equal to 1"),
+        ("evaluate", "attacks=[{name: bim, eps: [2]}]", "eps must be in [0, 1] for an L∞ ball"),
+        ("evaluate", "attacks=[{name: bim, steps: 0}]", "steps must be an integer >= 1"),
+        ("evaluate", "attacks=[{name: bim, norm: l2}]", "attack 'bim' does not take 'norm'"),
+        ("evaluate", "attacks=[{name: fgsm, steps: 3}]", "attack 'fgsm' does not take 'steps'"),
+        ("evaluate", "metrics=[BLEU, CIDEr]", "unknown metric(s) ['BLEU']"),
+        ("finetune", "train.max_steps=0", "train.max_steps: Input should be greater than"),
+        ("finetune", "loss.params={weight: -1}", "weight must be a finite number >= 0"),
+        ("finetune", "loss.params={kk: 1}", "loss 'prsl' does not take 'kk'"),
+    ],
+)
+def test_bad_values_fail_before_any_work(tmp_path, tiny, command, override, message):
+    out = tmp_path / "out"
+    where = "output_dir" if command == "evaluate" else "train.output_dir"
+    models = ["-m", tiny] if command == "evaluate" else []
+    base = SHAPES if command == "evaluate" else TUNE
+    result, output = run(command, *models, *sets(*base, f"{where}={out}", override))
+    one_line_error(result, output, message)
+    assert not out.exists()
+
+
+def test_datasets_that_leave_nothing_to_do_fail_before_any_work(tmp_path, tiny):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "broken.png").write_text("not an image")
+    (folder / "metadata.csv").write_text("file_name,text\nbroken.png,a caption\n")
+    out = tmp_path / "out"
+    data = ["data.name=imagefolder", f"data.options={{directory: {folder}}}"]
+    result, output = run("evaluate", "-m", tiny, *sets(*data, f"output_dir={out}"))
+    one_line_error(result, output, "none of the 1 images of dataset 'imagefolder' can be read")
+    result, output = run("finetune", *sets(*TUNE, *data, f"train.output_dir={out}"))
+    one_line_error(result, output, "none of the 1 images")
+    as_file = ["data.name=imagefolder", f"data.options={{directory: {folder / 'metadata.csv'}}}"]
+    result, output = run("evaluate", "-m", tiny, *sets(*as_file, f"output_dir={out}"))
+    one_line_error(result, output, "is a file, not a folder")
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ 9. skip accounting
+
+
+@pytest.fixture
+def half_broken(tmp_path) -> Path:
+    """Two readable images, one broken file, one missing file and one empty caption."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, level in (("a.png", 60), ("b.png", 200)):
+        Image.new("L", (40, 40), level).save(folder / name)
+    (folder / "broken.png").write_text("not an image")
+    (folder / "metadata.csv").write_text(
+        "file_name,text\na.png,a dark square\na.png,\nb.png,a light square\n"
+        "broken.png,a caption\nmissing.png,a caption\n"
+    )
+    return folder
+
+
+def test_each_bad_item_is_counted_once_in_results_console_and_report(
+    tmp_path, tiny, texts, half_broken, monkeypatch
+):
+    second = tmp_path / "second"
+    build_tiny_captioner(texts, hidden=16, layers=1, seed=5).save(second)
+    out = tmp_path / "eval"
+    data = ["data.name=imagefolder", f"data.options={{directory: {half_broken}}}"]
+    args = [
+        "evaluate",
+        "-m",
+        tiny,
+        "-m",
+        str(second),
+        *sets(*SHAPES[3:], *data, f"output_dir={out}"),
+    ]
+    result, output = run(*args)
+    assert result.exit_code == 0, output
+    meta = json.loads((out / RESULTS).read_text())["meta"]
+    assert meta["items"] == {"looked_at": 4, "skipped": 2}  # a, b, broken, missing
+    reasons = sorted(s["reason"].split(" (")[0] for s in meta["skipped"])
+    assert reasons == ["image file not found", "unreadable image"]
+    assert [s["reason"] for s in meta["dropped_references"]] == ["empty caption (line 3)"]
+    assert "2 of 4 items skipped: 1 image file not found, 1 unreadable image" in output
+
+    report = tmp_path / "report"
+    assert run("report", str(out / RESULTS), "--out", str(report))[0].exit_code == 0
+    assert "2 of 4 items skipped" in (report / "report.md").read_text()
+
+    crafted = []
+    monkeypatch.setattr(evaluate_loop, "craft", lambda *a, **k: crafted.append(1))
+    result, output = run(*args)
+    assert result.exit_code == 0, output
+    assert crafted == []  # a rerun of a finished evaluation attacks nothing, broken image or not
+
+
+def test_fine_tuning_counts_a_bad_item_once_however_many_epochs(tmp_path, half_broken):
+    out = tmp_path / "run"
+    data = ["data.name=imagefolder", f"data.options={{directory: {half_broken}}}"]
+    result, output = run(
+        "finetune",
+        *sets(*TUNE, *data, "train.max_steps=6", "train.batch_size=2", f"train.output_dir={out}"),
+    )
+    assert result.exit_code == 0, output
+    record = json.loads((out / "final" / "prsl_train.json").read_text())
+    assert len(record["skipped"]) == 2  # broken.png and missing.png, once each over 3 epochs
+    assert "2 of 4 items skipped" in output
+
+
+# ------------------------------------------------------------------ 10. the rest
+
+
+def test_ctrl_c_says_what_was_kept_and_exits_130(monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prsl.evaluate, "evaluate", interrupted)
+    result, output = run("evaluate", "-m", "x")
+    assert result.exit_code == 130
+    assert "interrupted:" in output and "run the same command again to resume" in output
+
+
+def test_a_real_failure_keeps_its_traceback_and_out_of_memory_gets_a_hint(monkeypatch):
+    def failing(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(prsl.evaluate, "evaluate", failing)
+    result, _ = run("evaluate", "-m", "x")
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(prsl.evaluate, "evaluate", out_of_memory)
+    result, output = run("evaluate", "-m", "x")
+    assert result.exit_code == 1 and isinstance(result.exception, torch.OutOfMemoryError)
+    assert "hint: out of memory: lower batch_size" in output
+
+
+def test_the_java_tokenizer_prints_nothing_on_the_console(capfd):
+    assert ptb_tokenize(["A dog, running.", "two cats"]) == {
+        "A dog, running.": "a dog running",
+        "two cats": "two cats",
+    }
+    captured = capfd.readouterr()
+    assert "PTBTokenizer" not in captured.err + captured.out
+
+
+def test_a_data_config_names_an_unknown_reader_or_option_at_load():
+    with pytest.raises(ValueError, match="unknown dataset 'cocoo'"):
+        DataConfig(name="cocoo")
+    with pytest.raises(InvalidInput, match="dataset 'shapes'.*accepted options"):
+        load_config(EvalConfig, None, ["data.options={colour: red}"])
