@@ -208,7 +208,7 @@ def test_overwrite_recomputes_with_the_new_settings(evaluated, tiny):
 
 def test_the_python_api_raises_the_same_conflict(evaluated, tiny):
     cfg = load_config(EvalConfig, None, [*SHAPES, f"output_dir={evaluated}", "seed=4"])
-    cfg = cfg.model_copy(update={"models": [tiny]})
+    cfg = EvalConfig.model_validate({**cfg.model_dump(), "models": [tiny]})
     with pytest.raises(RunConflict, match="seed: 0 -> 4") as caught:
         evaluate(cfg, progress=False)
     assert isinstance(caught.value, FileExistsError) and isinstance(caught.value, UserError)
@@ -439,6 +439,7 @@ def test_each_bad_item_is_counted_once_in_results_console_and_report(
     assert reasons == ["image file not found", "unreadable image"]
     assert [s["reason"] for s in meta["dropped_references"]] == ["empty caption (line 3)"]
     assert "2 of 4 items skipped: 1 image file not found, 1 unreadable image" in output
+    assert "1 empty caption dropped from items that were kept" in output
 
     report = tmp_path / "report"
     assert run("report", str(out / RESULTS), "--out", str(report))[0].exit_code == 0

@@ -149,3 +149,27 @@ def test_a_bad_loss_parameter_fails_when_built(name, values, message):
 def test_numbers_may_be_written_as_text():
     assert build_loss("prsl", weight="1e-5").weight == 1e-5
     assert get_attack("pgd", eps="8/255", alpha="0.5/255").step_size == 0.5 / 255
+
+
+def test_a_loss_object_with_parameters_beside_it_is_refused():
+    from prsl.losses import PRSL, hf_loss
+
+    with pytest.raises(InvalidInput, match="set them on the object"):
+        get_loss(PRSL(k=2), k=5)
+    with pytest.raises(InvalidInput, match="set them on the object"):
+        hf_loss(PRSL(k=2), weight=3.0)
+    assert get_loss(PRSL(k=2)).params.k == 2
+
+
+def test_an_attack_spec_is_only_what_a_config_can_say():
+    from prsl.evaluate import AttackSpec
+
+    with pytest.raises(ValueError, match="'attacks' is not a field of an attack spec"):
+        AttackSpec.model_validate({"name": "pgd", "eps": [0.1, 0.2], "attacks": [{}]})
+    with pytest.raises(ValueError, match="needs a finite ε"):
+        AttackSpec.model_validate({"name": "cw", "eps": None})
+    with pytest.raises(ValueError, match="may not contain '@'"):
+        AttackSpec.model_validate({"name": "bim", "label": "bim@x"})
+    spec = AttackSpec.model_validate({"name": "pgd", "eps": ["2/255", 0.5], "norm": "l2"})
+    assert [a.eps for a in spec.attacks] == spec.eps == [2 / 255, 0.5]
+    assert spec.model_dump() == {"name": "pgd", "eps": [2 / 255, 0.5], "norm": "l2"}

@@ -129,3 +129,17 @@ def test_html_renders_in_headless_chromium(tmp_path, render_html):
     for colour in MATPLOTLIB_LINE_COLOURS:
         assert page.pixels_near(colour) > 200, colour
     assert len(page.screenshot.getcolors(maxcolors=1 << 22)) > 50  # not a blank page
+
+
+def test_odd_attack_names_and_l2_budgets_are_reported(tmp_path):
+    runs = []
+    for loss in ("ce", "prsl"):
+        for eps in (0.5, 1.0):
+            run = _run(loss, eps, "clean", 0.9, 0.4) | {"attack": "pgd-l2@a/run", "norm": "l2"}
+            runs.append(run)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"runs": runs, "meta": {}}))
+    paths = write_report([path], tmp_path / "report")
+    md = paths["markdown"].read_text()
+    assert "| 0.5 (L2) | BERTScore |" in md and "/255" not in md.split("## caption")[1]
+    assert all(p.is_file() and p.parent == tmp_path / "report" / "plots" for p in paths["plots"])

@@ -155,3 +155,29 @@ def test_two_processes_reach_the_weights_of_one(tmp_path, loss):
     for (loss_two, ce_two), (loss_one, ce_one) in zip(losses(two), losses(one), strict=True):
         assert loss_two == pytest.approx(loss_one, rel=1e-4)
         assert ce_two == pytest.approx(ce_one, rel=1e-4)
+
+
+def test_a_process_with_nothing_to_read_keeps_step_with_the_others(tmp_path):
+    """A process whose share of a micro-batch is empty (3 samples in micro-batches of 2) or
+    unreadable must still join the gradient all-reduce; before, the other one waited forever."""
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for name, level in (("a.png", 40), ("b.png", 220)):
+        Image.new("L", (32, 32), level).save(images / name)
+    (images / "c.png").write_text("not an image")
+    (images / "metadata.csv").write_text(
+        "file_name,text\na.png,a dark square\nb.png,a light square\nc.png,a broken one\n"
+    )
+    tree = config_tree("prsl")
+    tree["data"] = {"name": "imagefolder", "options": {"directory": str(images)}}
+    tree["loss"]["params"] = {"k": 2}
+    tree["train"] |= {"batch_size": 2, "grad_accum": 1, "max_steps": 3}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    launch_two_processes(config, tmp_path / "two", tmp_path)
+    record = json.loads((tmp_path / "two" / "final" / TRAIN_INFO).read_text())
+    assert record["processes"] == 2 and record["steps"] == 3
+    assert [s["key"] for s in record["skipped"]] == ["c.png"]
+    assert all(loss == loss and ce == ce for loss, ce in losses(tmp_path / "two"))  # no NaN

@@ -160,14 +160,14 @@ def evaluate(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Generate on clean and adversarial images, score, write results.json (resumable)."""
-    from prsl.config import load_config
+    from prsl.config import load_config, validate_config
     from prsl.evaluate import EvalConfig
     from prsl.evaluate import evaluate as run
     from prsl.results import RESULTS
 
     cfg = load_config(EvalConfig, config, set_)
     if model:
-        cfg = cfg.model_copy(update={"models": list(model)})
+        cfg = validate_config(EvalConfig, {**cfg.model_dump(), "models": list(model)})
     run(cfg, overwrite=overwrite)
     say("results:", str(Path(cfg.output_dir) / RESULTS), "bold green")
 

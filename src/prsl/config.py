@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prsl.core.errors import InvalidInput, MissingInput
+from prsl.core.params import describe_errors
 from prsl.data import check_reader_options
 
 Schema = TypeVar("Schema", bound=BaseModel)
@@ -140,27 +141,13 @@ def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def describe_validation(err: ValidationError) -> str:
-    """The problems of a failed config validation, one clause each, naming the field."""
-    problems = []
-    for error in err.errors(include_url=False):
-        where = ".".join(str(part) for part in error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if error["type"] in ("value_error", "assertion_error"):
-            named = not where or message.startswith(f"{error['loc'][-1]} ")
-            problems.append(message if named else f"{where}: {message}")
-        else:
-            problems.append(f"{where}: {message} (got {error.get('input')!r})")
-    return "; ".join(problems)
-
-
 def validate_config(schema: type[Schema], tree: Any, source: str = "") -> Schema:
     """``schema.model_validate(tree)``, failures as one InvalidInput line naming the fields."""
     try:
         return schema.model_validate(tree)
     except ValidationError as err:
         where = f" in {source}" if source else ""
-        raise InvalidInput(f"invalid configuration{where}: {describe_validation(err)}") from None
+        raise InvalidInput(f"invalid configuration{where}: {describe_errors(err)}") from None
 
 
 def load_config(

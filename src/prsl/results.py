@@ -142,15 +142,21 @@ def merge_results(
         for row in data.get("gallery", []):
             images = {k: os.path.relpath(v, target.parent) for k, v in row["images"].items()}
             gallery.append(row | {k: v for k, v in extra.items() if k in row} | {"images": images})
-        sources[str(path.parent.name)] = data["meta"]
+        sources[os.path.relpath(path.parent, target.parent)] = data["meta"]
     merged = {"runs": runs, "gallery": gallery, "meta": {**meta, "sources": sources}}
     write_results(target, merged)
     return merged
 
 
-def eps_text(eps: float) -> str:
-    """ε as grey levels, the way budgets are quoted: ``8/255``."""
+def eps_text(eps: float, norm: str = "linf") -> str:
+    """ε the way budgets are quoted: grey levels for L∞ (``8/255``), the norm itself for L2."""
+    if norm == "l2":
+        return f"{eps:.3g} (L2)"
     return f"{eps * LEVELS:.3g}/{LEVELS}"
+
+
+def run_eps_text(run: dict) -> str:
+    return eps_text(run["eps"], run.get("norm", "linf"))
 
 
 def model_label(run: dict) -> str:

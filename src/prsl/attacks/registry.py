@@ -29,9 +29,10 @@ def attack_class(name: str) -> type[Attack]:
     return ATTACKS[name]
 
 
-def attack_parameters(name: str) -> list[str]:
-    """The parameters ``get_attack(name, ...)`` accepts."""
-    return attack_class(name).parameter_names()
+def attack_parameters(name: str) -> dict[str, Any]:
+    """The parameters ``get_attack(name, ...)`` accepts, with their defaults."""
+    fields = attack_class(name).model_fields
+    return {key: fields[key].default for key in attack_class(name).parameter_names()}
 
 
 def get_attack(name: str, **params: Any) -> Attack:

@@ -130,21 +130,30 @@ def choice(*choices: str, optional: bool = False, hint: str = "") -> Any:
     return Annotated[kind | None if optional else kind, BeforeValidator(check)]
 
 
-def describe_errors(owner: str, err: ValidationError, accepted: list[str] | None = None) -> str:
-    """One line for every problem of a failed validation, each naming its field."""
+def describe_errors(
+    err: ValidationError, owner: str | None = None, accepted: list[str] | None = None
+) -> str:
+    """One clause for every problem of a failed validation, each naming its field.
+
+    With ``owner`` (``attack 'pgd'``) the clauses are about that object's parameters, and an
+    unknown one lists the ``accepted`` names; without, they are about a config's fields, named
+    by their dotted path.
+    """
     problems = []
     for error in err.errors(include_url=False):
-        where = ".".join(str(part) for part in error["loc"])
-        if error["type"] == "extra_forbidden":
+        loc = [str(part) for part in error["loc"]]
+        where = ".".join(loc)
+        message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if owner is not None and error["type"] == "extra_forbidden":
             names = ", ".join(accepted or [])
             problems.append(f"{owner} does not take {where!r}; its parameters are: {names}")
             continue
-        message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        if where and not message.startswith(where):
-            message = f"{where}: {message}"
-        if error["type"] not in ("value_error", "assertion_error"):
-            message += f" (got {error.get('input')!r})"
-        problems.append(f"{owner}: {message}" if not message.startswith(owner) else message)
+        if error["type"] in ("value_error", "assertion_error"):
+            named = not loc or message.startswith(f"{loc[-1]} ")  # "eps must be ..."
+            clause = message if named else f"{where}: {message}"
+        else:
+            clause = f"{where}: {message} (got {error.get('input')!r})"
+        problems.append(clause if owner is None else f"{owner}: {clause}")
     return "; ".join(problems)
 
 
@@ -171,8 +180,15 @@ class Params(BaseModel):
             super().__init__(**data)
         except ValidationError as err:
             raise InvalidInput(
-                describe_errors(self.owner(), err, type(self).parameter_names())
+                describe_errors(err, self.owner(), type(self).parameter_names())
             ) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Params:  # type: ignore[override]
+        """As building it: a failure is one InvalidInput line."""
+        if isinstance(obj, dict) and not kwargs:
+            return cls(**obj)
+        return super().model_validate(obj, **kwargs)
 
     @classmethod
     def owner(cls) -> str:

@@ -39,6 +39,7 @@ from prsl.data.types import (
     ImageSource,
     Skipped,
     VQAExample,
+    dropped_summary,
     skip_summary,
     unique_skips,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "any_readable",
     "batch_prompts",
     "check_reader_options",
+    "dropped_summary",
     "evaluation_samples",
     "generate_scene",
     "load_batch",

@@ -82,3 +82,10 @@ def skip_summary(skipped: list[Skipped], total: int, what: str = "items") -> str
     kinds = Counter(s.reason.split(" (")[0].split(":")[0] for s in skipped)
     reasons = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
     return f"{len(skipped)} of {total} {what} skipped" + (f": {reasons}" if reasons else "")
+
+
+def dropped_summary(dropped: list[Skipped]) -> str:
+    """ "2 empty captions dropped from items that were kept" (by kind, like skip_summary)."""
+    kinds = Counter(s.reason.split(" (")[0] for s in dropped)
+    listed = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
+    return f"{listed} dropped from items that were kept"

@@ -16,10 +16,11 @@ from pydantic import ConfigDict, Field, model_serializer, model_validator
 from prsl.attacks import Attack, attack_class
 from prsl.config import DataConfig, Strict
 from prsl.core.errors import InvalidInput
-from prsl.metrics import ALL_METRICS
 from prsl.metrics.scorer import resolve_metrics
 
 _SPEC_FIELDS = ("name", "label", "eps")
+TRANSFER_MARK = "@"
+"""``bim@surrogate``: the result name of an attack crafted on the surrogate."""
 
 
 class AttackSpec(Strict):
@@ -39,26 +40,36 @@ class AttackSpec(Strict):
     @model_validator(mode="before")
     @classmethod
     def _build(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or "attacks" in data:
+        if not isinstance(data, dict):
             return data
-        name = data.get("name", "bim")
+        if "attacks" in data:
+            raise ValueError(
+                "'attacks' is not a field of an attack spec: write the attack's parameters "
+                "beside its name, e.g. {name: pgd, eps: [8/255], steps: 20}"
+            )
+        name = data.get("name", cls.model_fields["name"].default)
         if not isinstance(name, str):
             raise ValueError(f"name must be an attack name, got {name!r}")
         params = {k: v for k, v in data.items() if k not in _SPEC_FIELDS}
         try:
             kind = attack_class(name)
             given = data.get("eps", kind.model_fields["eps"].default)
-            if given is None:
-                raise InvalidInput(
-                    f"attack {name!r} has no default ε: give eps (its budget in pixel units)"
-                )
             eps = given if isinstance(given, list) else [given]
             if not eps:
                 raise InvalidInput(f"attack {name!r}: eps is empty; give at least one value")
+            if any(e is None for e in eps):
+                raise InvalidInput(
+                    f"attack {name!r}: an evaluation grid needs a finite ε for every cell (for "
+                    "cw an L2 budget in pixel units, e.g. eps: [0.5, 1.0])"
+                )
             attacks = [kind(**params, eps=e) for e in eps]
         except InvalidInput as err:
             raise ValueError(str(err)) from None
         label = data.get("label")
+        if isinstance(label, str) and TRANSFER_MARK in label:
+            raise ValueError(
+                f"label {label!r} may not contain {TRANSFER_MARK!r}: it marks transferred attacks"
+            )
         return {"name": name, "label": label, "eps": [a.eps for a in attacks], "attacks": attacks}
 
     @model_serializer(mode="plain")
@@ -115,6 +126,3 @@ class EvalConfig(Strict):
                     )
                 seen.add((spec.result_name, eps))
         return self
-
-
-__all__ = ["ALL_METRICS", "AttackSpec", "EvalConfig"]

@@ -6,12 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prsl.attacks import Attack
-from prsl.core.errors import InvalidInput
-from prsl.evaluate.config import AttackSpec
+from prsl.evaluate.config import TRANSFER_MARK, AttackSpec
 from prsl.provenance import ModelRef
-
-TRANSFER_MARK = "@"
-"""``bim@surrogate``: the result name of an attack crafted on the surrogate."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +30,10 @@ class Cell:
 
 
 def grid_cells(specs: list[AttackSpec], surrogate: ModelRef | None) -> list[Cell]:
-    """Every (attack, ε) of the specs, then the same crafted on the surrogate when there is one."""
+    """Every (attack, ε) of the specs, then the same crafted on the surrogate when there is one.
+
+    Names are unique: the config refuses two specs of one name and labels holding the
+    transfer mark."""
     cells = [
         Cell(spec.result_name, eps, attack)
         for spec in specs
@@ -45,12 +44,4 @@ def grid_cells(specs: list[AttackSpec], surrogate: ModelRef | None) -> list[Cell
             Cell(f"{c.name}{TRANSFER_MARK}{surrogate.name}", c.eps, c.attack, transfer=True)
             for c in list(cells)
         ]
-    seen: set[tuple[str, float]] = set()
-    for cell in cells:
-        if (cell.name, cell.eps) in seen:
-            raise InvalidInput(
-                f"two attacks are named {cell.name!r} at ε={cell.eps:.5g}: give one of them a "
-                "distinct `label`"
-            )
-        seen.add((cell.name, cell.eps))
     return cells

@@ -24,7 +24,10 @@ def read_evaluation_data(cfg: EvalConfig) -> DatasetSplit:
     options = dict(cfg.data.options)
     if LIMIT_OPTION in inspect.signature(READERS[cfg.data.name]).parameters:
         given = options.get(LIMIT_OPTION)
-        options[LIMIT_OPTION] = cfg.n_images if given is None else min(given, cfg.n_images)
+        if given is None:
+            options[LIMIT_OPTION] = cfg.n_images
+        elif isinstance(given, int) and not isinstance(given, bool):
+            options[LIMIT_OPTION] = min(given, cfg.n_images)  # else the reader says what is wrong
     split = read_dataset(cfg.data.name, **options)
     split.examples = split.examples[: cfg.n_images]
     require_usable(split, cfg.data.name, "to evaluate")

@@ -27,7 +27,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from prsl.core.errors import InvalidInput
 from prsl.core.paths import prepare_output_dir
-from prsl.data import Sample, batch_prompts, evaluation_samples, load_batch, skip_summary
+from prsl.data import (
+    Sample,
+    batch_prompts,
+    dropped_summary,
+    evaluation_samples,
+    load_batch,
+    skip_summary,
+)
 from prsl.evaluate.config import EvalConfig
 from prsl.evaluate.crafting import attack_texts, craft, generate
 from prsl.evaluate.export import GALLERY, save_pair
@@ -102,7 +109,7 @@ def evaluate(
     looked_at = len(split.examples) + len(split.skipped)
     results = {
         "runs": runs,
-        "gallery": gallery_rows(rows),
+        "gallery": gallery_rows(rows, models, cells),
         "meta": results_meta(
             attack_target=cfg.attack_target,
             seed=cfg.seed,
@@ -117,9 +124,10 @@ def evaluate(
     }
     write_results(out / RESULTS, results)
     if skipped:
-        log.warning(
-            "evaluation: %s (listed in %s)", skip_summary(skipped, looked_at), out / RESULTS
-        )
+        summary = skip_summary(skipped, looked_at)
+        log.warning("evaluation: %s (listed in %s)", summary, out / RESULTS)
+    if split.dropped:
+        log.warning("evaluation: %s (listed in %s)", dropped_summary(split.dropped), out / RESULTS)
     return results
 
 
@@ -237,7 +245,7 @@ def evaluate_batch(job: ModelJob, batch: list[Sample]) -> None:
             row = prediction(job, cell, sample, i, outputs)
             pairs = sum(r.gallery is not None for r in rows)
             if job.ledger.wants_pair(key, job.cfg.gallery - pairs):
-                stem = f"{job.model.name}_{cell.name}_{cell.eps:.5f}_{sample.key}"
+                stem = f"{job.model.name}_{cell.key}_{sample.key}"
                 pair = outputs.clean_pixels[i], outputs.adversarial_pixels[i]
                 row.gallery = save_pair(job.out, stem, *pair)
             rows.append(row)
@@ -263,14 +271,17 @@ def prediction(job: ModelJob, cell: Cell, sample: Sample, i: int, outputs: Outpu
     )
 
 
-def gallery_rows(rows: list[Prediction]) -> list[dict]:
+def gallery_rows(rows: list[Prediction], models: list[ModelRef], cells: list[Cell]) -> list[dict]:
     """The report's gallery: each pair with its captions, image paths relative to the run."""
+    norms = {(c.name, c.eps): c.attack.ball_norm for c in cells}
+    refs = {m.location: m for m in models}
     return [
         {
-            "model": r.model,
-            "loss": r.loss,
+            "model": refs[r.model_path].name,
+            "loss": refs[r.model_path].loss,
             "attack": r.attack,
             "eps": r.eps,
+            "norm": norms[(r.attack, r.eps)],
             "key": r.key,
             "clean": r.clean,
             "adversarial": r.adversarial,

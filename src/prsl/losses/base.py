@@ -77,14 +77,18 @@ class TermsLoss(torch.nn.Module):
     def mean_over_tokens(self) -> bool:
         return self.params.mean_over_tokens
 
-    def terms(self, logits: torch.Tensor, labels: torch.Tensor) -> LossTerms:
-        return self.params.terms(logits, labels)
+    def terms(
+        self, logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX
+    ) -> LossTerms:
+        return self.params.terms(logits, labels, ignore_index=ignore_index)
 
     def rescaled(self, terms: LossTerms, share: torch.Tensor | float) -> LossTerms:
         return self.params.rescaled(terms, share)
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.terms(logits, labels).loss
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX
+    ) -> torch.Tensor:
+        return self.terms(logits, labels, ignore_index=ignore_index).loss
 
     def extra_repr(self) -> str:
         fields = self.params.recorded()

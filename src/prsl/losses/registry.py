@@ -34,7 +34,19 @@ def build_loss(name: str, **params: Any) -> Loss:
     return loss_class(name)(**params)
 
 
+def as_loss(name: str | Loss, **params: Any) -> Loss:
+    """The loss object for a name and its parameters, or a loss object as it is (then no
+    parameters may be given: they would be ignored)."""
+    if isinstance(name, Loss):
+        if params:
+            raise InvalidInput(
+                f"got a {name.name!r} loss object and parameters {sorted(params)}: set them on "
+                "the object (loss.replace(...)) or pass the loss's name"
+            )
+        return name
+    return build_loss(name, **params)
+
+
 def get_loss(name: str | Loss, **params: Any) -> TermsLoss:
     """A criterion ``(logits, labels) -> scalar`` for a loss name (with ``params``) or object."""
-    loss = name if isinstance(name, Loss) else build_loss(name, **params)
-    return TermsLoss(loss)
+    return TermsLoss(as_loss(name, **params))

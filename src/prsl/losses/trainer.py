@@ -16,7 +16,7 @@ import torch
 
 from prsl.core.labels import IGNORE_INDEX
 from prsl.losses.base import Loss, counted_tokens, token_share
-from prsl.losses.registry import build_loss
+from prsl.losses.registry import as_loss
 
 
 def hf_loss(
@@ -29,7 +29,7 @@ def hf_loss(
     then rescaled so accumulated steps average over all of them, exactly like Trainer's own loss.
     Regularisers are sums over positions and are left as they are.
     """
-    loss = name if isinstance(name, Loss) else build_loss(name, **params)
+    loss = as_loss(name, **params)
 
     def compute_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits

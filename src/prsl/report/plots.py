@@ -14,9 +14,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from prsl.core.paths import slug  # noqa: E402
 from prsl.core.pixels import LEVELS  # noqa: E402
 from prsl.losses import LOSSES  # noqa: E402
-from prsl.results import HEADLINE, eps_text, grouped, model_label  # noqa: E402
+from prsl.results import HEADLINE, grouped, model_label, run_eps_text  # noqa: E402
 
 
 def plot_vs_eps(runs: list[dict], folder: Path) -> list[Path]:
@@ -25,6 +26,8 @@ def plot_vs_eps(runs: list[dict], folder: Path) -> list[Path]:
         if len({r["eps"] for r in group}) < 2:
             continue
         metrics = [m for m in HEADLINE[task] if m in group[0]["adversarial"]]
+        l2 = group[0].get("norm") == "l2"
+        scale, axis = (1.0, "ε (L2, pixel units)") if l2 else (LEVELS, f"ε (×1/{LEVELS})")
         fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
         for ax, metric in zip(axes[0], metrics, strict=True):
             for label in sorted({model_label(r) for r in group}):
@@ -32,11 +35,11 @@ def plot_vs_eps(runs: list[dict], folder: Path) -> list[Path]:
                     (r["eps"], r["adversarial"][metric]) for r in group if model_label(r) == label
                 )
                 clean = next(r["clean"][metric] for r in group if model_label(r) == label)
-                xs = [0.0] + [p[0] * LEVELS for p in points]
+                xs = [0.0] + [p[0] * scale for p in points]
                 ax.plot(xs, [clean] + [p[1] for p in points], marker="o", label=label)
-            ax.set(xlabel=f"ε (×1/{LEVELS})", ylabel=metric, title=f"{attack}: {metric}")
+            ax.set(xlabel=axis, ylabel=metric, title=f"{attack}: {metric}")
             ax.grid(alpha=0.3)
-        name = f"eps_{task}_{reference}_{attack}.png"
+        name = slug(f"eps_{task}_{reference}_{attack}") + ".png"
         made.append(_finish(fig, axes, f"{task}, reference = {reference}", folder / name))
     return made
 
@@ -57,9 +60,10 @@ def plot_vs_iteration(runs: list[dict], folder: Path) -> list[Path]:
             for run in sorted(group, key=model_label):
                 ys = [run["clean"][metric]] + [s[metric] for s in run["per_step"]]
                 ax.plot(range(len(ys)), ys, marker=".", label=model_label(run))
-            ax.set(xlabel="attack iteration", ylabel=metric, title=f"{attack} ε={eps_text(eps)}")
+            title = f"{attack} ε={run_eps_text(group[0])}"
+            ax.set(xlabel="attack iteration", ylabel=metric, title=title)
             ax.grid(alpha=0.3)
-        name = f"iter_{task}_{reference}_{attack}_{eps * LEVELS:.3g}.png"
+        name = slug(f"iter_{task}_{reference}_{attack}_{eps!r}") + ".png"
         made.append(_finish(fig, axes, f"{task}, reference = {reference}", folder / name))
     return made
 
@@ -122,7 +126,7 @@ def plot_vs_parameter(runs: list[dict], folder: Path) -> list[Path]:
                     ax.set_xscale("log")
             note = " (averaged over the other swept parameters)" if averaged else ""
             title = f"{task}: sensitivity to {label}{note}"
-            name = f"param_{task}_{loss}_{param}.png"
+            name = slug(f"param_{task}_{loss}_{param}") + ".png"
             made.append(_finish(fig, axes, title, folder / name))
     return made
 
@@ -132,7 +136,7 @@ def _plot_parameter_panels(axes, runs: list[dict], loss: str, param: str, metric
     points: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     baselines: dict[tuple, list[float]] = defaultdict(list)
     for run in runs:
-        attack = f"{run['attack']} ε={eps_text(run['eps'])}"
+        attack = f"{run['attack']} ε={run_eps_text(run)}"
         panel = 0 if run["reference"] == "ground_truth" else 1
         series = [(panel, attack, run["adversarial"][metric])]
         if panel == 0:

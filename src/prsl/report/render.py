@@ -15,7 +15,7 @@ from pathlib import Path
 from prsl.data import Skipped, skip_summary
 from prsl.report.plots import plot_vs_eps, plot_vs_iteration, plot_vs_parameter
 from prsl.report.tables import summary_lines, table_rows
-from prsl.results import eps_text, grouped, load_results
+from prsl.results import grouped, load_results, run_eps_text
 
 
 def write_report(
@@ -73,7 +73,7 @@ def _markdown(title, meta, runs, sections, plots, gallery, out: Path) -> str:
             clean, adv = row["images"]["clean"], row["images"]["adversarial"]
             lines.append(
                 f"| ![clean]({_rel(clean, out)}) | ![adv]({_rel(adv, out)}) | "
-                f"{row['model']} {row['attack']} ε={eps_text(row['eps'])}<br>"
+                f"{row['model']} {row['attack']} ε={run_eps_text(row)}<br>"
                 f"clean: {row['clean']}<br>adversarial: {row['adversarial']} |"
             )
     return "\n".join(lines) + "\n"
@@ -130,7 +130,7 @@ def _html(title, meta, runs, sections, plots, gallery) -> str:
                 f"<img alt='clean' src='{_data_uri(row['images']['clean'])}'>"
                 f"<img alt='adversarial' src='{_data_uri(row['images']['adversarial'])}'>"
                 f"<p>{esc(row['model'])} ({esc(row['loss'])}), {esc(row['attack'])} "
-                f"ε={eps_text(row['eps'])}<br>clean: <q>{esc(row['clean'])}</q><br>"
+                f"ε={run_eps_text(row)}<br>clean: <q>{esc(row['clean'])}</q><br>"
                 f"adversarial: <q>{esc(row['adversarial'])}</q></p></div>"
             )
     parts.append("</body></html>")

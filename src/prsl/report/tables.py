@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from prsl.results import eps_text, model_label
+from prsl.results import model_label, run_eps_text
 
 
 def comparisons(runs: list[dict]) -> list[dict]:
@@ -63,7 +63,7 @@ def table_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
             present = [c for c in cells.values() if c is not None]
             best_adv = max(c["adversarial"][metric] for c in present)
             best_deg = min(c["degradation"][metric] for c in present)
-            row = [eps_text(eps), metric]
+            row = [run_eps_text(present[0]), metric]
             for m in models:
                 run = cells[m]
                 if run is None:

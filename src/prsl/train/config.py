@@ -19,6 +19,7 @@ from prsl.losses import Loss, build_loss
 
 TINY = "tiny"
 """``model.name_or_path`` that builds the from-scratch captioner."""
+DEFAULT_LOSS = "prsl"
 
 
 class TinyModelConfig(Strict):
@@ -77,15 +78,15 @@ class ModelConfig(Strict):
 class LossConfig(Strict):
     """A registered loss by name and its parameters, validated into the loss object."""
 
-    name: str = "prsl"
-    params: Loss = Field(default_factory=lambda: build_loss("prsl"))
+    name: str = DEFAULT_LOSS
+    params: Loss = Field(default_factory=lambda: build_loss(DEFAULT_LOSS))
 
     @model_validator(mode="before")
     @classmethod
     def _build(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        name = data.get("name", "prsl")
+        name = data.get("name", DEFAULT_LOSS)
         params = data.get("params", {})
         if isinstance(params, Loss):
             if params.name != name:

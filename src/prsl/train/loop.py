@@ -39,6 +39,7 @@ from prsl.data import (
     Sample,
     Skipped,
     batch_prompts,
+    dropped_summary,
     load_batch,
     read_dataset,
     require_usable,
@@ -49,6 +50,7 @@ from prsl.data import (
 from prsl.losses import TermsLoss, counted_tokens, token_share
 from prsl.models import HFAdapter
 from prsl.provenance import (
+    TRAIN_INFO,
     TrainingRecord,
     check_settings,
     differences,
@@ -125,11 +127,20 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
     finished_before = resuming and not result.history and result.model_dir.is_dir()
     if accelerator.is_main_process and not finished_before:
         save_final_model(session, position, result)
-    if result.skipped and accelerator.is_main_process:
-        total = len(split.examples) + len(split.skipped)
-        log.warning("fine-tuning: %s (listed in %s)", skip_summary(result.skipped, total), out)
+    if accelerator.is_main_process:
+        report_skips(split, result)
     accelerator.end_training()
     return result
+
+
+def report_skips(split: DatasetSplit, result: TrainResult) -> None:
+    """Each item left out, once, on the console (the training record lists them)."""
+    record = result.model_dir / TRAIN_INFO
+    total = len(split.examples) + len(split.skipped)
+    if result.skipped:
+        log.warning("fine-tuning: %s (listed in %s)", skip_summary(result.skipped, total), record)
+    if split.dropped:
+        log.warning("fine-tuning: %s", dropped_summary(split.dropped))
 
 
 def finished_run(cfg: FinetuneConfig) -> bool:
@@ -324,8 +335,10 @@ def optimizer_step(session: Session, group: list[list[int]]) -> dict[str, Any]:
     """One optimizer step: forward/backward over its micro-batches, clip, step; returns the
     averaged stats.
 
-    The stats are those of the objective the gradient follows, over all processes: CE (and a
-    mean-type loss) over every counted token, the regulariser summed over the processes.
+    Each micro-batch's CE is a mean over its counted tokens (of every process), and the step
+    averages the micro-batches, as one large batch of equal micro-batches would. The stats are
+    those of the objective the gradient follows, over all processes: that CE (and a mean-type
+    loss), and the regulariser summed over the processes.
     """
     accelerator = session.accelerator
     parts = torch.zeros(3, dtype=torch.float64)  # this process's part of loss, CE, regulariser
@@ -333,26 +346,33 @@ def optimizer_step(session: Session, group: list[list[int]]) -> dict[str, Any]:
     rank, world = accelerator.process_index, accelerator.num_processes
     for i, indices in enumerate(group):
         mine = indices[rank::world] if world > 1 else indices
-        pixels, kept, skipped = load_batch(
-            [session.samples[j] for j in mine], session.adapter.pixel_size
-        )
+        batch = [session.samples[j] for j in mine]
+        pixels, kept, skipped = load_batch(batch, session.adapter.pixel_size)
         for item in skipped:
             if session.skipped.setdefault(item.identity, item) is item:
                 log.warning("skipping unreadable image %s: %s", item.path, item.reason)
+        counts = 1.0
+        if pixels is None:
+            if world == 1:
+                continue
+            # Nothing readable here (or the micro-batch ran out before this process): every
+            # process must still join the gradient all-reduce and the token count, or the others
+            # wait forever. A forward on blank images, weighted 0, does that and changes nothing.
+            kept = batch or [session.samples[indices[0]]]
+            pixels = torch.zeros(len(kept), 3, *session.adapter.pixel_size)
+            counts = 0.0
         sync = nullcontext() if i == len(group) - 1 else accelerator.no_sync(session.wrapped)
         with sync, accelerator.autocast():
-            if pixels is None:
-                continue
             logits, labels = session.adapter.logits_and_labels(
                 pixels.to(accelerator.device), [s.text for s in kept], batch_prompts(kept)
             )
             terms = session.criterion.terms(logits, labels)
-            local = counted_tokens(labels)
+            local = counted_tokens(labels) * int(counts)
             everywhere = accelerator.reduce(local.detach().clone(), reduction="sum")
             scaled = session.criterion.rescaled(terms, token_share(local, everywhere))
             # DDP averages gradients over processes: scale up by their number.
-            accelerator.backward(scaled.loss * world / len(group))
-        parts += torch.stack(list(scaled)).detach().double().cpu()
+            accelerator.backward(scaled.loss * (counts * world / len(group)))
+        parts += torch.stack(list(scaled)).detach().double().cpu() * counts
         tokens += int(everywhere)
     if world > 1:
         parts = accelerator.reduce(parts.to(accelerator.device), reduction="sum").cpu()
