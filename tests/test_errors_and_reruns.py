@@ -318,15 +318,16 @@ def test_a_missing_model_directory_or_unreachable_hub_id_is_one_line(tmp_path, m
     result, output = run(
         "evaluate", "-m", str(tmp_path / "no/such/final"), *sets(*SHAPES, f"output_dir={out}")
     )
-    one_line_error(result, output, "could not load model")
+    one_line_error(result, output, "model folder")
+    assert "does not exist" in output
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     result, output = run(
         "evaluate", "-m", "prsl-tests/no-such-model", *sets(*SHAPES, f"output_dir={out}")
     )
     one_line_error(result, output, "hub id failed")
     assert not out.exists()
-    with pytest.raises(MissingInput, match="could not load model"):
-        evaluate(EvalConfig(models=[str(tmp_path / "nope")], output_dir=str(out)))
+    with pytest.raises(MissingInput, match="could not load model 'nope'"):
+        evaluate(EvalConfig(models=["nope"], output_dir=str(out)))
 
 
 def test_an_output_directory_that_is_a_file_or_cannot_be_written_is_one_line(tmp_path, tiny):
@@ -509,3 +510,184 @@ def test_a_data_config_names_an_unknown_reader_or_option_at_load():
         DataConfig(name="cocoo")
     with pytest.raises(InvalidInput, match="dataset 'shapes'.*accepted options"):
         load_config(EvalConfig, None, ["data.options={colour: red}"])
+
+
+# ------------------------------------------------------------------ found by trying it as a user
+
+
+def test_an_edited_caption_or_replaced_image_is_not_reused(tmp_path, tiny, half_broken):
+    out = tmp_path / "eval"
+    data = ["data.name=imagefolder", f"data.options={{directory: {half_broken}}}"]
+    args = ["evaluate", "-m", tiny, *sets(*SHAPES[3:], *data, f"output_dir={out}")]
+    assert run(*args)[0].exit_code == 0
+    metadata = half_broken / "metadata.csv"
+    metadata.write_text(metadata.read_text().replace("a light square", "a bright square"))
+    result, output = run(*args)
+    one_line_error(result, output, 'items["b.png"]')
+    Image.new("L", (40, 40), 90).save(half_broken / "a.png")  # same name, new picture
+    result, output = run(*args, "--overwrite")
+    assert result.exit_code == 0, output
+
+
+def test_models_whose_names_slug_alike_keep_their_own_gallery(tmp_path, texts):
+    paths = [tmp_path / "a" / "x", tmp_path / "b" / "x", tmp_path / "a-x"]
+    for seed, path in enumerate(paths):
+        build_tiny_captioner(texts, hidden=16, layers=1, seed=seed).save(path)
+    out = tmp_path / "eval"
+    models = [arg for path in paths for arg in ("-m", str(path))]
+    result, output = run("evaluate", *models, *sets(*SHAPES, f"output_dir={out}", "gallery=1"))
+    assert result.exit_code == 0, output
+    gallery = json.loads((out / RESULTS).read_text())["gallery"]
+    files = [row["images"]["adversarial"] for row in gallery]
+    assert len(gallery) == 3 and len(set(files)) == 3
+
+
+def test_a_report_of_two_files_with_the_same_cell_is_refused(evaluated, tmp_path, tiny):
+    other = tmp_path / "other"
+    assert run("evaluate", "-m", tiny, *sets(*SHAPES, f"output_dir={other}"))[0].exit_code == 0
+    result, output = run(
+        "report", str(evaluated / RESULTS), str(other / RESULTS), "--out", str(tmp_path / "r")
+    )
+    one_line_error(result, output, "report them separately")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_step_whose_images_are_all_unreadable_is_not_taken(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("L", (32, 32), 80).save(folder / "a.png")
+    for name in ("b.png", "c.png", "d.png"):
+        (folder / name).write_text("not an image")
+    rows = "".join(f"{n},a caption\n" for n in ("a.png", "b.png", "c.png", "d.png"))
+    (folder / "metadata.csv").write_text("file_name,text\n" + rows)
+    out = tmp_path / "run"
+    data = ["data.name=imagefolder", f"data.options={{directory: {folder}}}"]
+    tune = [*TUNE, *data, "train.batch_size=1", "train.max_steps=3", "train.log_every=1"]
+    result, output = run("finetune", *sets(*tune, f"train.output_dir={out}"))
+    assert result.exit_code == 0, output
+    log = (out / "train_log.csv").read_text().splitlines()[1:]
+    assert len(log) == 3  # three real steps, on the one readable image
+    assert all(float(row.split(",")[-1]) > 0 for row in log)  # never a 0 tok/s "step"
+    assert "no optimizer step was taken" in output
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.options={n: '3'}", "option n must be int; got '3'"),
+        ("data.options={n: 3.7}", "option n must be int; got 3.7"),
+        ("data={name: imagefolder, options: {directory: 5}}", "option directory must be"),
+    ],
+)
+def test_a_reader_option_of_the_wrong_type_is_one_line(tmp_path, tiny, override, message):
+    out = tmp_path / "eval"
+    result, output = run("evaluate", "-m", tiny, *sets(*SHAPES, f"output_dir={out}", override))
+    one_line_error(result, output, message)
+
+
+def test_config_files_that_are_not_yaml_mappings_are_one_line(tmp_path):
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x01")
+    one_line_error(*run("evaluate", "--config", str(binary)), "is not UTF-8 text")
+    one_line_error(*run("evaluate", "--config", str(tmp_path)), "is a folder; give a YAML file")
+    repeated = tmp_path / "repeated.yaml"
+    repeated.write_text("attacks:\n  - {name: pgd, eps: 8/255, eps: 4/255}\n")
+    one_line_error(*run("evaluate", "--config", str(repeated)), "the key 'eps' is given twice")
+
+
+def test_a_damaged_model_folder_is_one_line_and_leaves_nothing(tmp_path, tiny):
+    from shutil import copytree
+
+    damaged = {}
+    for kind in ("config", "weights", "truncated"):
+        folder = copytree(tiny, tmp_path / kind)
+        damaged[kind] = folder
+    (damaged["config"] / "config.json").write_text("{not json")
+    (damaged["weights"] / "model.safetensors").unlink()
+    weights = damaged["truncated"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:500])
+    for kind, message in (
+        ("config", "cannot be read"),
+        ("weights", "holds no weights"),
+        ("truncated", "damaged or incomplete files"),
+    ):
+        out = tmp_path / f"eval-{kind}"
+        result, output = run(
+            "evaluate", "-m", str(damaged[kind]), *sets(*SHAPES, f"output_dir={out}")
+        )
+        one_line_error(result, output, message)
+        assert not out.exists(), kind
+
+
+def test_a_surrogate_of_another_size_is_refused_before_anything_is_written(tmp_path, tiny, texts):
+    small = tmp_path / "small"
+    build_tiny_captioner(texts, image_size=16, patch_size=8, hidden=16, layers=1).save(small)
+    out = tmp_path / "eval"
+    result, output = run(
+        "evaluate", "-m", tiny, *sets(*SHAPES, f"output_dir={out}", f"surrogate={small}")
+    )
+    one_line_error(result, output, "transfer needs the same size")
+    assert not out.exists()
+
+
+def test_prsl_attack_overwrite_removes_its_old_images(tmp_path, tiny):
+    out = tmp_path / "adv"
+    assert run("attack", "-m", tiny, "--out", str(out), *sets(*SHAPES))[0].exit_code == 0
+    assert len(list(out.glob("*.png"))) == 3
+    result, output = run(
+        "attack", "-m", tiny, "--out", str(out), "--overwrite", *sets(*SHAPES, "n_images=2")
+    )
+    assert result.exit_code == 0, output
+    assert len(list(out.glob("*.png"))) == 2
+
+
+def test_a_sweep_conflict_gives_advice_a_sweep_can_follow(tmp_path):
+    sweep = {
+        "output_dir": str(tmp_path / "sweep"),
+        "finetune": {
+            "data": {"name": "shapes", "options": {"n": 8, "seed": 0}},
+            "model": {"tiny": {"hidden": 16, "layers": 1, "heads": 2}},
+            "loss": {"name": "prsl", "params": {"k": 2}},
+            "train": {"max_steps": 1, "batch_size": 4},
+        },
+        "evaluate": {
+            "data": {"name": "shapes", "options": {"n": 2, "seed": 3}},
+            "attacks": [{"name": "fgsm", "eps": ["4/255"]}],
+            "n_images": 2,
+            "max_new_tokens": 3,
+            "metrics": ["VQA-acc"],
+            "gallery": 0,
+        },
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(json.dumps(sweep))
+    assert run("sweep", "--config", str(path))[0].exit_code == 0
+    result, output = run("sweep", "--config", str(path), "--set", "finetune.train.lr=1e-3")
+    one_line_error(result, output, "train.lr: 5e-05 -> 0.001")
+    assert "give the sweep another output_dir, or delete" in output and "--resume" not in output
+
+
+def test_usage_mistakes_are_one_line_too(capsys):
+    from prsl.cli import run as console_script
+
+    for argv, message in (
+        (["evaluate", "--nosuch"], "No such option: --nosuch"),
+        (["bogus"], "No such command 'bogus'"),
+        (["report"], "Missing argument 'results'"),
+    ):
+        with pytest.raises(SystemExit) as exit_status:
+            console_script(argv)
+        assert exit_status.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_pgd_records_every_gradient_step_of_its_restarts():
+    spec = load_config(EvalConfig, None, ["attacks=[{name: pgd, steps: 2, restarts: 3}]"])
+    attack = spec.attacks[0].attacks[0]
+    assert attack.iterations == 6 and attack.recorded()["restarts"] == 3
+
+
+def test_finetune_refuses_a_folder_that_holds_something_else(tmp_path, tiny):
+    result, output = run("finetune", *sets(*TUNE, f"train.output_dir={tiny}"))
+    one_line_error(result, output, "holds other files, not a prsl fine-tuning run")

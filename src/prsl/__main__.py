@@ -1,5 +1,5 @@
 """``python -m prsl`` runs the command line."""
 
-from prsl.cli import app
+from prsl.cli import run
 
-app()
+run()

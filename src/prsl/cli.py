@@ -20,6 +20,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+
+try:  # typer >= 0.2x carries its own click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer runs on click itself
+    from click.exceptions import NoArgsIsHelpError, UsageError
 from rich.text import Text
 
 from prsl.core.errors import UserError
@@ -116,6 +121,9 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        # a hub id that cannot be reached retries with a warning per attempt; the one line
+        # prsl prints when it gives up says what to do
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 @app.command()
@@ -198,14 +206,14 @@ def report(
     title: str = "prsl robustness report",
 ) -> None:
     """Write report.md and a self-contained report.html from results files."""
-    from prsl.core.paths import prepare_output_dir
+    from prsl.core.paths import check_output_dir
     from prsl.report import write_report
 
     for path in results:  # check every input before writing anything
         from prsl.results import read_results
 
         read_results(path)
-    prepare_output_dir(out, "--out")
+    check_output_dir(out, "--out")
     paths = write_report(results, out, title=title)
     say("report:", str(paths["html"]), "bold green")
 
@@ -244,5 +252,22 @@ def bench(
     runpy.run_path(str(script), run_name="__main__")
 
 
+def run(argv: list[str] | None = None) -> None:
+    """The ``prsl`` console script: the app, with a usage mistake (an unknown option, a missing
+    argument) also printed as one ``error:`` line, status 2."""
+    try:
+        code = app(argv, standalone_mode=False)
+    except NoArgsIsHelpError as err:  # bare `prsl`: the help, as click shows it
+        err.show()
+        sys.exit(err.exit_code)
+    except UsageError as err:
+        where = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
+        say("error:", err.format_message() + where, "bold red")
+        sys.exit(USER_ERROR)
+    except typer.Abort:
+        sys.exit(INTERRUPTED)
+    sys.exit(code or 0)
+
+
 if __name__ == "__main__":  # `python -m prsl.cli`, e.g. under `accelerate launch -m prsl.cli`
-    app()
+    run()

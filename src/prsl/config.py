@@ -70,6 +70,22 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
+def _mapping_without_repeats(loader: _Loader, node: yaml.MappingNode) -> dict:
+    """A mapping; a key given twice is an error (YAML would keep the last one silently)."""
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {key!r} is given twice", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
 def parse_yaml(text: str, source: str, *, one_line: bool = False) -> Any:
     """YAML text as Python data; a syntax error names ``source`` and the line and column
     (``file.yaml:4:6``), or only the column for a one-line text such as a ``--set`` value."""
@@ -161,9 +177,15 @@ def load_config(
     tree: dict[str, Any] = schema().model_dump()
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise InvalidInput(f"config file {path} is a folder; give a YAML file")
         if not path.is_file():
             raise MissingInput(f"config file {path} does not exist")
-        loaded = parse_yaml(path.read_text(), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"config file {path} is not UTF-8 text (a YAML file?)") from None
+        loaded = parse_yaml(text, str(path))
         if loaded is not None and not isinstance(loaded, dict):
             raise InvalidInput(
                 f"config file {path} must hold a mapping of sections, got {loaded!r}"

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from prsl.config import DataConfig
-from prsl.core.paths import prepare_output_dir
+from prsl.core.paths import check_output_dir
 from prsl.evaluate import AttackSpec, EvalConfig, evaluate
 from prsl.provenance import check_settings, write_settings
 from prsl.report import write_report
@@ -65,7 +65,7 @@ def quickstart(out: Path, *, fast: bool = False, seed: int = 0, progress: bool =
 
 def _quickstart(out: Path, *, fast: bool, seed: int, progress: bool) -> Path:
     budget = FAST if fast else FULL
-    prepare_output_dir(out, "--out")
+    check_output_dir(out, "--out")
     settings = {"fast": fast, "seed": seed}
     fix = "run it again with those options to finish it, or choose another --out"
     check_settings(out, COMMAND, settings, has_results=(out / "models").is_dir(), fix=fix)

@@ -104,11 +104,29 @@ def read_results(path: Path) -> dict[str, Any]:
     return data
 
 
+RUN_IDENTITY = ("model", "task", "attack", "eps", "reference")
+"""What names one row of a report's tables: two runs with these equal cannot be shown apart."""
+
+
 def load_results(paths: list[Path]) -> tuple[list[dict], list[dict], dict]:
-    """Runs from every file (validated), their gallery rows, and the first file's meta."""
+    """Runs from every file (validated), their gallery rows, and the first file's meta.
+
+    Two files holding the same (model, task, attack, ε, reference) are refused: one table cell
+    would silently show only one of them.
+    """
     runs, gallery, meta = [], [], {}
+    seen: dict[tuple, Path] = {}
     for path in paths:
         data = read_results(path)
+        for run in data["runs"]:
+            identity = tuple(run[k] for k in RUN_IDENTITY)
+            if seen.setdefault(identity, path) != path:
+                model, task, attack, eps, reference = identity
+                raise InvalidInput(
+                    f"{seen[identity]} and {path} both hold model {model!r} under {attack} at "
+                    f"ε={eps_text(eps, run.get('norm', 'linf'))} ({task}, reference {reference}):"
+                    " report them separately, or evaluate the models into one output_dir"
+                )
         runs += data["runs"]
         gallery += data.get("gallery", [])
         meta = meta or data["meta"]
@@ -118,6 +136,7 @@ def load_results(paths: list[Path]) -> tuple[list[dict], list[dict], dict]:
 def write_results(path: Path, results: dict[str, Any]) -> None:
     """Validate and write atomically (a reader never sees half a file)."""
     validate_results(results, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(partial, path)
@@ -143,7 +162,11 @@ def merge_results(
             images = {k: os.path.relpath(v, target.parent) for k, v in row["images"].items()}
             gallery.append(row | {k: v for k, v in extra.items() if k in row} | {"images": images})
         sources[os.path.relpath(path.parent, target.parent)] = data["meta"]
-    merged = {"runs": runs, "gallery": gallery, "meta": {**meta, "sources": sources}}
+    skipped = [s for source in sources.values() for s in source.get("skipped", [])]
+    looked_at = sum(source.get("items", {}).get("looked_at", 0) for source in sources.values())
+    items = {"looked_at": looked_at, "skipped": len(skipped)}
+    merged_meta = {"items": items, "skipped": skipped, **meta, "sources": sources}
+    merged = {"runs": runs, "gallery": gallery, "meta": merged_meta}
     write_results(target, merged)
     return merged
 

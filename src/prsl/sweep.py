@@ -20,8 +20,8 @@ from typing import Any
 from pydantic import Field
 
 from prsl.config import Strict, set_dotted, validate_config
-from prsl.core.errors import InvalidInput
-from prsl.core.paths import prepare_output_dir, slug
+from prsl.core.errors import InvalidInput, RunConflict
+from prsl.core.paths import check_output_dir, slug
 from prsl.evaluate import EvalConfig, evaluate
 from prsl.results import RESULTS, merge_results
 from prsl.train import FinetuneConfig, finetune, finished_run
@@ -95,17 +95,24 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True, scorer=None) -> dict:
     out = Path(cfg.output_dir)
     todo = cells(cfg.grid)
     planned = [cell_configs(cfg, c) for c in todo]  # validates every cell before any work
-    prepare_output_dir(out, "output_dir")
+    check_output_dir(out, "output_dir")
     files, annotate, meta = [], {}, {"cells": {}}
     for cell, (tune, ev) in zip(todo, planned, strict=True):
         cid = cell_id(cell)
         done = Path(ev.output_dir) / DONE
         marker = _marker(cell, tune, ev)
         if not (done.is_file() and json.loads(done.read_text()) == marker):
-            if not finished_run(tune):
-                model_dir = Path(tune.train.output_dir)
-                finetune(tune, resume=model_dir.exists(), progress=progress)
-            evaluate(ev, progress=progress, scorer=scorer)
+            try:
+                if not finished_run(tune):
+                    model_dir = Path(tune.train.output_dir)
+                    finetune(tune, resume=model_dir.exists(), progress=progress)
+                evaluate(ev, progress=progress, scorer=scorer)
+            except RunConflict as err:
+                folder = Path(cfg.output_dir) / "cells" / cid
+                raise RunConflict(
+                    f"sweep cell {cid}: {err.problem}",
+                    f"give the sweep another output_dir, or delete {folder} to recompute the cell",
+                ) from None
             done.write_text(json.dumps(marker))
         path = Path(ev.output_dir) / RESULTS
         files.append(path)

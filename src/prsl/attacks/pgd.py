@@ -36,6 +36,18 @@ class PGD(Attack):
     record_every_step: bool = False
     jpeg_quality: JpegQuality = None
 
+    @property
+    def iterations(self) -> int:
+        """Gradient steps in all: ``steps`` from each of the ``restarts`` random starts."""
+        return self.steps * self.restarts
+
+    @property
+    def step_size(self) -> float:
+        """α as it runs: the ``alpha`` given, else ε/4 (ε for a single step per start)."""
+        if self.alpha is not None:
+            return self.alpha
+        return self.eps if self.steps == 1 else self.eps / 4
+
     @model_validator(mode="after")
     def _restarts_need_random_starts(self) -> PGD:
         if self.restarts > 1 and not self.random_start:

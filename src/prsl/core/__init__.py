@@ -7,7 +7,7 @@ Nothing here imports another part of prsl.
 from prsl.core.errors import InvalidInput, MissingDependency, MissingInput, RunConflict, UserError
 from prsl.core.labels import IGNORE_INDEX
 from prsl.core.params import Params, parse_number
-from prsl.core.paths import prepare_output_dir, slug
+from prsl.core.paths import check_output_dir, slug
 from prsl.core.pixels import LEVELS, to_uint8
 
 __all__ = [
@@ -20,7 +20,7 @@ __all__ = [
     "RunConflict",
     "UserError",
     "parse_number",
-    "prepare_output_dir",
+    "check_output_dir",
     "slug",
     "to_uint8",
 ]

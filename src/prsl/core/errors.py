@@ -23,7 +23,19 @@ class MissingInput(UserError, FileNotFoundError):
 
 
 class RunConflict(UserError, FileExistsError):
-    """An output folder holds results computed with other settings than the ones given."""
+    """An output folder holds results computed with other settings than the ones given.
+
+    ``problem`` is the message without its advice (``fix``), so a caller that runs the command
+    on the user's behalf (a sweep) can give advice of its own.
+    """
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(f"{problem}: {fix}" if fix else problem)
+        self.problem = problem
+        self.fix = fix
+
+    def __reduce__(self):
+        return type(self), (self.problem, self.fix)
 
 
 class MissingDependency(UserError, RuntimeError):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from prsl.core.errors import InvalidInput
 from prsl.data.captions import read_coco, read_flickr, read_imagefolder, read_karpathy
@@ -36,6 +39,16 @@ def check_reader_options(name: str, options: dict) -> None:
             for p in signature.parameters.values()
         )
         raise InvalidInput(f"dataset {name!r}: {err}; accepted options: {accepted}") from None
+    hints = typing.get_type_hints(READERS[name])
+    for key, value in options.items():
+        try:
+            TypeAdapter(hints[key], config=ConfigDict(strict=True)).validate_python(value)
+        except ValidationError:
+            wanted = getattr(hints[key], "__name__", str(hints[key]))
+            wanted = wanted.replace("pathlib.", "").replace("collections.abc.", "")
+            raise InvalidInput(
+                f"dataset {name!r}: option {key} must be {wanted}; got {value!r}"
+            ) from None
 
 
 def read_dataset(name: str, **options) -> DatasetSplit:

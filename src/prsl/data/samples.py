@@ -155,7 +155,8 @@ def require_usable(split: DatasetSplit, dataset: str, purpose: str) -> None:
             f"dataset {dataset!r} gave no item {purpose} ({skip_summary(split.skipped, looked_at)})"
         )
     if not any_readable([example.image for example in split.examples]):
+        also = f"; {skip_summary(split.skipped, len(split.skipped))} by the reader"
         raise InvalidInput(
             f"none of the {len(split.examples)} images of dataset {dataset!r} can be read "
-            "(check the image files and data.options)"
+            f"(check the image files and data.options{also if split.skipped else ''})"
         )

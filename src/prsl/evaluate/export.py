@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from prsl.core.errors import InvalidInput
-from prsl.core.paths import prepare_output_dir, slug
+from prsl.core.paths import check_output_dir, slug
 from prsl.data import batch_prompts, evaluation_samples, load_batch, save_image
 from prsl.evaluate.config import EvalConfig
 from prsl.evaluate.crafting import attack_texts, craft, generate
@@ -25,6 +25,7 @@ from prsl.evaluate.items import SkipTally, read_evaluation_data
 from prsl.evaluate.ledger import drop_torn_tail, read_predictions
 from prsl.models import load_adapter
 from prsl.provenance import check_settings, model_refs, write_settings
+from prsl.provenance.items import item_digests
 from prsl.provenance.models import describe
 from prsl.provenance.settings import SETTINGS
 
@@ -43,7 +44,7 @@ def image_name(key: str) -> str:
 def save_pair(out: Path, stem: str, clean: torch.Tensor, adversarial: torch.Tensor) -> dict:
     """Clean and adversarial image of one item into ``out/gallery``; paths relative to ``out``."""
     folder = out / GALLERY
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for part, image, suffix in (("clean", clean, "clean"), ("adversarial", adversarial, "adv")):
         file = folder / f"{slug(stem)}_{suffix}.png"
@@ -61,6 +62,7 @@ def attack_to_files(cfg: EvalConfig, model: str, out: Path, *, overwrite: bool =
     (ref,) = model_refs([model])
     split = read_evaluation_data(cfg)
     settings = {
+        "items": item_digests(evaluation_samples(split, str)[: cfg.n_images]),
         "model": {ref.location: describe(ref)},
         "data": cfg.data.model_dump(),
         "attack": cell.recorded(),
@@ -68,9 +70,12 @@ def attack_to_files(cfg: EvalConfig, model: str, out: Path, *, overwrite: bool =
         "max_new_tokens": cfg.max_new_tokens,
         "seed": cfg.seed,
     }
-    prepare_output_dir(out, "--out")
+    check_output_dir(out, "--out")
     captions = out / CAPTIONS
-    if overwrite:
+    if overwrite:  # the images this command wrote, then its records
+        for row in read_predictions(captions):
+            if isinstance(row.get("file"), str) and Path(row["file"]).name == row["file"]:
+                (out / row["file"]).unlink(missing_ok=True)
         for name in (CAPTIONS, SETTINGS):
             (out / name).unlink(missing_ok=True)
     done = {row["key"]: row for row in read_predictions(captions) if "key" in row}
@@ -81,6 +86,7 @@ def attack_to_files(cfg: EvalConfig, model: str, out: Path, *, overwrite: bool =
     names = [image_name(s.key) for s in samples]
     if len(set(names)) != len(names):
         raise InvalidInput(f"two items of dataset {cfg.data.name!r} map to one file name in {out}")
+    out.mkdir(parents=True, exist_ok=True)
     write_settings(out, COMMAND, settings)
     drop_torn_tail(captions)
     skips = SkipTally(split.skipped)

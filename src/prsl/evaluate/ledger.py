@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -113,6 +113,8 @@ class Ledger:
     rows: list[Prediction] = field(default_factory=list)
     done: set[tuple[RunKey, str]] = field(default_factory=set)
     pairs: Counter = field(default_factory=Counter)
+    before_first_write: Callable[[], None] | None = None
+    """Called once, before the first row is written (records the run's settings)."""
     _sink: IO[str] | None = None
 
     @classmethod
@@ -147,17 +149,25 @@ class Ledger:
 
     @contextmanager
     def appending(self) -> Iterator[Ledger]:
-        """Open the file for appending (after cutting a torn last line) for the block."""
-        drop_torn_tail(self.path)
-        with self.path.open("a") as sink:
-            self._sink = sink
-            try:
-                yield self
-            finally:
+        """Let the block append; the file (and its folder) is opened at the first row, so a run
+        that stops before producing one leaves nothing behind."""
+        try:
+            yield self
+        finally:
+            if self._sink is not None:
+                self._sink.close()
                 self._sink = None
 
     def append(self, rows: list[Prediction]) -> None:
-        assert self._sink is not None, "append inside `with ledger.appending():`"
+        if not rows:
+            return
+        if self._sink is None:
+            if self.before_first_write is not None:
+                self.before_first_write()
+                self.before_first_write = None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            drop_torn_tail(self.path)
+            self._sink = self.path.open("a")
         for row in rows:
             self._sink.write(row.as_json() + "\n")
             self._note(row)

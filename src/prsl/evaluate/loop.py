@@ -5,7 +5,8 @@ For every model x attack x ε the loop generates the clean output, attacks the i
 generates again, and appends one row per item to ``predictions.jsonl`` as it goes. A rerun
 with the same settings skips every (model, attack, ε, item) already there, so an interrupted run
 resumes where it stopped; one with other settings is refused, naming the fields (see
-:mod:`prsl.provenance.settings`). Scores come at the end from the predictions file alone.
+:mod:`prsl.provenance.settings`), and so is one whose items changed on disk (an edited caption,
+a replaced image). Scores come at the end from the predictions file alone.
 
 What a rerun may change without a conflict: models and attacks may be added or left out
 (``models`` and ``cells`` grow), and ``n_images``, ``batch_size``, ``metrics`` and ``gallery``
@@ -26,8 +27,9 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from prsl.core.errors import InvalidInput
-from prsl.core.paths import prepare_output_dir
+from prsl.core.paths import check_output_dir
 from prsl.data import (
+    DatasetSplit,
     Sample,
     batch_prompts,
     dropped_summary,
@@ -45,6 +47,7 @@ from prsl.evaluate.scoring import results_meta, score_predictions
 from prsl.metrics import Scorer
 from prsl.models import VLMAdapter, check_model_source, load_adapter
 from prsl.provenance import ModelRef, check_settings, model_refs, write_settings
+from prsl.provenance.items import item_digests
 from prsl.provenance.models import describe
 from prsl.provenance.settings import SETTINGS
 from prsl.results import RESULTS, write_results
@@ -52,7 +55,7 @@ from prsl.results import RESULTS, write_results
 log = logging.getLogger(__name__)
 
 COMMAND = "evaluate"
-GROWING = ("cells", "models")
+GROWING = ("cells", "models", "items")
 """Sections of the settings record a rerun may add to or leave entries out of."""
 OWN_FILES = (PREDICTIONS, RESULTS, SETTINGS)
 
@@ -69,8 +72,8 @@ def evaluate(
     models, surrogate = resolve_models(cfg)
     cells = grid_cells(cfg.attacks, surrogate)
     split = read_evaluation_data(cfg)
-    settings = evaluation_settings(cfg, models, surrogate, cells)
-    prepare_output_dir(out, "output_dir")
+    settings = evaluation_settings(cfg, models, surrogate, cells, split)
+    check_output_dir(out, "output_dir")
     if overwrite:
         discard_results(out)
     ledger = Ledger.read(out / PREDICTIONS)
@@ -83,23 +86,29 @@ def evaluate(
         fix="rerun with those settings to resume, choose another output_dir, or pass "
         "--overwrite to discard them",
     )
-    write_settings(out, COMMAND, settings, may_grow=GROWING)
+    ledger.before_first_write = lambda: write_settings(out, COMMAND, settings, may_grow=GROWING)
 
     skips = SkipTally(split.skipped)
     keys: set[str] = set()
-    with ledger.appending(), _progress(progress) as bar:
+    bar = _progress(progress)  # started with the first model, so an early error prints alone
+    with ledger.appending():
         crafter = load_adapter(surrogate.given) if surrogate is not None else None
-        for model in models:
-            adapter = load_adapter(model.given)
-            check_transfer_size(model, adapter, surrogate, crafter)
-            samples = evaluation_samples(split, adapter.vqa_prompt)
-            keys |= {s.key for s in samples}
-            job = ModelJob(cfg, model, adapter, crafter, cells, ledger, skips, out)
-            task = bar.add_task(model.name, total=len(samples))
-            for batch in batches(samples, cfg.batch_size):
-                if ledger.unfinished(model.location, cells, batch):
-                    evaluate_batch(job, batch)
-                bar.advance(task, len(batch))
+        try:
+            for model in models:
+                adapter = load_adapter(model.given)
+                check_transfer_size(model, adapter, surrogate, crafter)
+                samples = evaluation_samples(split, adapter.vqa_prompt)
+                keys |= {s.key for s in samples}
+                job = ModelJob(cfg, model, adapter, crafter, cells, ledger, skips, out)
+                if not bar.live.is_started:
+                    bar.start()
+                task = bar.add_task(model.name, total=len(samples))
+                for batch in batches(samples, cfg.batch_size):
+                    if ledger.unfinished(model.location, cells, batch):
+                        evaluate_batch(job, batch)
+                    bar.advance(task, len(batch))
+        finally:
+            bar.stop()
 
     rows = ledger.selected({m.location for m in models}, cells, keys)
     runs, bertscore = score_predictions(
@@ -128,6 +137,12 @@ def evaluate(
         log.warning("evaluation: %s (listed in %s)", summary, out / RESULTS)
     if split.dropped:
         log.warning("evaluation: %s (listed in %s)", dropped_summary(split.dropped), out / RESULTS)
+    if len(split.examples) < cfg.n_images:
+        log.warning(
+            "evaluation: n_images=%d, but the dataset has %d usable item(s): evaluated those",
+            cfg.n_images,
+            len(split.examples),
+        )
     return results
 
 
@@ -147,10 +162,15 @@ def resolve_models(cfg: EvalConfig) -> tuple[list[ModelRef], ModelRef | None]:
 
 
 def evaluation_settings(
-    cfg: EvalConfig, models: list[ModelRef], surrogate: ModelRef | None, cells: list[Cell]
+    cfg: EvalConfig,
+    models: list[ModelRef],
+    surrogate: ModelRef | None,
+    cells: list[Cell],
+    split: DatasetSplit,
 ) -> dict:
     """What the rows of ``predictions.jsonl`` depend on (see the module docstring)."""
     return {
+        "items": item_digests(evaluation_samples(split, str)),
         "data": cfg.data.model_dump(),
         "attack_target": cfg.attack_target,
         "max_new_tokens": cfg.max_new_tokens,
@@ -245,7 +265,7 @@ def evaluate_batch(job: ModelJob, batch: list[Sample]) -> None:
             row = prediction(job, cell, sample, i, outputs)
             pairs = sum(r.gallery is not None for r in rows)
             if job.ledger.wants_pair(key, job.cfg.gallery - pairs):
-                stem = f"{job.model.name}_{cell.key}_{sample.key}"
+                stem = f"{job.model.name}-{job.model.tag}_{cell.key}_{sample.key}"
                 pair = outputs.clean_pixels[i], outputs.adversarial_pixels[i]
                 row.gallery = save_pair(job.out, stem, *pair)
             rows.append(row)

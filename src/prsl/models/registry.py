@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig
 
 from prsl.core.errors import InvalidInput, MissingInput
@@ -22,6 +23,8 @@ ADAPTER_FAMILIES: dict[str, type[HFAdapter]] = {
     VisionEncoderDecoderAdapter.family: VisionEncoderDecoderAdapter,
     Blip2Adapter.family: Blip2Adapter,
 }
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+"""What a saved model folder holds its weights in."""
 MODEL_TYPE_FAMILIES = {"vision-encoder-decoder": "vision-encoder-decoder", "blip-2": "blip2"}
 """Hugging Face ``config.model_type`` -> adapter family."""
 
@@ -50,10 +53,14 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 _CAUSE_SHOWN = 300  # characters of the loader's own message kept in ours
 
 
+def _cause(err: Exception) -> str:
+    """The loader's own message on one line, cut to a readable length."""
+    cause = " ".join(str(err).split()) or type(err).__name__
+    return cause if len(cause) <= _CAUSE_SHOWN else cause[: _CAUSE_SHOWN - 3] + "..."
+
+
 def _load_error(source: str, err: Exception) -> MissingInput:
-    cause = " ".join(str(err).split())
-    if len(cause) > _CAUSE_SHOWN:
-        cause = cause[: _CAUSE_SHOWN - 3] + "..."
+    cause = _cause(err)
     return MissingInput(
         f"could not load model {source!r}: it is not a local directory, and loading it as a "
         f"Hugging Face hub id failed (no network, a wrong id, or a gated model?). Give the path "
@@ -87,7 +94,14 @@ def _config_source(dir_or_hub_id: str | Path) -> tuple[str, Path | None]:
         return str(local), local
     if local.exists():
         raise InvalidInput(f"model {source!r} is a file; give a model directory or a hub id")
+    if _looks_like_a_path(source):
+        raise MissingInput(f"model folder {source} does not exist")
     return source, None
+
+
+def _looks_like_a_path(source: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything else can only be a local path."""
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
 
 
 def check_model_source(
@@ -104,11 +118,16 @@ def check_model_source(
     if family is not None:
         return family
     try:
-        return detect_family(source, trust_remote_code)
+        family = detect_family(source, trust_remote_code)
     except (OSError, ValueError) as err:
-        if local is not None or isinstance(err, InvalidInput):
+        if isinstance(err, InvalidInput):
             raise
+        if local is not None:
+            raise InvalidInput(f"model folder {local} cannot be read: {_cause(err)}") from None
         raise _load_error(source, err) from None
+    if local is not None and not any(next(local.glob(p), None) for p in WEIGHT_FILES):
+        raise MissingInput(f"model folder {local} holds no weights ({', '.join(WEIGHT_FILES)})")
+    return family
 
 
 def load_adapter(
@@ -137,7 +156,9 @@ def load_adapter(
             trust_remote_code=trust_remote_code,
             vqa_template=vqa_template,
         )
-    except OSError as err:
+    except (OSError, SafetensorError) as err:
         if local is not None:
-            raise
+            raise InvalidInput(
+                f"could not load model folder {local} (damaged or incomplete files?): {_cause(err)}"
+            ) from None
         raise _load_error(source, err) from err

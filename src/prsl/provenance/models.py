@@ -68,6 +68,11 @@ class ModelRef:
     loss: str = PRETRAINED
     loss_params: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def tag(self) -> str:
+        """Six hex digits of the location, for file names display names alone could share."""
+        return hashlib.sha1(self.location.encode()).hexdigest()[:6]
+
 
 def _location(given: str) -> tuple[str, Path | None]:
     path = Path(given).expanduser()

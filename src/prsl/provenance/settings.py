@@ -126,7 +126,8 @@ def check_settings(
     if record.get("command") != command:
         raise RunConflict(
             f"{folder} holds the results of `prsl {record.get('command')}`, not of "
-            f"`prsl {command}`: {fix}"
+            f"`prsl {command}`",
+            fix,
         )
     found = differences(
         record.get("settings", {}), settings, may_change=may_change, may_grow=may_grow
@@ -158,6 +159,7 @@ def write_settings(
     merged = merged_settings(folder, as_recorded(settings), may_grow)
     record = {"command": command, "settings": merged}
     path = Path(folder) / SETTINGS
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(partial, path)

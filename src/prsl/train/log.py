@@ -16,6 +16,9 @@ from prsl.core.errors import MissingDependency
 
 log = logging.getLogger(__name__)
 
+LOG_FILE = "train_log.csv"
+TENSORBOARD = "tensorboard"
+
 
 def describe(stats: dict) -> str:
     return (
@@ -66,7 +69,7 @@ class MetricLog:
         if not enabled:
             return
         out.mkdir(parents=True, exist_ok=True)
-        path = out / "train_log.csv"
+        path = out / LOG_FILE
         kept = []
         if start_step and path.exists():
             with path.open(newline="") as handle:
@@ -84,7 +87,7 @@ class MetricLog:
 
             # purge_step hides the events an interrupted run wrote after its last checkpoint.
             purge = start_step + 1 if start_step else None
-            self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=purge)
+            self.writer = SummaryWriter(str(out / TENSORBOARD), purge_step=purge)
 
     def write(self, stats: dict, total_steps: int) -> None:
         if not self.enabled:

@@ -33,7 +33,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import get_scheduler
 
 from prsl.core.errors import InvalidInput, RunConflict
-from prsl.core.paths import prepare_output_dir
+from prsl.core.paths import check_output_dir
 from prsl.data import (
     DatasetSplit,
     Sample,
@@ -59,15 +59,30 @@ from prsl.provenance import (
     write_training_record,
 )
 from prsl.provenance.models import FINAL
-from prsl.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
+from prsl.provenance.settings import SETTINGS
+from prsl.train.checkpoint import (
+    CHECKPOINT_PATTERN,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from prsl.train.config import RESUMABLE_CHANGES, FinetuneConfig
-from prsl.train.log import MetricLog, describe, progress_bar, require_tensorboard
+from prsl.train.log import (
+    LOG_FILE,
+    TENSORBOARD,
+    MetricLog,
+    describe,
+    progress_bar,
+    require_tensorboard,
+)
 from prsl.train.schedule import step_groups, steps_per_epoch
 from prsl.train.start_model import BASE, build_adapter
 
 log = logging.getLogger(__name__)
 
 COMMAND = "finetune"
+OWN_FILES = frozenset({BASE, FINAL, SETTINGS, LOG_FILE, TENSORBOARD})
 
 
 @dataclass
@@ -113,7 +128,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
         require_tensorboard()
     split = read_training_data(cfg)
     accelerator = make_accelerator(cfg)
-    prepare_output_dir(out, "train.output_dir")
+    check_output_dir(out, "train.output_dir")
     resuming = claim_output_dir(out, cfg, resume, accelerator)
     set_seed(cfg.train.seed)
     session = start_session(cfg, out, split, accelerator)
@@ -173,6 +188,11 @@ def claim_output_dir(
     taken over: a tiny model's base built from other settings is rebuilt.
     """
     has_run = bool(list_checkpoints(out)) or (out / FINAL).is_dir()
+    if out.is_dir() and not has_run and any(not _ours(entry.name) for entry in out.iterdir()):
+        raise RunConflict(
+            f"train.output_dir {out} holds other files, not a prsl fine-tuning run",
+            "choose a new or empty folder",
+        )
     if has_run and not resume:
         raise RunConflict(
             f"{out} already holds checkpoints of another run; pass --resume to continue it, "
@@ -272,6 +292,11 @@ def train_until_done(
                 break
             started = time.perf_counter()
             stats = optimizer_step(session, group)
+            if stats is None:  # not a step: nothing moved, and it is neither counted nor logged
+                position = Position(position.step, epoch, step_in_epoch + 1)
+                if accelerator.is_main_process:
+                    log.warning("a batch held no readable image: no optimizer step was taken")
+                continue
             position = Position(position.step + 1, epoch, step_in_epoch + 1)
             tokens = stats.pop("tokens")
             stats |= {
@@ -291,6 +316,11 @@ def train_until_done(
         save(session, position)
     logger.close()
     return position
+
+
+def _ours(name: str) -> bool:
+    """Whether a file or folder of an output directory is one a fine-tuning run writes."""
+    return name in OWN_FILES or bool(CHECKPOINT_PATTERN.match(name)) or name.endswith(".partial")
 
 
 def make_accelerator(cfg: FinetuneConfig) -> Accelerator:
@@ -331,9 +361,9 @@ def restore(session: Session) -> Position:
     return position
 
 
-def optimizer_step(session: Session, group: list[list[int]]) -> dict[str, Any]:
+def optimizer_step(session: Session, group: list[list[int]]) -> dict[str, Any] | None:
     """One optimizer step: forward/backward over its micro-batches, clip, step; returns the
-    averaged stats.
+    averaged stats, or None when no image of the step could be read (then nothing is done).
 
     Each micro-batch's CE is a mean over its counted tokens (of every process), and the step
     averages the micro-batches, as one large batch of equal micro-batches would. The stats are
@@ -376,6 +406,9 @@ def optimizer_step(session: Session, group: list[list[int]]) -> dict[str, Any]:
         tokens += int(everywhere)
     if world > 1:
         parts = accelerator.reduce(parts.to(accelerator.device), reduction="sum").cpu()
+    if tokens == 0:  # every image of the step unreadable, on every process (tokens is global)
+        session.optimizer.zero_grad(set_to_none=True)
+        return None
     if session.cfg.train.max_grad_norm:
         accelerator.clip_grad_norm_(session.params, session.cfg.train.max_grad_norm)
     session.optimizer.step()
