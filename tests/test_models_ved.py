@@ -277,9 +277,10 @@ def test_load_with_dtype_and_device(adapter, tmp_path):
 
 
 def test_registry_rejects_unknown_families_with_the_valid_names(tmp_path):
-    assert set(ADAPTER_FAMILIES) == {"vision-encoder-decoder", "blip2"}
+    assert set(ADAPTER_FAMILIES) == {"vision-encoder-decoder", "blip2", "image-text-to-text"}
     assert adapter_class("blip2").family == "blip2"
-    with pytest.raises(ValueError, match="valid families: blip2, vision-encoder-decoder"):
+    valid = "valid families: blip2, image-text-to-text, vision-encoder-decoder"
+    with pytest.raises(ValueError, match=valid):
         load_adapter(tmp_path, family="llava")
 
 

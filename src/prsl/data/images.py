@@ -9,7 +9,7 @@ can skip the file, count it and name it in its log instead of crashing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,12 +159,20 @@ class LoadedImages:
     skipped: list[Skipped] = field(default_factory=list)
 
 
+Prepare = Callable[[list[Image.Image]], torch.Tensor]
+"""RGB images -> (B, 3, H, W) pixels in [0, 1] at a model's input size (its own resize rule)."""
+
+
 def load_images(
     sources: Sequence[ImageSource],
     size: tuple[int, int],
     log: logging.Logger | None = None,
+    prepare: Prepare | None = None,
 ) -> LoadedImages:
     """Load and stack ``sources``, skipping (and logging a warning for) each one that fails.
+
+    ``prepare`` brings the decoded images to the model's input size; by default a bicubic
+    resize to ``size`` (:func:`to_pixels`).
 
     The returned ``pixels`` has one row per kept source and may be empty (B = 0) when every
     image failed; each skipped source is named with its path and reason (the caller, which
@@ -180,4 +188,5 @@ def load_images(
             logger.debug("unreadable image %s: %s", err.path, err.reason)
         else:
             kept.append(index)
-    return LoadedImages(to_pixels(images, size), kept, skipped)
+    pixels = prepare(images) if prepare is not None and images else to_pixels(images, size)
+    return LoadedImages(pixels, kept, skipped)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from prsl.core.errors import InvalidInput
-from prsl.data.images import ImageLoadError, load_images, load_rgb
+from prsl.data.images import ImageLoadError, Prepare, load_images, load_rgb
 from prsl.data.types import (
     CaptionExample,
     DatasetSplit,
@@ -115,14 +115,15 @@ def batch_prompts(samples: Sequence[Sample]) -> list[str] | None:
 
 
 def load_batch(
-    samples: list[Sample], size: tuple[int, int]
+    samples: list[Sample], size: tuple[int, int], prepare: Prepare | None = None
 ) -> tuple[torch.Tensor | None, list[Sample], list[Skipped]]:
     """Decode a batch of images to (B, 3, H, W) pixels in [0, 1], skipping unreadable files.
 
-    Returns the pixels of the kept samples (None when none could be read), the kept samples,
-    and one ``Skipped`` per sample left out, keyed by its item and named in the log.
+    ``prepare`` is the model's own resize to its input ``size`` (see ``load_images``). Returns
+    the pixels of the kept samples (None when none could be read), the kept samples, and one
+    ``Skipped`` per sample left out, keyed by its item.
     """
-    loaded = load_images([s.image for s in samples], size, log)
+    loaded = load_images([s.image for s in samples], size, log, prepare)
     kept = [samples[i] for i in loaded.kept]
     lost = sorted(set(range(len(samples))) - set(loaded.kept))
     skipped = [

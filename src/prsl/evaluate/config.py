@@ -104,6 +104,8 @@ class EvalConfig(Strict):
     max_new_tokens: int = Field(20, ge=1)
     metrics: list[str] | None = None
     """Metric names (None: every captioning metric, or VQA accuracy for VQA data)."""
+    caption_prompt: str | None = None
+    """The captioning instruction of chat VLMs (None: each model's own, as saved with it)."""
     attack_target: Literal["clean", "ground_truth"] = "clean"
     gallery: int = Field(6, ge=0)
     """Clean/adversarial image pairs kept per model, attack and ε for the report."""

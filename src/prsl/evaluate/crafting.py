@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 
 from prsl.attacks import AttackResult, craft_on_surrogate
+from prsl.core.errors import InvalidInput
 from prsl.data import Sample
+from prsl.evaluate.config import EvalConfig
 from prsl.evaluate.grid import Cell
 from prsl.models import VLMAdapter
+from prsl.provenance import ModelRef
 
 
 def generate(
@@ -43,3 +46,16 @@ def craft(
     if isinstance(result, AttackResult):
         return result.final, result.steps
     return result, None
+
+
+def instructed(adapter: VLMAdapter, cfg: EvalConfig, model: ModelRef) -> VLMAdapter:
+    """The adapter with the config's captioning instruction, where the model takes one."""
+    if cfg.caption_prompt is None:
+        return adapter
+    if not hasattr(adapter, "caption_prompt"):
+        raise InvalidInput(
+            f"caption_prompt is for chat VLMs; {model.name} ({adapter.family}) takes no "
+            "instruction: leave caption_prompt unset"
+        )
+    adapter.caption_prompt = cfg.caption_prompt
+    return adapter

@@ -19,7 +19,7 @@ from prsl.core.errors import InvalidInput
 from prsl.core.paths import check_output_dir, slug
 from prsl.data import batch_prompts, evaluation_samples, load_batch, save_image
 from prsl.evaluate.config import EvalConfig
-from prsl.evaluate.crafting import attack_texts, craft, generate
+from prsl.evaluate.crafting import attack_texts, craft, generate, instructed
 from prsl.evaluate.grid import Cell
 from prsl.evaluate.items import SkipTally, read_evaluation_data
 from prsl.evaluate.ledger import drop_torn_tail, read_predictions
@@ -68,6 +68,7 @@ def attack_to_files(cfg: EvalConfig, model: str, out: Path, *, overwrite: bool =
         "attack": cell.recorded(),
         "attack_target": cfg.attack_target,
         "max_new_tokens": cfg.max_new_tokens,
+        "caption_prompt": cfg.caption_prompt,
         "seed": cfg.seed,
     }
     check_output_dir(out, "--out")
@@ -81,7 +82,7 @@ def attack_to_files(cfg: EvalConfig, model: str, out: Path, *, overwrite: bool =
     done = {row["key"]: row for row in read_predictions(captions) if "key" in row}
     fix = "choose another --out, or pass --overwrite to replace its images"
     check_settings(out, COMMAND, settings, has_results=bool(done), fix=fix)
-    adapter = load_adapter(ref.given)
+    adapter = instructed(load_adapter(ref.given), cfg, ref)
     samples = evaluation_samples(split, adapter.vqa_prompt)[: cfg.n_images]
     names = [image_name(s.key) for s in samples]
     if len(set(names)) != len(names):
@@ -93,7 +94,7 @@ def attack_to_files(cfg: EvalConfig, model: str, out: Path, *, overwrite: bool =
     with captions.open("a") as sink:
         for start in range(0, len(samples), cfg.batch_size):
             todo = [s for s in samples[start : start + cfg.batch_size] if s.key not in done]
-            pixels, kept, skipped = load_batch(todo, adapter.pixel_size)
+            pixels, kept, skipped = load_batch(todo, adapter.pixel_size, adapter.prepare_images)
             skips.add(skipped)
             if pixels is None:
                 continue

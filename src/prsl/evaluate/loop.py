@@ -38,7 +38,7 @@ from prsl.data import (
     skip_summary,
 )
 from prsl.evaluate.config import EvalConfig
-from prsl.evaluate.crafting import attack_texts, craft, generate
+from prsl.evaluate.crafting import attack_texts, craft, generate, instructed
 from prsl.evaluate.export import GALLERY, save_pair
 from prsl.evaluate.grid import Cell, grid_cells
 from prsl.evaluate.items import SkipTally, read_evaluation_data
@@ -92,10 +92,12 @@ def evaluate(
     keys: set[str] = set()
     bar = _progress(progress)  # started with the first model, so an early error prints alone
     with ledger.appending():
-        crafter = load_adapter(surrogate.given) if surrogate is not None else None
+        crafter = None
+        if surrogate is not None:
+            crafter = instructed(load_adapter(surrogate.given), cfg, surrogate)
         try:
             for model in models:
-                adapter = load_adapter(model.given)
+                adapter = instructed(load_adapter(model.given), cfg, model)
                 check_transfer_size(model, adapter, surrogate, crafter)
                 samples = evaluation_samples(split, adapter.vqa_prompt)
                 keys |= {s.key for s in samples}
@@ -174,6 +176,7 @@ def evaluation_settings(
         "data": cfg.data.model_dump(),
         "attack_target": cfg.attack_target,
         "max_new_tokens": cfg.max_new_tokens,
+        "caption_prompt": cfg.caption_prompt,
         "seed": cfg.seed,
         "surrogate": describe(surrogate) if surrogate is not None else None,
         "cells": {cell.key: cell.recorded() for cell in cells},
@@ -230,7 +233,7 @@ class Outputs:
 
 def evaluate_batch(job: ModelJob, batch: list[Sample]) -> None:
     """Generate clean, craft every unfinished cell, generate adversarial, append the rows."""
-    pixels, kept, skipped = load_batch(batch, job.adapter.pixel_size)
+    pixels, kept, skipped = load_batch(batch, job.adapter.pixel_size, job.adapter.prepare_images)
     job.skips.add(skipped)
     todo = job.ledger.unfinished(job.model.location, job.cells, kept)
     if pixels is None or not todo:

@@ -1,13 +1,17 @@
 """Vision-language models behind one adapter interface (pixels in [0, 1] in, logits/text out).
 
-Families: ``vision-encoder-decoder`` (ViT-GPT2 and the tiny from-scratch captioner) and
-``blip2`` (BLIP-2 with OPT). Load any of them with :func:`load_adapter`.
+Families: ``vision-encoder-decoder`` (ViT-GPT2 and the tiny from-scratch captioner), ``blip2``
+(BLIP-2 with OPT) and ``image-text-to-text`` (LLaVA-1.5, PaliGemma, Qwen2-VL / Qwen2.5-VL,
+SmolVLM / Idefics3, through their differentiable pixel pipelines). Load any of them with
+:func:`load_adapter`, which picks the family from the config's ``model_type``.
 """
 
 from prsl.models.base import VLMAdapter
 from prsl.models.blip2 import Blip2Adapter
-from prsl.models.blip2_finetune import freeze_for_finetune, lora_merged_state_dict
 from prsl.models.hf import ADAPTER_INFO, HFAdapter
+from prsl.models.image_text import ImageTextAdapter
+from prsl.models.lora import freeze_for_finetune, lora_merged_state_dict
+from prsl.models.pixels import PixelPipeline, register, supported_model_types
 from prsl.models.registry import (
     ADAPTER_FAMILIES,
     adapter_class,
@@ -23,6 +27,8 @@ __all__ = [
     "ADAPTER_INFO",
     "Blip2Adapter",
     "HFAdapter",
+    "ImageTextAdapter",
+    "PixelPipeline",
     "VLMAdapter",
     "VisionEncoderDecoderAdapter",
     "adapter_class",
@@ -33,4 +39,6 @@ __all__ = [
     "freeze_for_finetune",
     "load_adapter",
     "lora_merged_state_dict",
+    "register",
+    "supported_model_types",
 ]

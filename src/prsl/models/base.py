@@ -9,9 +9,11 @@ itself, so an attack's ε is in pixel units.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 
 from prsl.core.labels import IGNORE_INDEX
@@ -46,6 +48,11 @@ class VLMAdapter(ABC):
     @abstractmethod
     def pixel_size(self) -> tuple[int, int]:
         """(H, W) the model expects."""
+
+    prepare_images: Callable[[list[Image.Image]], torch.Tensor] | None = None
+    """How decoded RGB images reach ``pixel_size`` (B, 3, H, W) in [0, 1], done once and outside
+    any gradient; None: a plain bicubic resize. A model whose own processor resizes otherwise
+    (shortest edge then centre crop, say) sets it, so pixels match what its processor would give."""
 
     @property
     def device(self) -> torch.device:

@@ -8,20 +8,17 @@ loss and ``generate`` build that layout here, so what is trained is what is gene
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Blip2ForConditionalGeneration
 
 from prsl.core.errors import InvalidInput
-from prsl.models.blip2_finetune import (
+from prsl.models.hf import HFAdapter, pad_batch, teacher_forcing_batch
+from prsl.models.lora import (
     FinetuneMode,
     freeze_for_finetune,
-    has_lora,
-    lora_merged_state_dict,
 )
-from prsl.models.hf import HFAdapter, pad_batch, teacher_forcing_batch
 
 
 class Blip2Adapter(HFAdapter):
@@ -133,10 +130,3 @@ class Blip2Adapter(HFAdapter):
         return freeze_for_finetune(
             self.model, mode, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout
         )
-
-    def _save_model(self, directory: Path) -> None:
-        """LoRA weights are merged into the saved copy, so it loads as a plain BLIP-2."""
-        if has_lora(self.model):
-            self.model.save_pretrained(directory, state_dict=lora_merged_state_dict(self.model))
-        else:
-            self.model.save_pretrained(directory)

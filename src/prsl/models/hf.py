@@ -23,6 +23,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedModel
 from prsl.core.errors import InvalidInput
 from prsl.core.labels import IGNORE_INDEX
 from prsl.models.base import VLMAdapter
+from prsl.models.lora import has_lora, lora_merged_state_dict
 
 ADAPTER_INFO = "prsl_adapter.json"
 """Written beside the Hugging Face files by ``save``: the family and the VQA prompt template."""
@@ -101,7 +102,7 @@ class HFAdapter(VLMAdapter):
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        mean, std, self._pixel_size = image_geometry(image_processor)
+        mean, std, self._pixel_size = self._geometry(image_processor)
         self.image_mean = torch.tensor(mean, dtype=torch.float32)
         self.image_std = torch.tensor(std, dtype=torch.float32)
         self.vqa_template = self.default_vqa_template if vqa_template is None else vqa_template
@@ -110,6 +111,10 @@ class HFAdapter(VLMAdapter):
                 f"vqa_template must contain '{{question}}', got {self.vqa_template!r}"
             )
         self.end_token_id, self.stop_token_ids = self._end_tokens()
+
+    def _geometry(self, image_processor: Any) -> tuple[list[float], list[float], tuple[int, int]]:
+        """(mean, std, (H, W)) of the pixels this model takes."""
+        return image_geometry(image_processor)
 
     # ----------------------------------------------------------------- pixels and tokens
     @property
@@ -201,13 +206,24 @@ class HFAdapter(VLMAdapter):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._save_model(directory)
-        self.tokenizer.save_pretrained(directory)
-        self.image_processor.save_pretrained(directory)
-        info = {"family": self.family, "vqa_template": self.vqa_template}
+        self._save_processing(directory)
+        info = {"family": self.family, **self.options()}
         (directory / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n")
 
+    def options(self) -> dict[str, Any]:
+        """What ``load_adapter`` passes back to ``from_pretrained`` from a saved directory."""
+        return {"vqa_template": self.vqa_template}
+
+    def _save_processing(self, directory: Path) -> None:
+        self.tokenizer.save_pretrained(directory)
+        self.image_processor.save_pretrained(directory)
+
     def _save_model(self, directory: Path) -> None:
-        self.model.save_pretrained(directory)
+        """LoRA weights are merged into the saved copy, so it loads as a plain model."""
+        if has_lora(self.model):
+            self.model.save_pretrained(directory, state_dict=lora_merged_state_dict(self.model))
+        else:
+            self.model.save_pretrained(directory)
 
     @classmethod
     def from_pretrained(
@@ -217,9 +233,10 @@ class HFAdapter(VLMAdapter):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         trust_remote_code: bool = False,
-        vqa_template: str | None = None,
+        **adapter_options: Any,
     ) -> HFAdapter:
-        """Model, tokenizer and image processor of a hub id or a local directory.
+        """Model and processing (tokenizer and image processor, or a processor) of a hub id or a
+        local directory; ``adapter_options`` go to the adapter (``vqa_template``, ...).
 
         Without ``name_or_path``, the family's paper checkpoint (``default_hub_id``).
         """
@@ -228,9 +245,16 @@ class HFAdapter(VLMAdapter):
         model = cls.model_class.from_pretrained(
             source, **options, **({} if dtype is None else {"dtype": dtype})
         )
-        tokenizer = AutoTokenizer.from_pretrained(source, **options)
-        processor = AutoImageProcessor.from_pretrained(source, **options)
+        parts = cls._load_processing(source, **options)
         if device is not None:
             model.to(device)
         model.eval()
-        return cls(model, tokenizer, processor, vqa_template=vqa_template)
+        return cls(model, *parts, **adapter_options)
+
+    @classmethod
+    def _load_processing(cls, source: str, **options: Any) -> tuple[Any, ...]:
+        """What the constructor takes after the model: here a tokenizer and an image processor."""
+        return (
+            AutoTokenizer.from_pretrained(source, **options),
+            AutoImageProcessor.from_pretrained(source, **options),
+        )

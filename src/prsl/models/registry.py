@@ -17,15 +17,26 @@ from transformers import AutoConfig
 from prsl.core.errors import InvalidInput, MissingInput
 from prsl.models.blip2 import Blip2Adapter
 from prsl.models.hf import ADAPTER_INFO, HFAdapter
+from prsl.models.image_text import ImageTextAdapter
+from prsl.models.pixels import supported_model_types
 from prsl.models.ved import VisionEncoderDecoderAdapter
 
 ADAPTER_FAMILIES: dict[str, type[HFAdapter]] = {
     VisionEncoderDecoderAdapter.family: VisionEncoderDecoderAdapter,
     Blip2Adapter.family: Blip2Adapter,
+    ImageTextAdapter.family: ImageTextAdapter,
 }
+DYNAMIC_TILING = frozenset({"llava_next", "llava_onevision", "llava_next_video", "mllama"})
+"""Architectures that tile each image into a grid chosen from its size: an attack's pixels would
+need a different layout per image, so they are refused (a fixed grid would be the way to add
+one)."""
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
 """What a saved model folder holds its weights in."""
-MODEL_TYPE_FAMILIES = {"vision-encoder-decoder": "vision-encoder-decoder", "blip-2": "blip2"}
+MODEL_TYPE_FAMILIES = {
+    "vision-encoder-decoder": VisionEncoderDecoderAdapter.family,
+    "blip-2": Blip2Adapter.family,
+    **dict.fromkeys(supported_model_types(), ImageTextAdapter.family),
+}
 """Hugging Face ``config.model_type`` -> adapter family."""
 
 
@@ -72,11 +83,20 @@ def detect_family(source: str, trust_remote_code: bool = False) -> str:
     """The adapter family of a hub id or directory, from its config's ``model_type``."""
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     family = MODEL_TYPE_FAMILIES.get(config.model_type)
-    if family is None:
-        supported = ", ".join(sorted(MODEL_TYPE_FAMILIES))
+    supported = ", ".join(sorted(MODEL_TYPE_FAMILIES))
+    if config.model_type in DYNAMIC_TILING:
         raise InvalidInput(
-            f"{source!r} is a {config.model_type!r} model; supported model types: {supported} "
-            f"(pass family= to force an adapter)"
+            f"{source!r} is a {config.model_type!r} model, which tiles each image into a grid "
+            f"chosen from its size; prsl attacks fixed-size inputs only. Supported model types: "
+            f"{supported}; to add this one, write a pixel pipeline with a fixed grid "
+            "(prsl.models.pixels, see the README's 'Bring your own VLM')"
+        )
+    if family is None:
+        raise InvalidInput(
+            f"{source!r} is a {config.model_type!r} model; supported model types: {supported}. "
+            "An image-text-to-text model needs a pixel pipeline: subclass "
+            "prsl.models.pixels.PixelPipeline and write its model_inputs (see the README's "
+            "'Bring your own VLM')"
         )
     return family
 
@@ -145,16 +165,13 @@ def load_adapter(
     dtype = _resolve_dtype(dtype)
     cls = adapter_class(check_model_source(dir_or_hub_id, family, trust_remote_code))
     source, local = _config_source(dir_or_hub_id)
-    vqa_template = None
+    options = {}
     if local is not None and (local / ADAPTER_INFO).is_file():
-        vqa_template = json.loads((local / ADAPTER_INFO).read_text()).get("vqa_template")
+        options = json.loads((local / ADAPTER_INFO).read_text())
+        options.pop("family", None)
     try:
         return cls.from_pretrained(
-            source,
-            device=device,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            vqa_template=vqa_template,
+            source, device=device, dtype=dtype, trust_remote_code=trust_remote_code, **options
         )
     except (OSError, SafetensorError) as err:
         if local is not None:

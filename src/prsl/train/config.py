@@ -53,8 +53,16 @@ class ModelConfig(Strict):
     family: str | None = None
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     blip2_trainable: Literal["qformer", "lora"] = "qformer"
+    vlm_trainable: Literal["lora", "lora+projector", "full"] = "lora"
+    """For an image-text-to-text VLM: LoRA on its language model, the projector too, or the
+    language model and projector whole; the vision tower is frozen in every mode."""
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, about a third more time)."""
+    caption_prompt: str | None = None
+    """The captioning instruction of a chat VLM (None: its architecture's default); saved with
+    the model, so evaluation asks the same."""
     trust_remote_code: bool = False
 
     @model_validator(mode="after")

@@ -377,7 +377,8 @@ def optimizer_step(session: Session, group: list[list[int]]) -> dict[str, Any] |
     for i, indices in enumerate(group):
         mine = indices[rank::world] if world > 1 else indices
         batch = [session.samples[j] for j in mine]
-        pixels, kept, skipped = load_batch(batch, session.adapter.pixel_size)
+        adapter = session.adapter
+        pixels, kept, skipped = load_batch(batch, adapter.pixel_size, adapter.prepare_images)
         for item in skipped:
             if session.skipped.setdefault(item.identity, item) is item:
                 log.warning("skipping unreadable image %s: %s", item.path, item.reason)

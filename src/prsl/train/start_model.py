@@ -20,6 +20,7 @@ from prsl.models import (
     ADAPTER_INFO,
     Blip2Adapter,
     HFAdapter,
+    ImageTextAdapter,
     VisionEncoderDecoderAdapter,
     build_tiny_captioner,
     load_adapter,
@@ -77,6 +78,14 @@ def build_adapter(
             adapter.freeze_for_finetune(
                 model_cfg.blip2_trainable, lora_r=model_cfg.lora_r, lora_alpha=model_cfg.lora_alpha
             )
+        elif isinstance(adapter, ImageTextAdapter):
+            if model_cfg.caption_prompt is not None:
+                adapter.caption_prompt = model_cfg.caption_prompt
+            adapter.freeze_for_finetune(
+                model_cfg.vlm_trainable, lora_r=model_cfg.lora_r, lora_alpha=model_cfg.lora_alpha
+            )
+        if model_cfg.gradient_checkpointing:
+            adapter.model.gradient_checkpointing_enable()
     if isinstance(adapter, VisionEncoderDecoderAdapter):
         freeze_encoder_pooler(adapter.model)
     if accelerator is not None:

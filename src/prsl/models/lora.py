@@ -1,8 +1,9 @@
-"""Which BLIP-2 parameters train: the paper's Q-Former fine-tune, or LoRA on the frozen LLM.
+"""Which parameters of a pretrained VLM train: LoRA on its language model, or a named part.
 
 ``peft`` is imported only when LoRA is asked for: it is slow to import and most runs never
-need it. LoRA layers are injected into the model in place (no wrapper), so the adapter keeps
-calling the same ``Blip2ForConditionalGeneration``; saving merges them into a plain copy.
+need it. LoRA layers are injected into the model in place (no wrapper), so an adapter keeps
+calling the same Hugging Face model; saving merges them into a plain copy that loads without
+peft. BLIP-2 has a second mode, the paper's: the Q-Former (and projection) train, the LLM frozen.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from prsl.core.errors import InvalidInput
 
 FinetuneMode = Literal["qformer", "lora"]
 LORA_TARGETS = ("q_proj", "v_proj")
-"""OPT attention projections; the vision tower and the Q-Former name theirs differently."""
+"""The language models' attention projections (OPT, Llama, Qwen2, Gemma); the vision towers and
+BLIP-2's Q-Former name theirs differently, so a regex on the language model's path selects them."""
+BLIP2_LANGUAGE_MODEL = r"language_model\..*"
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -51,21 +54,33 @@ def freeze_for_finetune(
         raise InvalidInput(f"mode must be one of {get_args(FinetuneMode)}, got {mode!r}")
     if has_lora(model):
         raise InvalidInput("this model already carries LoRA layers; freeze it only once")
+    if mode == "lora":
+        return inject_lora(model, BLIP2_LANGUAGE_MODEL, lora_r, lora_alpha, lora_dropout)
     model.requires_grad_(False)
-    if mode == "qformer":
-        model.query_tokens.requires_grad_(True)
-        model.qformer.requires_grad_(True)
-        model.language_projection.requires_grad_(True)
-    else:
-        _inject_lora(model, lora_r, lora_alpha, lora_dropout)
+    model.query_tokens.requires_grad_(True)
+    model.qformer.requires_grad_(True)
+    model.language_projection.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _inject_lora(model: nn.Module, r: int, alpha: int, dropout: float) -> None:
+def inject_lora(
+    model: nn.Module,
+    language_model: str,
+    r: int,
+    alpha: int,
+    dropout: float,
+    *,
+    also_train: tuple[str, ...] = (),
+) -> int:
+    """Freeze ``model`` but rank-``r`` LoRA adapters on the attention projections of the modules
+    matching ``language_model`` (a regex on module paths), and the parameters whose names
+    contain one of ``also_train`` (a projector); returns the number of trainable parameters."""
     if r < 1:
         raise InvalidInput(f"lora_r must be >= 1, got {r}")
     if not 0.0 <= dropout < 1.0:
         raise InvalidInput(f"lora_dropout must be in [0, 1), got {dropout}")
+    if has_lora(model):
+        raise InvalidInput("this model already carries LoRA layers; freeze it only once")
     from peft import LoraConfig, inject_adapter_in_model
 
     targets = "|".join(LORA_TARGETS)
@@ -73,13 +88,14 @@ def _inject_lora(model: nn.Module, r: int, alpha: int, dropout: float) -> None:
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=rf"language_model\..*\.({targets})",
+        target_modules=rf"{language_model}\.({targets})",
     )
     was_training = model.training
     inject_adapter_in_model(config, model)
     model.train(was_training)  # new dropout layers start in training mode; keep the model's
     for name, param in model.named_parameters():
-        param.requires_grad_(".lora_" in name)
+        param.requires_grad_(".lora_" in name or any(part in name for part in also_train))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 @torch.no_grad()

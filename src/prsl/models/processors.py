@@ -1,0 +1,83 @@
+"""Loading a model's processor, with the workarounds transformers 5 needs without torchvision.
+
+Qwen2-VL's and Qwen2.5-VL's processors list a video processor among their parts, and that
+video processor needs torchvision, which prsl does not depend on: building, saving or loading
+the processor then fails even for images alone (huggingface/transformers#48558). Images never
+use the video processor, so where torchvision is missing it is left out of those processors'
+parts. SmolVLM's processor cannot be built at all without torchvision (and ``num2words``); its
+images are laid out exactly as by ``Idefics3Processor``, which is built from the same tokenizer,
+image processor and chat template instead.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoProcessor, ProcessorMixin
+
+_IMAGE_ONLY = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
+
+
+def _without_video(cls: type) -> None:
+    original = ProcessorMixin.get_attributes.__func__
+
+    def get_attributes(klass):
+        return [name for name in original(klass) if name != "video_processor"]
+
+    cls.get_attributes = classmethod(get_attributes)
+
+
+def image_only_processors() -> None:
+    """Make the processors above work on images without torchvision (idempotent)."""
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        return
+    import transformers
+
+    for name in _IMAGE_ONLY:
+        cls = getattr(transformers, name, None)
+        if cls is not None and "get_attributes" not in cls.__dict__:
+            _without_video(cls)
+
+
+def _processor_settings(source: str, **options: Any) -> dict[str, Any]:
+    from transformers.utils import cached_file
+
+    path = cached_file(source, "processor_config.json", _raise_exceptions_for_missing_entries=False)
+    return json.loads(Path(path).read_text()) if path else {}
+
+
+def _chat_template(source: str, settings: dict, tokenizer: Any, **options: Any) -> str | None:
+    from transformers.utils import cached_file
+
+    path = cached_file(source, "chat_template.jinja", _raise_exceptions_for_missing_entries=False)
+    if path:
+        return Path(path).read_text()
+    return settings.get("chat_template") or getattr(tokenizer, "chat_template", None)
+
+
+def load_processor(source: str, **options: Any) -> Any:
+    """``AutoProcessor.from_pretrained``, where torchvision is missing too (module docstring)."""
+    image_only_processors()
+    try:
+        return AutoProcessor.from_pretrained(source, **options)
+    except (ImportError, OSError, AttributeError) as err:
+        settings = _processor_settings(source, **options)
+        if settings.get("processor_class") != "SmolVLMProcessor":
+            raise
+        from transformers import AutoImageProcessor, AutoTokenizer, Idefics3Processor
+
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+        images = AutoImageProcessor.from_pretrained(source, **options)
+        seq_len = settings.get("image_seq_len")
+        if seq_len is None:
+            raise err
+        return Idefics3Processor(
+            image_processor=images,
+            tokenizer=tokenizer,
+            image_seq_len=int(seq_len),
+            chat_template=_chat_template(source, settings, tokenizer, **options),
+        )

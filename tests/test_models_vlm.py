@@ -1,0 +1,284 @@
+"""Image-text-to-text VLMs (LLaVA-1.5, PaliGemma, Qwen2-VL, Qwen2.5-VL, SmolVLM, Idefics3) through
+their differentiable pixel pipelines, each a tiny random model with a real processor built
+offline, saved and loaded through ``load_adapter``.
+
+What a user relies on: the pipeline gives what the Hugging Face processor gives, pixel for
+pixel; ``adapter.generate`` gives what ``model.generate(**processor(...))`` gives, token for
+token, batched or not; the loss's gradient reaches the pixels; fine-tuning lowers the loss with
+CE and PRSL, and a save / load round trip keeps the outputs; a briefly trained model's captions
+fall to PGD far more than to noise; bad input is refused before any work.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import vlm_builders
+from prsl.attacks import pgd, untargeted_loss
+from prsl.cli import app
+from prsl.config import load_config
+from prsl.core.errors import InvalidInput
+from prsl.data import evaluation_samples, load_batch, read_dataset
+from prsl.losses import get_loss
+from prsl.models import ImageTextAdapter, load_adapter
+from prsl.models.processors import load_processor
+from prsl.train import FinetuneConfig, finetune
+
+FAMILIES = vlm_builders.FAMILIES
+
+
+class Saved(dict):
+    """Family -> its tiny saved model, built the first time a test asks for it."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, family: str) -> Path:
+        self[family] = vlm_builders.build(family, self.root / family)
+        return self[family]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Saved:
+    return Saved(tmp_path_factory.mktemp("vlms"))
+
+
+def processor_inputs(adapter: ImageTextAdapter, folder: Path, images, prompts):
+    """What the Hugging Face processor gives for these images and rendered prompts."""
+    processor = load_processor(str(folder))
+    height, width = adapter.pixel_size
+    if adapter.model.config.model_type.startswith("qwen"):  # prsl fixes Qwen's input size
+        images = [image.resize((width, height), 3) for image in images]
+    processor.tokenizer.padding_side = "left"
+    texts = [adapter.render(p) for p in prompts]
+    options = adapter.pipeline.processor_options
+    if "do_image_splitting" in options:  # Idefics3 takes a list of images per text
+        images = [[image] for image in images]
+    return processor(images=images, text=texts, padding=True, return_tensors="pt", **options)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_pixel_pipeline_is_the_processor(saved, family):
+    adapter = load_adapter(saved[family])
+    assert isinstance(adapter, ImageTextAdapter) and adapter.family == "image-text-to-text"
+    photos = [vlm_builders.photo(97, 61, seed=0), vlm_builders.photo(50, 80, seed=1)]
+    reference = processor_inputs(adapter, saved[family], photos, [adapter.caption_prompt] * 2)
+    pixels = adapter.prepare_images(photos)
+    assert pixels.shape == (2, 3, *adapter.pixel_size) and 0 <= pixels.min() <= pixels.max() <= 1
+    mine = adapter.pipeline.model_inputs(pixels)
+    for name, value in mine.items():
+        assert value.shape == reference[name].shape, name
+        torch.testing.assert_close(value.float(), reference[name].float(), rtol=0, atol=1e-5)
+    for prompt in (adapter.caption_prompt, adapter.vqa_prompt("what colour is the circle?")):
+        single = processor_inputs(adapter, saved[family], photos[:1], [prompt])
+        assert adapter.prefix_ids(prompt) == single["input_ids"][0].tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generate_is_model_generate_token_for_token_batched_or_not(saved, family):
+    adapter = load_adapter(saved[family])
+    photos = [vlm_builders.photo(97, 61, seed=2), vlm_builders.photo(61, 97, seed=3)]
+    prompts = [adapter.caption_prompt, adapter.vqa_prompt("how many shapes are there?")]
+    pixels = adapter.prepare_images(photos)
+    batched = adapter.generate(pixels, prompts, max_new_tokens=6)
+    for i, prompt in enumerate(prompts):
+        inputs = processor_inputs(adapter, saved[family], photos[i : i + 1], [prompt])
+        with torch.no_grad():
+            out = adapter.model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        expected = adapter._decode(out[:, inputs["input_ids"].shape[1] :])
+        assert adapter.generate(pixels[i : i + 1], [prompt], max_new_tokens=6) == expected
+        assert batched[i] == expected[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_loss_reaches_the_pixels_and_counts_only_the_answer(saved, family):
+    adapter = load_adapter(saved[family])
+    pixels = adapter.prepare_images([vlm_builders.photo()]).requires_grad_()
+    logits, labels = adapter.logits_and_labels(pixels, ["a red circle"], None)
+    counted = labels[labels != -100].tolist()
+    answer = adapter._answer_ids(["a red circle"], 1)[0]
+    assert counted == [*answer, adapter.end_token_id]  # the answer, then the end of the turn
+    adapter.loss(pixels, ["a red circle"]).sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
+def train_config(folder: Path, out: Path, loss: str, mode: str, steps: int = 8) -> FinetuneConfig:
+    params = "{k: 4, weight: 0.001}" if loss == "prsl" else "{}"
+    return load_config(
+        FinetuneConfig,
+        None,
+        [
+            f"model.name_or_path={folder}",
+            f"model.vlm_trainable={mode}",
+            "model.lora_r=4",
+            "data.options={n: 16, seed: 0}",
+            f"loss={{name: {loss}, params: {params}}}",
+            f"train.max_steps={steps}",
+            "train.batch_size=8",
+            "train.lr=5e-3",
+            "train.log_every=1",
+            "train.scheduler=constant",
+            f"train.output_dir={out}",
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("family", "loss"), [("llava", "ce"), ("qwen2_vl", "prsl"), ("smolvlm", "prsl")]
+)
+def test_lora_steps_lower_the_loss_and_the_saved_model_answers_the_same(
+    saved, tmp_path, family, loss
+):
+    result = finetune(train_config(saved[family], tmp_path, loss, "lora+projector"), progress=False)
+    ce = [step["ce"] for step in result.history]
+    assert sum(ce[-3:]) < sum(ce[:3]), ce
+    reloaded = load_adapter(result.model_dir)  # LoRA merged into plain weights
+    assert not any("lora" in name for name, _ in reloaded.model.named_parameters())
+    again = load_adapter(result.model_dir)
+    pixels = reloaded.prepare_images([vlm_builders.photo(seed=4)])
+    assert reloaded.generate(pixels, max_new_tokens=5) == again.generate(pixels, max_new_tokens=5)
+
+
+def captions_changed(adapter, pixels, changed_pixels) -> float:
+    before = adapter.generate(pixels, max_new_tokens=8)
+    after = adapter.generate(changed_pixels, max_new_tokens=8)
+    return sum(a != b for a, b in zip(before, after, strict=True)) / len(before)
+
+
+def test_pgd_moves_a_trained_vlm_far_more_than_noise(saved, tmp_path):
+    cfg = train_config(saved["llava"], tmp_path / "run", "ce", "full", steps=80)
+    adapter = load_adapter(finetune(cfg, progress=False).model_dir)
+    samples = evaluation_samples(read_dataset("shapes", n=16, seed=9), adapter.vqa_prompt)
+    pixels, _, _ = load_batch(samples, adapter.pixel_size, adapter.prepare_images)
+    clean = adapter.generate(pixels, max_new_tokens=8)
+    assert sum("square" in c or "circle" in c or "triangle" in c for c in clean) >= 8  # it learnt
+    eps = 8 / 255
+    generator = torch.Generator().manual_seed(0)
+    noise = (pixels + eps * (2 * torch.randint(0, 2, pixels.shape, generator=generator) - 1)).clamp(
+        0, 1
+    )
+    adversarial = pgd(
+        pixels, untargeted_loss(adapter, clean), eps=eps, steps=10, generator=generator
+    )
+    assert (adversarial - pixels).abs().max() <= eps + 1e-6
+    attacked, noisy = (
+        captions_changed(adapter, pixels, adversarial),
+        captions_changed(adapter, pixels, noise),
+    )
+    assert attacked >= 0.75 and attacked >= noisy + 0.4, (attacked, noisy)
+
+
+def test_finetune_and_evaluate_run_from_the_command_line(saved, tmp_path):
+    run = CliRunner()
+    out = tmp_path / "run"
+    tune = run.invoke(
+        app,
+        [
+            "finetune",
+            *("--set", f"model.name_or_path={saved['paligemma']}"),
+            *("--set", "data.name=shapes-vqa", "--set", "data.options={n: 12, seed: 0}"),
+            *("--set", "loss={name: prsl, params: {k: 4, weight: 0.001}}"),
+            *("--set", "train.max_steps=3", "--set", "train.batch_size=4"),
+            *("--set", f"train.output_dir={out}"),
+        ],
+    )
+    assert tune.exit_code == 0, tune.output
+    evaluation = run.invoke(
+        app,
+        [
+            "evaluate",
+            *("-m", str(out / "final"), "-m", str(saved["paligemma"])),
+            *("--set", "data.name=shapes-vqa", "--set", "data.options={n: 4, seed: 3}"),
+            *("--set", "n_images=4", "--set", "max_new_tokens=4"),
+            *("--set", "attacks=[{name: apgd, eps: [2/255, 4/255], steps: 3}]"),
+            *("--set", f"output_dir={tmp_path / 'eval'}"),
+        ],
+    )
+    assert evaluation.exit_code == 0, evaluation.output
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert {(r["model"], r["loss"], r["task"]) for r in results["runs"]} == {
+        ("run", "prsl", "vqa"),
+        ("paligemma", "pretrained", "vqa"),
+    }
+    assert {r["steps"] for r in results["runs"]} == {3}
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def test_a_dynamically_tiling_model_is_refused_naming_what_is_supported(tmp_path):
+    from transformers import LlavaNextConfig
+
+    LlavaNextConfig().save_pretrained(tmp_path)
+    with pytest.raises(InvalidInput, match="tiles each image into a grid.*llava, paligemma"):
+        load_adapter(tmp_path)
+
+
+def test_an_unknown_image_text_model_names_the_one_function_to_write(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "fuyu"}))
+    with pytest.raises(InvalidInput, match="write its model_inputs"):
+        load_adapter(tmp_path)
+
+
+def test_a_prompt_template_without_the_image_is_refused(saved, tmp_path):
+    model, processor = vlm_builders.llava()
+    processor.chat_template = "{% for m in messages %}{{ m['content'][1]['text'] }}{% endfor %}"
+    with pytest.raises(InvalidInput, match="leaves out the image"):
+        ImageTextAdapter(model, processor)
+
+
+@pytest.mark.parametrize(
+    ("family", "size", "message"),
+    [
+        ("qwen2_vl", (50, 84), "multiples of 28"),
+        ("qwen2_vl", (280, 280), "height\\*width <="),
+        ("llava", (64, 64), "takes 32x32 images"),
+    ],
+)
+def test_an_image_size_the_processor_cannot_produce_is_refused(saved, family, size, message):
+    with pytest.raises(InvalidInput, match=message):
+        ImageTextAdapter.from_pretrained(saved[family], image_size=size)
+
+
+def test_the_criterion_matches_the_models_own_loss(saved):
+    """Labels are aligned with the logits, so prsl's CE is the model's own shifted loss."""
+    adapter = load_adapter(saved["llava"])
+    pixels = adapter.prepare_images([vlm_builders.photo()])
+    logits, labels = adapter.logits_and_labels(pixels, ["a blue square"], None)
+    ours = get_loss("ce")(logits, labels)
+    prefix = adapter.prefix_ids(adapter.caption_prompt)
+    ids = torch.tensor(
+        [prefix + adapter._answer_ids(["a blue square"], 1)[0] + [adapter.end_token_id]]
+    )
+    hf_labels = ids.clone()
+    hf_labels[:, : len(prefix)] = -100
+    with torch.no_grad():
+        theirs = adapter.model(
+            input_ids=ids,
+            pixel_values=adapter.pipeline.model_inputs(pixels)["pixel_values"],
+            labels=hf_labels,
+        ).loss
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_smolvlm_processor_loads_without_torchvision(saved, tmp_path):
+    """SmolVLMProcessor needs torchvision and num2words; its images are laid out as by
+    Idefics3Processor, which prsl builds instead from the same files."""
+    from shutil import copytree
+
+    folder = copytree(saved["smolvlm"], tmp_path / "smolvlm2")
+    settings = json.loads((folder / "processor_config.json").read_text())
+    settings["processor_class"] = "SmolVLMProcessor"  # as the hub's SmolVLM2 checkpoints say
+    (folder / "processor_config.json").write_text(json.dumps(settings))
+    adapter, reference = load_adapter(folder), load_adapter(saved["smolvlm"])
+    pixels = reference.prepare_images([vlm_builders.photo()])
+    assert adapter.prefix_ids("Describe.") == reference.prefix_ids("Describe.")
+    assert adapter.generate(pixels, max_new_tokens=5) == reference.generate(
+        pixels, max_new_tokens=5
+    )

@@ -1,0 +1,460 @@
+"""Tiny random-weight image-text-to-text VLMs, each with a real processor built offline.
+
+For every supported architecture: a byte-level BPE tokenizer trained with ``tokenizers`` on the
+test texts, with the family's special tokens and chat template; the family's image processor
+with an explicit input size; the processor class built from both; a model from its config,
+small enough to run many times in the suite. ``build(family, folder)`` saves model and processor
+with ``save_pretrained``, so tests load them back through ``prsl.models.load_adapter``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import processors as post
+from transformers import GenerationConfig, PreTrainedTokenizerFast
+
+from prsl.data import read_dataset
+from prsl.models.processors import image_only_processors
+
+FAMILIES = ("llava", "paligemma", "qwen2_vl", "qwen2_5_vl", "smolvlm", "idefics3")
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def corpus() -> list[str]:
+    """Texts the tokenizers learn from: prompts of every family and the shapes captions."""
+    shapes = read_dataset("shapes", n=60, seed=0).examples
+    vqa = read_dataset("shapes-vqa", n=40, seed=0).examples
+    return [
+        *(ref for ex in shapes for ref in ex.references),
+        *(ex.question for ex in vqa),
+        *(answer for ex in vqa for answer in set(ex.answers)),
+        "USER: What is shown in the image? ASSISTANT: A red circle.",
+        "Describe the image in one short sentence.",
+        "Answer with one word.",
+        "caption en\nA photo of a red circle.",
+        "answer en what colour is it?\nred",
+        "system\nYou are a helpful assistant.",
+        "user\nDescribe the image.",
+        "assistant\nThe image shows a blue square.",
+        "User: Describe the image. Assistant: A green triangle.",
+    ]
+
+
+def byte_bpe(specials: list[str], vocab: int = 400, qwen: bool = False) -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    if qwen:
+        split = (
+            r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"""
+            r"""[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+        )
+        tokenizer.normalizer = normalizers.NFC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus(), trainer=trainer)
+    return tokenizer
+
+
+def photo(width: int = 97, height: int = 61, seed: int = 0) -> Image.Image:
+    """A non-square, photo-like RGB image: gradients, noise and a few shapes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = [
+        255 * xx / (width - 1),
+        255 * yy / (height - 1),
+        128 + 100 * np.sin(xx / 7.0 + seed) * np.cos(yy / 5.0),
+    ]
+    array = np.stack(channels, -1) + rng.normal(0, 12, (height, width, 3))
+    image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([width * 0.1, height * 0.15, width * 0.45, height * 0.7], fill=(220, 30, 40))
+    draw.rectangle([width * 0.55, height * 0.4, width * 0.9, height * 0.9], fill=(30, 160, 60))
+    return image
+
+
+def _finish(model, tokenizer, end_ids: list[int]) -> None:
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=end_ids if len(end_ids) > 1 else end_ids[0],
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    model.eval()
+
+
+# ------------------------------------------------------------------------------- LLaVA-1.5
+
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}"
+    "{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def llava(side: int = 32, patch: int = 8):
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    backend = byte_bpe(["<unk>", "<s>", "</s>", "<pad>", "<image>"])
+    backend.post_processor = post.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    images = CLIPImageProcessorPil(
+        size={"shortest_edge": side},
+        crop_size={"height": side, "width": side},
+        resample=3,
+        do_center_crop=True,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+    processor = LlavaProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_TEMPLATE,
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=side,
+            patch_size=patch,
+            projection_dim=32,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            initializer_range=0.2,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_index=tokenizer.image_token_id,
+        image_seq_length=(side // patch) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    model = LlavaForConditionalGeneration(config)
+    _finish(model, tokenizer, [tokenizer.eos_token_id])
+    return model, processor
+
+
+# ------------------------------------------------------------------------------- PaliGemma
+
+
+def paligemma(side: int = 32, patch: int = 8):
+    from transformers import (
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipVisionConfig,
+    )
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=byte_bpe(["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]),
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    images = SiglipImageProcessorPil(
+        size={"height": side, "width": side}, resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    images.image_seq_length = (side // patch) ** 2
+    processor = PaliGemmaProcessor(image_processor=images, tokenizer=tokenizer)  # grows the vocab
+    vocab = len(tokenizer)
+    config = PaliGemmaConfig(
+        vision_config=SiglipVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=side,
+            patch_size=patch,
+            vision_use_head=False,
+            initializer_range=0.5,
+        ),
+        text_config=GemmaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=256,
+            initializer_range=0.5,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_index=processor.image_token_id,
+        projection_dim=32,
+        hidden_size=32,
+        vocab_size=vocab,
+        initializer_range=0.5,
+    )
+    model = PaliGemmaForConditionalGeneration(config)
+    _finish(model, tokenizer, [tokenizer.eos_token_id])
+    return model, processor
+
+
+# ------------------------------------------------------------------------------- Qwen2-VL
+
+QWEN_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+QWEN_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def qwen(version: str = "qwen2_vl", size: tuple[int, int] = (56, 84)):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    image_only_processors()
+    if version == "qwen2_vl":
+        from transformers import Qwen2VLConfig as Config
+        from transformers import Qwen2VLForConditionalGeneration as Model
+        from transformers import Qwen2VLProcessor as Processor
+
+        vision = {"depth": 2, "embed_dim": 32, "num_heads": 2, "mlp_ratio": 2, "hidden_size": 64}
+    else:
+        from transformers import Qwen2_5_VLConfig as Config
+        from transformers import Qwen2_5_VLForConditionalGeneration as Model
+        from transformers import Qwen2_5_VLProcessor as Processor
+
+        vision = {
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "hidden_act": "silu",
+            "out_hidden_size": 64,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+        }
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=byte_bpe(QWEN_SPECIALS, qwen=True),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=QWEN_SPECIALS[1:],
+        chat_template=QWEN_TEMPLATE,
+    )
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIALS}
+    images = Qwen2VLImageProcessorPil(
+        min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16, patch_size=14, merge_size=2
+    )
+    processor = Processor(image_processor=images, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)
+    config = Config(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 1024,
+            "initializer_range": 0.2,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [2, 3, 3],
+            },
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            **vision,
+            "in_channels": 3,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    model = Model(config)
+    _finish(model, tokenizer, [ids["<|im_end|>"], ids["<|endoftext|>"]])
+    return model, processor, size
+
+
+# ------------------------------------------------------------------------------- SmolVLM / Idefics3
+
+SMOL_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<end_of_utterance>",
+    "<fake_token_around_image>",
+    "<image>",
+    "<global-img>",
+]
+SMOL_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def idefics3(version: str = "idefics3", side: int = 32, patch: int = 8, scale: int = 2):
+    from transformers import Idefics3Processor
+
+    if version == "smolvlm":
+        from transformers import SmolVLMConfig as Config
+        from transformers import SmolVLMForConditionalGeneration as Model
+        from transformers import SmolVLMImageProcessorPil as Images
+    else:
+        from transformers import Idefics3Config as Config
+        from transformers import Idefics3ForConditionalGeneration as Model
+        from transformers import Idefics3ImageProcessorPil as Images
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=byte_bpe(SMOL_SPECIALS),
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        chat_template=SMOL_TEMPLATE,
+    )
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SMOL_SPECIALS}
+    seq_len = (side // patch) ** 2 // scale**2
+    images = Images(
+        do_image_splitting=False, size={"longest_edge": side}, max_image_size={"longest_edge": side}
+    )
+    processor = Idefics3Processor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        image_seq_len=seq_len,
+        chat_template=SMOL_TEMPLATE,
+    )
+    config = Config(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": side,
+            "patch_size": patch,
+        },
+        text_config={
+            "model_type": "llama",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 512,
+            "initializer_range": 0.1,
+            "bos_token_id": ids["<|im_start|>"],
+            "eos_token_id": ids["<end_of_utterance>"],
+            "pad_token_id": ids["<|im_end|>"],
+        },
+        scale_factor=scale,
+        image_token_id=ids["<image>"],
+        tie_word_embeddings=False,
+    )
+    model = Model(config)
+    _finish(model, tokenizer, [ids["<end_of_utterance>"]])
+    return model, processor
+
+
+# ------------------------------------------------------------------------------- saving
+
+
+def build(family: str, folder: Path, seed: int = 0) -> Path:
+    """A tiny model of ``family`` with its processor, saved in ``folder`` (returned)."""
+    torch.manual_seed(seed)
+    info = None
+    if family == "llava":
+        model, processor = llava()
+    elif family == "paligemma":
+        model, processor = paligemma()
+    elif family in ("qwen2_vl", "qwen2_5_vl"):
+        model, processor, size = qwen(family)
+        info = size
+    elif family in ("smolvlm", "idefics3"):
+        model, processor = idefics3(family)
+    else:
+        raise ValueError(f"no builder for {family!r}")
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    if info is not None:  # the fixed input size prsl should use (a prsl_adapter.json option)
+        import json
+
+        (folder / "prsl_adapter.json").write_text(
+            json.dumps({"family": "image-text-to-text", "image_size": list(info)})
+        )
+    return folder
