@@ -497,7 +497,7 @@ def test_registry_rejects_unknown_names_and_options():
     with pytest.raises(
         ValueError,
         match=r"unknown dataset 'cifar'; valid names: coco, karpathy, "
-        r"flickr, imagefolder, vqav2, vg, shapes, shapes-vqa",
+        r"flickr, imagefolder, vqav2, vg, hf, shapes, shapes-vqa",
     ):
         read_dataset("cifar")
     with pytest.raises(ValueError, match=r"dataset 'shapes'.*'size'.*accepted options: n=512"):

@@ -5,20 +5,15 @@ Each process takes every other sample of each global micro-batch and scales its 
 by its share of the global token count, so DDP's gradient average equals the single-process
 gradient. Dropout is off: its masks would otherwise depend on how the batch is split.
 
-Launching: ``accelerate launch --cpu --num_processes 2`` starts ONE process (accelerate 1.x
-spawns several CPU processes only through ``mpirun --hostfile``). ``--multi_gpu`` goes through
-torchrun and starts both; with no visible GPU, accelerate sets them up as MULTI_CPU over gloo.
-The test checks the world size the run recorded, so it cannot pass on a single process.
+Launching: see ``launching.py``. The test checks the world size the run recorded, so it cannot
+pass on a single process.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,15 +21,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from launching import LAUNCH_TIMEOUT_S, accelerate_command, environment
 from prsl.config import load_config
 from prsl.provenance import TRAIN_INFO
 from prsl.train import FinetuneConfig, finetune
 from prsl.train.checkpoint import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.slow
-
-LAUNCH_TIMEOUT_S = 240
-"""Two processes importing torch + transformers on a busy two-core machine take a while."""
 
 
 def config_tree(loss: str) -> dict:
@@ -56,40 +49,18 @@ def config_tree(loss: str) -> dict:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch_two_processes(config: Path, out: Path, workdir: Path) -> None:
     """``accelerate launch ... -m prsl.cli finetune``, as the configs document it."""
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",  # `accelerate launch`
-        "--multi_gpu",  # torchrun: two processes (see the module docstring)
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "prsl.cli",
-        "finetune",
-        "--config",
-        str(config),
-        "--set",
-        f"train.output_dir={out}",
-    ]
-    env = os.environ | {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = accelerate_command(
+        2, "finetune", "--config", str(config), "--set", f"train.output_dir={out}"
+    )
     done = subprocess.run(
-        command, cwd=workdir, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
+        command,
+        cwd=workdir,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT_S,
     )
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
 

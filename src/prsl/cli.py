@@ -176,8 +176,8 @@ def evaluate(
     cfg = load_config(EvalConfig, config, set_)
     if model:
         cfg = validate_config(EvalConfig, {**cfg.model_dump(), "models": list(model)})
-    run(cfg, overwrite=overwrite)
-    say("results:", str(Path(cfg.output_dir) / RESULTS), "bold green")
+    if run(cfg, overwrite=overwrite):  # under accelerate launch, only the first process scores
+        say("results:", str(Path(cfg.output_dir) / RESULTS), "bold green")
 
 
 @app.command()
@@ -195,7 +195,8 @@ def attack(
 
     cfg = load_config(EvalConfig, config, set_)
     written = attack_to_files(cfg, model, out, overwrite=overwrite)
-    say("wrote", f"{written} adversarial image(s) to {out}", "bold green")
+    if written is not None:  # under accelerate launch, the first process reports
+        say("wrote", f"{written} adversarial image(s) to {out}", "bold green")
 
 
 @app.command()
@@ -237,7 +238,7 @@ def sweep(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 @app.command()
 @user_errors
 def bench(
-    name: Annotated[str, typer.Argument(help="losses | attacks | train")] = "losses",
+    name: Annotated[str, typer.Argument(help="losses | attacks | train | evaluate")] = "losses",
     args: Annotated[list[str] | None, typer.Argument(help="Arguments for the script.")] = None,
 ) -> None:
     """Run a benchmark script from a source checkout's benchmarks/ folder."""

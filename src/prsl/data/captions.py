@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -161,7 +162,8 @@ def _flickr_rows(path: Path) -> tuple[list[tuple[int, str, str]], list[Skipped]]
 def read_imagefolder(directory: str | Path, max_examples: int | None = None) -> DatasetSplit:
     """A folder of images with ``metadata.csv`` (``file_name,text``), as ``datasets`` reads it.
 
-    Several rows for one file are several references for that image; other columns are
+    Several rows for one file are several references for that image, and so are the items of a
+    ``references`` column holding a JSON list (what ``prsl attack`` writes); other columns are
     ignored, and ``file_name`` may name a file in a subfolder.
     """
     check_max_examples(max_examples)
@@ -180,10 +182,24 @@ def read_imagefolder(directory: str | Path, max_examples: int | None = None) -> 
             where = f"{path}:{reader.line_num}"
             malformed.append(Skipped(where, f"malformed row: {IMAGEFOLDER_FORMAT}"))
             continue
-        rows.append((reader.line_num, file_name, " ".join((row["text"] or "").split())))
+        for text in _row_references(row):
+            rows.append((reader.line_num, file_name, " ".join(text.split())))
     split = caption_split(_group_rows(rows, folder), max_examples)
     split.skipped[:0] = malformed
     return split
+
+
+def _row_references(row: dict[str, str | None]) -> list[str]:
+    """The row's captions: its ``references`` JSON list when it has one, else its ``text``."""
+    listed = row.get("references")
+    if listed:
+        try:
+            references = json.loads(listed)
+        except json.JSONDecodeError:
+            references = None
+        if isinstance(references, list) and all(isinstance(r, str) for r in references):
+            return references or [""]
+    return [row.get("text") or ""]
 
 
 def _group_rows(rows: list[tuple[int, str, str]], image_dir: Path) -> list[ImageCaptions]:

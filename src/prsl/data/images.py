@@ -8,6 +8,7 @@ can skip the file, count it and name it in its log instead of crashing.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 from prsl.core.pixels import to_uint8
-from prsl.data.types import ImageSource, Skipped
+from prsl.data.types import ImageSource, LazyImage, Skipped
 
 IN_MEMORY = "<in-memory image>"
 """The path reported for an ``Image.Image`` source that fails to convert."""
@@ -54,6 +55,8 @@ def load_rgb(source: ImageSource) -> Image.Image:
     """
     if isinstance(source, Image.Image):
         return _decode(source, IN_MEMORY)
+    if isinstance(source, LazyImage):
+        return _load_lazy(source)
     path = Path(source)
     if not path.is_file():
         raise ImageLoadError(str(path), MISSING)
@@ -62,6 +65,24 @@ def load_rgb(source: ImageSource) -> Image.Image:
             return _decode(image, str(path))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageLoadError(str(path), f"{type(err).__name__}: {err}") from err
+
+
+def _load_lazy(source: LazyImage) -> Image.Image:
+    try:
+        value = source.load()
+    except Exception as err:  # a table row that cannot be read is one unreadable image
+        raise ImageLoadError(source.name, f"{type(err).__name__}: {err}") from err
+    if isinstance(value, Image.Image):
+        return _decode(value, source.name)
+    if isinstance(value, bytes | bytearray):
+        try:
+            with Image.open(io.BytesIO(value)) as image:
+                return _decode(image, source.name)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise ImageLoadError(source.name, f"{type(err).__name__}: {err}") from err
+    if isinstance(value, str | Path):
+        return load_rgb(value)
+    raise ImageLoadError(source.name, f"no image in the row (got {type(value).__name__})")
 
 
 def _decode(image: Image.Image, path: str) -> Image.Image:

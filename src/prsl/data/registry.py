@@ -10,6 +10,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from prsl.core.errors import InvalidInput
 from prsl.data.captions import read_coco, read_flickr, read_imagefolder, read_karpathy
+from prsl.data.hf import read_hf
 from prsl.data.shapes import make_shapes_captions, make_shapes_vqa
 from prsl.data.types import DatasetSplit
 from prsl.data.vqa import read_vg, read_vqav2
@@ -21,6 +22,7 @@ READERS: dict[str, Callable[..., DatasetSplit]] = {
     "imagefolder": read_imagefolder,
     "vqav2": read_vqav2,
     "vg": read_vg,
+    "hf": read_hf,
     "shapes": make_shapes_captions,
     "shapes-vqa": make_shapes_vqa,
 }

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
-ImageSource = str | Path | Image.Image
-"""A path to an image file, or an image already in memory (the synthetic shapes data)."""
+
+@dataclass(frozen=True)
+class LazyImage:
+    """An image read only when a batch needs it: a row of a ``datasets`` table, say.
+
+    ``load()`` returns a PIL image, the encoded bytes of one, or a path; ``name`` is how logs and
+    skip records call it; ``identity`` is what a rerun's check fingerprints (it changes when the
+    image does). Holding one costs nothing like holding the pixels, so a split of any size stays
+    small in memory.
+    """
+
+    load: Callable[[], Any]
+    name: str
+    identity: str
+
+
+ImageSource = str | Path | Image.Image | LazyImage
+"""A path to an image file, an image in memory (the synthetic shapes data), or a lazy one."""
 
 
 @dataclass(frozen=True)

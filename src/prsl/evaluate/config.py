@@ -101,6 +101,9 @@ class EvalConfig(Strict):
     n_images: int = Field(32, ge=1)
     """How many items (images; questions for VQA) of the dataset to evaluate, from the first."""
     batch_size: int = Field(16, ge=1)
+    device_map: Literal["auto"] | None = None
+    """"auto": spread a model too large for one GPU over this process's GPUs (one process;
+    under ``accelerate launch`` each process holds a whole model instead)."""
     max_new_tokens: int = Field(20, ge=1)
     metrics: list[str] | None = None
     """Metric names (None: every captioning metric, or VQA accuracy for VQA data)."""

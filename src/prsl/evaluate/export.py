@@ -3,13 +3,17 @@
 ``prsl attack`` runs the first attack of the config with ``quantize="uint8"``, so what is saved
 is exactly what was attacked: a PNG round trip changes nothing, and the files can be fed to any
 other model (transfer). The images are at the model's input size, the size the attack ran at.
-Each is named after its item key (``gray.png`` is saved as ``gray.png``), and ``captions.jsonl``
-holds one line per image with its clean and adversarial output; a rerun with the same settings
-adds what is missing, one with other settings is refused (``overwrite=True`` starts over).
+Each is named after its item key (``gray.png`` is saved as ``gray.png``). ``metadata.csv``
+makes the folder a dataset: ``datasets.load_dataset("imagefolder", data_dir=...)`` reads it
+with every reference, both outputs and the attack as columns, and so does prsl's
+``imagefolder`` reader (transfer to another model). ``captions.jsonl`` is the run's ledger: a
+rerun with the same settings adds what is missing, one with other settings is refused
+(``overwrite=True`` starts over).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from prsl.evaluate.crafting import attack_texts, craft, generate, instructed
 from prsl.evaluate.grid import Cell
 from prsl.evaluate.items import SkipTally, read_evaluation_data
 from prsl.evaluate.ledger import drop_torn_tail, read_predictions
+from prsl.evaluate.processes import finish, processes
 from prsl.models import load_adapter
 from prsl.provenance import check_settings, model_refs, write_settings
 from prsl.provenance.items import item_digests
@@ -31,6 +36,20 @@ from prsl.provenance.settings import SETTINGS
 
 GALLERY = "gallery"
 CAPTIONS = "captions.jsonl"
+CAPTION_SHARDS = "captions*.jsonl"
+METADATA = "metadata.csv"
+METADATA_COLUMNS = (
+    "file_name",
+    "text",
+    "references",
+    "question",
+    "clean",
+    "adversarial",
+    "key",
+    "attack",
+    "eps",
+    "attack_params",
+)
 COMMAND = "attack"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -53,9 +72,27 @@ def save_pair(out: Path, stem: str, clean: torch.Tensor, adversarial: torch.Tens
     return paths
 
 
-def attack_to_files(cfg: EvalConfig, model: str, out: Path, *, overwrite: bool = False) -> int:
-    """Attack ``cfg.n_images`` items with the first attack and ε; returns how many files the
-    folder holds."""
+def caption_shard(out: Path, rank: int) -> Path:
+    return out / (CAPTIONS if rank == 0 else f"captions.{rank}.jsonl")
+
+
+def caption_rows(out: Path) -> dict[str, dict]:
+    """Every process's records, by item key."""
+    rows: dict[str, dict] = {}
+    for path in sorted(out.glob(CAPTION_SHARDS)):
+        for row in read_predictions(path):
+            if "key" in row:
+                rows.setdefault(row["key"], row)
+    return rows
+
+
+def attack_to_files(
+    cfg: EvalConfig, model: str, out: Path, *, overwrite: bool = False
+) -> int | None:
+    """Attack ``cfg.n_images`` items with the first attack and ε; returns how many images the
+    folder holds for them. Under ``accelerate launch`` every process takes every ``world``-th
+    batch; the first then writes ``metadata.csv`` and returns the count (the others None)."""
+    state = processes()
     spec = cfg.attacks[0]
     attack = spec.attacks[0].replace(quantize="uint8")
     cell = Cell(spec.result_name, attack.eps, attack)
@@ -72,27 +109,28 @@ def attack_to_files(cfg: EvalConfig, model: str, out: Path, *, overwrite: bool =
         "seed": cfg.seed,
     }
     check_output_dir(out, "--out")
-    captions = out / CAPTIONS
-    if overwrite:  # the images this command wrote, then its records
-        for row in read_predictions(captions):
-            if isinstance(row.get("file"), str) and Path(row["file"]).name == row["file"]:
-                (out / row["file"]).unlink(missing_ok=True)
-        for name in (CAPTIONS, SETTINGS):
-            (out / name).unlink(missing_ok=True)
-    done = {row["key"]: row for row in read_predictions(captions) if "key" in row}
+    if overwrite and state.is_main_process:
+        discard_images(out)
+    state.wait_for_everyone()
+    done = caption_rows(out)
     fix = "choose another --out, or pass --overwrite to replace its images"
     check_settings(out, COMMAND, settings, has_results=bool(done), fix=fix)
-    adapter = instructed(load_adapter(ref.given), cfg, ref)
+    adapter = instructed(load_adapter(ref.given, device=state.device), cfg, ref)
     samples = evaluation_samples(split, adapter.vqa_prompt)[: cfg.n_images]
     names = [image_name(s.key) for s in samples]
     if len(set(names)) != len(names):
         raise InvalidInput(f"two items of dataset {cfg.data.name!r} map to one file name in {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_settings(out, COMMAND, settings)
-    drop_torn_tail(captions)
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        write_settings(out, COMMAND, settings)
+    state.wait_for_everyone()  # every process has checked the old record before it changes
+    shard = caption_shard(out, state.process_index)
+    drop_torn_tail(shard)
     skips = SkipTally(split.skipped)
-    with captions.open("a") as sink:
-        for start in range(0, len(samples), cfg.batch_size):
+    with shard.open("a") as sink:
+        for index, start in enumerate(range(0, len(samples), cfg.batch_size)):
+            if index % state.num_processes != state.process_index:
+                continue
             todo = [s for s in samples[start : start + cfg.batch_size] if s.key not in done]
             pixels, kept, skipped = load_batch(todo, adapter.pixel_size, adapter.prepare_images)
             skips.add(skipped)
@@ -112,11 +150,53 @@ def attack_to_files(cfg: EvalConfig, model: str, out: Path, *, overwrite: bool =
                     "clean": clean[i],
                     "adversarial": adversarial[i],
                     "references": list(sample.references),
+                    "question": sample.question,
                     "attack": cell.name,
                     "eps": cell.eps,
                     "attack_params": attack.recorded(),
                 }
                 sink.write(json.dumps(record) + "\n")
-                done[sample.key] = record
             sink.flush()
-    return sum(s.key in done for s in samples)
+    state.wait_for_everyone()
+    written = None
+    if state.is_main_process:
+        done = caption_rows(out)
+        write_metadata(out, [done[s.key] for s in samples if s.key in done])
+        written = sum(s.key in done for s in samples)
+    finish(state)
+    return written
+
+
+def discard_images(out: Path) -> None:
+    """Remove the images and records an earlier ``prsl attack`` wrote into ``out``."""
+    for row in caption_rows(out).values():
+        if isinstance(row.get("file"), str) and Path(row["file"]).name == row["file"]:
+            (out / row["file"]).unlink(missing_ok=True)
+    for path in [*out.glob(CAPTION_SHARDS), out / SETTINGS, out / METADATA]:
+        path.unlink(missing_ok=True)
+
+
+def write_metadata(out: Path, rows: list[dict]) -> Path:
+    """``metadata.csv`` beside the images: what ``datasets`` reads as an image folder
+    (``load_dataset("imagefolder", data_dir=out)``) and prsl's ``imagefolder`` reader too, with
+    every reference, both outputs and the attack as columns."""
+    path = out / METADATA
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(METADATA_COLUMNS)
+        for row in rows:
+            writer.writerow(
+                [
+                    row["file"],
+                    row["references"][0] if row["references"] else "",
+                    json.dumps(row["references"]),
+                    row.get("question") or "",
+                    row["clean"],
+                    row["adversarial"],
+                    row["key"],
+                    row["attack"],
+                    row["eps"],
+                    json.dumps(row["attack_params"]),
+                ]
+            )
+    return path

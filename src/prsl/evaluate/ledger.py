@@ -5,6 +5,11 @@ skips every cell already in it and appends the rest, so an interrupted run resum
 stopped; scores are computed from it alone. Rows are keyed by :class:`RunKey` and the item key,
 where the model is its *location* (resolved directory or hub id), never a folder name that two
 models could share.
+
+Under ``accelerate launch`` each process appends to a shard of its own
+(``predictions.jsonl`` for the first, ``predictions.<rank>.jsonl`` for the others) and every
+process reads them all, so a run resumed with another number of processes skips what any of
+them finished.
 """
 
 from __future__ import annotations
@@ -24,6 +29,17 @@ from prsl.evaluate.grid import Cell
 log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
+SHARDS = "predictions*.jsonl"
+
+
+def shard_path(out: Path, rank: int) -> Path:
+    """The predictions file process ``rank`` appends to."""
+    return out / (PREDICTIONS if rank == 0 else f"predictions.{rank}.jsonl")
+
+
+def shard_paths(out: Path) -> list[Path]:
+    """Every predictions shard in ``out``, the first process's first."""
+    return sorted(out.glob(SHARDS), key=lambda p: (p.name != PREDICTIONS, p.name))
 
 
 @dataclass(frozen=True, order=True)
@@ -113,24 +129,32 @@ class Ledger:
     rows: list[Prediction] = field(default_factory=list)
     done: set[tuple[RunKey, str]] = field(default_factory=set)
     pairs: Counter = field(default_factory=Counter)
+    per_model: Counter = field(default_factory=Counter)
     before_first_write: Callable[[], None] | None = None
     """Called once, before the first row is written (records the run's settings)."""
     _sink: IO[str] | None = None
 
     @classmethod
-    def read(cls, path: Path) -> Ledger:
-        ledger = cls(path)
-        for row in read_predictions(path):
-            prediction = Prediction.from_row(row)
-            if prediction is not None:
-                ledger._note(prediction)
+    def read(cls, out: Path, rank: int = 0) -> Ledger:
+        """Every shard's rows; appends go to process ``rank``'s shard."""
+        ledger = cls(shard_path(out, rank))
+        for path in shard_paths(out):
+            for row in read_predictions(path):
+                prediction = Prediction.from_row(row)
+                if prediction is not None:
+                    ledger._note(prediction)
         return ledger
 
     def _note(self, row: Prediction) -> None:
         self.rows.append(row)
         self.done.add((row.run_key, row.key))
+        self.per_model[row.model_path] += 1
         if row.gallery is not None:
             self.pairs[row.run_key] += 1
+
+    def count(self, model: str) -> int:
+        """Rows of one model (a location) in the ledger."""
+        return self.per_model[model]
 
     def finished(self, key: RunKey, item: str) -> bool:
         return (key, item) in self.done
@@ -181,3 +205,32 @@ class Ledger:
             for r in self.rows
             if r.model_path in models and (r.attack, r.eps) in wanted and r.key in items
         ]
+
+
+class ShardWatch:
+    """Counts the rows the other processes append to their shards, for one global progress bar
+    (a line still being written is counted once it is whole)."""
+
+    def __init__(self, out: Path, rank: int) -> None:
+        self.out, self.own = out, shard_path(out, rank)
+        # rows already there are in every process's ledger; count what comes after
+        self.offsets: dict[Path, int] = {path: path.stat().st_size for path in shard_paths(out)}
+        self.rows: Counter = Counter()
+
+    def update(self) -> Counter:
+        """Rows per model location seen so far in the other shards."""
+        for path in shard_paths(self.out):
+            if path == self.own:
+                continue
+            start = self.offsets.get(path, 0)
+            with path.open("rb") as handle:
+                handle.seek(start)
+                data = handle.read()
+            whole = data[: data.rfind(b"\n") + 1]
+            self.offsets[path] = start + len(whole)
+            for line in whole.splitlines():
+                try:
+                    self.rows[json.loads(line).get("model_path")] += 1
+                except json.JSONDecodeError:
+                    continue
+        return self.rows

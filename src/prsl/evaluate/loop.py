@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from prsl.core.errors import InvalidInput
@@ -31,18 +33,21 @@ from prsl.core.paths import check_output_dir
 from prsl.data import (
     DatasetSplit,
     Sample,
+    Skipped,
     batch_prompts,
     dropped_summary,
     evaluation_samples,
     load_batch,
     skip_summary,
+    unique_skips,
 )
 from prsl.evaluate.config import EvalConfig
 from prsl.evaluate.crafting import attack_texts, craft, generate, instructed
 from prsl.evaluate.export import GALLERY, save_pair
 from prsl.evaluate.grid import Cell, grid_cells
 from prsl.evaluate.items import SkipTally, read_evaluation_data
-from prsl.evaluate.ledger import PREDICTIONS, Ledger, Prediction, RunKey
+from prsl.evaluate.ledger import PREDICTIONS, SHARDS, Ledger, Prediction, RunKey, ShardWatch
+from prsl.evaluate.processes import finish, processes
 from prsl.evaluate.scoring import results_meta, score_predictions
 from prsl.metrics import Scorer
 from prsl.models import VLMAdapter, check_model_source, load_adapter
@@ -65,18 +70,27 @@ def evaluate(
 ) -> dict:
     """Run (or resume) the evaluation grid and write ``results.json``; returns its content.
 
-    ``overwrite=True`` discards the results already in ``output_dir`` instead of refusing a
-    rerun with other settings.
+    Under ``accelerate launch`` every process takes every ``world``-th batch and appends to its
+    own shard; the first process then scores all of them and writes the results (the others
+    return ``{}``). ``overwrite=True`` discards the results already in ``output_dir`` instead of
+    refusing a rerun with other settings.
     """
+    state = processes()
     out = Path(cfg.output_dir)
     models, surrogate = resolve_models(cfg)
+    if cfg.device_map is not None and state.num_processes > 1:
+        raise InvalidInput(
+            "device_map='auto' spreads one model over this process's GPUs: run it without "
+            "accelerate launch (or drop device_map to run one model per process)"
+        )
     cells = grid_cells(cfg.attacks, surrogate)
     split = read_evaluation_data(cfg)
     settings = evaluation_settings(cfg, models, surrogate, cells, split)
     check_output_dir(out, "output_dir")
-    if overwrite:
+    if overwrite and state.is_main_process:
         discard_results(out)
-    ledger = Ledger.read(out / PREDICTIONS)
+    state.wait_for_everyone()
+    ledger = Ledger.read(out, state.process_index)
     check_settings(
         out,
         COMMAND,
@@ -88,35 +102,42 @@ def evaluate(
     )
     ledger.before_first_write = lambda: write_settings(out, COMMAND, settings, may_grow=GROWING)
 
+    run = Run(cfg, state, models, surrogate, cells, split)
     skips = SkipTally(split.skipped)
-    keys: set[str] = set()
-    bar = _progress(progress)  # started with the first model, so an early error prints alone
-    with ledger.appending():
-        crafter = None
-        if surrogate is not None:
-            crafter = instructed(load_adapter(surrogate.given), cfg, surrogate)
-        try:
-            for model in models:
-                adapter = instructed(load_adapter(model.given), cfg, model)
-                check_transfer_size(model, adapter, surrogate, crafter)
-                samples = evaluation_samples(split, adapter.vqa_prompt)
-                keys |= {s.key for s in samples}
-                job = ModelJob(cfg, model, adapter, crafter, cells, ledger, skips, out)
-                if not bar.live.is_started:
-                    bar.start()
-                task = bar.add_task(model.name, total=len(samples))
-                for batch in batches(samples, cfg.batch_size):
-                    if ledger.unfinished(model.location, cells, batch):
-                        evaluate_batch(job, batch)
-                    bar.advance(task, len(batch))
-        finally:
-            bar.stop()
+    keys = run_grid(run, ledger, skips, progress)
+    state.wait_for_everyone()
+    skipped = unique_skips(
+        [Skipped(**s) for s in gather_object([s.as_dict() for s in skips.values()])]
+    )
+    results = {}
+    if state.is_main_process:
+        results = score_and_write(run, keys, skipped, scorer)
+    finish(state)
+    return results
 
-    rows = ledger.selected({m.location for m in models}, cells, keys)
+
+@dataclass(frozen=True)
+class Run:
+    """One evaluation, as every step of it sees it."""
+
+    cfg: EvalConfig
+    state: PartialState
+    models: list[ModelRef]
+    surrogate: ModelRef | None
+    cells: list[Cell]
+    split: DatasetSplit
+
+
+def score_and_write(
+    run: Run, keys: set[str], skipped: list[Skipped], scorer: Scorer | None
+) -> dict:
+    """Score every shard's predictions of this run and write ``results.json`` (one process)."""
+    cfg, models, surrogate, cells, split = run.cfg, run.models, run.surrogate, run.cells, run.split
+    out = Path(cfg.output_dir)
+    rows = Ledger.read(out).selected({m.location for m in models}, cells, keys)
     runs, bertscore = score_predictions(
         rows, task=split.task, models=models, cells=cells, metrics=cfg.metrics, scorer=scorer
     )
-    skipped = skips.values()
     looked_at = len(split.examples) + len(split.skipped)
     results = {
         "runs": runs,
@@ -128,6 +149,7 @@ def evaluate(
             models={m.name: m.location for m in models},
             dataset=cfg.data.model_dump(),
             surrogate=surrogate.location if surrogate is not None else None,
+            processes=run.state.num_processes,
             items={"looked_at": looked_at, "skipped": len(skipped)},
             skipped=[s.as_dict() for s in skipped],
             dropped_references=[s.as_dict() for s in split.dropped],
@@ -146,6 +168,47 @@ def evaluate(
             len(split.examples),
         )
     return results
+
+
+def run_grid(run: Run, ledger: Ledger, skips: SkipTally, progress: bool) -> set[str]:
+    """This process's share of the grid: every ``world``-th batch of every model; returns the
+    item keys of the run. The first process shows the whole run's progress."""
+    cfg, state, models, surrogate, cells = run.cfg, run.state, run.models, run.surrogate, run.cells
+    rank, world, device = state.process_index, state.num_processes, state.device
+    out = Path(cfg.output_dir)
+    keys: set[str] = set()
+    bar = _progress(progress and state.is_main_process)  # started with the first model
+    others = ShardWatch(out, rank)
+    with ledger.appending():
+        crafter = None
+        if surrogate is not None:
+            crafter = instructed(load_model(surrogate, cfg, device), cfg, surrogate)
+        try:
+            for model in models:
+                adapter = instructed(load_model(model, cfg, device), cfg, model)
+                check_transfer_size(model, adapter, surrogate, crafter)
+                samples = evaluation_samples(run.split, adapter.vqa_prompt)
+                keys |= {s.key for s in samples}
+                job = ModelJob(cfg, model, adapter, crafter, cells, ledger, skips, out, rank == 0)
+                if not bar.live.is_started:
+                    bar.start()
+                task = bar.add_task(model.name, total=len(samples))
+                for index, batch in enumerate(batches(samples, cfg.batch_size)):
+                    if index % world == rank and ledger.unfinished(model.location, cells, batch):
+                        evaluate_batch(job, batch)
+                    done = ledger.count(model.location) + others.update()[model.location]
+                    bar.update(task, completed=min(len(samples), done / len(cells)))
+                bar.update(task, completed=len(samples))
+        finally:
+            bar.stop()
+    return keys
+
+
+def load_model(model: ModelRef, cfg: EvalConfig, device) -> VLMAdapter:
+    """The model on this process's device, or spread over the GPUs with ``device_map``."""
+    if cfg.device_map is not None:
+        return load_adapter(model.given, device_map=cfg.device_map)
+    return load_adapter(model.given, device=device)
 
 
 # ------------------------------------------------------------------------------- the steps
@@ -188,6 +251,8 @@ def discard_results(out: Path) -> None:
     """Remove what an earlier evaluation wrote into ``out`` (and nothing else)."""
     for name in OWN_FILES:
         (out / name).unlink(missing_ok=True)
+    for shard in out.glob(SHARDS):
+        shard.unlink()
     shutil.rmtree(out / GALLERY, ignore_errors=True)
 
 
@@ -218,6 +283,8 @@ class ModelJob:
     ledger: Ledger
     skips: SkipTally
     out: Path
+    keeps_gallery: bool = True
+    """Only the first process saves gallery pairs, so their number stays as asked."""
 
 
 @dataclass
@@ -267,7 +334,7 @@ def evaluate_batch(job: ModelJob, batch: list[Sample]) -> None:
                 continue
             row = prediction(job, cell, sample, i, outputs)
             pairs = sum(r.gallery is not None for r in rows)
-            if job.ledger.wants_pair(key, job.cfg.gallery - pairs):
+            if job.keeps_gallery and job.ledger.wants_pair(key, job.cfg.gallery - pairs):
                 stem = f"{job.model.name}-{job.model.tag}_{cell.key}_{sample.key}"
                 pair = outputs.clean_pixels[i], outputs.adversarial_pixels[i]
                 row.gallery = save_pair(job.out, stem, *pair)

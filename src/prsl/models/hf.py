@@ -233,6 +233,7 @@ class HFAdapter(VLMAdapter):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         trust_remote_code: bool = False,
+        device_map: str | None = None,
         **adapter_options: Any,
     ) -> HFAdapter:
         """Model and processing (tokenizer and image processor, or a processor) of a hub id or a
@@ -242,11 +243,12 @@ class HFAdapter(VLMAdapter):
         """
         source = cls.default_hub_id if name_or_path is None else str(name_or_path)
         options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        placement = {"device_map": device_map} if device_map is not None else {}
         model = cls.model_class.from_pretrained(
-            source, **options, **({} if dtype is None else {"dtype": dtype})
+            source, **options, **placement, **({} if dtype is None else {"dtype": dtype})
         )
         parts = cls._load_processing(source, **options)
-        if device is not None:
+        if device is not None and device_map is None:
             model.to(device)
         model.eval()
         return cls(model, *parts, **adapter_options)

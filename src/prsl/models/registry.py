@@ -156,10 +156,12 @@ def load_adapter(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     trust_remote_code: bool = False,
+    device_map: str | None = None,
 ) -> HFAdapter:
     """Load a saved adapter directory or a hub id (e.g. ``nlpconnect/vit-gpt2-image-captioning``).
 
-    ``dtype`` is a torch dtype or its name; ``device`` where the model is moved after loading.
+    ``dtype`` is a torch dtype or its name; ``device`` where the model is moved after loading,
+    or ``device_map="auto"`` to spread a model too large for one GPU over all of them.
     A directory written by ``adapter.save`` also restores its VQA prompt template.
     """
     dtype = _resolve_dtype(dtype)
@@ -171,7 +173,12 @@ def load_adapter(
         options.pop("family", None)
     try:
         return cls.from_pretrained(
-            source, device=device, dtype=dtype, trust_remote_code=trust_remote_code, **options
+            source,
+            device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            device_map=device_map,
+            **options,
         )
     except (OSError, SafetensorError) as err:
         if local is not None:

@@ -12,11 +12,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from prsl.data import ImageSource, Sample
+from prsl.data import ImageSource, LazyImage, Sample
 
 
 def image_identity(image: ImageSource) -> str:
     """A file's path, size and modification time; an in-memory image's pixels."""
+    if isinstance(image, LazyImage):
+        return f"lazy:{image.identity}"
     if isinstance(image, Image.Image):
         digest = hashlib.sha1(image.tobytes()).hexdigest()
         return f"pixels:{image.mode}:{image.size}:{digest}"

@@ -160,6 +160,7 @@ def write_settings(
     record = {"command": command, "settings": merged}
     path = Path(folder) / SETTINGS
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    # one partial file per process: several processes of one launch record the same settings
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     partial.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(partial, path)
