@@ -1,9 +1,11 @@
 """``prsl quickstart --fast`` as a user runs it: the embedded default end to end, once per suite.
 
-It trains CE and PRSL tiny models for captioning and VQA, attacks them with BIM and PGD at three
-ε, scores and reports. The checks are what a user relies on: every promised run is there with
-finite numbers, the attacks really do damage, and the HTML report renders with its tables,
-plots and gallery.
+It trains CE and PRSL tiny models (and a CE surrogate) for captioning and VQA, attacks them with
+BIM and PGD at three ε, white-box and transferred from the surrogate, and with Square, scores with
+paired-bootstrap intervals and reports. The checks are what a user relies on: every promised run
+is there with finite numbers and intervals, PRSL is compared with CE, the attacks really do
+damage, and the HTML report renders with the answer first: verdict and headline figure, summary
+table, then the detailed tables, the masking checks and the gallery grid.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def test_results_hold_ce_and_prsl_for_both_tasks_with_finite_metrics(quickstart_
     found = {(r["task"], r["loss"], r["attack"], r["reference"]) for r in results["runs"]}
     for task in ("caption", "vqa"):
         for loss in ("ce", "prsl"):
-            for attack in ("bim", "pgd"):
+            for attack in ("bim", "pgd", "square", f"bim@{task}-surrogate"):
                 for reference in ("clean", "ground_truth"):
                     assert (task, loss, attack, reference) in found
     epsilons = {round(r["eps"] * 255) for r in results["runs"]}
@@ -50,9 +52,25 @@ def test_results_hold_ce_and_prsl_for_both_tasks_with_finite_metrics(quickstart_
     for run in results["runs"]:
         for part in ("clean", "adversarial", "degradation"):
             assert all(math.isfinite(v) for v in run[part].values())
+            for metric, (low, high) in run["intervals"][part].items():
+                assert low - 1e-12 <= run[part][metric] <= high + 1e-12
+        assert run["gradient_free"] == (run["attack"] == "square")
         if run["attack"] == "bim":
             assert len(run["per_step"]) == 10
     assert results["meta"]["seed"] == 0 and results["meta"]["fast"] is True
+    compared = {(c["model"], c["baseline"], c["task"]) for c in results["comparisons"]}
+    assert compared == {("caption-prsl", "caption-ce", "caption"), ("vqa-prsl", "vqa-ce", "vqa")}
+    prsl_cells = [r for r in results["runs"] if r["loss"] == "prsl"]
+    assert len(results["comparisons"]) == sum(len(r["clean"]) for r in prsl_cells)
+
+
+def test_captions_are_not_cut_short(quickstart_run):
+    """Generation is sized to the longest reference: no clean caption runs into the limit."""
+    out, _ = quickstart_run
+    rows = [json.loads(line) for line in (out / "eval-caption" / "predictions.jsonl").open()]
+    longest = max(len(row["clean"].split()) for row in rows)
+    settings = json.loads((out / "eval-caption" / "prsl_run.json").read_text())
+    assert longest < settings["settings"]["max_new_tokens"], longest
 
 
 def test_attacks_do_damage(quickstart_run):
@@ -67,15 +85,29 @@ def test_attacks_do_damage(quickstart_run):
     assert ce["adversarial"]["CIDEr"] < 0.5 * ce["clean"]["CIDEr"]
 
 
-def test_report_renders_with_tables_plots_and_gallery(quickstart_run, render_html):
+def test_report_leads_with_the_answer_and_checks_masking(quickstart_run, render_html):
     out, _ = quickstart_run
     markdown = (out / "report.md").read_text()
-    assert "PRSL" in markdown.splitlines()[2]  # the verdict, whichever way it goes
+    verdict = markdown.split("## Verdict")[1].split("## Summary")[0]
+    assert "caption-prsl (prsl) vs caption-ce (ce), caption, CIDEr: degrades less in" in verdict
+    assert "95% paired bootstrap" in verdict
     page = render_html(out / "report.html")
-    assert page.dom.count("<table>") == 8  # 2 tasks x 2 attacks x 2 references
+    dom = page.dom
+    headline, summary = dom.index('id="headline"'), dom.index('id="summary"')
+    detailed, masking = dom.index('id="detailed"'), dom.index('id="masking"')
+    gallery = dom.index('id="gallery"')
+    assert headline < summary < detailed < masking < gallery
+    # the detailed tables, collapsed: 2 tasks x 4 attacks (bim, pgd, square, bim@) x 2 references
+    assert dom.count("<details>") == 2 * 4 * 2
+    assert "transfer vs white-box: 12 transferred cell(s) checked" in dom
+    assert "gradient-free vs gradient-based: 12 Square cell(s) checked" in dom
+    # the gallery is a grid: one row per image, attack and ε; a column per model
+    grid = dom[gallery:]
+    assert "<th>caption-ce</th><th>caption-prsl</th>" in grid.replace("\n", "")
     plots = len(list((out / "plots").glob("*.png")))
-    gallery = len(list(out.glob("eval-*/gallery/*.png")))
-    assert plots >= 4 and gallery > 0
-    assert page.dom.count("<img") == plots + gallery
+    adversarial = len(list(out.glob("eval-*/gallery/*adv*.png")))
+    rows = grid.count("<tr>") - 1
+    assert plots >= 5 and adversarial > 0
+    assert dom.count("<img") == plots + rows + adversarial  # one clean image per row
     for colour in MATPLOTLIB_LINE_COLOURS:
         assert page.pixels_near(colour) > 500, colour

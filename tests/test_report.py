@@ -1,4 +1,5 @@
-"""The report: schema validation, honest summary, tables with the better value marked, HTML."""
+"""The report: schema validation, the verdict from the comparisons only, tables with the better
+value marked, the answer first, HTML without markdown."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import MATPLOTLIB_LINE_COLOURS
-from prsl.report import summary_lines, write_report
+from prsl.report import verdict_lines, write_report
 from prsl.results import validate_results
 
 METRICS = ["BLEU-4", "CIDEr", "BERTScore"]
@@ -66,22 +67,44 @@ def test_report_files_tables_and_marking(tmp_path):
     results = _results(tmp_path, prsl_adv=0.6)
     paths = write_report([results], tmp_path / "report")
     md = paths["markdown"].read_text()
-    assert "## caption — bim — reference: clean" in md
+    assert "### caption — bim — reference: clean" in md
     # PRSL keeps more under attack here: its adversarial score and degradation are marked.
     assert "| 8/255 | CIDEr | 0.9000 | 0.3000 | +0.6000 | 0.8800 | **0.6000** | **+0.2800** |" in md
-    assert "PRSL degraded less than CE in most cells" in md
+    # ... but these results carry no intervals, so no verdict is drawn from the marks
+    assert "These results carry no intervals" in md.split("## Summary")[0]
     assert "MiniLM-L6" in md
-    # score vs ε per reference (2), score vs iteration per reference and ε (4)
-    assert len(paths["plots"]) == 6
+    # the headline, score vs ε per reference (2), score vs iteration per reference (2)
+    assert len(paths["plots"]) == 1 + 2 + 2
     html = paths["html"].read_text()
-    assert html.count("data:image/png;base64,") == 6 + 2  # plots + one gallery pair, inline
+    assert html.count("data:image/png;base64,") == 5 + 2  # plots + one gallery pair, inline
     assert "a blue circle" in html and "<table>" in html
 
 
-def test_summary_says_so_when_prsl_does_not_help():
+def test_the_report_leads_with_the_answer_and_has_no_markdown_in_html(tmp_path):
+    paths = write_report([_results(tmp_path, prsl_adv=0.6)], tmp_path / "report")
+    md = paths["markdown"].read_text()
+    order = [
+        "## Verdict",
+        "headline.png",
+        "## Summary",
+        "## Detailed tables",
+        "## Gradient-masking checks",
+        "## Plots",
+        "## Gallery",
+    ]
+    assert [md.index(s) for s in order] == sorted(md.index(s) for s in order)
+    html = paths["html"].read_text()
+    body = html.split("</style>")[1]
+    for markup in ("**", "`", "![", "## ", "|---|"):
+        assert markup not in body, markup
+    assert "<code>prsl evaluate</code>" in body
+    assert html.index("id='headline'") < html.index("id='summary'") < html.index("<details>")
+
+
+def test_verdict_counts_only_comparisons_not_lower_numbers():
     runs = [_run("ce", 8 / 255, "clean", 0.9, 0.5), _run("prsl", 8 / 255, "clean", 0.9, 0.2)]
-    (line,) = summary_lines(runs)
-    assert "PRSL did NOT degrade less than CE" in line and "0 of 3" in line
+    (line,) = verdict_lines([], runs, 0.95)
+    assert "carry no intervals" in line  # lower numbers alone say nothing
 
 
 @pytest.mark.parametrize(
@@ -124,7 +147,8 @@ def test_report_rejects_files_that_are_not_results(tmp_path):
 def test_html_renders_in_headless_chromium(tmp_path, render_html):
     paths = write_report([_results(tmp_path, prsl_adv=0.6)], tmp_path / "report")
     page = render_html(paths["html"])
-    assert page.dom.count("<img") == 8 and page.dom.count("<table>") == 2
+    assert page.dom.count("<img") == 7 and page.dom.count("<table>") == 1 + 2  # summary, details
+    assert page.dom.count('<table class="gallery">') == 1
     # The plots are embedded PNGs: their line colours on screen prove they decoded and painted.
     for colour in MATPLOTLIB_LINE_COLOURS:
         assert page.pixels_near(colour) > 200, colour

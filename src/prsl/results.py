@@ -6,13 +6,22 @@ nothing here draws or formats. The format::
     {"runs": [{"model", "loss", "loss_params", "task": "caption"|"vqa", "attack", "eps",
                "steps", "norm", "attack_params", "n_images", "reference": "clean"|"ground_truth",
                "clean": {metric: value}, "adversarial": {...}, "degradation": {...},
+               "intervals": {"clean"|"adversarial"|"degradation": {metric: [low, high]}}?,
+               "gradient_free": bool?, "transfer_of": white-box attack name?,
                "per_step": [{metric: value}, ...]?}],
+     "comparisons": [{"model", "baseline", "loss", "baseline_loss", "task", "attack", "eps",
+                      "norm", "reference", "metric", "n_items", "difference", "interval",
+                      "p_value", "outcome": "less"|"more"|"none"}]?,
      "gallery": [{"model", "loss", "attack", "eps", "key", "clean", "adversarial",
                   "images": {"clean": path, "adversarial": path}}],
-     "meta": {...}}
+     "meta": {"bootstrap": {"resamples", "level", "seed", "paired", "baseline"}?, ...}}
 
 ``steps`` is how many steps (or queries) the attack really took and ``attack_params`` every
-parameter as it ran; gallery image paths are relative to the file's folder.
+parameter as it ran; gallery image paths are relative to the file's folder. ``intervals`` are
+paired-bootstrap percentile intervals over the items; a comparison's ``difference`` is the
+model's degradation minus the baseline's on the same items (below 0: the model degrades less),
+with its interval and two-sided p-value; ``outcome`` is ``less`` or ``more`` when the interval
+excludes 0, ``none`` otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +57,27 @@ OPTIONAL_RUN_FIELDS: Mapping[str, type | tuple[type, ...]] = {
     "norm": str,
     "attack_params": dict,
     "per_step": list,
+    "intervals": dict,
+    "gradient_free": bool,
+    "transfer_of": str,
 }
+COMPARISON_FIELDS: Mapping[str, type | tuple[type, ...]] = {
+    "model": str,
+    "baseline": str,
+    "task": str,
+    "attack": str,
+    "eps": (int, float),
+    "reference": str,
+    "metric": str,
+    "n_items": int,
+    "difference": (int, float),
+    "interval": list,
+    "p_value": (int, float),
+    "outcome": str,
+}
+OUTCOMES = ("less", "more", "none")
+"""A comparison's outcome: the model degrades less than the baseline, more, or no detectable
+difference (the interval holds 0)."""
 TASKS = ("caption", "vqa")
 REFERENCES = ("clean", "ground_truth")
 HEADLINE = {"caption": ["CIDEr", "BERTScore", "BLEU-4"], "vqa": ["VQA-acc"]}
@@ -63,6 +93,25 @@ def validate_results(data: Any, source: str = "results") -> None:
         raise InvalidInput(f"{source}: 'gallery' must be a list")
     for i, run in enumerate(data["runs"]):
         _validate_run(run, f"{source}: runs[{i}]")
+    if not isinstance(data.get("comparisons", []), list):
+        raise InvalidInput(f"{source}: 'comparisons' must be a list")
+    for i, comparison in enumerate(data.get("comparisons", [])):
+        _validate_comparison(comparison, f"{source}: comparisons[{i}]")
+
+
+def _validate_comparison(comparison: Any, where: str) -> None:
+    if not isinstance(comparison, dict):
+        raise InvalidInput(f"{where} is not an object")
+    for name, kind in COMPARISON_FIELDS.items():
+        if name not in comparison:
+            raise InvalidInput(f"{where} lacks field {name!r}")
+        if not isinstance(comparison[name], kind) or isinstance(comparison[name], bool):
+            raise InvalidInput(f"{where}.{name} has the wrong type")
+    if comparison["outcome"] not in OUTCOMES:
+        raise InvalidInput(f"{where}.outcome must be one of {', '.join(OUTCOMES)}")
+    bounds = comparison["interval"]
+    if len(bounds) != 2 or not all(_finite(b) for b in bounds) or bounds[0] > bounds[1]:
+        raise InvalidInput(f"{where}.interval must be [low, high] with low <= high")
 
 
 def _validate_run(run: Any, where: str) -> None:
@@ -108,13 +157,23 @@ RUN_IDENTITY = ("model", "task", "attack", "eps", "reference")
 """What names one row of a report's tables: two runs with these equal cannot be shown apart."""
 
 
-def load_results(paths: list[Path]) -> tuple[list[dict], list[dict], dict]:
-    """Runs from every file (validated), their gallery rows, and the first file's meta.
+@dataclass(frozen=True)
+class LoadedResults:
+    """What a report reads from one or more results files."""
+
+    runs: list[dict]
+    comparisons: list[dict]
+    gallery: list[dict]
+    meta: dict
+
+
+def load_results(paths: list[Path]) -> LoadedResults:
+    """Runs and comparisons from every file (validated), their gallery rows, the first meta.
 
     Two files holding the same (model, task, attack, ε, reference) are refused: one table cell
     would silently show only one of them.
     """
-    runs, gallery, meta = [], [], {}
+    runs, comparisons, gallery, meta = [], [], [], {}
     seen: dict[tuple, Path] = {}
     for path in paths:
         data = read_results(path)
@@ -128,9 +187,10 @@ def load_results(paths: list[Path]) -> tuple[list[dict], list[dict], dict]:
                     " report them separately, or evaluate the models into one output_dir"
                 )
         runs += data["runs"]
+        comparisons += data.get("comparisons", [])
         gallery += data.get("gallery", [])
         meta = meta or data["meta"]
-    return runs, gallery, meta
+    return LoadedResults(runs, comparisons, gallery, meta)
 
 
 def write_results(path: Path, results: dict[str, Any]) -> None:
@@ -153,11 +213,12 @@ def merge_results(
     ``annotate[file]`` holds fields set on each run and gallery row of that file (a sweep names
     each cell's model after the cell); gallery paths are rebased onto ``target``'s folder.
     """
-    runs, gallery, sources = [], [], {}
+    runs, comparisons, gallery, sources = [], [], [], {}
     for path in files:
         data = read_results(path)
         extra = (annotate or {}).get(path, {})
         runs += [run | extra for run in data["runs"]]
+        comparisons += data.get("comparisons", [])
         for row in data.get("gallery", []):
             images = {k: os.path.relpath(v, target.parent) for k, v in row["images"].items()}
             gallery.append(row | {k: v for k, v in extra.items() if k in row} | {"images": images})
@@ -166,7 +227,7 @@ def merge_results(
     looked_at = sum(source.get("items", {}).get("looked_at", 0) for source in sources.values())
     items = {"looked_at": looked_at, "skipped": len(skipped)}
     merged_meta = {"items": items, "skipped": skipped, **meta, "sources": sources}
-    merged = {"runs": runs, "gallery": gallery, "meta": merged_meta}
+    merged = {"runs": runs, "comparisons": comparisons, "gallery": gallery, "meta": merged_meta}
     write_results(target, merged)
     return merged
 

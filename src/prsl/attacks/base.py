@@ -50,6 +50,8 @@ class Attack(Params):
     """Base of the registered attacks (see the module docstring)."""
 
     kind: ClassVar[str] = "attack"
+    uses_gradients: ClassVar[bool] = True
+    """False for a score-based attack (Square): it cannot be fooled by masked gradients."""
 
     @property
     def ball_norm(self) -> str:

@@ -61,6 +61,7 @@ class Square(Attack):
     """Score-based L∞ attack using ``queries`` loss evaluations (the stripe start counts)."""
 
     name: ClassVar[str] = "square"
+    uses_gradients: ClassVar[bool] = False
 
     eps: Eps = DEFAULT_EPS
     queries: Queries = 1000

@@ -16,9 +16,11 @@ from pydantic import ConfigDict, Field, model_serializer, model_validator
 from prsl.attacks import Attack, attack_class
 from prsl.config import DataConfig, Strict
 from prsl.core.errors import InvalidInput
+from prsl.metrics.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES
 from prsl.metrics.scorer import resolve_metrics
+from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol
 
-_SPEC_FIELDS = ("name", "label", "eps")
+_SPEC_FIELDS = ("name", "label", "eps", "transfer")
 TRANSFER_MARK = "@"
 """``bim@surrogate``: the result name of an attack crafted on the surrogate."""
 
@@ -28,6 +30,7 @@ class AttackSpec(Strict):
 
     ``label`` names it in the results (default: ``name``); two specs of the same attack, e.g.
     BIM-10 and BIM-50, need different labels. ``attacks`` holds the validated attack, one per ε.
+    ``transfer: false`` leaves it out of the attacks crafted again on the ``surrogate``.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -36,6 +39,7 @@ class AttackSpec(Strict):
     label: str | None = None
     eps: list[float]
     attacks: list[Attack]
+    transfer: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -70,27 +74,44 @@ class AttackSpec(Strict):
             raise ValueError(
                 f"label {label!r} may not contain {TRANSFER_MARK!r}: it marks transferred attacks"
             )
-        return {"name": name, "label": label, "eps": [a.eps for a in attacks], "attacks": attacks}
+        spec = {"name": name, "label": label, "eps": [a.eps for a in attacks], "attacks": attacks}
+        return spec | ({"transfer": data["transfer"]} if "transfer" in data else {})
 
     @model_serializer(mode="plain")
     def _flat(self) -> dict[str, Any]:
         """The spec as a YAML file would say it: name, label, the ε list, the given parameters."""
         params = {k: v for k, v in self.attacks[0].given().items() if k != "eps"}
         label = {"label": self.label} if self.label is not None else {}
-        return {"name": self.name, **label, "eps": list(self.eps), **params}
+        transfer = {} if self.transfer else {"transfer": False}
+        return {"name": self.name, **label, "eps": list(self.eps), **transfer, **params}
 
     @property
     def result_name(self) -> str:
         return self.label or self.name
 
 
+class BootstrapConfig(Strict):
+    """The paired bootstrap over items behind every interval and comparison of the results
+    (``prsl.metrics.bootstrap``): ``resamples`` resamples (0: no intervals), ``level`` the
+    intervals' coverage, ``seed`` the resamples' seed (None: the evaluation's ``seed``)."""
+
+    resamples: int = Field(DEFAULT_RESAMPLES, ge=0)
+    level: float = Field(DEFAULT_LEVEL, gt=0.5, lt=1.0)
+    seed: int | None = Field(None, ge=0)
+
+
 class EvalConfig(Strict):
     """What to evaluate and how.
 
-    ``surrogate``: a model (directory or hub id) on which every attack is crafted a second
-    time; those images are scored on each evaluated model under the attack name
-    ``<attack>@<surrogate>``. A defence that only masks gradients falls to them while resisting
-    its own white-box attack.
+    ``surrogate``: a model (directory or hub id) on which every gradient-based attack is
+    crafted a second time; those images are scored on each evaluated model under the attack
+    name ``<attack>@<surrogate>``. A defence that only masks gradients falls to them while
+    resisting its own white-box attack. Gradient-free attacks (Square) are not transferred:
+    they query the evaluated model itself and need no gradients to begin with.
+
+    ``baseline``: the model the others are compared with (as listed in ``models``, or its
+    shown name); default the first one trained with CE. ``bootstrap``: the paired bootstrap
+    behind every interval and comparison (``resamples: 0`` turns it off).
     """
 
     models: list[str] = Field(default_factory=list)
@@ -107,12 +128,19 @@ class EvalConfig(Strict):
     max_new_tokens: int = Field(20, ge=1)
     metrics: list[str] | None = None
     """Metric names (None: every captioning metric, or VQA accuracy for VQA data)."""
+    vqa_protocol: VQAProtocol = DEFAULT_VQA_PROTOCOL
+    """How VQA accuracy normalises answers: ``official`` (the VQA challenge's script) or
+    ``evalai`` (EvalAI / lmms-eval); see ``prsl.metrics.vqa``."""
     caption_prompt: str | None = None
     """The captioning instruction of chat VLMs (None: each model's own, as saved with it)."""
     attack_target: Literal["clean", "ground_truth"] = "clean"
     gallery: int = Field(6, ge=0)
     """Clean/adversarial image pairs kept per model, attack and ε for the report."""
     seed: int = Field(0, ge=0)
+    baseline: str | None = None
+    """The model every other is compared with (as given in ``models``, or its shown name);
+    None: the first model trained with CE, when there is one."""
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
 
     @model_validator(mode="after")
     def _checks(self) -> EvalConfig:

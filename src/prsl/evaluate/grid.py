@@ -18,6 +18,8 @@ class Cell:
     eps: float
     attack: Attack
     transfer: bool = False
+    white_box: str | None = None
+    """For a transferred cell, the name of the same attack crafted on the evaluated model."""
 
     @property
     def key(self) -> str:
@@ -30,18 +32,27 @@ class Cell:
 
 
 def grid_cells(specs: list[AttackSpec], surrogate: ModelRef | None) -> list[Cell]:
-    """Every (attack, ε) of the specs, then the same crafted on the surrogate when there is one.
+    """Every (attack, ε) of the specs, then the gradient-based ones crafted on the surrogate
+    when there is one (but for specs with ``transfer: false``).
 
     Names are unique: the config refuses two specs of one name and labels holding the
     transfer mark."""
-    cells = [
-        Cell(spec.result_name, eps, attack)
+    pairs = [
+        (spec, eps, attack)
         for spec in specs
         for eps, attack in zip(spec.eps, spec.attacks, strict=True)
     ]
+    cells = [Cell(spec.result_name, eps, attack) for spec, eps, attack in pairs]
     if surrogate is not None:
         cells += [
-            Cell(f"{c.name}{TRANSFER_MARK}{surrogate.name}", c.eps, c.attack, transfer=True)
-            for c in list(cells)
+            Cell(
+                f"{spec.result_name}{TRANSFER_MARK}{surrogate.name}",
+                eps,
+                attack,
+                True,
+                spec.result_name,
+            )
+            for spec, eps, attack in pairs
+            if spec.transfer and attack.uses_gradients
         ]
     return cells

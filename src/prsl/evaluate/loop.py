@@ -49,6 +49,14 @@ from prsl.evaluate.items import SkipTally, read_evaluation_data
 from prsl.evaluate.ledger import PREDICTIONS, SHARDS, Ledger, Prediction, RunKey, ShardWatch
 from prsl.evaluate.processes import finish, processes
 from prsl.evaluate.scoring import results_meta, score_predictions
+from prsl.evaluate.uncertainty import (
+    ITEM_SCORES,
+    Resamples,
+    add_intervals,
+    choose_baseline,
+    compare,
+    write_item_scores,
+)
 from prsl.metrics import Scorer
 from prsl.models import VLMAdapter, check_model_source, load_adapter
 from prsl.provenance import ModelRef, check_settings, model_refs, write_settings
@@ -62,7 +70,7 @@ log = logging.getLogger(__name__)
 COMMAND = "evaluate"
 GROWING = ("cells", "models", "items")
 """Sections of the settings record a rerun may add to or leave entries out of."""
-OWN_FILES = (PREDICTIONS, RESULTS, SETTINGS)
+OWN_FILES = (PREDICTIONS, RESULTS, SETTINGS, ITEM_SCORES)
 
 
 def evaluate(
@@ -83,6 +91,7 @@ def evaluate(
             "device_map='auto' spreads one model over this process's GPUs: run it without "
             "accelerate launch (or drop device_map to run one model per process)"
         )
+    baseline = choose_baseline(models, cfg.baseline)  # a wrong name fails before any work
     cells = grid_cells(cfg.attacks, surrogate)
     split = read_evaluation_data(cfg)
     settings = evaluation_settings(cfg, models, surrogate, cells, split)
@@ -102,7 +111,7 @@ def evaluate(
     )
     ledger.before_first_write = lambda: write_settings(out, COMMAND, settings, may_grow=GROWING)
 
-    run = Run(cfg, state, models, surrogate, cells, split)
+    run = Run(cfg, state, models, surrogate, cells, split, baseline)
     skips = SkipTally(split.skipped)
     keys = run_grid(run, ledger, skips, progress)
     state.wait_for_everyone()
@@ -126,6 +135,7 @@ class Run:
     surrogate: ModelRef | None
     cells: list[Cell]
     split: DatasetSplit
+    baseline: ModelRef | None
 
 
 def score_and_write(
@@ -135,15 +145,39 @@ def score_and_write(
     cfg, models, surrogate, cells, split = run.cfg, run.models, run.surrogate, run.cells, run.split
     out = Path(cfg.output_dir)
     rows = Ledger.read(out).selected({m.location for m in models}, cells, keys)
-    runs, bertscore = score_predictions(
-        rows, task=split.task, models=models, cells=cells, metrics=cfg.metrics, scorer=scorer
+    scored, bertscore = score_predictions(
+        rows,
+        task=split.task,
+        models=models,
+        cells=cells,
+        metrics=cfg.metrics,
+        scorer=scorer,
+        vqa_protocol=cfg.vqa_protocol,
     )
+    comparisons: list[dict] = []
+    boot = cfg.bootstrap
+    seed = cfg.seed if boot.seed is None else boot.seed
+    baseline = run.baseline
+    if boot.resamples > 0 and scored:
+        resamples = Resamples(boot, seed)
+        add_intervals(scored, resamples)
+        comparisons = compare(scored, baseline, resamples)
+    write_item_scores(out / ITEM_SCORES, scored)
     looked_at = len(split.examples) + len(split.skipped)
     results = {
-        "runs": runs,
+        "runs": [run.fields for run in scored],
+        "comparisons": comparisons,
         "gallery": gallery_rows(rows, models, cells),
         "meta": results_meta(
+            bootstrap={
+                "resamples": boot.resamples,
+                "level": boot.level,
+                "seed": seed,
+                "paired": True,
+                "baseline": baseline.name if baseline is not None else None,
+            },
             attack_target=cfg.attack_target,
+            vqa_protocol=cfg.vqa_protocol if split.task == "vqa" else None,
             seed=cfg.seed,
             bertscore_model=bertscore,
             models={m.name: m.location for m in models},

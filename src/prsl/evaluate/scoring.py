@@ -17,7 +17,9 @@ import prsl
 from prsl.data import ANSWER_COPIES
 from prsl.evaluate.grid import Cell
 from prsl.evaluate.ledger import Prediction, RunKey
+from prsl.evaluate.uncertainty import ScoredRun
 from prsl.metrics import CAPTION_METRICS, VQA_METRICS, Scorer
+from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol, normalize_answer
 from prsl.provenance import ModelRef
 
 
@@ -27,11 +29,19 @@ class _Run:
 
     fields: dict
     corpora: range
+    model: ModelRef
+    keys: tuple[str, ...]
 
 
-def self_reference(clean: str, task: str) -> list[str]:
-    """The clean output as the reference; for VQA ten copies, so soft accuracy is exact match."""
-    return [clean] * (ANSWER_COPIES if task == "vqa" else 1)
+def self_reference(
+    clean: str, task: str, vqa_protocol: VQAProtocol = DEFAULT_VQA_PROTOCOL
+) -> list[str]:
+    """The clean output as the reference; for VQA ten copies of it normalised as the protocol
+    normalises a model's answer (it is one, not a human annotation), so soft accuracy is exact
+    match of the two normalised answers."""
+    if task != "vqa":
+        return [clean]
+    return [normalize_answer(clean, vqa_protocol)] * ANSWER_COPIES
 
 
 def score_predictions(
@@ -42,8 +52,10 @@ def score_predictions(
     cells: list[Cell],
     metrics: list[str] | None,
     scorer: Scorer | None,
-) -> tuple[list[dict], str]:
-    """The ``runs`` of results.json, in model / attack / ε order, and the BERTScore model."""
+    vqa_protocol: VQAProtocol = DEFAULT_VQA_PROTOCOL,
+) -> tuple[list[ScoredRun], str]:
+    """The ``runs`` of results.json, in model / attack / ε order, each with the items'
+    statistics it was computed from; and the BERTScore model."""
     names = metrics or list(VQA_METRICS if task == "vqa" else CAPTION_METRICS)
     by_key: dict[RunKey, list[Prediction]] = defaultdict(list)
     for row in rows:
@@ -57,7 +69,7 @@ def score_predictions(
         ref = models[order[key.model]]
         cell = cell_of[(key.attack, key.eps)]
         references = {
-            "clean": [self_reference(r.clean, task) for r in items],
+            "clean": [self_reference(r.clean, task, vqa_protocol) for r in items],
             "ground_truth": [r.references for r in items],
         }
         n_steps = len(items[0].per_step or [])
@@ -81,20 +93,24 @@ def score_predictions(
                 "attack_params": cell.attack.recorded(),
                 "n_images": len(items),
                 "reference": reference,
+                "gradient_free": not cell.attack.uses_gradients,
             }
-            runs.append(_Run(fields, range(first, len(corpora))))
+            if cell.white_box is not None:
+                fields["transfer_of"] = cell.white_box
+            keys = tuple(r.key for r in items)
+            runs.append(_Run(fields, range(first, len(corpora)), ref, keys))
     # A Scorer made here is closed (its METEOR JVM stopped) once scored; a caller's stays open.
     with Scorer() if scorer is None else nullcontext(scorer) as active:
-        scores = active.score_many(corpora, names) if corpora else []
+        scores = active.score_items(corpora, names, vqa_protocol=vqa_protocol) if corpora else []
         bertscore = active.bertscore_description()
     finished = []
     for run in runs:
         clean, adversarial, *per_step = (scores[i] for i in run.corpora)
-        row = run.fields | {"clean": clean, "adversarial": adversarial}
-        row["degradation"] = {m: clean[m] - adversarial[m] for m in clean}
+        row = run.fields | {"clean": dict(clean.values), "adversarial": dict(adversarial.values)}
+        row["degradation"] = {m: clean.values[m] - adversarial.values[m] for m in clean.values}
         if per_step:
-            row["per_step"] = per_step
-        finished.append(row)
+            row["per_step"] = [dict(step.values) for step in per_step]
+        finished.append(ScoredRun(row, run.model, run.keys, clean, adversarial))
     return finished, bertscore
 
 

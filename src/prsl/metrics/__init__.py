@@ -8,7 +8,7 @@ Knows nothing of models, losses, data or attacks: strings in, corpus-level numbe
 
 BLEU, METEOR, ROUGE-L and CIDEr come from ``pycocoevalcap`` (the COCO caption evaluation; needs
 Java), BERTScore from ``bert-score`` with an offline MiniLM model by default, VQA accuracy is the
-VQAv2 soft accuracy with the official answer normalisation.
+VQAv2 soft accuracy under the official or the EvalAI answer normalisation.
 """
 
 from prsl.metrics.bertscore import BERTSCORE_DEFAULT, default_model_dir
@@ -19,7 +19,13 @@ from prsl.metrics.scorer import (
     Scorer,
     score,
 )
-from prsl.metrics.vqa import mean_vqa_accuracy, normalize_answer, vqa_accuracy
+from prsl.metrics.vqa import (
+    DEFAULT_VQA_PROTOCOL,
+    VQA_PROTOCOLS,
+    mean_vqa_accuracy,
+    normalize_answer,
+    vqa_accuracy,
+)
 
 __all__ = [
     "ALL_METRICS",
@@ -28,6 +34,8 @@ __all__ = [
     "VQA_METRICS",
     "Scorer",
     "default_model_dir",
+    "DEFAULT_VQA_PROTOCOL",
+    "VQA_PROTOCOLS",
     "mean_vqa_accuracy",
     "normalize_answer",
     "score",

@@ -29,13 +29,16 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import IO
 
+import numpy as np
 from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor import meteor as meteor_module
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from prsl.core.errors import MissingDependency
+from prsl.metrics.statistics import BLEU_COLUMNS, BLEU_ORDER, METEOR_COLUMNS
 
 BLEU_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
 COCO_METRICS = (*BLEU_METRICS, "METEOR", "ROUGE-L", "CIDEr")
@@ -111,6 +114,25 @@ def ptb_tokenize(texts: Iterable[str]) -> dict[str, str]:
     return tokens
 
 
+def aggregable_meteor_stats(rows: np.ndarray) -> np.ndarray:
+    """The jar's statistics lines as its ``EVAL`` sums them: an item identical to its reference
+    (every word matched, in one chunk) adds no chunk to the corpus (``MeteorStats.addStats``),
+    so a corpus of identical captions scores 1, not 1 minus a fragmentation penalty. Its own
+    score is unchanged: with no chunk its fragmentation is 0, as the jar's special case says."""
+    rows = rows.copy()
+    stages = (rows.shape[1] - 7) // 4
+    per_stage = rows[:, 4 : 4 + 4 * stages].reshape(len(rows), stages, 4)
+    test_total = per_stage[..., 0].sum(-1) + per_stage[..., 2].sum(-1)
+    ref_total = per_stage[..., 1].sum(-1) + per_stage[..., 3].sum(-1)
+    identical = (test_total == rows[:, 0]) & (ref_total == rows[:, 1]) & (rows[:, -3] == 1)
+    rows[identical, -3] = 0.0
+    return rows
+
+
+STAT_CACHE_SIZE = 200_000
+"""Distinct items whose METEOR statistics one JVM keeps (a few hundred bytes each)."""
+
+
 class _LocaleSafeMeteor(meteor_module.Meteor):
     """pycocoevalcap's METEOR scorer, started so that it cannot fail on locale or hang on stderr.
 
@@ -139,6 +161,32 @@ class _LocaleSafeMeteor(meteor_module.Meteor):
             stderr=self._stderr,
         )
         self.lock = threading.Lock()
+        self._stats: dict[tuple[str, tuple[str, ...]], str] = {}
+
+    def _cached_stat(self, hypothesis: str, references: list[str]) -> str:
+        """The jar's statistics line for one item, asked once per distinct (candidate,
+        references): an evaluation scores the same item in many corpora (every step of an
+        attack, every cell), and each ``SCORE`` is a round trip to the JVM."""
+        key = (hypothesis, tuple(references))
+        if key not in self._stats:
+            if len(self._stats) >= STAT_CACHE_SIZE:
+                self._stats.clear()
+            self._stats[key] = self._stat(hypothesis, references)
+        return self._stats[key]
+
+    def compute_score_and_stats(self, gts: _Tokenised, res: _Tokenised) -> tuple[float, np.ndarray]:
+        """The library's ``compute_score`` (the same protocol with the jar: one ``SCORE`` line
+        per item, then one ``EVAL`` of all their statistics), keeping each item's statistics
+        (the rows of :data:`~prsl.metrics.statistics.METEOR_COLUMNS`) instead of dropping them."""
+        with self.lock:
+            stats = [self._cached_stat(res[i][0], gts[i]) for i in gts]
+            self.meteor_p.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
+            self.meteor_p.stdin.flush()
+            for _ in stats:  # the items' own scores: the same as reduce(stats[i])
+                self.meteor_p.stdout.readline()
+            score = float(self.meteor_p.stdout.readline().strip())
+        rows = np.array([[float(x) for x in line.split()] for line in stats], dtype=np.float64)
+        return score, aggregable_meteor_stats(rows.reshape(len(stats), METEOR_COLUMNS))
 
     def stderr_tail(self, limit: int = 2000) -> str:
         """The end of what the JVM wrote to stderr, for error messages."""
@@ -174,17 +222,17 @@ class MeteorProcess:
     def __init__(self) -> None:
         self._meteor: _LocaleSafeMeteor | None = None
 
-    def score(self, gts: _Tokenised, res: _Tokenised) -> float:
-        """Corpus METEOR of tokenised candidates ``res`` against references ``gts``."""
+    def score(self, gts: _Tokenised, res: _Tokenised) -> tuple[float, np.ndarray]:
+        """Corpus METEOR of tokenised candidates ``res`` against references ``gts``, and each
+        item's statistics."""
         if self._meteor is None:
             self._meteor = _LocaleSafeMeteor()
         try:
-            value, _ = self._meteor.compute_score(gts, res)
+            return self._meteor.compute_score_and_stats(gts, res)
         except (ValueError, OSError) as exc:
             detail = self._meteor.stderr_tail() or "(nothing on stderr)"
             self.close()  # the protocol is out of step; the next call starts a fresh JVM
             raise RuntimeError(f"METEOR's Java process failed ({exc}); stderr: {detail}") from exc
-        return float(value)
 
     def close(self) -> None:
         """Stop the JVM if one is running."""
@@ -193,18 +241,32 @@ class MeteorProcess:
             self._meteor = None
 
 
+def bleu_stats(gts: _Tokenised, res: _Tokenised) -> np.ndarray:
+    """Each item's BLEU statistics (:data:`~prsl.metrics.statistics.BLEU_COLUMNS`), counted by
+    pycocoevalcap's own ``cook_refs`` / ``cook_test``, with the ``closest`` reference length
+    that ``Bleu.compute_score`` uses."""
+    rows = []
+    for i in gts:
+        cooked = cook_test(res[i][0], cook_refs(gts[i], n=BLEU_ORDER), n=BLEU_ORDER)
+        testlen = cooked["testlen"]
+        reflen = min((abs(length - testlen), length) for length in cooked["reflen"])[1]
+        rows.append([testlen, reflen, *cooked["guess"], *cooked["correct"]])
+    return np.array(rows, dtype=np.float64).reshape(len(rows), BLEU_COLUMNS)
+
+
 def coco_scores(
     candidates: Sequence[str],
     references: Sequence[Sequence[str]],
     wanted: Collection[str],
     meteor: MeteorProcess,
     tokens: Mapping[str, str] | None = None,
-) -> dict[str, float]:
-    """Corpus-level values of the ``wanted`` names among :data:`COCO_METRICS`.
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Corpus-level values of the ``wanted`` names among :data:`COCO_METRICS`, and each
+    metric's per-item statistics (see :mod:`prsl.metrics.statistics`).
 
     Inputs are assumed validated (same length, no empty reference list); ``meteor`` is reused
     across calls. ``tokens`` maps each text to its PTB tokens (from :func:`ptb_tokenize`, shared
-    by many corpora); None tokenises these texts here.
+    by many corpora); None tokenises these texts here. The values are pycocoevalcap's own.
     """
     if tokens is None:  # a Scorer that passes tokens has checked for Java already
         require_java()
@@ -212,17 +274,31 @@ def coco_scores(
     gts = {i: [tokens[r] for r in refs] for i, refs in enumerate(references)}
     res = {i: [tokens[c]] for i, c in enumerate(candidates)}
     scores: dict[str, float] = {}
+    stats: dict[str, np.ndarray] = {}
     if any(name in wanted for name in BLEU_METRICS):
-        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        bleu, _ = Bleu(BLEU_ORDER).compute_score(gts, res, verbose=0)
         scores.update({name: float(value) for name, value in zip(BLEU_METRICS, bleu, strict=True)})
+        counts = bleu_stats(gts, res)
+        stats.update({name: counts for name in BLEU_METRICS})
     if "METEOR" in wanted:
-        scores["METEOR"] = meteor.score(gts, res)
+        scores["METEOR"], stats["METEOR"] = meteor.score(gts, res)
     if "ROUGE-L" in wanted:
-        scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
+        value, per_item = Rouge().compute_score(gts, res)
+        scores["ROUGE-L"], stats["ROUGE-L"] = float(value), _column(per_item)
     if "CIDEr" in wanted:
         # pycocoevalcap's CIDEr crashes on a corpus whose references hold no word at all (its
         # document frequencies are empty), e.g. a model's own empty outputs used as references;
         # with no reference n-gram there is nothing to match, so the score is 0.
         has_words = any(ref.split() for refs in gts.values() for ref in refs)
-        scores["CIDEr"] = float(Cider().compute_score(gts, res)[0]) if has_words else 0.0
-    return {name: scores[name] for name in COCO_METRICS if name in wanted}
+        if has_words:  # per item: CIDEr-D with the document frequencies of this whole corpus
+            value, per_item = Cider().compute_score(gts, res)
+            scores["CIDEr"], stats["CIDEr"] = float(value), _column(per_item)
+        else:
+            scores["CIDEr"], stats["CIDEr"] = 0.0, np.zeros((len(res), 1))
+    order = [name for name in COCO_METRICS if name in wanted]
+    return {name: scores[name] for name in order}, {name: stats[name] for name in order}
+
+
+def _column(values: Iterable[float]) -> np.ndarray:
+    """Per-item scores as the one-column statistics of a mean metric."""
+    return np.asarray(list(values), dtype=np.float64).reshape(-1, 1)

@@ -8,8 +8,11 @@ METEOR JVM), started on first use and reused, because evaluation scores many tim
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from statistics import fmean
 from types import TracebackType
+
+import numpy as np
 
 from prsl.core.errors import InvalidInput
 from prsl.metrics.bertscore import BertScore
@@ -20,7 +23,8 @@ from prsl.metrics.coco import (
     ptb_tokenize,
     require_java,
 )
-from prsl.metrics.vqa import mean_vqa_accuracy
+from prsl.metrics.statistics import item_values
+from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol, mean_vqa_accuracy, vqa_accuracy
 
 CAPTION_METRICS = (*COCO_METRICS, "BERTScore")
 VQA_METRICS = ("VQA-acc",)
@@ -69,6 +73,24 @@ def validate_inputs(candidates: Sequence[str], references: Sequence[Sequence[str
             raise ValueError(f"references[{i}] must contain only str")
 
 
+@dataclass(frozen=True)
+class CorpusScores:
+    """One corpus scored: ``values`` the corpus scores (as :meth:`Scorer.score` gives them),
+    ``stats`` per metric the items' statistics (rows in corpus order; see
+    :mod:`prsl.metrics.statistics`), from which any resample's score is recomputed."""
+
+    values: dict[str, float]
+    stats: dict[str, np.ndarray]
+
+    def item_scores(self, metric: str) -> np.ndarray:
+        """Each item's own (sentence-level) score for ``metric``."""
+        return item_values(metric, self.stats[metric])
+
+
+def _column(values: Sequence[float]) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64).reshape(-1, 1)
+
+
 class Scorer:
     """Scores candidates against references; reuse one instance to avoid reloading models.
 
@@ -105,6 +127,8 @@ class Scorer:
         candidates: Sequence[str],
         references: Sequence[Sequence[str]],
         metrics: Sequence[str] | None = None,
+        *,
+        vqa_protocol: VQAProtocol = DEFAULT_VQA_PROTOCOL,
     ) -> dict[str, float]:
         """Corpus-level scores of ``candidates[i]`` against the list ``references[i]``.
 
@@ -113,6 +137,8 @@ class Scorer:
                 wrong answers, they are never dropped.
             references: for each item, one or more reference captions (or human answers).
             metrics: names from :data:`ALL_METRICS`; None means all of :data:`CAPTION_METRICS`.
+            vqa_protocol: how VQA-acc normalises answers, ``official`` (the VQA challenge's
+                script) or ``evalai`` (EvalAI / lmms-eval); see :mod:`prsl.metrics.vqa`.
 
         Returns:
             ``{name: value}`` in the order asked. BLEU, METEOR, ROUGE-L, BERTScore and VQA-acc
@@ -122,12 +148,14 @@ class Scorer:
             InvalidInput: on an unknown metric name; ValueError on malformed input.
             MissingDependency: when a Java-based metric is asked for and Java is missing.
         """
-        return self.score_many([(candidates, references)], metrics)[0]
+        return self.score_many([(candidates, references)], metrics, vqa_protocol=vqa_protocol)[0]
 
     def score_many(
         self,
         corpora: Sequence[tuple[Sequence[str], Sequence[Sequence[str]]]],
         metrics: Sequence[str] | None = None,
+        *,
+        vqa_protocol: VQAProtocol = DEFAULT_VQA_PROTOCOL,
     ) -> list[dict[str, float]]:
         """:meth:`score` for each ``(candidates, references)`` corpus, the same values.
 
@@ -136,17 +164,33 @@ class Scorer:
         cells). Here each distinct corpus is scored once, and the Java PTB tokenizer runs once
         for all their texts instead of twice per corpus.
         """
+        scored = self.score_items(corpora, metrics, vqa_protocol=vqa_protocol)
+        return [dict(corpus.values) for corpus in scored]
+
+    def score_items(
+        self,
+        corpora: Sequence[tuple[Sequence[str], Sequence[Sequence[str]]]],
+        metrics: Sequence[str] | None = None,
+        *,
+        vqa_protocol: VQAProtocol = DEFAULT_VQA_PROTOCOL,
+    ) -> list[CorpusScores]:
+        """:meth:`score_many`, each corpus's values with its items' statistics beside them
+        (:class:`CorpusScores`: per-item scores, and what a bootstrap resamples)."""
         names = resolve_metrics(metrics)
         for candidates, references in corpora:
             validate_inputs(candidates, references)
         keys = [(tuple(cands), tuple(tuple(refs) for refs in refss)) for cands, refss in corpora]
         distinct = list(dict.fromkeys(keys))
-        scored = dict(zip(distinct, self._score_distinct(distinct, names), strict=True))
-        return [dict(scored[key]) for key in keys]
+        found = self._score_distinct(distinct, names, vqa_protocol)
+        scored = dict(zip(distinct, found, strict=True))
+        return [scored[key] for key in keys]
 
     def _score_distinct(
-        self, corpora: Sequence[tuple[Sequence[str], Sequence[Sequence[str]]]], names: list[str]
-    ) -> list[dict[str, float]]:
+        self,
+        corpora: Sequence[tuple[Sequence[str], Sequence[Sequence[str]]]],
+        names: list[str],
+        vqa_protocol: VQAProtocol,
+    ) -> list[CorpusScores]:
         coco_wanted = [name for name in names if name in COCO_METRICS]
         tokens = None
         if coco_wanted:
@@ -167,15 +211,24 @@ class Scorer:
         results = []
         for candidates, references in corpora:
             values: dict[str, float] = {}
+            stats: dict[str, np.ndarray] = {}
             if coco_wanted:
-                values.update(
-                    coco_scores(candidates, references, coco_wanted, self._meteor, tokens)
+                coco, counts = coco_scores(
+                    candidates, references, coco_wanted, self._meteor, tokens
                 )
+                values.update(coco)
+                stats.update(counts)
             if "BERTScore" in names:
-                values["BERTScore"] = fmean(next(f1s) for _ in candidates)
+                f1 = [next(f1s) for _ in candidates]
+                values["BERTScore"], stats["BERTScore"] = fmean(f1), _column(f1)
             if "VQA-acc" in names:
-                values["VQA-acc"] = mean_vqa_accuracy(candidates, references)
-            results.append({name: values[name] for name in names})
+                values["VQA-acc"] = mean_vqa_accuracy(candidates, references, vqa_protocol)
+                pairs = zip(candidates, references, strict=True)
+                accuracy = [vqa_accuracy(a, h, vqa_protocol) for a, h in pairs]
+                stats["VQA-acc"] = _column(accuracy)
+            results.append(
+                CorpusScores({n: values[n] for n in names}, {n: stats[n] for n in names})
+            )
         return results
 
     def close(self) -> None:
@@ -200,8 +253,9 @@ def score(
     metrics: Sequence[str] | None = None,
     *,
     bertscore_model: str | None = None,
+    vqa_protocol: VQAProtocol = DEFAULT_VQA_PROTOCOL,
 ) -> dict[str, float]:
     """Score once with a fresh :class:`Scorer` (see :meth:`Scorer.score`); use a Scorer to
     score repeatedly without reloading the BERTScore model and restarting METEOR each time."""
     with Scorer(bertscore_model=bertscore_model) as scorer:
-        return scorer.score(candidates, references, metrics)
+        return scorer.score(candidates, references, metrics, vqa_protocol=vqa_protocol)

@@ -20,6 +20,48 @@ from prsl.losses import LOSSES  # noqa: E402
 from prsl.results import HEADLINE, grouped, model_label, run_eps_text  # noqa: E402
 
 
+def headline_metric(task: str, runs: list[dict]) -> str | None:
+    """The metric a task's headline shows: the first of :data:`HEADLINE` the runs have."""
+    present = {m for r in runs if r["task"] == task for m in r["adversarial"]}
+    return next((m for m in HEADLINE[task] if m in present), None)
+
+
+def plot_headline(runs: list[dict], folder: Path, level: float | None) -> Path | None:
+    """The report's first figure: degradation (against the model's clean output) vs ε, one line
+    per model with its ``level`` interval as a band, one panel per task x attack."""
+    panels = []
+    for (task, reference, attack), group in grouped(runs).items():
+        metric = headline_metric(task, group)
+        if reference == "clean" and metric is not None:
+            panels.append((task, attack, metric, group))
+    if not panels:
+        return None
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.3 * rows), squeeze=False)
+    for ax, (task, attack, metric, group) in zip(axes.flat, panels, strict=False):
+        l2 = group[0].get("norm") == "l2"
+        scale, axis = (1.0, "ε (L2, pixel units)") if l2 else (LEVELS, f"ε (×1/{LEVELS})")
+        for i, label in enumerate(sorted({model_label(r) for r in group})):
+            mine = sorted((r for r in group if model_label(r) == label), key=lambda r: r["eps"])
+            xs = [0.0] + [r["eps"] * scale for r in mine]
+            ys = [0.0] + [r["degradation"][metric] for r in mine]
+            colour = f"C{i % 10}"
+            ax.plot(xs, ys, marker="o", color=colour, label=label)
+            bands = [r.get("intervals", {}).get("degradation", {}).get(metric) for r in mine]
+            if all(b is not None for b in bands):
+                low = [0.0] + [b[0] for b in bands]
+                high = [0.0] + [b[1] for b in bands]
+                ax.fill_between(xs, low, high, color=colour, alpha=0.18, linewidth=0)
+        ax.set(xlabel=axis, ylabel=f"{metric} degradation", title=f"{task} — {attack}")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    bands = f"; bands: {level:.0%} intervals" if level is not None else ""
+    title = f"degradation vs the clean output (lower is more robust{bands})"
+    return _finish(fig, axes, title, folder / "headline.png")
+
+
 def plot_vs_eps(runs: list[dict], folder: Path) -> list[Path]:
     made = []
     for (task, reference, attack), group in grouped(runs).items():
@@ -45,25 +87,30 @@ def plot_vs_eps(runs: list[dict], folder: Path) -> list[Path]:
 
 
 def plot_vs_iteration(runs: list[dict], folder: Path) -> list[Path]:
+    """The headline metric after every attack step, one figure per task, reference and attack,
+    a panel per ε (every metric's per-step values are in results.json)."""
     made = []
     curves = [r for r in runs if r.get("per_step")]
-    keys = sorted({(r["task"], r["reference"], r["attack"], r["eps"]) for r in curves})
-    for task, reference, attack, eps in keys:
-        group = [
-            r
-            for r in curves
-            if (r["task"], r["reference"], r["attack"], r["eps"]) == (task, reference, attack, eps)
-        ]
-        metrics = [m for m in HEADLINE[task] if m in group[0]["adversarial"]]
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
-        for ax, metric in zip(axes[0], metrics, strict=True):
-            for run in sorted(group, key=model_label):
+    for (task, reference, attack), group in grouped(curves).items():
+        metric = headline_metric(task, group)
+        if metric is None:
+            continue
+        epsilons = sorted({r["eps"] for r in group})
+        fig, axes = plt.subplots(
+            1, len(epsilons), figsize=(4.2 * len(epsilons), 3.2), squeeze=False
+        )
+        for ax, eps in zip(axes[0], epsilons, strict=True):
+            mine = [r for r in group if r["eps"] == eps]
+            for run in sorted(mine, key=model_label):
                 ys = [run["clean"][metric]] + [s[metric] for s in run["per_step"]]
                 ax.plot(range(len(ys)), ys, marker=".", label=model_label(run))
-            title = f"{attack} ε={run_eps_text(group[0])}"
-            ax.set(xlabel="attack iteration", ylabel=metric, title=title)
+            ax.set(
+                xlabel="attack iteration",
+                ylabel=metric,
+                title=f"{attack} ε={run_eps_text(mine[0])}",
+            )
             ax.grid(alpha=0.3)
-        name = slug(f"iter_{task}_{reference}_{attack}_{eps!r}") + ".png"
+        name = slug(f"iter_{task}_{reference}_{attack}") + ".png"
         made.append(_finish(fig, axes, f"{task}, reference = {reference}", folder / name))
     return made
 

@@ -1,8 +1,10 @@
 """Turn ``results.json`` files into ``report.md`` and a self-contained ``report.html``.
 
-The verdict and the tables (:mod:`prsl.report.tables`) come first, then the plots
-(:mod:`prsl.report.plots`: score against ε, against attack iteration, and against a swept loss
-parameter) and a gallery of clean/adversarial pairs with both outputs. Every PNG is embedded in
+The report leads with the answer: the verdict (:mod:`prsl.report.verdict`) and the headline
+figure (degradation vs ε with interval bands), then the compact table, the notes, the detailed
+tables (collapsible in HTML), the gradient-masking checks (:mod:`prsl.report.masking`), the
+other figures (:mod:`prsl.report.plots`) and a gallery laid out as a grid: one row per image,
+attack and ε, each model's clean and adversarial output side by side. Every PNG is embedded in
 the HTML, so the file can be mailed on its own.
 """
 
@@ -10,43 +12,109 @@ from __future__ import annotations
 
 import base64
 import html
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from prsl.data import Skipped, skip_summary
-from prsl.report.plots import plot_vs_eps, plot_vs_iteration, plot_vs_parameter
-from prsl.report.tables import summary_lines, table_rows
-from prsl.results import grouped, load_results, run_eps_text
+from prsl.report.masking import masking_checks
+from prsl.report.plots import plot_headline, plot_vs_eps, plot_vs_iteration, plot_vs_parameter
+from prsl.report.tables import COMPACT_HEADER, compact_rows, table_rows
+from prsl.report.verdict import verdict_lines
+from prsl.results import LoadedResults, grouped, load_results, run_eps_text
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass(frozen=True)
+class GalleryRow:
+    """One image under one attack and ε: each model's adversarial image and both outputs."""
+
+    title: str
+    clean_image: Path
+    outputs: list[dict]
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything the report says, in the order it says it; the writers only format it."""
+
+    title: str
+    verdict: list[str]
+    headline: Path | None
+    compact: Table
+    notes: list[str]
+    detailed: list[Table]
+    masking_flags: list[str]
+    masking_checked: list[str]
+    plots: list[Path]
+    gallery: list[GalleryRow]
 
 
 def write_report(
     result_files: list[Path], out: Path, title: str = "prsl robustness report"
 ) -> dict:
     """Write report.md, report.html and plots/ into ``out``; returns their paths."""
-    runs, gallery, meta = load_results(result_files)
+    loaded = load_results(result_files)
     out.mkdir(parents=True, exist_ok=True)
     plots_dir = out / "plots"
     plots_dir.mkdir(exist_ok=True)
-    plots = (
-        plot_vs_eps(runs, plots_dir)
+    report = _compose(title, loaded, plots_dir)
+    (out / "report.md").write_text(_markdown(report, out))
+    (out / "report.html").write_text(_html(report))
+    plots = [report.headline] if report.headline else []
+    return {
+        "markdown": out / "report.md",
+        "html": out / "report.html",
+        "plots": plots + report.plots,
+    }
+
+
+def _compose(title: str, loaded: LoadedResults, plots_dir: Path) -> Report:
+    runs, meta = loaded.runs, loaded.meta
+    level = (meta.get("bootstrap") or {}).get("level")
+    detailed = [
+        Table(f"{task} — {attack} — reference: {reference}", *table_rows(group))
+        for (task, reference, attack), group in grouped(runs).items()
+    ]
+    flags, checked = masking_checks(runs)
+    return Report(
+        title=title,
+        verdict=verdict_lines(loaded.comparisons, runs, level),
+        headline=plot_headline(runs, plots_dir, level),
+        compact=Table("Summary", COMPACT_HEADER, compact_rows(runs, loaded.comparisons)),
+        notes=_notes(meta),
+        detailed=detailed,
+        masking_flags=flags,
+        masking_checked=checked,
+        plots=plot_vs_eps(runs, plots_dir)
         + plot_vs_iteration(runs, plots_dir)
-        + plot_vs_parameter(runs, plots_dir)
+        + plot_vs_parameter(runs, plots_dir),
+        gallery=_gallery_grid(loaded.gallery),
     )
-    sections = []
-    for (task, reference, attack), group in grouped(runs).items():
-        header, rows = table_rows(group)
-        sections.append((f"{task} — {attack} — reference: {reference}", header, rows))
-    md = _markdown(title, meta, runs, sections, plots, gallery, out)
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(_html(title, meta, runs, sections, plots, gallery))
-    return {"markdown": out / "report.md", "html": out / "report.html", "plots": plots}
 
 
 def _notes(meta: dict) -> list[str]:
     notes = [
-        "Degradation Δ = clean score − adversarial score (lower is more robust). "
-        "Reference *clean*: scored against the model's own clean output (the paper's protocol: "
-        "how far the attack moves the answer); *ground_truth*: against the dataset references.",
+        "Degradation Δ = clean score − adversarial score (lower is more robust). Reference "
+        "'clean': scored against the model's own clean output (how far the attack moves the "
+        "answer); 'ground_truth': against the dataset references.",
     ]
+    boot = meta.get("bootstrap") or {}
+    if boot.get("resamples"):
+        notes.append(
+            f"Intervals: {boot['level']:.0%} percentile intervals of a paired bootstrap over the "
+            f"items ({boot['resamples']} resamples, seed {boot['seed']}; the same resamples for "
+            "every model, clean and adversarial). A difference counts only when its interval "
+            "excludes 0."
+        )
+    if meta.get("vqa_protocol"):
+        notes.append(f"VQA accuracy: the {meta['vqa_protocol']} protocol (`vqa_protocol`).")
     if meta.get("bertscore_model"):
         notes.append(f"BERTScore model: {meta['bertscore_model']}.")
     items = meta.get("items")
@@ -58,25 +126,65 @@ def _notes(meta: dict) -> list[str]:
     return notes
 
 
-def _markdown(title, meta, runs, sections, plots, gallery, out: Path) -> str:
-    lines = [f"# {title}", "", *[f"- {s}" for s in summary_lines(runs)], ""]
-    lines += [f"> {n}" for n in _notes(meta)] + [""]
-    for name, header, rows in sections:
-        lines += [f"## {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        lines.append("")
-    if plots:
-        lines += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(out)})" for p in plots] + [""]
-    if gallery:
-        lines += ["## Gallery", "", "| clean | adversarial | captions |", "|---|---|---|"]
-        for row in gallery:
-            clean, adv = row["images"]["clean"], row["images"]["adversarial"]
-            lines.append(
-                f"| ![clean]({_rel(clean, out)}) | ![adv]({_rel(adv, out)}) | "
-                f"{row['model']} {row['attack']} ε={run_eps_text(row)}<br>"
-                f"clean: {row['clean']}<br>adversarial: {row['adversarial']} |"
-            )
+def _gallery_grid(gallery: list[dict]) -> list[GalleryRow]:
+    """Gallery rows grouped by (attack, ε, image): one grid row each, models side by side."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in gallery:
+        groups.setdefault((row["attack"], row["eps"], row["key"]), []).append(row)
+    return [
+        GalleryRow(
+            f"{attack} ε={run_eps_text(rows[0])} — {key}",
+            Path(rows[0]["images"]["clean"]),
+            sorted(rows, key=lambda r: r["model"]),
+        )
+        for (attack, _, key), rows in groups.items()
+    ]
+
+
+# --- Markdown ---------------------------------------------------------------------------------
+
+
+def _md_table(table: Table) -> list[str]:
+    lines = ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in table.rows] + [""]
+
+
+def _markdown(report: Report, out: Path) -> str:
+    lines = [f"# {report.title}", "", "## Verdict", ""]
+    lines += [f"- {line}" for line in report.verdict] + [""]
+    if report.headline:
+        lines += [f"![headline]({_rel(report.headline, out)})", ""]
+    lines += [f"## {report.compact.title}", "", *_md_table(report.compact)]
+    lines += [f"> {n}" for n in report.notes] + [""]
+    lines += ["## Detailed tables", ""]
+    for table in report.detailed:
+        lines += [f"### {table.title}", "", *_md_table(table)]
+    lines += ["## Gradient-masking checks", ""]
+    lines += [f"- ⚠ {flag}" for flag in report.masking_flags] or ["- No sign of masking found."]
+    lines += [f"- checked: {c}" for c in report.masking_checked] + [""]
+    if report.plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({_rel(p, out)})" for p in report.plots] + [""]
+    if report.gallery:
+        models = _gallery_models(report.gallery)
+        lines += ["## Gallery", "", "| image | " + " | ".join(models) + " |"]
+        lines.append("|" + "---|" * (len(models) + 1))
+        for row in report.gallery:
+            by_model = {o["model"]: o for o in row.outputs}
+            cells = [f"{row.title}<br>![clean]({_rel(row.clean_image, out)})"]
+            for model in models:
+                o = by_model.get(model)
+                cells.append(
+                    f"![adversarial]({_rel(o['images']['adversarial'], out)})<br>"
+                    f"clean: {o['clean']}<br>adversarial: {o['adversarial']}"
+                    if o
+                    else "–"
+                )
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _gallery_models(gallery: list[GalleryRow]) -> list[str]:
+    return sorted({o["model"] for row in gallery for o in row.outputs})
 
 
 def _rel(path, out: Path) -> str:
@@ -87,51 +195,91 @@ def _rel(path, out: Path) -> str:
         return str(path)
 
 
+# --- HTML -------------------------------------------------------------------------------------
+
+
 def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def _html(title, meta, runs, sections, plots, gallery) -> str:
+def _inline(text: str) -> str:
+    """Escaped text with `code` spans as <code>: the report's lines carry no other markup."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def _html_table(table: Table) -> list[str]:
+    parts = ["<table><tr>", *[f"<th>{html.escape(h)}</th>" for h in table.header], "</tr>"]
+    for row in table.rows:
+        cells = []
+        for cell in row:
+            bold = cell.startswith("**")
+            text = html.escape(cell.strip("*"))
+            cells.append(f"<td>{'<b>' + text + '</b>' if bold else text}</td>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    return [*parts, "</table>"]
+
+
+def _html(report: Report) -> str:
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{esc(title)}</title><style>",
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}",
+        f"<title>{esc(report.title)}</title><style>",
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px}",
         "table{border-collapse:collapse;font-size:12px;margin-bottom:1.5em}",
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}",
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top}",
         "th{background:#f0f0f0}b{color:#0a6}img.plot{max-width:100%}",
-        ".pair img{width:128px;image-rendering:pixelated;margin-right:6px}",
+        "details{margin-bottom:1em}summary{cursor:pointer;font-weight:600}",
+        ".flag{color:#b00}.gallery td{text-align:left;max-width:220px}",
+        ".gallery img{width:128px;image-rendering:pixelated;display:block}",
         "</style></head><body>",
-        f"<h1>{esc(title)}</h1><ul>",
-        *[f"<li>{esc(s)}</li>" for s in summary_lines(runs)],
+        f"<h1>{esc(report.title)}</h1>",
+        "<section id='verdict'><h2>Verdict</h2><ul>",
+        *[f"<li>{_inline(line)}</li>" for line in report.verdict],
         "</ul>",
-        *[f"<p><i>{esc(n)}</i></p>" for n in _notes(meta)],
     ]
-    for name, header, rows in sections:
-        parts.append(f"<h2>{esc(name)}</h2><table><tr>")
-        parts += [f"<th>{esc(h)}</th>" for h in header]
-        parts.append("</tr>")
-        for row in rows:
-            cells = []
-            for cell in row:
-                bold = cell.startswith("**")
-                text = esc(cell.strip("*"))
-                cells.append(f"<td>{'<b>' + text + '</b>' if bold else text}</td>")
+    if report.headline:
+        parts.append(
+            f"<img class='plot' id='headline' alt='headline' src='{_data_uri(report.headline)}'>"
+        )
+    parts += ["</section>", "<section id='summary'><h2>Summary</h2>"]
+    parts += _html_table(report.compact)
+    parts += [f"<p><i>{_inline(n)}</i></p>" for n in report.notes]
+    parts += ["</section>", "<section id='detailed'><h2>Detailed tables</h2>"]
+    for table in report.detailed:
+        parts.append(f"<details><summary>{esc(table.title)}</summary>")
+        parts += [*_html_table(table), "</details>"]
+    parts += ["</section>", "<section id='masking'><h2>Gradient-masking checks</h2><ul>"]
+    parts += [f"<li class='flag'>⚠ {_inline(f)}</li>" for f in report.masking_flags] or [
+        "<li>No sign of masking found.</li>"
+    ]
+    parts += [f"<li>checked: {_inline(c)}</li>" for c in report.masking_checked]
+    parts += ["</ul></section>"]
+    if report.plots:
+        parts.append("<section id='plots'><h2>Plots</h2>")
+        parts += [
+            f"<img class='plot' alt='{esc(p.stem)}' src='{_data_uri(p)}'>" for p in report.plots
+        ]
+        parts.append("</section>")
+    if report.gallery:
+        models = _gallery_models(report.gallery)
+        parts.append("<section id='gallery'><h2>Gallery</h2><table class='gallery'><tr>")
+        parts += ["<th>image</th>", *[f"<th>{esc(m)}</th>" for m in models], "</tr>"]
+        for row in report.gallery:
+            by_model = {o["model"]: o for o in row.outputs}
+            cells = [
+                f"<td>{esc(row.title)}<img alt='clean' src='{_data_uri(row.clean_image)}'></td>"
+            ]
+            for model in models:
+                o = by_model.get(model)
+                cells.append(
+                    "<td>"
+                    f"<img alt='adversarial' src='{_data_uri(o['images']['adversarial'])}'>"
+                    f"clean: <q>{esc(o['clean'])}</q><br>"
+                    f"adversarial: <q>{esc(o['adversarial'])}</q></td>"
+                    if o
+                    else "<td>–</td>"
+                )
             parts.append("<tr>" + "".join(cells) + "</tr>")
-        parts.append("</table>")
-    if plots:
-        parts.append("<h2>Plots</h2>")
-        parts += [f"<img class='plot' alt='{esc(p.stem)}' src='{_data_uri(p)}'>" for p in plots]
-    if gallery:
-        parts.append("<h2>Gallery</h2>")
-        for row in gallery:
-            parts.append(
-                "<div class='pair'>"
-                f"<img alt='clean' src='{_data_uri(row['images']['clean'])}'>"
-                f"<img alt='adversarial' src='{_data_uri(row['images']['adversarial'])}'>"
-                f"<p>{esc(row['model'])} ({esc(row['loss'])}), {esc(row['attack'])} "
-                f"ε={run_eps_text(row)}<br>clean: <q>{esc(row['clean'])}</q><br>"
-                f"adversarial: <q>{esc(row['adversarial'])}</q></p></div>"
-            )
+        parts.append("</table></section>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -1,53 +1,82 @@
-"""The report's tables and its one-paragraph verdict, from the runs of ``results.json``.
+"""The report's tables, from the runs and comparisons of ``results.json``.
 
-Tables put the models (CE, PRSL, ...) side by side per task, reference, attack and ε, with the
-better value marked; the summary states plainly whether PRSL degraded less than CE on this
-data, in how many cells, and never more than that.
+The compact table has one row per model, attack and ε: the headline metric against the model's
+clean output, its degradation with its interval, and the comparison with the baseline. The
+detailed tables put the models side by side per task, reference, attack and ε, every metric,
+with the better value marked (the mark says which number is higher, not that the difference is
+real: the comparisons say that).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-
+from prsl.report.plots import headline_metric
 from prsl.results import model_label, run_eps_text
 
 
-def comparisons(runs: list[dict]) -> list[dict]:
-    """CE vs PRSL cells: same task, reference, attack, ε, metric; lower degradation wins."""
-    cells: dict[tuple, dict[str, float]] = defaultdict(dict)
-    for run in runs:
-        for metric, value in run["degradation"].items():
-            cells[(run["task"], run["reference"], run["attack"], run["eps"], metric)][
-                run["loss"]
-            ] = value
-    return [
-        {"cell": cell, "ce": losses["ce"], "prsl": losses["prsl"]}
-        for cell, losses in cells.items()
-        if "ce" in losses and "prsl" in losses
-    ]
+def _interval_text(bounds: list[float] | None) -> str:
+    return f"[{bounds[0]:+.4f}, {bounds[1]:+.4f}]" if bounds else "–"
 
 
-def summary_lines(runs: list[dict]) -> list[str]:
-    found = comparisons(runs)
-    if not found:
-        return ["No CE/PRSL pair in these results: nothing to compare."]
-    lines = []
-    for reference in ("clean", "ground_truth"):
-        cells = [c for c in found if c["cell"][1] == reference]
-        if not cells:
+COMPACT_HEADER = [
+    "task",
+    "attack",
+    "ε",
+    "model",
+    "metric",
+    "clean",
+    "adversarial",
+    "Δ",
+    "Δ interval",
+    "vs baseline",
+    "difference interval",
+    "outcome",
+]
+
+
+def compact_rows(runs: list[dict], comparisons: list[dict]) -> list[list[str]]:
+    """One row per model x attack x ε (against the model's clean output): the headline metric,
+    its degradation and interval, and the comparison with the baseline."""
+    compared = {
+        (c["model"], c["task"], c["attack"], c["eps"], c["reference"], c["metric"]): c
+        for c in comparisons
+    }
+    baselines = {(c["baseline"], c["task"]) for c in comparisons}
+    rows = []
+    own = [r for r in runs if r["reference"] == "clean"]
+    for run in sorted(own, key=lambda r: (r["task"], r["attack"], r["eps"], model_label(r))):
+        metric = headline_metric(run["task"], [run])
+        if metric is None:
             continue
-        wins = sum(c["prsl"] < c["ce"] for c in cells)
-        ties = sum(c["prsl"] == c["ce"] for c in cells)
-        verdict = (
-            "PRSL degraded less than CE in most cells"
-            if wins > len(cells) / 2
-            else "PRSL did NOT degrade less than CE in most cells"
+        bounds = run.get("intervals", {}).get("degradation", {}).get(metric)
+        c = compared.get((run["model"], run["task"], run["attack"], run["eps"], "clean", metric))
+        if c is not None:
+            versus = f"{c['difference']:+.4f} vs {c['baseline']}"
+        else:
+            versus = "baseline" if (run["model"], run["task"]) in baselines else "–"
+        rows.append(
+            [
+                run["task"],
+                run["attack"],
+                run_eps_text(run),
+                model_label(run),
+                metric,
+                f"{run['clean'][metric]:.4f}",
+                f"{run['adversarial'][metric]:.4f}",
+                f"{run['degradation'][metric]:+.4f}",
+                _interval_text(bounds),
+                versus,
+                _interval_text(c["interval"]) if c else "–",
+                OUTCOME_TEXT[c["outcome"]] if c else "–",
+            ]
         )
-        lines.append(
-            f"Reference = {reference}: {verdict} ({wins} of {len(cells)} task/attack/ε/metric "
-            f"cells lower, {ties} equal)."
-        )
-    return lines
+    return rows
+
+
+OUTCOME_TEXT = {
+    "less": "degrades less",
+    "more": "degrades more",
+    "none": "no detectable difference",
+}
 
 
 def table_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:

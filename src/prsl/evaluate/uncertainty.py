@@ -1,0 +1,182 @@
+"""Intervals and comparisons for ``results.json``: the paired bootstrap over an evaluation's items.
+
+Every run (model x attack x ε x reference) gets a percentile interval for its clean score, its
+adversarial score and its degradation, metric by metric. Every model but the baseline is then
+compared with the baseline cell by cell: the difference in degradation (model - baseline; below
+0 the model degrades less), its interval and p-value, and an outcome: ``less`` or ``more`` when
+the interval excludes 0, ``none`` (no detectable difference) otherwise. One set of resamples is
+drawn per item count and applied to every run on those items, clean and adversarial, every
+model, so all of it is paired (:mod:`prsl.metrics.bootstrap`). Differences within
+:data:`TIE_TOLERANCE` of 0 are ``none`` whatever their interval: equal scores are never a win, and
+neither is float noise.
+
+The items' own scores, and the statistics the bootstrap resamples, are written to
+``item_scores.jsonl``, one line per model, attack, ε, reference and item.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from prsl.core.errors import InvalidInput
+from prsl.evaluate.config import BootstrapConfig
+from prsl.metrics.bootstrap import aligned, interval, p_value, resample_counts, resampled
+from prsl.metrics.scorer import CorpusScores
+from prsl.metrics.statistics import corpus_value
+from prsl.provenance import ModelRef
+
+ITEM_SCORES = "item_scores.jsonl"
+TIE_TOLERANCE = 1e-9
+"""Differences (and interval ends) closer to 0 than this count as 0: float noise, not an effect."""
+
+
+@dataclass
+class ScoredRun:
+    """A results row with what it was computed from: its model, items and their statistics."""
+
+    fields: dict
+    model: ModelRef
+    keys: tuple[str, ...]
+    clean: CorpusScores
+    adversarial: CorpusScores
+
+    @property
+    def cell(self) -> tuple:
+        f = self.fields
+        return (f["task"], f["attack"], f["eps"], f["reference"])
+
+
+class Resamples:
+    """One set of resample multiplicities per item count, shared by every run (the pairing)."""
+
+    def __init__(self, boot: BootstrapConfig, seed: int) -> None:
+        self.boot, self.seed = boot, seed
+        self._counts: dict[int, np.ndarray] = {}
+
+    def counts(self, n_items: int) -> np.ndarray:
+        if n_items not in self._counts:
+            self._counts[n_items] = resample_counts(n_items, self.boot.resamples, self.seed)
+        return self._counts[n_items]
+
+
+def add_intervals(runs: list[ScoredRun], resamples: Resamples) -> None:
+    """``intervals`` on each run: ``{"clean"|"adversarial"|"degradation": {metric: [lo, hi]}}``."""
+    level = resamples.boot.level
+    for run in runs:
+        counts = resamples.counts(len(run.keys))
+        parts: dict[str, dict[str, list[float]]] = {"clean": {}, "adversarial": {}}
+        parts["degradation"] = {}
+        for metric in run.clean.values:
+            clean = resampled(metric, run.clean.stats[metric], counts)
+            adversarial = resampled(metric, run.adversarial.stats[metric], counts)
+            parts["clean"][metric] = list(interval(clean, level))
+            parts["adversarial"][metric] = list(interval(adversarial, level))
+            parts["degradation"][metric] = list(interval(clean - adversarial, level))
+        run.fields["intervals"] = parts
+
+
+def choose_baseline(models: list[ModelRef], given: str | None) -> ModelRef | None:
+    """The model named by ``given`` (as given, its location or its shown name), else the first
+    one trained with CE; None when there is no such model."""
+    if given is None:
+        return next((m for m in models if m.loss == "ce"), None)
+    for model in models:
+        if given in (model.given, model.location, model.name):
+            return model
+    names = ", ".join(m.name for m in models)
+    raise InvalidInput(f"baseline {given!r} is not one of the evaluated models: {names}")
+
+
+def compare(runs: list[ScoredRun], baseline: ModelRef | None, resamples: Resamples) -> list[dict]:
+    """Each other model against ``baseline``, per task, attack, ε, reference and metric."""
+    if baseline is None:
+        return []
+    base = {run.cell: run for run in runs if run.model.location == baseline.location}
+    level = resamples.boot.level
+    found = []
+    for run in runs:
+        other = base.get(run.cell)
+        if other is None or run.model.location == baseline.location:
+            continue
+        common = sorted(set(run.keys) & set(other.keys))
+        if not common:
+            continue
+        counts = resamples.counts(len(common))
+        for metric in run.clean.values:
+            point, samples = [], []
+            for scored in (run, other):
+                clean = aligned(scored.keys, scored.clean.stats[metric], common)
+                adversarial = aligned(scored.keys, scored.adversarial.stats[metric], common)
+                point.append(corpus_value(metric, clean) - corpus_value(metric, adversarial))
+                samples.append(
+                    resampled(metric, clean, counts) - resampled(metric, adversarial, counts)
+                )
+            difference, spread = point[0] - point[1], samples[0] - samples[1]
+            bounds = interval(spread, level)
+            found.append(
+                {
+                    "model": run.fields["model"],
+                    "baseline": other.fields["model"],
+                    "loss": run.fields["loss"],
+                    "baseline_loss": other.fields["loss"],
+                    "task": run.fields["task"],
+                    "attack": run.fields["attack"],
+                    "eps": run.fields["eps"],
+                    "norm": run.fields.get("norm", "linf"),
+                    "reference": run.fields["reference"],
+                    "metric": metric,
+                    "n_items": len(common),
+                    "difference": difference,
+                    "interval": list(bounds),
+                    "p_value": p_value(spread),
+                    "outcome": outcome(difference, bounds),
+                }
+            )
+    return found
+
+
+def outcome(difference: float, bounds: tuple[float, float]) -> str:
+    """``less`` (the model degrades less than the baseline), ``more``, or ``none``."""
+    low, high = bounds
+    if abs(difference) <= TIE_TOLERANCE:
+        return "none"
+    if high < -TIE_TOLERANCE:
+        return "less"
+    if low > TIE_TOLERANCE:
+        return "more"
+    return "none"
+
+
+def write_item_scores(path: Path, runs: list[ScoredRun]) -> None:
+    """``item_scores.jsonl``: per run and item, its clean and adversarial scores and the
+    statistics they come from (atomically: rewritten whole from the predictions each time)."""
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w") as sink:
+        for run in runs:
+            identity = {
+                "model": run.fields["model"],
+                "model_path": run.model.location,
+                "attack": run.fields["attack"],
+                "eps": run.fields["eps"],
+                "reference": run.fields["reference"],
+            }
+            metrics = list(run.clean.values)
+            clean = {m: run.clean.item_scores(m) for m in metrics}
+            adversarial = {m: run.adversarial.item_scores(m) for m in metrics}
+            for i, key in enumerate(run.keys):
+                row = identity | {
+                    "key": key,
+                    "clean": {m: float(clean[m][i]) for m in metrics},
+                    "adversarial": {m: float(adversarial[m][i]) for m in metrics},
+                    "stats": {
+                        "clean": {m: run.clean.stats[m][i].tolist() for m in metrics},
+                        "adversarial": {m: run.adversarial.stats[m][i].tolist() for m in metrics},
+                    },
+                }
+                sink.write(json.dumps(row) + "\n")
+    os.replace(partial, path)

@@ -1,0 +1,71 @@
+"""The report's answer: does a model degrade less than the baseline, by the paired bootstrap?
+
+Only the ``comparisons`` of ``results.json`` decide (:mod:`prsl.evaluate.uncertainty`): a cell
+(ε x metric) counts as "less" or "more" only when its interval excludes 0, everything else,
+equal scores and float noise included, is "no detectable difference". Counting cells where one
+number is lower, with no uncertainty, is not done: it cannot tell an effect from noise.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from prsl.report.plots import headline_metric
+from prsl.results import OUTCOMES
+
+NO_BASELINE = (
+    "No comparison in these results: only one model was evaluated with each set of items, or no "
+    "model was trained with CE and no `baseline` was set (set `baseline: MODEL` in the "
+    "evaluation config). A sweep evaluates each cell on its own, so its cells are not compared "
+    "with each other; evaluate the models together to compare them."
+)
+NO_INTERVALS = (
+    "These results carry no intervals (written by an older prsl, or with "
+    "`bootstrap.resamples: 0`): rerun `prsl evaluate` on the same output_dir to add them."
+)
+
+
+def _pair(comparison: dict) -> str:
+    return (
+        f"{comparison['model']} ({comparison['loss']}) vs {comparison['baseline']} "
+        f"({comparison['baseline_loss']})"
+    )
+
+
+def _counts(found: list[dict]) -> str:
+    tally = Counter(c["outcome"] for c in found)
+    less, more, none = (tally[o] for o in OUTCOMES)
+    return (
+        f"degrades less in {less} of {len(found)} cells, more in {more}, "
+        f"no detectable difference in {none}"
+    )
+
+
+def verdict_lines(comparisons: list[dict], runs: list[dict], level: float | None) -> list[str]:
+    """The verdict, per model pair and task: on the headline metric over every attack, ε and
+    reference, then over every metric, then on the headline metric per attack and reference."""
+    if not comparisons:
+        has_intervals = any("intervals" in r for r in runs)
+        return [NO_BASELINE if has_intervals or not runs else NO_INTERVALS]
+    method = f"{level:.0%} paired bootstrap" if level is not None else "paired bootstrap"
+    pairs: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for comparison in comparisons:
+        pairs[(_pair(comparison), comparison["task"])].append(comparison)
+    lines = []
+    for (pair, task), found in pairs.items():
+        metric = headline_metric(task, runs)
+        headline = [c for c in found if c["metric"] == metric]
+        if headline:
+            lines.append(
+                f"{pair}, {task}, {metric}: {_counts(headline)} ({method}; a cell is one "
+                "attack, ε and reference)."
+            )
+        lines.append(f"{pair}, {task}, every metric: {_counts(found)}.")
+        groups: dict[tuple, list[dict]] = defaultdict(list)
+        for c in headline:
+            groups[(c["attack"], c["reference"])].append(c)
+        for (attack, reference), cells in sorted(groups.items()):
+            lines.append(
+                f"{pair}, {task}, {metric}, {attack}, reference {reference}: {_counts(cells)}."
+            )
+    return lines

@@ -1,0 +1,210 @@
+"""Comparisons, the verdict and the gradient-masking checks: only real differences count.
+
+A model "degrades less than the baseline" in a cell only when the paired-bootstrap interval of
+the difference excludes 0. Equal scores, and differences of float noise, are never wins.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prsl.core.errors import InvalidInput
+from prsl.evaluate.config import BootstrapConfig
+from prsl.evaluate.uncertainty import (
+    Resamples,
+    ScoredRun,
+    add_intervals,
+    choose_baseline,
+    compare,
+    outcome,
+)
+from prsl.metrics.scorer import CorpusScores
+from prsl.provenance import ModelRef
+from prsl.report import masking_checks, verdict_lines
+from prsl.results import validate_results
+
+CE = ModelRef("ce", "/m/ce", "tiny-ce", "f0", "ce")
+PRSL = ModelRef("prsl", "/m/prsl", "tiny-prsl", "f1", "prsl", {"k": 4})
+METRIC = "VQA-acc"
+
+
+def _scored(model: ModelRef, clean, adversarial, *, attack="bim", eps=8 / 255) -> ScoredRun:
+    clean, adversarial = np.asarray(clean, float), np.asarray(adversarial, float)
+    fields = {
+        "model": model.name,
+        "loss": model.loss,
+        "loss_params": model.loss_params,
+        "task": "vqa",
+        "attack": attack,
+        "eps": eps,
+        "steps": 10,
+        "n_images": len(clean),
+        "reference": "clean",
+        "clean": {METRIC: float(clean.mean())},
+        "adversarial": {METRIC: float(adversarial.mean())},
+        "degradation": {METRIC: float(clean.mean() - adversarial.mean())},
+    }
+    keys = tuple(f"item-{i}" for i in range(len(clean)))
+
+    def corpus(values):
+        return CorpusScores({METRIC: float(values.mean())}, {METRIC: values.reshape(-1, 1)})
+
+    return ScoredRun(fields, model, keys, corpus(clean), corpus(adversarial))
+
+
+def _compared(ce_adv, prsl_adv, n=40):
+    runs = [_scored(CE, np.ones(n), ce_adv), _scored(PRSL, np.ones(n), prsl_adv)]
+    resamples = Resamples(BootstrapConfig(), seed=0)
+    add_intervals(runs, resamples)
+    return runs, compare(runs, CE, resamples)
+
+
+def test_equal_scores_are_no_detectable_difference() -> None:
+    adversarial = np.tile([0.0, 1.0], 20)
+    runs, (comparison,) = _compared(adversarial, adversarial.copy())
+    assert comparison["difference"] == 0 and comparison["outcome"] == "none"
+    assert comparison["p_value"] == 1.0
+    (line, *_) = verdict_lines([comparison], [r.fields for r in runs], 0.95)
+    assert "degrades less in 0 of 1 cells, more in 0, no detectable difference in 1" in line
+
+
+def test_float_noise_differences_are_no_detectable_difference() -> None:
+    """1e-14 apart on every item: the interval excludes 0 (the noise is systematic), yet it is
+    float noise, not an effect."""
+    adversarial = np.tile([0.25, 0.75], 20)
+    runs, (comparison,) = _compared(adversarial, adversarial + 1e-14)
+    low, high = comparison["interval"]
+    assert high < 0  # a naive "interval excludes 0" would call this a win
+    assert comparison["outcome"] == "none"
+    (line, *_) = verdict_lines([comparison], [r.fields for r in runs], 0.95)
+    assert "no detectable difference in 1" in line
+
+
+def test_a_real_difference_is_counted_with_its_direction() -> None:
+    rng = np.random.default_rng(0)
+    ce_adv = (rng.uniform(size=60) < 0.2).astype(float)  # CE keeps about 20 % under attack
+    prsl_adv = (rng.uniform(size=60) < 0.8).astype(float)  # PRSL about 80 %
+    runs, (comparison,) = _compared(ce_adv, prsl_adv, n=60)
+    assert comparison["difference"] < 0 and comparison["interval"][1] < 0
+    assert comparison["outcome"] == "less" and comparison["p_value"] < 0.01
+    _, (reverse,) = _compared(prsl_adv, ce_adv, n=60)
+    assert reverse["outcome"] == "more"
+    lines = verdict_lines([comparison], [r.fields for r in runs], 0.95)
+    assert lines[0].startswith("tiny-prsl (prsl) vs tiny-ce (ce), vqa, VQA-acc: degrades less in 1")
+    assert "95% paired bootstrap" in lines[0]
+
+
+def test_intervals_hold_the_point_estimate_and_are_written_per_part() -> None:
+    rng = np.random.default_rng(1)
+    runs, _ = _compared((rng.uniform(size=40) < 0.5).astype(float), np.ones(40) * 0.5)
+    for run in runs:
+        for part in ("clean", "adversarial", "degradation"):
+            low, high = run.fields["intervals"][part][METRIC]
+            assert low <= run.fields[part][METRIC] <= high
+
+
+def test_comparisons_pair_only_the_items_both_models_have() -> None:
+    ce = _scored(CE, np.ones(4), [0, 0, 1, 1])
+    prsl = _scored(PRSL, np.ones(3), [1, 1, 1])
+    prsl.keys = ("item-1", "item-2", "item-3")  # item-0 is missing for PRSL
+    (comparison,) = compare([ce, prsl], CE, Resamples(BootstrapConfig(), seed=0))
+    assert comparison["n_items"] == 3
+    assert comparison["difference"] == pytest.approx(0.0 - (1 - 2 / 3))
+
+
+def test_outcome_tolerates_ties_exactly() -> None:
+    assert outcome(0.0, (-0.1, 0.1)) == "none"
+    assert outcome(-0.2, (-0.3, -0.1)) == "less"
+    assert outcome(0.2, (0.1, 0.3)) == "more"
+    assert outcome(-1e-12, (-2e-12, -1e-13)) == "none"
+
+
+def test_baseline_is_ce_by_default_or_the_named_model() -> None:
+    assert choose_baseline([PRSL, CE], None) == CE
+    assert choose_baseline([PRSL, CE], "tiny-prsl") == PRSL
+    assert choose_baseline([PRSL], None) is None
+    with pytest.raises(InvalidInput, match="baseline 'nope' is not one of the evaluated models"):
+        choose_baseline([PRSL, CE], "nope")
+
+
+def test_without_comparisons_the_verdict_says_why() -> None:
+    run = _scored(CE, np.ones(3), np.zeros(3)).fields
+    (line,) = verdict_lines([], [run], 0.95)
+    assert "rerun `prsl evaluate`" in line
+    (line,) = verdict_lines([], [run | {"intervals": {}}], 0.95)
+    assert "No comparison" in line and "baseline: MODEL" in line
+
+
+def test_comparisons_schema_is_validated() -> None:
+    runs, comparisons = _compared(np.zeros(40), np.ones(40))
+    good = {"runs": [r.fields for r in runs], "comparisons": comparisons, "meta": {}}
+    validate_results(good)
+    broken = dict(comparisons[0])
+    del broken["p_value"]
+    with pytest.raises(InvalidInput, match=r"comparisons\[0\] lacks field 'p_value'"):
+        validate_results(good | {"comparisons": [broken]})
+    with pytest.raises(InvalidInput, match="outcome must be one of less, more, none"):
+        validate_results(good | {"comparisons": [comparisons[0] | {"outcome": "win"}]})
+    with pytest.raises(InvalidInput, match="interval must be"):
+        validate_results(good | {"comparisons": [comparisons[0] | {"interval": [0.2, 0.1]}]})
+
+
+# --- gradient masking -------------------------------------------------------------------------
+
+
+def _run(attack, eps, clean, adv, **extra) -> dict:
+    return {
+        "model": "tiny-prsl",
+        "loss": "prsl",
+        "loss_params": {},
+        "task": "vqa",
+        "attack": attack,
+        "eps": eps,
+        "steps": 10,
+        "n_images": 8,
+        "reference": "clean",
+        "clean": {METRIC: clean},
+        "adversarial": {METRIC: adv},
+        "degradation": {METRIC: clean - adv},
+    } | extra
+
+
+def test_an_honest_model_raises_no_flag() -> None:
+    runs = [
+        _run("bim", 2 / 255, 1.0, 0.5),
+        _run("bim", 8 / 255, 1.0, 0.0),
+        _run("bim@other", 8 / 255, 1.0, 0.6, transfer_of="bim"),
+        _run("square", 8 / 255, 1.0, 0.4, gradient_free=True),
+    ]
+    flags, checked = masking_checks(runs)
+    assert flags == []
+    assert [c.split(":")[0] for c in checked] == [
+        "transfer vs white-box",
+        "gradient-free vs gradient-based",
+        "growth with ε",
+    ]
+
+
+def test_the_three_signs_of_masking_are_flagged() -> None:
+    intervals = {"degradation": {METRIC: [0.05, 0.15]}}
+    runs = [
+        _run("bim", 2 / 255, 1.0, 0.95),
+        _run("bim", 8 / 255, 1.0, 0.9, intervals=intervals),  # 90 % left at the largest ε
+        _run("bim@other", 8 / 255, 1.0, 0.2, transfer_of="bim"),  # transfer beats white-box
+        _run("square", 8 / 255, 1.0, 0.3, gradient_free=True),  # so does Square
+    ]
+    flags = masking_checks(runs)[0]
+    assert len(flags) == 3
+    said = "\n".join(flags)
+    assert "bim@other (transferred) degrades VQA-acc by 0.8 at ε=8/255" in said
+    assert "more than bim on the model itself (0.1)" in said
+    assert "square (gradient-free) degrades VQA-acc by 0.7" in said
+    assert "bim at its largest ε=8/255 leaves 90% of the clean VQA-acc" in said
+
+
+def test_checks_that_cannot_run_say_so() -> None:
+    flags, checked = masking_checks([_run("bim", 8 / 255, 1.0, 0.0)])
+    assert flags == []
+    assert "no `surrogate`" in checked[0] and "no Square" in checked[1]
+    assert "not checked" in checked[2]
