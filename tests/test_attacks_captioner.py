@@ -23,7 +23,7 @@ import math
 import pytest
 import torch
 
-from prsl.attacks import bim, untargeted_loss
+from prsl.attacks import CW, bim, craft_on_surrogate, untargeted_loss
 from prsl.data.images import to_pixels
 from prsl.data.shapes import make_shapes_captions
 from shapes_training import corpus_bleu, tiny_captioner_for, train_captioner
@@ -169,3 +169,22 @@ def test_the_attack_leaves_the_model_as_it_found_it(captioner, attacked):
         assert param.grad is None, name
     for name, value in model.state_dict().items():
         assert torch.equal(value, attacked["weights"][name]), name
+
+
+def test_tokens_match_is_whether_greedy_decoding_still_gives_the_text(captioner, attacked):
+    """C&W's success on a captioner: one forward pass says what generation would say."""
+    adapter, pixels, clean = captioner
+    for images in (pixels, attacked["adversarial"]):
+        generated = adapter.generate(images, max_new_tokens=MAX_NEW_TOKENS)
+        same = [g == c for g, c in zip(generated, clean, strict=True)]
+        assert adapter.tokens_match(images, clean).tolist() == same
+    assert adapter.tokens_match(pixels, clean).all()
+
+
+def test_cw_with_its_search_over_c_changes_captions_within_its_budget(captioner):
+    adapter, pixels, clean = captioner
+    attack = CW(eps=1.0, steps=10, search_steps=3, lr=0.05, c=1.0)
+    adversarial = craft_on_surrogate(attack, pixels[:8], adapter, clean[:8])
+    captions = adapter.generate(adversarial, max_new_tokens=MAX_NEW_TOKENS)
+    assert changed_fraction(captions, clean[:8]) >= 0.5
+    assert (adversarial - pixels[:8]).flatten(1).norm(dim=1).max() <= 1.0 + 1e-5

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from prsl.attacks import apgd, get_attack, pgd, square
+from prsl.attacks import apgd, cw_l2, get_attack, pgd, square
 
 CLASSES = 4
 SHAPE = (3, 8, 8)
@@ -103,7 +103,7 @@ def test_gradient_free_square_attack_also_lowers_accuracy(trained):
         ("mifgsm", {"eps": EPS, "alpha": EPS / 4, "steps": 10}),
         ("pgd", {"eps": EPS * 14, "alpha": EPS * 4, "steps": 10, "norm": "l2"}),
         ("apgd", {"eps": EPS * 14, "steps": 10, "norm": "l2"}),
-        ("cw", {"eps": EPS * 14, "steps": 30, "lr": 0.05, "c": 10.0}),
+        ("cw", {"eps": EPS * 14, "steps": 30, "lr": 0.05, "c": 10.0, "search_steps": 1}),
     ],
 )
 def test_every_attack_finds_adversarial_examples(trained, name, params):
@@ -111,6 +111,33 @@ def test_every_attack_finds_adversarial_examples(trained, name, params):
     model, images, labels = trained
     adv = get_attack(name, **params)(images, per_example_ce(model, labels))
     assert accuracy(model, adv, labels) <= accuracy(model, images, labels) - 0.3
+
+
+def test_cw_search_over_c_breaks_what_a_fixed_c_misses(trained):
+    """With CE (unbounded) and a fixed c = 1 the distortion term wins on part of the images; the
+    original's binary search over c breaks every one, like the margin form does, and keeps the
+    smallest perturbation that succeeds."""
+    model, images, labels = trained
+    ce = per_example_ce(model, labels)
+
+    def margin(x):  # the original's f6 with κ = 0, as a loss to maximise
+        logits = model(x)
+        true = logits.gather(1, labels[:, None])[:, 0]
+        other = logits.masked_fill(nn.functional.one_hot(labels, CLASSES).bool(), -1e9)
+        return (other.max(dim=1).values - true).clamp(max=0.0)
+
+    def misclassified(x):
+        return model(x).argmax(dim=1) != labels
+
+    def broken(loss, **params):
+        adv = cw_l2(images, loss, success_fn=misclassified, steps=50, lr=0.01, **params)
+        return 1 - accuracy(model, adv, labels), adv
+
+    fixed, _ = broken(ce, search_steps=1)
+    searched, adv = broken(ce, search_steps=5)
+    by_margin, _ = broken(margin, search_steps=5)
+    assert fixed < 0.9 and searched >= 0.98 and searched >= by_margin - 0.02
+    assert (misclassified(adv)).all() or searched < 1.0
 
 
 def test_targeted_pgd_steers_predictions_to_the_target_class(trained):

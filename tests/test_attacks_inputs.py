@@ -41,7 +41,7 @@ VALID = {
     pgd: {"eps": 0.1, "alpha": 0.01, "steps": 2},
     mifgsm: {"eps": 0.1, "alpha": 0.01, "steps": 2},
     apgd: {"eps": 0.1, "steps": 2},
-    cw_l2: {"steps": 2, "eps": 0.1},
+    cw_l2: {"steps": 2, "eps": 0.1, "search_steps": 1},
     square: {"eps": 0.1, "queries": 2},
 }
 ALL = list(VALID)
@@ -135,6 +135,13 @@ def test_cw_rejects_a_malformed_success_fn():
         cw_l2(IMAGES, loss_fn, steps=1, success_fn=lambda x: torch.tensor(True))
 
 
+def test_cw_search_without_a_success_criterion_is_refused():
+    with pytest.raises(ValueError, match="binary search over c needs success_fn.*search_steps=1"):
+        cw_l2(IMAGES, loss_fn, steps=1)
+    with pytest.raises(ValueError, match="search_steps must be"):
+        cw_l2(IMAGES, loss_fn, steps=1, search_steps=0)
+
+
 # --- registry -------------------------------------------------------------------------------
 
 
@@ -142,7 +149,8 @@ def test_cw_rejects_a_malformed_success_fn():
 def test_every_registered_attack_builds_with_defaults_and_runs(name):
     attack = get_attack(name)
     assert isinstance(attack, Attack) and attack.name == name and ATTACKS[name] is type(attack)
-    adv = attack(IMAGES, loss_fn)
+    judged = {"success_fn": lambda x: torch.zeros(len(x), dtype=torch.bool)} if name == "cw" else {}
+    adv = attack(IMAGES, loss_fn, **judged)  # C&W's default search over c needs a criterion
     assert isinstance(adv, torch.Tensor) and adv.shape == IMAGES.shape
 
 

@@ -70,7 +70,7 @@ def run(name: str, images, loss_fn, eps: float, seed: int = 0, **options):
         "apgd-l2": lambda: apgd(
             images, loss_fn, eps=eps, steps=4, norm="l2", generator=gen, **options
         ),
-        "cw": lambda: cw_l2(images, loss_fn, steps=4, eps=eps, lr=0.05, **options),
+        "cw": lambda: cw_l2(images, loss_fn, steps=4, search_steps=1, eps=eps, lr=0.05, **options),
         "square": lambda: square(images, loss_fn, eps=eps, queries=15, generator=gen, **options),
     }
     return calls[name]()
@@ -311,18 +311,18 @@ def test_cw_with_an_always_true_success_keeps_the_least_distorted_iterate():
 def test_cw_falls_back_to_the_highest_loss_when_never_successful():
     images, labels = batch(8, 3, 6, on_grid=False)
     loss_fn = ce_loss(MODEL, labels)
-    never = cw_l2(
-        images,
-        loss_fn,
-        steps=5,
-        lr=0.1,
-        eps=1.0,
-        success_fn=lambda x: torch.zeros(x.shape[0], dtype=torch.bool),
-    )
-    plain = cw_l2(images, loss_fn, steps=5, lr=0.1, eps=1.0)
-    assert torch.equal(never, plain)
+
+    def never(x):
+        return torch.zeros(x.shape[0], dtype=torch.bool)
+
+    once = cw_l2(images, loss_fn, steps=5, lr=0.1, eps=1.0, search_steps=1, success_fn=never)
+    plain = cw_l2(images, loss_fn, steps=5, lr=0.1, eps=1.0, search_steps=1)
+    assert torch.equal(once, plain)
+    searched = cw_l2(images, loss_fn, steps=5, lr=0.1, eps=1.0, search_steps=3, success_fn=never)
     with torch.no_grad():
         assert (loss_fn(plain) >= loss_fn(images) - 1e-4).all()
+        # c grows x10 each failed round, and the best of every round is kept
+        assert (loss_fn(searched) >= loss_fn(plain) - 1e-6).all()
 
 
 def test_jpeg_option_runs_the_round_trip_and_stays_in_the_ball():

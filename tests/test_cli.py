@@ -94,3 +94,10 @@ def test_user_errors_are_one_line_messages_with_status_2(args, message, tmp_path
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and message in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_quickstart_refuses_zero_seeds_before_any_work(tmp_path):
+    result = invoke("quickstart", "--seeds", "0", "--out", str(tmp_path / "qs"))
+    assert result.exit_code == 2
+    assert "--seeds must be at least 1, got 0" in " ".join(result.output.split())
+    assert not (tmp_path / "qs").exists()

@@ -10,7 +10,9 @@ from typer.testing import CliRunner
 
 import prsl.sweep as sweep_module
 from prsl.cli import app
+from prsl.core.errors import InvalidInput
 from prsl.metrics import Scorer
+from prsl.report import write_report
 from prsl.results import validate_results
 from prsl.sweep import SweepConfig, cells, run_sweep
 
@@ -104,3 +106,58 @@ def test_bad_cells_fail_before_any_training(tmp_path):
 def test_grid_cells_are_the_cartesian_product_in_a_stable_order():
     assert cells({"b": [1, 2], "a": ["x"]}) == [{"a": "x", "b": 1}, {"a": "x", "b": 2}]
     assert cells({}) == [{}]
+
+
+def test_seeds_train_every_cell_again_and_cells_are_compared_with_the_ce_cell(tmp_path):
+    config = sweep_config(tmp_path)
+    prsl = {"name": "prsl", "params": {"k": 2, "weight": 1e-2}}
+    config["grid"] = {"loss": [{"name": "ce"}, prsl]}
+    config["seeds"] = [0, 1]
+    config["evaluate"]["bootstrap"] = {"resamples": 200}
+    with Scorer() as scorer:
+        results = run_sweep(SweepConfig.model_validate(config), progress=False, scorer=scorer)
+    validate_results(results)
+    seeds = {(r["loss"], r["seed"]) for r in results["runs"]}
+    assert seeds == {("ce", 0), ("ce", 1), ("prsl", 0), ("prsl", 1)}
+    ce, other = sorted({r["model"] for r in results["runs"]}, key=lambda m: "prsl" in m)
+    # the prsl cell against the ce cell, seed by seed: 2 seeds x 1 attack x 2 references x 2 metrics
+    comparisons = results["comparisons"]
+    assert len(comparisons) == 2 * 1 * 2 * 2
+    assert {(c["model"], c["baseline"], c["seed"]) for c in comparisons} == {
+        (other, ce, 0),
+        (other, ce, 1),
+    }
+    assert results["meta"]["baseline"] == ce
+    # the difference is the two cells' degradations apart, computed on the same items
+    for c in comparisons:
+        mine, base = (
+            next(
+                r
+                for r in results["runs"]
+                if (r["model"], r["seed"], r["attack"], r["reference"])
+                == (m, c["seed"], c["attack"], c["reference"])
+            )
+            for m in (other, ce)
+        )
+        expected = mine["degradation"][c["metric"]] - base["degradation"][c["metric"]]
+        assert c["difference"] == pytest.approx(expected, abs=1e-9)
+        assert c["n_items"] == 3
+    # ... and the report gathers the seeds
+    report = write_report([tmp_path / "results.json"], tmp_path / "report")
+    verdict = report["markdown"].read_text().split("## Summary")[0]
+    assert "within each of 2 training seeds" in verdict
+
+
+def test_sweep_seeds_and_baseline_are_checked_before_any_work(tmp_path):
+    config = sweep_config(tmp_path)
+    config["seeds"] = [0, 1]
+    config["grid"] = GRID | {"train.seed": [0, 1]}
+    with pytest.raises(ValueError, match="give the seeds once"):
+        SweepConfig.model_validate(config)
+    config["grid"] = GRID
+    config["baseline"] = {"loss.params.k": 3}
+    with pytest.raises(
+        InvalidInput, match=r"sweep baseline \{'loss.params.k': 3\} picks out no cell"
+    ):
+        run_sweep(SweepConfig.model_validate(config), progress=False)
+    assert not (tmp_path / "cells").exists()

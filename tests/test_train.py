@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import json
 import re
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ from prsl.data import read_dataset
 from prsl.data.registry import READERS
 from prsl.evaluate import EvalConfig
 from prsl.losses import get_loss
+from prsl.models import LabelPadding
+from prsl.models.hf import teacher_forcing_batch
 from prsl.models.registry import adapter_class
 from prsl.quickstart import FULL, PRSL_PARAMS
 from prsl.sweep import SweepConfig
@@ -428,3 +431,49 @@ def test_shapes_configs_mirror_the_quickstart(loss, params):
         seed=0,
         log_every=20,
     )
+
+
+# ------------------------------------------------------------- the authors' padded-label recipe
+
+
+def test_teacher_forcing_pads_labels_with_eos_only_when_asked():
+    prefixes, texts = [[1], [1, 7, 8]], [[5, 6, 4], [9]]
+    ids, mask, labels = teacher_forcing_batch(prefixes, texts, end_id=2, pad_id=0)
+    assert labels.tolist() == [[5, 6, 4, 2], [-100, -100, 9, 2]]
+    assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
+    ids, mask, labels = teacher_forcing_batch(
+        prefixes, texts, end_id=2, pad_id=0, padding=LabelPadding(eos=True, length=6)
+    )
+    assert ids.tolist() == [[1, 5, 6, 4, 0, 0], [1, 7, 8, 9, 0, 0]]
+    assert labels.tolist() == [[5, 6, 4, 2, 2, 2], [-100, -100, 9, 2, 2, 2]]
+    assert mask.tolist() == [[1] * 6, [1] * 6]  # the recipe passes no attention mask
+    _, mask, labels = teacher_forcing_batch([[1], [1]], [[5, 6], [5]], end_id=2, pad_id=0)
+    assert labels.tolist() == [[5, 6, 2], [5, 2, -100]] and mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_pad_labels_eos_counts_every_padded_position_in_training(tmp_path, monkeypatch):
+    counted = []
+    original = prsl.train.loop.counted_tokens
+
+    def spy(labels):
+        counted.append((int(original(labels)), labels.numel()))
+        return original(labels)
+
+    monkeypatch.setattr(prsl.train.loop, "counted_tokens", spy)
+    finetune(tiny_config(tmp_path / "plain", n=8, max_steps=2))
+    assert all(n < size for n, size in counted)  # padding is left out by default
+    counted.clear()
+    cfg = tiny_config(tmp_path / "eos", n=8, max_steps=2)
+    data = cfg.data.model_copy(update={"pad_labels": "eos", "pad_length": 24})
+    finetune(cfg.model_copy(update={"data": data}))
+    # every position of every caption counts, each batch padded to 24: 4 captions x 24
+    assert counted == [(4 * 24, 4 * 24)] * 2
+    settings = json.loads((tmp_path / "eos" / "prsl_run.json").read_text())["settings"]
+    assert settings["data"]["pad_labels"] == "eos" and settings["data"]["pad_length"] == 24
+
+
+def test_pad_length_needs_pad_labels_eos_and_evaluation_refuses_both():
+    with pytest.raises(ValueError, match="pad_length is part of pad_labels: eos"):
+        DataConfig(name="shapes", pad_length=128)
+    with pytest.raises(ValueError, match="data.pad_labels pads training batches"):
+        EvalConfig(models=["m"], data={"name": "shapes", "pad_labels": "eos"})

@@ -22,6 +22,7 @@ from prsl.evaluate.uncertainty import (
 from prsl.metrics.scorer import CorpusScores
 from prsl.provenance import ModelRef
 from prsl.report import masking_checks, verdict_lines
+from prsl.report.seeds import collapse_seeds, seed_spread
 from prsl.results import validate_results
 
 CE = ModelRef("ce", "/m/ce", "tiny-ce", "f0", "ce")
@@ -208,3 +209,46 @@ def test_checks_that_cannot_run_say_so() -> None:
     assert flags == []
     assert "no `surrogate`" in checked[0] and "no Square" in checked[1]
     assert "not checked" in checked[2]
+
+
+# --- several training seeds -----------------------------------------------------------------
+
+
+RUNS = [_scored(CE, np.ones(3), np.zeros(3)).fields]
+
+
+def _seeded(outcome_by_seed: dict[int, tuple[str, float]]) -> list[dict]:
+    _, base = _compared(np.zeros(40), np.ones(40))
+    (template,) = base
+    return [
+        template | {"seed": seed, "outcome": outcome, "difference": difference}
+        for seed, (outcome, difference) in outcome_by_seed.items()
+    ]
+
+
+def test_a_cell_counts_across_seeds_only_when_every_seed_agrees() -> None:
+    (agree,) = collapse_seeds(_seeded({0: ("less", -0.4), 1: ("less", -0.2), 2: ("less", -0.3)}))
+    assert agree["outcome"] == "less" and agree["seeds"] == 3
+    assert agree["difference"] == pytest.approx(-0.3)
+    assert agree["difference_sd"] == pytest.approx(0.1)
+    (split,) = collapse_seeds(_seeded({0: ("less", -0.4), 1: ("none", -0.01)}))
+    assert split["outcome"] == "none" and split["seed_outcomes"] == {"0": "less", "1": "none"}
+    (opposed,) = collapse_seeds(_seeded({0: ("less", -0.4), 1: ("more", 0.3)}))
+    assert opposed["outcome"] == "none"
+    lines = verdict_lines(_seeded({0: ("less", -0.4), 1: ("none", -0.01)}), RUNS, 0.95)
+    assert "degrades less in 0 of 1 cells" in lines[0]
+    assert "within each of 2 training seeds; a cell counts only when every seed agrees" in lines[0]
+
+
+def test_one_seed_collapses_to_itself() -> None:
+    _, comparisons = _compared(np.zeros(40), np.ones(40))
+    (same,) = collapse_seeds(comparisons)
+    assert same == comparisons[0] | {"seeds": 1}
+
+
+def test_spread_across_seeds_is_the_mean_and_sd_of_the_degradations() -> None:
+    runs = [_run("bim", 8 / 255, 1.0, adv, seed=seed) for seed, adv in ((0, 0.2), (1, 0.4))]
+    (spread,) = seed_spread(runs).values()
+    assert (spread.mean, spread.seeds) == (pytest.approx(0.7), 2)
+    assert spread.sd == pytest.approx(np.std([0.8, 0.6], ddof=1))
+    assert seed_spread([_run("bim", 8 / 255, 1.0, 0.2)]) == {}

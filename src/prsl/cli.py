@@ -130,13 +130,17 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
 @user_errors
 def quickstart(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/quickstart"),
-    fast: Annotated[bool, typer.Option(help="Fewer images and steps (under 2 minutes).")] = False,
+    fast: Annotated[bool, typer.Option(help="Fewer images and steps (under 90 s).")] = False,
     seed: int = 0,
+    seeds: Annotated[
+        int, typer.Option(help="Train and evaluate with this many seeds (seed, seed+1, ...).")
+    ] = 1,
 ) -> None:
-    """Shapes data -> CE and PRSL tiny models -> BIM/PGD attacks -> report."""
+    """Shapes data -> CE and PRSL tiny models -> white-box, transfer and Square attacks ->
+    report with intervals, the verdict and gradient-masking checks."""
     from prsl.quickstart import quickstart as run
 
-    report = run(out, fast=fast, seed=seed)
+    report = run(out, fast=fast, seed=seed, seeds=seeds)
     say("report:", f"{report}  (also {report.with_suffix('.md')})", "bold green")
 
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prsl.core.errors import InvalidInput, MissingInput
+from prsl.core.labels import IGNORE_INDEX
 from prsl.core.params import describe_errors
 from prsl.data import check_reader_options
 
@@ -33,14 +34,24 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    """A dataset reader by name and its arguments (see ``prsl.data.read_dataset``)."""
+    """A dataset reader by name and its arguments (see ``prsl.data.read_dataset``).
+
+    ``pad_labels`` (training only): ``-100``, the default, leaves padded label positions out of
+    the loss; ``eos`` is the authors' ViT-GPT2 recipe, every padded position labelled with the
+    end token and counted in CE and in PRSL's R, with ``pad_length`` (they used 128) padding
+    every batch to that many positions.
+    """
 
     name: str = "shapes"
     options: dict[str, Any] = Field(default_factory=dict)
+    pad_labels: Literal[-100, "eos"] = IGNORE_INDEX
+    pad_length: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _reader_exists(self) -> DataConfig:
         check_reader_options(self.name, self.options)
+        if self.pad_length is not None and self.pad_labels != "eos":
+            raise ValueError("pad_length is part of pad_labels: eos; set both, or neither")
         return self
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from prsl.config import DataConfig
+from prsl.core.errors import InvalidInput
 from prsl.core.paths import check_output_dir
 from prsl.data import DatasetSplit, read_dataset
 from prsl.evaluate import AttackSpec, EvalConfig, evaluate
@@ -47,9 +48,11 @@ class Budget:
 
 FULL = Budget(train_examples=600, eval_images=48, steps=400, batch_size=16, square_queries=200)
 FAST = Budget(train_examples=200, eval_images=12, steps=120, batch_size=16, square_queries=60)
-SURROGATE_SEED_OFFSET = 1
-"""The surrogate is trained like the CE model from the next seed: another model of the same kind,
-as a transfer attacker would have."""
+SURROGATE_SEED_OFFSET = 1000
+"""The surrogate is trained like the CE model from another seed (far from those ``--seeds``
+uses): another model of the same kind, as a transfer attacker would have."""
+EVAL_DATA_SEED = 10_000
+"""The held-out shapes: the same items for every training seed, so seeds compare item by item."""
 LOSSES = (("ce", {}), ("prsl", PRSL_PARAMS))
 
 
@@ -75,66 +78,96 @@ def one_intra_op_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def quickstart(out: Path, *, fast: bool = False, seed: int = 0, progress: bool = True) -> Path:
-    """Train, attack, score and report; returns the path of ``report.html``."""
+def quickstart(
+    out: Path, *, fast: bool = False, seed: int = 0, seeds: int = 1, progress: bool = True
+) -> Path:
+    """Train, attack, score and report; returns the path of ``report.html``.
+
+    ``seeds`` > 1 trains and evaluates everything again with the seeds ``seed + 1``, ...: the
+    report then gives each number's spread across seeds, and its verdict counts a cell only when
+    every seed agrees. It takes about ``seeds`` times as long.
+    """
+    if seeds < 1:
+        raise InvalidInput(f"--seeds must be at least 1, got {seeds}")
     with one_intra_op_thread():
-        return _quickstart(out, fast=fast, seed=seed, progress=progress)
+        return _quickstart(out, fast=fast, seed=seed, seeds=seeds, progress=progress)
 
 
-def _quickstart(out: Path, *, fast: bool, seed: int, progress: bool) -> Path:
+def _quickstart(out: Path, *, fast: bool, seed: int, seeds: int, progress: bool) -> Path:
     budget = FAST if fast else FULL
     check_output_dir(out, "--out")
-    settings = {"fast": fast, "seed": seed}
+    settings = {"fast": fast, "seed": seed} | ({"seeds": seeds} if seeds > 1 else {})
     fix = "run it again with those options to finish it, or choose another --out"
     check_settings(out, COMMAND, settings, has_results=(out / "models").is_dir(), fix=fix)
     write_settings(out, COMMAND, settings)
-    result_files = []
-    for task, reader in (("caption", "shapes"), ("vqa", "shapes-vqa")):
-        models = []
-        runs = [(f"{task}-{loss}", loss, params, seed) for loss, params in LOSSES]
-        runs.append((f"{task}-surrogate", "ce", {}, seed + SURROGATE_SEED_OFFSET))
-        for name, loss, params, run_seed in runs:
-            model_dir = out / "models" / name
-            tune = FinetuneConfig(
-                model=ModelConfig(name_or_path=TINY),
-                data=DataConfig(
-                    name=reader, options={"n": budget.train_examples, "seed": run_seed}
-                ),
-                loss=LossConfig(name=loss, params=params),
-                train=TrainConfig(
-                    output_dir=str(model_dir),
-                    lr=3e-3,
-                    max_steps=budget.steps,
-                    batch_size=budget.batch_size,
-                    warmup_steps=budget.steps // 10,
-                    seed=run_seed,
-                    log_every=20,
-                ),
-            )
-            if not finished_run(tune):
-                finetune(tune, resume=model_dir.exists(), progress=progress)
-            models.append(str(model_dir / "final"))
-        *evaluated, surrogate = models
-        eval_data = {"n": budget.eval_images, "seed": seed + 10_000}
-        train_data = read_dataset(reader, n=budget.train_examples, seed=seed)
-        eval_cfg = EvalConfig(
-            models=evaluated,
-            surrogate=surrogate,
-            data=DataConfig(name=reader, options=eval_data),
-            attacks=[
-                AttackSpec(name="bim", eps=EPSILONS, steps=10, record_every_step=True),
-                AttackSpec(name="pgd", eps=EPSILONS, steps=10, transfer=False),
-                AttackSpec(name="square", eps=EPSILONS, queries=budget.square_queries),
-            ],
-            output_dir=str(out / f"eval-{task}"),
-            n_images=budget.eval_images,
-            batch_size=budget.eval_images,
-            max_new_tokens=longest_text(train_data) + 1,
-            seed=seed,
-            gallery=1,
-        )
-        evaluate(eval_cfg, progress=progress)
-        result_files.append(out / f"eval-{task}" / RESULTS)
-    merge_results(result_files, out / RESULTS, {"seed": seed, "fast": fast})
-    paths = write_report(result_files, out, title="prsl quickstart: CE vs PRSL on shapes")
+    result_files, annotate = [], {}
+    for run_seed in range(seed, seed + seeds):
+        # the first seed keeps the single-seed layout; the others get a folder each
+        models_dir = out / "models" if run_seed == seed else out / "models" / f"seed{run_seed}"
+        suffix = "" if run_seed == seed else f"-seed{run_seed}"
+        for task, reader in (("caption", "shapes"), ("vqa", "shapes-vqa")):
+            folder = out / f"eval-{task}{suffix}"
+            models = train_models(models_dir, task, reader, budget, run_seed, progress)
+            evaluate(evaluation(models, task, reader, budget, run_seed, folder), progress=progress)
+            result_files.append(folder / RESULTS)
+            annotate[folder / RESULTS] = {"seed": run_seed} if seeds > 1 else {}
+    merge_results(result_files, out / RESULTS, {"seed": seed, "fast": fast}, annotate)
+    # one seed: each evaluation's own file (its meta whole); several: the merged file, whose
+    # runs carry their seed
+    shown = result_files if seeds == 1 else [out / RESULTS]
+    paths = write_report(shown, out, title="prsl quickstart: CE vs PRSL on shapes")
     return paths["html"]
+
+
+def train_models(
+    models_dir: Path, task: str, reader: str, budget: Budget, seed: int, progress: bool
+) -> list[str]:
+    """The CE and PRSL models of a task, then its surrogate (CE from another seed)."""
+    models = []
+    runs = [(f"{task}-{loss}", loss, params, seed) for loss, params in LOSSES]
+    runs.append((f"{task}-surrogate", "ce", {}, seed + SURROGATE_SEED_OFFSET))
+    for name, loss, params, run_seed in runs:
+        model_dir = models_dir / name
+        tune = FinetuneConfig(
+            model=ModelConfig(name_or_path=TINY),
+            data=DataConfig(name=reader, options={"n": budget.train_examples, "seed": run_seed}),
+            loss=LossConfig(name=loss, params=params),
+            train=TrainConfig(
+                output_dir=str(model_dir),
+                lr=3e-3,
+                max_steps=budget.steps,
+                batch_size=budget.batch_size,
+                warmup_steps=budget.steps // 10,
+                seed=run_seed,
+                log_every=20,
+            ),
+        )
+        if not finished_run(tune):
+            finetune(tune, resume=model_dir.exists(), progress=progress)
+        models.append(str(model_dir / "final"))
+    return models
+
+
+def evaluation(
+    models: list[str], task: str, reader: str, budget: Budget, seed: int, folder: Path
+) -> EvalConfig:
+    """White-box BIM and PGD, BIM transferred from the surrogate, and Square, on held-out data
+    (the same items whatever the seed), CE as the baseline."""
+    *evaluated, surrogate = models
+    train_data = read_dataset(reader, n=budget.train_examples, seed=seed)
+    return EvalConfig(
+        models=evaluated,
+        surrogate=surrogate,
+        data=DataConfig(name=reader, options={"n": budget.eval_images, "seed": EVAL_DATA_SEED}),
+        attacks=[
+            AttackSpec(name="bim", eps=EPSILONS, steps=10, record_every_step=True),
+            AttackSpec(name="pgd", eps=EPSILONS, steps=10, transfer=False),
+            AttackSpec(name="square", eps=EPSILONS, queries=budget.square_queries),
+        ],
+        output_dir=str(folder),
+        n_images=budget.eval_images,
+        batch_size=budget.eval_images,
+        max_new_tokens=longest_text(train_data) + 1,
+        seed=seed,
+        gallery=1,
+    )

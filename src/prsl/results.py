@@ -7,11 +7,11 @@ nothing here draws or formats. The format::
                "steps", "norm", "attack_params", "n_images", "reference": "clean"|"ground_truth",
                "clean": {metric: value}, "adversarial": {...}, "degradation": {...},
                "intervals": {"clean"|"adversarial"|"degradation": {metric: [low, high]}}?,
-               "gradient_free": bool?, "transfer_of": white-box attack name?,
+               "gradient_free": bool?, "transfer_of": white-box attack name?, "seed": int?,
                "per_step": [{metric: value}, ...]?}],
      "comparisons": [{"model", "baseline", "loss", "baseline_loss", "task", "attack", "eps",
                       "norm", "reference", "metric", "n_items", "difference", "interval",
-                      "p_value", "outcome": "less"|"more"|"none"}]?,
+                      "p_value", "outcome": "less"|"more"|"none", "seed"?}]?,
      "gallery": [{"model", "loss", "attack", "eps", "key", "clean", "adversarial",
                   "images": {"clean": path, "adversarial": path}}],
      "meta": {"bootstrap": {"resamples", "level", "seed", "paired", "baseline"}?, ...}}
@@ -21,7 +21,8 @@ parameter as it ran; gallery image paths are relative to the file's folder. ``in
 paired-bootstrap percentile intervals over the items; a comparison's ``difference`` is the
 model's degradation minus the baseline's on the same items (below 0: the model degrades less),
 with its interval and two-sided p-value; ``outcome`` is ``less`` or ``more`` when the interval
-excludes 0, ``none`` otherwise.
+excludes 0, ``none`` otherwise. ``seed`` is the training seed of a run (and of the comparisons
+made within it) when the results of several seeds are merged.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ OPTIONAL_RUN_FIELDS: Mapping[str, type | tuple[type, ...]] = {
     "intervals": dict,
     "gradient_free": bool,
     "transfer_of": str,
+    "seed": int,
 }
 COMPARISON_FIELDS: Mapping[str, type | tuple[type, ...]] = {
     "model": str,
@@ -153,8 +155,9 @@ def read_results(path: Path) -> dict[str, Any]:
     return data
 
 
-RUN_IDENTITY = ("model", "task", "attack", "eps", "reference")
-"""What names one row of a report's tables: two runs with these equal cannot be shown apart."""
+RUN_IDENTITY = ("model", "task", "attack", "eps", "reference", "seed")
+"""What names one row of a report's tables: two runs with these equal cannot be shown apart.
+``seed`` (the training seed, when results of several are merged) may be absent."""
 
 
 @dataclass(frozen=True)
@@ -178,9 +181,9 @@ def load_results(paths: list[Path]) -> LoadedResults:
     for path in paths:
         data = read_results(path)
         for run in data["runs"]:
-            identity = tuple(run[k] for k in RUN_IDENTITY)
+            identity = tuple(run.get(k) for k in RUN_IDENTITY)
             if seen.setdefault(identity, path) != path:
-                model, task, attack, eps, reference = identity
+                model, task, attack, eps, reference, _ = identity
                 raise InvalidInput(
                     f"{seen[identity]} and {path} both hold model {model!r} under {attack} at "
                     f"ε={eps_text(eps, run.get('norm', 'linf'))} ({task}, reference {reference}):"
@@ -207,29 +210,54 @@ def merge_results(
     target: Path,
     meta: dict[str, Any],
     annotate: Mapping[Path, dict[str, Any]] | None = None,
+    comparisons: list[dict] | None = None,
 ) -> dict[str, Any]:
     """One results file holding every run and gallery row of several, their metas kept.
 
     ``annotate[file]`` holds fields set on each run and gallery row of that file (a sweep names
     each cell's model after the cell); gallery paths are rebased onto ``target``'s folder.
+    ``comparisons`` are added to the files' own (a sweep's comparisons between its cells).
     """
-    runs, comparisons, gallery, sources = [], [], [], {}
+    runs, gallery, sources = [], [], {}
+    comparisons = list(comparisons or [])
     for path in files:
         data = read_results(path)
         extra = (annotate or {}).get(path, {})
         runs += [run | extra for run in data["runs"]]
-        comparisons += data.get("comparisons", [])
+        seed = {"seed": extra["seed"]} if "seed" in extra else {}
+        comparisons += [comparison | seed for comparison in data.get("comparisons", [])]
         for row in data.get("gallery", []):
             images = {k: os.path.relpath(v, target.parent) for k, v in row["images"].items()}
-            gallery.append(row | {k: v for k, v in extra.items() if k in row} | {"images": images})
+            kept = {k: v for k, v in extra.items() if k in row or k == "seed"}
+            gallery.append(row | kept | {"images": images})
         sources[os.path.relpath(path.parent, target.parent)] = data["meta"]
     skipped = [s for source in sources.values() for s in source.get("skipped", [])]
     looked_at = sum(source.get("items", {}).get("looked_at", 0) for source in sources.values())
     items = {"looked_at": looked_at, "skipped": len(skipped)}
-    merged_meta = {"items": items, "skipped": skipped, **meta, "sources": sources}
+    merged_meta = {"items": items, "skipped": skipped, **_shared(sources), **meta}
+    merged_meta["sources"] = sources
     merged = {"runs": runs, "comparisons": comparisons, "gallery": gallery, "meta": merged_meta}
     write_results(target, merged)
     return merged
+
+
+SHARED_META = ("bootstrap", "bertscore_model", "vqa_protocol", "attack_target")
+"""Meta fields a merged file carries at its top when every source that has them agrees (the
+bootstrap's baseline and seed, which differ per evaluation, aside)."""
+
+
+def _shared(sources: Mapping[str, dict]) -> dict[str, Any]:
+    def comparable(key: str, value: Any) -> Any:
+        if key != "bootstrap":
+            return value
+        return {k: v for k, v in value.items() if k not in ("baseline", "seed")}
+
+    shared = {}
+    for key in SHARED_META:
+        values = [m[key] for m in sources.values() if m.get(key) is not None]
+        if values and all(comparable(key, v) == comparable(key, values[0]) for v in values):
+            shared[key] = comparable(key, values[0])
+    return shared
 
 
 def eps_text(eps: float, norm: str = "linf") -> str:

@@ -17,16 +17,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from prsl.config import Strict, set_dotted, validate_config
 from prsl.core.errors import InvalidInput, RunConflict
 from prsl.core.paths import check_output_dir, slug
 from prsl.evaluate import EvalConfig, evaluate
+from prsl.evaluate.uncertainty import Resamples, compare, read_scored
 from prsl.results import RESULTS, merge_results
 from prsl.train import FinetuneConfig, finetune, finished_run
 
 DONE = "cell_done.json"
+SEED_KEY = "train.seed"
 _ID_CHARS = 60  # of the readable part of a cell id
 
 
@@ -35,13 +37,26 @@ class SweepConfig(Strict):
 
     ``grid`` maps dotted keys to value lists: ``loss.params.k: [4, 10]`` (fine-tune fields, an
     optional ``finetune.`` prefix) or ``evaluate.attacks.0.steps: [10, 20]``-style keys under
-    ``evaluate.``.
+    ``evaluate.``. ``seeds``: train (and evaluate) every cell once per seed, ``train.seed`` set
+    to it. ``baseline``: the cell every other is compared with, by the values that pick it out
+    (``{loss.name: ce}``); default the first cell trained with CE. Cells are compared seed by
+    seed on the same items (paired bootstrap), and the report gathers the seeds.
     """
 
     output_dir: str = "runs/sweep"
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    seeds: list[int] | None = Field(None, min_length=1)
+    baseline: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _seeds_are_not_also_a_grid_key(self) -> SweepConfig:
+        if self.seeds is not None and {SEED_KEY, f"finetune.{SEED_KEY}"} & set(self.grid):
+            raise ValueError(f"give the seeds once: as seeds, or as the grid key {SEED_KEY}")
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds repeat a value: {self.seeds}")
+        return self
 
 
 def cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -91,16 +106,18 @@ def _marker(cell: dict[str, Any], tune: FinetuneConfig, ev: EvalConfig) -> dict[
 
 
 def run_sweep(cfg: SweepConfig, *, progress: bool = True, scorer=None) -> dict:
-    """Run every unfinished cell, then merge all cells' runs into ``results.json``."""
+    """Run every unfinished cell (per seed), compare the cells with the baseline cell, then
+    merge everything into ``results.json``."""
     out = Path(cfg.output_dir)
-    todo = cells(cfg.grid)
-    planned = [cell_configs(cfg, c) for c in todo]  # validates every cell before any work
+    todo = [(cell, seed) for cell in cells(cfg.grid) for seed in cfg.seeds or [None]]
+    planned = [cell_configs(cfg, seeded(cell, seed)) for cell, seed in todo]  # validates all
+    baseline = baseline_cell(cfg, [cell for cell, _ in todo], [tune for tune, _ in planned])
     check_output_dir(out, "output_dir")
     files, annotate, meta = [], {}, {"cells": {}}
-    for cell, (tune, ev) in zip(todo, planned, strict=True):
-        cid = cell_id(cell)
+    for (cell, seed), (tune, ev) in zip(todo, planned, strict=True):
+        cid = cell_id(seeded(cell, seed))
         done = Path(ev.output_dir) / DONE
-        marker = _marker(cell, tune, ev)
+        marker = _marker(seeded(cell, seed), tune, ev)
         if not (done.is_file() and json.loads(done.read_text()) == marker):
             try:
                 if not finished_run(tune):
@@ -116,6 +133,67 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True, scorer=None) -> dict:
             done.write_text(json.dumps(marker))
         path = Path(ev.output_dir) / RESULTS
         files.append(path)
-        annotate[path] = {"cell": cell, "model": cid}
-        meta["cells"][cid] = cell
-    return merge_results(files, out / RESULTS, meta, annotate)
+        # the model is named after the cell, the same in every seed, so seeds gather
+        annotate[path] = {"cell": cell, "model": cell_id(cell)} | (
+            {"seed": seed} if seed is not None else {}
+        )
+        meta["cells"][cell_id(cell)] = cell
+    compared = compare_cells(cfg, todo, planned, baseline)
+    if baseline is not None:
+        meta["baseline"] = cell_id(baseline)
+    return merge_results(files, out / RESULTS, meta, annotate, compared)
+
+
+def seeded(cell: dict[str, Any], seed: int | None) -> dict[str, Any]:
+    """The cell with its training seed, when the sweep has seeds."""
+    return cell if seed is None else cell | {SEED_KEY: seed}
+
+
+def baseline_cell(
+    cfg: SweepConfig, grid_cells: list[dict[str, Any]], tunes: list[FinetuneConfig]
+) -> dict[str, Any] | None:
+    """The cell the others are compared with: the one ``cfg.baseline`` picks out, else the
+    first trained with CE; None when there is none (or only one cell)."""
+    distinct = list({cell_id(c): c for c in grid_cells}.values())
+    if cfg.baseline is not None:
+        chosen = [c for c in distinct if all(c.get(k) == v for k, v in cfg.baseline.items())]
+        if len(chosen) != 1:
+            found = "no cell" if not chosen else f"{len(chosen)} cells"
+            raise InvalidInput(
+                f"sweep baseline {cfg.baseline} picks out {found}; give grid values that pick "
+                f"out exactly one of: {', '.join(cell_id(c) for c in distinct)}"
+            )
+        return chosen[0]
+    if len(distinct) < 2:
+        return None
+    by_id = {cell_id(c): tune for c, tune in zip(grid_cells, tunes, strict=True)}
+    return next((c for c in distinct if by_id[cell_id(c)].loss.name == "ce"), None)
+
+
+def compare_cells(
+    cfg: SweepConfig,
+    todo: list[tuple[dict[str, Any], int | None]],
+    planned: list[tuple[FinetuneConfig, EvalConfig]],
+    baseline: dict[str, Any] | None,
+) -> list[dict]:
+    """Every cell against the baseline cell of the same seed, on the items both evaluated."""
+    if baseline is None:
+        return []
+    boot = cfg.evaluate.bootstrap
+    if boot.resamples == 0:
+        return []
+    found = []
+    for seed in cfg.seeds or [None]:
+        scored, base = [], None
+        for (cell, cell_seed), (_, ev) in zip(todo, planned, strict=True):
+            if cell_seed != seed:
+                continue
+            runs = read_scored(Path(ev.output_dir), cell_id(cell))
+            scored += runs
+            if cell_id(cell) == cell_id(baseline) and runs:
+                base = runs[0].model
+        seed_value = cfg.evaluate.seed if boot.seed is None else boot.seed
+        resamples = Resamples(boot, seed_value)
+        tag = {"seed": seed} if seed is not None else {}
+        found += [c | tag for c in compare(scored, base, resamples)]
+    return found

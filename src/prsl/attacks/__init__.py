@@ -30,7 +30,9 @@ from prsl.attacks.tasks import (
     attack_mode,
     craft_on_surrogate,
     targeted_loss,
+    targeted_success,
     untargeted_loss,
+    untargeted_success,
 )
 
 __all__ = [
@@ -69,5 +71,7 @@ __all__ = [
     "square",
     "square_fraction",
     "targeted_loss",
+    "targeted_success",
     "untargeted_loss",
+    "untargeted_success",
 ]

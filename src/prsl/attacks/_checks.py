@@ -23,6 +23,7 @@ StepSize = real(0, open_low=True, optional=True, hint=" (step size in pixel unit
 """α; None: ε/4 (ε when there is one step)."""
 Steps = integer(1, hint=" (iterations)")
 Restarts = integer(1, hint=" (random starts)")
+SearchSteps = integer(1, hint=" (rounds of the binary search over c)")
 Queries = integer(1, hint=" (loss evaluations)")
 Decay = real(0, hint=" (momentum factor)")
 Weight = real(0, open_low=True, hint=" (weight of the loss against the distortion)")

@@ -52,6 +52,8 @@ class Attack(Params):
     kind: ClassVar[str] = "attack"
     uses_gradients: ClassVar[bool] = True
     """False for a score-based attack (Square): it cannot be fooled by masked gradients."""
+    uses_success: ClassVar[bool] = False
+    """True for an attack whose call takes ``success_fn`` (C&W's search over c needs one)."""
 
     @property
     def ball_norm(self) -> str:

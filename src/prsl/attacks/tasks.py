@@ -18,12 +18,18 @@ import torch
 from torch import nn
 
 from prsl.attacks.base import Attack, AttackResult, LossFn
+from prsl.attacks.cw import SuccessFn
 
 
 class SupportsLoss(Protocol):
-    """What the wrappers need from a model: per-example mean token CE of ``texts`` (B,)."""
+    """What the wrappers need from a model: per-example mean token CE of ``texts`` (B,); and,
+    for attacks that judge success (C&W), whether its most likely tokens are ``texts`` (B,)."""
 
     def loss(
+        self, pixels: torch.Tensor, texts: list[str], prompts: list[str] | None = None
+    ) -> torch.Tensor: ...
+
+    def tokens_match(
         self, pixels: torch.Tensor, texts: list[str], prompts: list[str] | None = None
     ) -> torch.Tensor: ...
 
@@ -101,6 +107,34 @@ def targeted_loss(
     return _text_loss(adapter, target_texts, prompts, -1.0)
 
 
+def _matches(adapter: SupportsLoss, images, texts, prompts) -> torch.Tensor:
+    with attack_mode(adapter), torch.no_grad():
+        return adapter.tokens_match(images, texts, prompts).bool()
+
+
+def untargeted_success(
+    adapter: SupportsLoss,
+    texts: Sequence[str],
+    prompts: Sequence[str] | None,
+    clean_images: torch.Tensor,
+) -> SuccessFn:
+    """Success of an untargeted attack: the model's most likely tokens no longer spell
+    ``texts``. For its own greedy output (the default target) that is "the output changed".
+    An example whose clean image does not reproduce ``texts`` (the ground truth, usually) can
+    only succeed by changing from there: it counts when its match is lost, never before."""
+    texts, prompts = list(texts), None if prompts is None else list(prompts)
+    clean = _matches(adapter, clean_images, texts, prompts)
+    return lambda images: clean & ~_matches(adapter, images, texts, prompts)
+
+
+def targeted_success(
+    adapter: SupportsLoss, target_texts: Sequence[str], prompts: Sequence[str] | None
+) -> SuccessFn:
+    """Success of a targeted attack: the model's most likely tokens spell the target."""
+    texts, prompts = list(target_texts), None if prompts is None else list(prompts)
+    return lambda images: _matches(adapter, images, texts, prompts)
+
+
 def craft_on_surrogate(
     attack: Attack,
     images: torch.Tensor,
@@ -121,5 +155,12 @@ def craft_on_surrogate(
     returns (an :class:`AttackResult` with ``record_every_step``).
     """
     make = targeted_loss if targeted else untargeted_loss
+    judged = {}
+    if attack.uses_success:  # success is the surrogate's too: it is the one being attacked
+        judged["success_fn"] = (
+            targeted_success(surrogate, texts, prompts)
+            if targeted
+            else untargeted_success(surrogate, texts, prompts, images)
+        )
     # never the target's gradients: the loss is the surrogate's
-    return attack(images, make(surrogate, texts, prompts), generator=generator)
+    return attack(images, make(surrogate, texts, prompts), generator=generator, **judged)

@@ -144,6 +144,11 @@ class EvalConfig(Strict):
 
     @model_validator(mode="after")
     def _checks(self) -> EvalConfig:
+        if self.data.pad_labels != DataConfig.model_fields["pad_labels"].default:
+            raise ValueError(
+                "data.pad_labels pads training batches; an evaluation generates text and "
+                "pads nothing: drop it from the evaluation config"
+            )
         if self.metrics is not None:
             try:
                 resolve_metrics(self.metrics)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from prsl.metrics.bootstrap import aligned, interval, p_value, resample_counts, 
 from prsl.metrics.scorer import CorpusScores
 from prsl.metrics.statistics import corpus_value
 from prsl.provenance import ModelRef
+from prsl.results import RESULTS, read_results
 
 ITEM_SCORES = "item_scores.jsonl"
 TIE_TOLERANCE = 1e-9
@@ -150,6 +152,39 @@ def outcome(difference: float, bounds: tuple[float, float]) -> str:
     if low > TIE_TOLERANCE:
         return "more"
     return "none"
+
+
+def read_scored(folder: Path, name: str) -> list[ScoredRun]:
+    """The runs of an evaluation folder with the items' statistics it wrote (``results.json``
+    and ``item_scores.jsonl``), its model shown and keyed as ``name``: how a sweep compares its
+    cells, each evaluated in its own folder on the same items. Runs of an evaluation that
+    wrote no statistics (``bootstrap.resamples: 0`` still writes them; an older prsl did not)
+    are left out."""
+    results = read_results(folder / RESULTS)
+    items: dict[tuple, list[dict]] = defaultdict(list)
+    path = folder / ITEM_SCORES
+    if not path.is_file():
+        return []
+    with path.open() as source:
+        for line in source:
+            row = json.loads(line)
+            items[(row["model"], row["attack"], row["eps"], row["reference"])].append(row)
+    scored = []
+    for run in results["runs"]:
+        rows = items.get((run["model"], run["attack"], run["eps"], run["reference"]))
+        if not rows:
+            continue
+        ref = ModelRef(name, name, name, "", run["loss"], run["loss_params"])
+        keys = tuple(r["key"] for r in rows)
+        clean, adversarial = (_read_corpus(run, rows, part) for part in ("clean", "adversarial"))
+        scored.append(ScoredRun(run | {"model": name}, ref, keys, clean, adversarial))
+    return scored
+
+
+def _read_corpus(run: dict, rows: list[dict], part: str) -> CorpusScores:
+    """One side (clean or adversarial) of a run, from its items' written statistics."""
+    stats = {m: np.asarray([r["stats"][part][m] for r in rows], float) for m in run[part]}
+    return CorpusScores(dict(run[part]), stats)
 
 
 def write_item_scores(path: Path, runs: list[ScoredRun]) -> None:

@@ -8,7 +8,7 @@ SmolVLM / Idefics3, through their differentiable pixel pipelines). Load any of t
 
 from prsl.models.base import VLMAdapter
 from prsl.models.blip2 import Blip2Adapter
-from prsl.models.hf import ADAPTER_INFO, HFAdapter
+from prsl.models.hf import ADAPTER_INFO, HFAdapter, LabelPadding
 from prsl.models.image_text import ImageTextAdapter
 from prsl.models.lora import freeze_for_finetune, lora_merged_state_dict
 from prsl.models.pixels import PixelPipeline, register, supported_model_types
@@ -27,6 +27,7 @@ __all__ = [
     "ADAPTER_INFO",
     "Blip2Adapter",
     "HFAdapter",
+    "LabelPadding",
     "ImageTextAdapter",
     "PixelPipeline",
     "VLMAdapter",

@@ -79,6 +79,18 @@ class VLMAdapter(ABC):
         counted = (labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
         return token_ce.sum(dim=1) / counted
 
+    def tokens_match(
+        self, pixels: torch.Tensor, texts: list[str], prompts: list[str] | None = None
+    ) -> torch.Tensor:
+        """Whether the most likely token at every counted position is the text's own, given the
+        text before it (B,) bool, without a graph. For a model's own greedy output this is True
+        exactly while greedy decoding would still produce it, so "False" is "the output changed"
+        at the cost of one forward pass, no generation."""
+        with torch.no_grad():
+            logits, labels = self.logits_and_labels(pixels, texts, prompts)
+            counted = labels != IGNORE_INDEX
+            return ((logits.argmax(dim=-1) == labels) | ~counted).all(dim=1)
+
     @abstractmethod
     def generate(
         self, pixels: torch.Tensor, prompts: list[str] | None = None, **gen_kwargs

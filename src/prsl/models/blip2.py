@@ -74,6 +74,7 @@ class Blip2Adapter(HFAdapter):
             self._text_ids(texts, prompts, batch),
             self.end_token_id,
             self.pad_token_id,
+            self.label_padding,
         )
         self._check_length(ids.shape[1], "the image tokens + longest prompt + text")
         # Positions before BOS predict image placeholders or BOS and never carry a label:

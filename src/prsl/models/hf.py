@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from abc import abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,14 +31,15 @@ ADAPTER_INFO = "prsl_adapter.json"
 
 
 def pad_batch(
-    rows: Sequence[Sequence[int]], value: int, *, left: bool
+    rows: Sequence[Sequence[int]], value: int, *, left: bool, width: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack token rows of different lengths into (ids, attention mask), both (B, T) long.
+    """Stack token rows of different lengths into (ids, attention mask), both (B, T) long, T the
+    longest row (or ``width`` when that is longer).
 
     Generation pads on the left so every row's last real token sits at the end, where the next
     token is appended; teacher forcing pads on the right so positions start at 0 everywhere.
     """
-    width = max(len(row) for row in rows)
+    width = max(max(len(row) for row in rows), width or 0)
     ids = torch.full((len(rows), width), value, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
@@ -47,20 +49,43 @@ def pad_batch(
     return ids, mask
 
 
+@dataclass(frozen=True)
+class LabelPadding:
+    """How teacher-forcing batches pad their labels (training only).
+
+    The default gives padded positions ``IGNORE_INDEX``: they are not counted. ``eos=True`` is
+    the authors' ViT-GPT2 recipe: every position after the text's end is labelled with the end
+    token and counted (in CE and in PRSL's R), with no attention mask, and ``length`` pads
+    every batch to that many positions (they padded to 128: about 90 % of the positions of
+    their COCO batches were padding).
+    """
+
+    eos: bool = False
+    length: int | None = None
+
+
 def teacher_forcing_batch(
-    prefixes: Sequence[list[int]], texts: Sequence[list[int]], end_id: int, pad_id: int
+    prefixes: Sequence[list[int]],
+    texts: Sequence[list[int]],
+    end_id: int,
+    pad_id: int,
+    padding: LabelPadding = LabelPadding(),  # noqa: B008 (frozen: a shared default is safe)
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input ids, attention mask, labels) for ``prefix + text + [end]``, right-padded.
 
     ``labels[b, t]`` is the token that ``input[b, t]`` must predict when it belongs to the text
-    or is the end token, and ``IGNORE_INDEX`` otherwise (prefix, prompt, padding).
+    or is the end token, and ``IGNORE_INDEX`` otherwise (prefix, prompt, and padding unless
+    ``padding.eos``).
     """
     rows, targets = [], []
     for prefix, text in zip(prefixes, texts, strict=True):
         rows.append(prefix + text)
         targets.append([IGNORE_INDEX] * (len(prefix) - 1) + text + [end_id])
-    ids, mask = pad_batch(rows, pad_id, left=False)
-    labels, _ = pad_batch(targets, IGNORE_INDEX, left=False)
+    ids, mask = pad_batch(rows, pad_id, left=False, width=padding.length)
+    label_pad = end_id if padding.eos else IGNORE_INDEX
+    labels, _ = pad_batch(targets, label_pad, left=False, width=padding.length)
+    if padding.eos:
+        mask = torch.ones_like(mask)
     return ids, mask, labels
 
 
@@ -106,6 +131,8 @@ class HFAdapter(VLMAdapter):
         self.image_mean = torch.tensor(mean, dtype=torch.float32)
         self.image_std = torch.tensor(std, dtype=torch.float32)
         self.vqa_template = self.default_vqa_template if vqa_template is None else vqa_template
+        self.label_padding = LabelPadding()
+        """How training batches pad labels; set by ``prsl finetune`` from ``data.pad_labels``."""
         if "{question}" not in self.vqa_template:
             raise InvalidInput(
                 f"vqa_template must contain '{{question}}', got {self.vqa_template!r}"

@@ -142,7 +142,11 @@ class ImageTextAdapter(HFAdapter):
         batch = pixels.shape[0]
         prefixes = [self.prefix_ids(p) for p in self._prompts(prompts, batch)]
         ids, mask, labels = teacher_forcing_batch(
-            prefixes, self._answer_ids(texts, batch), self.end_token_id, self.pad_token_id
+            prefixes,
+            self._answer_ids(texts, batch),
+            self.end_token_id,
+            self.pad_token_id,
+            self.label_padding,
         )
         self._check_length(ids.shape[1], "the image tokens + longest prompt + text")
         device = self.device

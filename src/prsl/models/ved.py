@@ -55,7 +55,7 @@ class VisionEncoderDecoderAdapter(HFAdapter):
         prefixes = [[self.start_token_id] + p for p in self._prompt_ids(prompts, batch)]
         text_ids = self._text_ids(texts, prompts, batch)
         ids, mask, labels = teacher_forcing_batch(
-            prefixes, text_ids, self.end_token_id, self.pad_token_id
+            prefixes, text_ids, self.end_token_id, self.pad_token_id, self.label_padding
         )
         self._check_length(ids.shape[1], "the longest prompt + text")
         out = self.forward_module(

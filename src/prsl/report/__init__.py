@@ -7,7 +7,7 @@ the baseline (from the comparisons' intervals), ``tables`` holds the compact and
 
 from prsl.report.masking import masking_checks
 from prsl.report.render import write_report
-from prsl.report.tables import compact_rows, table_rows
+from prsl.report.tables import compact_table, table_rows
 from prsl.report.verdict import verdict_lines
 
-__all__ = ["compact_rows", "masking_checks", "table_rows", "verdict_lines", "write_report"]
+__all__ = ["compact_table", "masking_checks", "table_rows", "verdict_lines", "write_report"]

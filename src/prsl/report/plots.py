@@ -43,23 +43,37 @@ def plot_headline(runs: list[dict], folder: Path, level: float | None) -> Path |
         l2 = group[0].get("norm") == "l2"
         scale, axis = (1.0, "ε (L2, pixel units)") if l2 else (LEVELS, f"ε (×1/{LEVELS})")
         for i, label in enumerate(sorted({model_label(r) for r in group})):
-            mine = sorted((r for r in group if model_label(r) == label), key=lambda r: r["eps"])
-            xs = [0.0] + [r["eps"] * scale for r in mine]
-            ys = [0.0] + [r["degradation"][metric] for r in mine]
+            mine = by_eps([r for r in group if model_label(r) == label])
+            xs = [0.0] + [eps * scale for eps in mine]
+            ys = [0.0] + [fmean(r["degradation"][metric] for r in rs) for rs in mine.values()]
             colour = f"C{i % 10}"
             ax.plot(xs, ys, marker="o", color=colour, label=label)
-            bands = [r.get("intervals", {}).get("degradation", {}).get(metric) for r in mine]
-            if all(b is not None for b in bands):
-                low = [0.0] + [b[0] for b in bands]
-                high = [0.0] + [b[1] for b in bands]
+            bands = [
+                [r.get("intervals", {}).get("degradation", {}).get(metric) for r in rs]
+                for rs in mine.values()
+            ]
+            if all(b is not None for seeds in bands for b in seeds):
+                # with several seeds, the band spans every seed's interval
+                low = [0.0] + [min(b[0] for b in seeds) for seeds in bands]
+                high = [0.0] + [max(b[1] for b in seeds) for seeds in bands]
                 ax.fill_between(xs, low, high, color=colour, alpha=0.18, linewidth=0)
         ax.set(xlabel=axis, ylabel=f"{metric} degradation", title=f"{task} — {attack}")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     bands = f"; bands: {level:.0%} intervals" if level is not None else ""
+    if len({r.get("seed") for r in runs}) > 1:
+        bands += ", lines: mean over seeds"
     title = f"degradation vs the clean output (lower is more robust{bands})"
     return _finish(fig, axes, title, folder / "headline.png")
+
+
+def by_eps(runs: list[dict]) -> dict[float, list[dict]]:
+    """One model's runs by ε, in order; several per ε when the runs come from several seeds."""
+    found: dict[float, list[dict]] = defaultdict(list)
+    for run in runs:
+        found[run["eps"]].append(run)
+    return dict(sorted(found.items()))
 
 
 def plot_vs_eps(runs: list[dict], folder: Path) -> list[Path]:
@@ -73,12 +87,12 @@ def plot_vs_eps(runs: list[dict], folder: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
         for ax, metric in zip(axes[0], metrics, strict=True):
             for label in sorted({model_label(r) for r in group}):
-                points = sorted(
-                    (r["eps"], r["adversarial"][metric]) for r in group if model_label(r) == label
-                )
-                clean = next(r["clean"][metric] for r in group if model_label(r) == label)
-                xs = [0.0] + [p[0] * scale for p in points]
-                ax.plot(xs, [clean] + [p[1] for p in points], marker="o", label=label)
+                mine = by_eps([r for r in group if model_label(r) == label])
+                first = next(iter(mine.values()))
+                clean = fmean(r["clean"][metric] for r in first)  # mean over seeds, if several
+                xs = [0.0] + [eps * scale for eps in mine]
+                ys = [fmean(r["adversarial"][metric] for r in rs) for rs in mine.values()]
+                ax.plot(xs, [clean, *ys], marker="o", label=label)
             ax.set(xlabel=axis, ylabel=metric, title=f"{attack}: {metric}")
             ax.grid(alpha=0.3)
         name = slug(f"eps_{task}_{reference}_{attack}") + ".png"
@@ -101,9 +115,11 @@ def plot_vs_iteration(runs: list[dict], folder: Path) -> list[Path]:
         )
         for ax, eps in zip(axes[0], epsilons, strict=True):
             mine = [r for r in group if r["eps"] == eps]
-            for run in sorted(mine, key=model_label):
-                ys = [run["clean"][metric]] + [s[metric] for s in run["per_step"]]
-                ax.plot(range(len(ys)), ys, marker=".", label=model_label(run))
+            for label in sorted({model_label(r) for r in mine}):
+                seeds = [r for r in mine if model_label(r) == label]  # one run per seed
+                curves = [[r["clean"][metric]] + [s[metric] for s in r["per_step"]] for r in seeds]
+                ys = [fmean(values) for values in zip(*curves, strict=True)]
+                ax.plot(range(len(ys)), ys, marker=".", label=label)
             ax.set(
                 xlabel="attack iteration",
                 ylabel=metric,

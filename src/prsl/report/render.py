@@ -19,7 +19,8 @@ from pathlib import Path
 from prsl.data import Skipped, skip_summary
 from prsl.report.masking import masking_checks
 from prsl.report.plots import plot_headline, plot_vs_eps, plot_vs_iteration, plot_vs_parameter
-from prsl.report.tables import COMPACT_HEADER, compact_rows, table_rows
+from prsl.report.seeds import seed_count
+from prsl.report.tables import compact_table, table_rows
 from prsl.report.verdict import verdict_lines
 from prsl.results import LoadedResults, grouped, load_results, run_eps_text
 
@@ -87,8 +88,8 @@ def _compose(title: str, loaded: LoadedResults, plots_dir: Path) -> Report:
         title=title,
         verdict=verdict_lines(loaded.comparisons, runs, level),
         headline=plot_headline(runs, plots_dir, level),
-        compact=Table("Summary", COMPACT_HEADER, compact_rows(runs, loaded.comparisons)),
-        notes=_notes(meta),
+        compact=Table("Summary", *compact_table(runs, loaded.comparisons)),
+        notes=_notes(meta, runs),
         detailed=detailed,
         masking_flags=flags,
         masking_checked=checked,
@@ -99,7 +100,7 @@ def _compose(title: str, loaded: LoadedResults, plots_dir: Path) -> Report:
     )
 
 
-def _notes(meta: dict) -> list[str]:
+def _notes(meta: dict, runs: list[dict]) -> list[str]:
     notes = [
         "Degradation Δ = clean score − adversarial score (lower is more robust). Reference "
         "'clean': scored against the model's own clean output (how far the attack moves the "
@@ -107,11 +108,18 @@ def _notes(meta: dict) -> list[str]:
     ]
     boot = meta.get("bootstrap") or {}
     if boot.get("resamples"):
+        seeded = f", seed {boot['seed']}" if "seed" in boot else ""
         notes.append(
             f"Intervals: {boot['level']:.0%} percentile intervals of a paired bootstrap over the "
-            f"items ({boot['resamples']} resamples, seed {boot['seed']}; the same resamples for "
-            "every model, clean and adversarial). A difference counts only when its interval "
-            "excludes 0."
+            f"items ({boot['resamples']} resamples{seeded}; the same resamples for every model, "
+            "clean and adversarial). A difference counts only when its interval excludes 0."
+        )
+    seeds = seed_count(runs)
+    if seeds > 1:
+        notes.append(
+            f"Training seeds: {seeds}. Every number above is one seed's; 'Δ across seeds' is the "
+            "mean ± sd of the seeds' degradations, and the verdict counts a cell only when the "
+            "comparison of every seed agrees."
         )
     if meta.get("vqa_protocol"):
         notes.append(f"VQA accuracy: the {meta['vqa_protocol']} protocol (`vqa_protocol`).")
@@ -130,14 +138,15 @@ def _gallery_grid(gallery: list[dict]) -> list[GalleryRow]:
     """Gallery rows grouped by (attack, ε, image): one grid row each, models side by side."""
     groups: dict[tuple, list[dict]] = {}
     for row in gallery:
-        groups.setdefault((row["attack"], row["eps"], row["key"]), []).append(row)
+        groups.setdefault((row["attack"], row["eps"], row["key"], row.get("seed")), []).append(row)
     return [
         GalleryRow(
-            f"{attack} ε={run_eps_text(rows[0])} — {key}",
+            f"{attack} ε={run_eps_text(rows[0])} — {key}"
+            + (f" — seed {seed}" if seed is not None else ""),
             Path(rows[0]["images"]["clean"]),
             sorted(rows, key=lambda r: r["model"]),
         )
-        for (attack, _, key), rows in groups.items()
+        for (attack, _, key, seed), rows in groups.items()
     ]
 
 

@@ -10,6 +10,7 @@ real: the comparisons say that).
 from __future__ import annotations
 
 from prsl.report.plots import headline_metric
+from prsl.report.seeds import seed_spread
 from prsl.results import model_label, run_eps_text
 
 
@@ -31,45 +32,65 @@ COMPACT_HEADER = [
     "difference interval",
     "outcome",
 ]
+SEED_COLUMNS = ["seed", "Δ across seeds"]
+"""Added to the compact table when the results come from several training seeds."""
 
 
-def compact_rows(runs: list[dict], comparisons: list[dict]) -> list[list[str]]:
-    """One row per model x attack x ε (against the model's clean output): the headline metric,
-    its degradation and interval, and the comparison with the baseline."""
+def compact_table(runs: list[dict], comparisons: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """One row per model x attack x ε (x seed) against the model's clean output: the headline
+    metric, its degradation and interval, the comparison with the baseline; with several seeds
+    also the seed and the degradation's mean ± sd across seeds."""
     compared = {
-        (c["model"], c["task"], c["attack"], c["eps"], c["reference"], c["metric"]): c
+        (
+            c["model"],
+            c["task"],
+            c["attack"],
+            c["eps"],
+            c["reference"],
+            c["metric"],
+            c.get("seed"),
+        ): c
         for c in comparisons
     }
     baselines = {(c["baseline"], c["task"]) for c in comparisons}
+    spread = seed_spread(runs)
+    header = COMPACT_HEADER + (SEED_COLUMNS if spread else [])
     rows = []
     own = [r for r in runs if r["reference"] == "clean"]
-    for run in sorted(own, key=lambda r: (r["task"], r["attack"], r["eps"], model_label(r))):
+    order = lambda r: (r["task"], r["attack"], r["eps"], model_label(r), r.get("seed", 0))  # noqa: E731
+    for run in sorted(own, key=order):
         metric = headline_metric(run["task"], [run])
         if metric is None:
             continue
         bounds = run.get("intervals", {}).get("degradation", {}).get(metric)
-        c = compared.get((run["model"], run["task"], run["attack"], run["eps"], "clean", metric))
+        key = (run["model"], run["task"], run["attack"], run["eps"], "clean", metric)
+        c = compared.get((*key, run.get("seed")))
         if c is not None:
             versus = f"{c['difference']:+.4f} vs {c['baseline']}"
         else:
             versus = "baseline" if (run["model"], run["task"]) in baselines else "–"
-        rows.append(
-            [
-                run["task"],
-                run["attack"],
-                run_eps_text(run),
-                model_label(run),
-                metric,
-                f"{run['clean'][metric]:.4f}",
-                f"{run['adversarial'][metric]:.4f}",
-                f"{run['degradation'][metric]:+.4f}",
-                _interval_text(bounds),
-                versus,
-                _interval_text(c["interval"]) if c else "–",
-                OUTCOME_TEXT[c["outcome"]] if c else "–",
+        row = [
+            run["task"],
+            run["attack"],
+            run_eps_text(run),
+            model_label(run),
+            metric,
+            f"{run['clean'][metric]:.4f}",
+            f"{run['adversarial'][metric]:.4f}",
+            f"{run['degradation'][metric]:+.4f}",
+            _interval_text(bounds),
+            versus,
+            _interval_text(c["interval"]) if c else "–",
+            OUTCOME_TEXT[c["outcome"]] if c else "–",
+        ]
+        if spread:
+            across = spread.get((run["model"], run["task"], run["attack"], run["eps"], "clean"))
+            row += [
+                str(run.get("seed", "–")),
+                f"{across.mean:+.4f} ± {across.sd:.4f} ({across.seeds} seeds)" if across else "–",
             ]
-        )
-    return rows
+        rows.append(row)
+    return header, rows
 
 
 OUTCOME_TEXT = {

@@ -2,8 +2,10 @@
 
 Only the ``comparisons`` of ``results.json`` decide (:mod:`prsl.evaluate.uncertainty`): a cell
 (ε x metric) counts as "less" or "more" only when its interval excludes 0, everything else,
-equal scores and float noise included, is "no detectable difference". Counting cells where one
-number is lower, with no uncertainty, is not done: it cannot tell an effect from noise.
+equal scores and float noise included, is "no detectable difference". With several training
+seeds a cell counts only when every seed's comparison agrees (:mod:`prsl.report.seeds`).
+Counting cells where one number is lower, with no uncertainty, is not done: it cannot tell an
+effect from noise.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from prsl.report.plots import headline_metric
+from prsl.report.seeds import collapse_seeds
 from prsl.results import OUTCOMES
 
 NO_BASELINE = (
@@ -48,6 +51,12 @@ def verdict_lines(comparisons: list[dict], runs: list[dict], level: float | None
         has_intervals = any("intervals" in r for r in runs)
         return [NO_BASELINE if has_intervals or not runs else NO_INTERVALS]
     method = f"{level:.0%} paired bootstrap" if level is not None else "paired bootstrap"
+    comparisons = collapse_seeds(comparisons)
+    seeds = max(c["seeds"] for c in comparisons)
+    if seeds > 1:
+        method += (
+            f" within each of {seeds} training seeds; a cell counts only when every seed agrees"
+        )
     pairs: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for comparison in comparisons:
         pairs[(_pair(comparison), comparison["task"])].append(comparison)

@@ -48,7 +48,7 @@ from prsl.data import (
     unique_skips,
 )
 from prsl.losses import TermsLoss, counted_tokens, token_share
-from prsl.models import HFAdapter
+from prsl.models import HFAdapter, LabelPadding
 from prsl.provenance import (
     TRAIN_INFO,
     TrainingRecord,
@@ -228,6 +228,8 @@ def start_session(
         cfg.model, split, base_dir=out / BASE, accelerator=accelerator, seed=cfg.train.seed
     )
     samples = training_samples(split, adapter.vqa_prompt)
+    if cfg.data.pad_labels == "eos":  # the authors' recipe: padded positions count
+        adapter.label_padding = LabelPadding(eos=True, length=cfg.data.pad_length)
     if accelerator.is_main_process:
         write_settings(out, COMMAND, cfg.settings())
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch(
