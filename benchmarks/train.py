@@ -45,6 +45,8 @@ from prsl.losses.prsl import triton_unavailable_reason
 from prsl.models import VisionEncoderDecoderAdapter, build_tiny_captioner, build_word_tokenizer
 from prsl.models.tiny import BOS, EOS, PAD
 from prsl.quickstart import PRSL_PARAMS
+from prsl.train.adversarial import adversarial_mix
+from prsl.train.config import AdversarialConfig
 
 PAPER_PRSL = {"k": 10, "start": 0, "weight": 1e-5}
 
@@ -76,7 +78,8 @@ def vit_gpt2_random(texts: list[str]) -> VisionEncoderDecoderAdapter:
 
 
 def loss_table(arch: str, device: str) -> dict[str, tuple[str, dict]]:
-    """Row name -> (registered loss, its parameters)."""
+    """Row name -> (registered loss, its parameters); adversarial rows are added by
+    :func:`adversarial_table`."""
     prsl = PAPER_PRSL if arch == "vit-gpt2" else {**PRSL_PARAMS}
     label = f"PRSL (K={prsl['k']}, b={prsl['weight']:g})"
     table = {"CE": ("ce", {})}
@@ -88,6 +91,15 @@ def loss_table(arch: str, device: str) -> dict[str, tuple[str, dict]]:
         table[label] = ("prsl", {**prsl, "backend": "torch"})
     table["DRSL (b=1e-6)"] = ("drsl", {"weight": 1e-6})
     return table
+
+
+def adversarial_table(steps: list[int]) -> dict[str, AdversarialConfig]:
+    """Row name -> adversarial fine-tuning with CE: PGD-n at ε = 8/255 on every image, the
+    setting whose cost ``prsl finetune`` users weigh (about n + 1 forward/backward passes)."""
+    return {
+        f"CE-AT (PGD-{n}, 8/255)": AdversarialConfig(attack="pgd", eps=8 / 255, steps=n)
+        for n in steps
+    }
 
 
 # ----------------------------------------------------------------------------- timing
@@ -107,13 +119,17 @@ class Trainer:
         self.params = [p for p in adapter.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, foreach=True)
 
-    def step(self, criterion, pixels: torch.Tensor, texts: list[str]) -> int:
-        """Returns the number of target tokens trained on (a device sync, as in training)."""
+    def step(self, criterion, pixels: torch.Tensor, texts: list[str], adversarial=None) -> int:
+        """Returns the number of target tokens trained on (a device sync, as in training);
+        with ``adversarial`` the images are first crafted as ``prsl finetune`` crafts them."""
         autocast = (
             torch.autocast(torch.device(self.device).type, dtype=self.autocast_dtype)
             if self.autocast_dtype is not None
             else nullcontext()
         )
+        if adversarial is not None:
+            with autocast:
+                pixels, _ = adversarial_mix(self.adapter, pixels, texts, None, adversarial, 0)
         with autocast:
             logits, labels = self.adapter.logits_and_labels(pixels, texts)
             terms = criterion.terms(logits, labels)
@@ -135,22 +151,25 @@ def make_batches(adapter, n_batches: int, batch: int, device: str):
     ]
 
 
-def run(trainer: Trainer, table: dict, batches, args) -> list[dict]:
-    criteria = {name: get_loss(loss, **params) for name, (loss, params) in table.items()}
-    for criterion in criteria.values():  # warm-up: kernels, allocator, autotuning
+def run(trainer: Trainer, table: dict, batches, args, attacked: dict | None = None) -> list[dict]:
+    criteria = {name: (get_loss(loss, **params), None) for name, (loss, params) in table.items()}
+    criteria |= {name: (get_loss("ce"), cfg) for name, cfg in (attacked or {}).items()}
+    table = {**table, **dict.fromkeys(attacked or {})}
+    for criterion, adversarial in criteria.values():  # warm-up: kernels, allocator, autotuning
         for i in range(args.warmup):
-            trainer.step(criterion, *batches[i % len(batches)])
+            trainer.step(criterion, *batches[i % len(batches)], adversarial)
     rates: dict[str, list[float]] = {name: [] for name in table}
     peaks: dict[str, int] = {}
     tokens = 0
     for _ in range(args.repeats):
-        for name, criterion in criteria.items():
+        for name, (criterion, adversarial) in criteria.items():
             if args.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             sync(args.device)
             start = time.perf_counter()
             tokens = sum(
-                trainer.step(criterion, *batches[i % len(batches)]) for i in range(args.steps)
+                trainer.step(criterion, *batches[i % len(batches)], adversarial)
+                for i in range(args.steps)
             )
             sync(args.device)
             rates[name].append(tokens / (time.perf_counter() - start))
@@ -206,6 +225,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--adversarial",
+        type=int,
+        nargs="*",
+        default=[1, 2, 4],
+        help="PGD steps of the CE-AT rows (none: no adversarial rows)",
+    )
     args = parser.parse_args()
     if min(args.steps, args.repeats) < 1 or args.warmup < 0:
         parser.error("--steps and --repeats must be >= 1, --warmup >= 0")
@@ -224,7 +250,7 @@ def main() -> None:
     trainer = Trainer(adapter, args.device, autocast_dtype, args.lr)
     batches = make_batches(adapter, max(args.steps, args.warmup, 1), batch, args.device)
     table = loss_table(args.arch, args.device)
-    rows = run(trainer, table, batches, args)
+    rows = run(trainer, table, batches, args, adversarial_table(args.adversarial))
 
     device = torch.cuda.get_device_name() if cuda else platform.machine()
     params = sum(p.numel() for p in adapter.model.parameters()) / 1e6

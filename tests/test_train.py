@@ -194,15 +194,17 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatc
         finetune(resume_config(tmp_path), progress=False)
     monkeypatch.undo()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
-    assert load_checkpoint(tmp_path / "checkpoint-4")["position"] == {
-        "step": 4,
-        "epoch": 0,
-        "in_epoch": 4,
-    }
+    position = load_checkpoint(tmp_path / "checkpoint-4")["position"]
+    assert position | {"seconds": 0} == {"step": 4, "epoch": 0, "in_epoch": 4, "seconds": 0}
+    assert position["seconds"] > 0  # the compute so far travels with the checkpoint
     assert not (tmp_path / "final").exists()
 
     result = finetune(resume_config(tmp_path), resume=True, progress=False)
     assert [h["step"] for h in result.history] == [5, 6]
+    record = json.loads((tmp_path / "final" / "prsl_train.json").read_text())
+    assert record["steps"] == RESUME_STEPS and record["compute"]["device"] == "cpu"
+    assert record["compute"]["seconds"] > position["seconds"]  # both parts of the run count
+    assert record["compute"]["device_seconds"] == record["compute"]["seconds"]  # one process
     assert [h["epoch"] for h in result.history] == [1, 1]
     assert_same_run(tmp_path, straight_run)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-6"]

@@ -9,6 +9,7 @@
 
 from prsl.provenance.models import (
     TRAIN_INFO,
+    Compute,
     ModelRef,
     TrainingRecord,
     model_refs,
@@ -29,6 +30,7 @@ __all__ = [
     "TRAIN_INFO",
     "Difference",
     "ModelRef",
+    "Compute",
     "TrainingRecord",
     "check_settings",
     "differences",

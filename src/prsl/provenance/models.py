@@ -29,6 +29,15 @@ FINAL = "final"
 _WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 
 
+class Compute(BaseModel):
+    """What a fine-tune cost: wall seconds of its optimizer steps (over every resumed part),
+    the device they ran on, and seconds × processes (device-seconds, to compare runs)."""
+
+    seconds: float
+    device: str
+    device_seconds: float
+
+
 class TrainingRecord(BaseModel):
     """``prsl_train.json``: how a saved model was fine-tuned."""
 
@@ -38,6 +47,10 @@ class TrainingRecord(BaseModel):
     loss_params: dict[str, Any]
     steps: int
     processes: int = 1
+    compute: Compute | None = None
+    """None in records written before prsl measured it."""
+    adversarial: dict[str, Any] | None = None
+    """The adversarial fine-tuning setting (``train.adversarial``), as it ran; None: none."""
     config: dict[str, Any] = {}
     skipped: list[dict[str, Any]] = []
 

@@ -11,8 +11,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_serializer, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
+from prsl.attacks import Attack, get_attack
 from prsl.config import DataConfig, Strict
 from prsl.core.errors import InvalidInput
 from prsl.losses import Loss, build_loss
@@ -115,8 +123,57 @@ class LossConfig(Strict):
         return params.given()
 
 
+class AdversarialConfig(Strict):
+    """Adversarial fine-tuning (Madry-style): examples crafted on the fly against the model as it
+    is at that step, untargeted on their ground-truth text, by any registered attack.
+
+    Flat, as an evaluation's attack: ``{attack: pgd, eps: 4/255, steps: 2, fraction: 1.0}``;
+    everything but ``attack`` and ``fraction`` is the attack's own parameters, validated into
+    its typed object (``built``) when the config is loaded. ``fraction`` of each micro-batch
+    (rounded, chosen at random from the run's seed and the step) is replaced by its adversarial
+    images; the rest stays clean. Any loss trains on the mix, so CE-AT, PRSL-AT and PRSL alone
+    are one config apart.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    attack: str = "pgd"
+    fraction: float = Field(1.0, ge=0.0, le=1.0)
+    built: Attack
+
+    @model_validator(mode="before")
+    @classmethod
+    def _build(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "built" in data:
+            return data
+        name = data.get("attack", cls.model_fields["attack"].default)
+        if not isinstance(name, str):
+            raise ValueError(f"attack must be an attack name, got {name!r}")
+        params = {k: v for k, v in data.items() if k not in ("attack", "fraction")}
+        try:
+            built = get_attack(name, **params)
+        except InvalidInput as err:
+            raise ValueError(str(err)) from None
+        if getattr(built, "record_every_step", False):
+            raise ValueError(
+                "record_every_step is for evaluations: training keeps the final images"
+            )
+        if not built.uses_gradients or built.uses_success:
+            raise ValueError(
+                f"attack {name!r} cannot craft training examples on the fly: use a "
+                "gradient attack without a success criterion (fgsm, bim, pgd, mifgsm, apgd)"
+            )
+        return {"attack": name, "fraction": data.get("fraction", 1.0), "built": built}
+
+    @model_serializer(mode="plain")
+    def _flat(self) -> dict[str, Any]:
+        """As a config file says it, with every attack parameter as it runs."""
+        return {"attack": self.attack, "fraction": self.fraction, **self.built.recorded()}
+
+
 class TrainConfig(Strict):
-    """The fine-tuning loop: optimiser, schedule, batch, precision, checkpoints and logs."""
+    """The fine-tuning loop: optimiser, schedule, batch, precision, checkpoints and logs;
+    ``adversarial`` turns it into adversarial fine-tuning (:class:`AdversarialConfig`)."""
 
     output_dir: str = "runs/finetune"
     lr: float = Field(5e-5, gt=0)
@@ -136,6 +193,7 @@ class TrainConfig(Strict):
     log_every: int = Field(10, ge=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
     tensorboard: bool = False
+    adversarial: AdversarialConfig | None = None
 
 
 RESUMABLE_CHANGES = ("train.save_every", "train.log_every", "train.tensorboard")

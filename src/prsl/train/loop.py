@@ -51,6 +51,7 @@ from prsl.losses import TermsLoss, counted_tokens, token_share
 from prsl.models import HFAdapter, LabelPadding
 from prsl.provenance import (
     TRAIN_INFO,
+    Compute,
     TrainingRecord,
     check_settings,
     differences,
@@ -60,6 +61,7 @@ from prsl.provenance import (
 )
 from prsl.provenance.models import FINAL
 from prsl.provenance.settings import SETTINGS
+from prsl.train.adversarial import adversarial_mix, mixing_seed
 from prsl.train.checkpoint import (
     CHECKPOINT_PATTERN,
     list_checkpoints,
@@ -96,11 +98,13 @@ class TrainResult:
 
 @dataclass
 class Position:
-    """Where the run stands: optimizer steps done, and the epoch and step within it."""
+    """Where the run stands: optimizer steps done, the epoch and step within it, and the wall
+    seconds its steps took so far (summed over resumed runs: the compute the model cost)."""
 
     step: int = 0
     epoch: int = 0
     in_epoch: int = 0
+    seconds: float = 0.0
 
 
 @dataclass
@@ -293,19 +297,22 @@ def train_until_done(
             if position.step >= session.total_steps:
                 break
             started = time.perf_counter()
-            stats = optimizer_step(session, group)
+            stats = optimizer_step(session, group, position.step)
             if stats is None:  # not a step: nothing moved, and it is neither counted nor logged
-                position = Position(position.step, epoch, step_in_epoch + 1)
+                position = Position(position.step, epoch, step_in_epoch + 1, position.seconds)
                 if accelerator.is_main_process:
                     log.warning("a batch held no readable image: no optimizer step was taken")
                 continue
-            position = Position(position.step + 1, epoch, step_in_epoch + 1)
+            took = time.perf_counter() - started
+            position = Position(
+                position.step + 1, epoch, step_in_epoch + 1, position.seconds + took
+            )
             tokens = stats.pop("tokens")
             stats |= {
                 "step": position.step,
                 "epoch": epoch,
                 "lr": session.scheduler.get_last_lr()[0],
-                "tokens_per_s": tokens / (time.perf_counter() - started),
+                "tokens_per_s": tokens / took,
             }
             result.history.append(stats)
             if position.step % cfg.train.log_every == 0 or position.step == session.total_steps:
@@ -358,12 +365,14 @@ def restore(session: Session) -> Position:
     session.optimizer.load_state_dict(state["optimizer"])
     session.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
-    position = Position(**state["position"])
+    position = Position(**{"seconds": 0.0} | state["position"])  # older checkpoints: no seconds
     session.accelerator.print(f"resuming from {newest} (step {position.step})")
     return position
 
 
-def optimizer_step(session: Session, group: list[list[int]]) -> dict[str, Any] | None:
+def optimizer_step(
+    session: Session, group: list[list[int]], step: int = 0
+) -> dict[str, Any] | None:
     """One optimizer step: forward/backward over its micro-batches, clip, step; returns the
     averaged stats, or None when no image of the step could be read (then nothing is done).
 
@@ -394,11 +403,16 @@ def optimizer_step(session: Session, group: list[list[int]]) -> dict[str, Any] |
             kept = batch or [session.samples[indices[0]]]
             pixels = torch.zeros(len(kept), 3, *session.adapter.pixel_size)
             counts = 0.0
+        pixels = pixels.to(accelerator.device)
+        texts, prompts = [s.text for s in kept], batch_prompts(kept)
+        adversarial = session.cfg.train.adversarial
+        if adversarial is not None and counts:  # attacked against the model as it is now
+            seed = mixing_seed(session.cfg.train.seed, step, i, rank)
+            with accelerator.autocast():
+                pixels, _ = adversarial_mix(adapter, pixels, texts, prompts, adversarial, seed)
         sync = nullcontext() if i == len(group) - 1 else accelerator.no_sync(session.wrapped)
         with sync, accelerator.autocast():
-            logits, labels = session.adapter.logits_and_labels(
-                pixels.to(accelerator.device), [s.text for s in kept], batch_prompts(kept)
-            )
+            logits, labels = session.adapter.logits_and_labels(pixels, texts, prompts)
             terms = session.criterion.terms(logits, labels)
             local = counted_tokens(labels) * int(counts)
             everywhere = accelerator.reduce(local.detach().clone(), reduction="sum")
@@ -437,16 +451,30 @@ def save(session: Session, position: Position) -> None:
     accelerator.wait_for_everyone()
 
 
+def device_name(device: torch.device) -> str:
+    """``cpu``, or the accelerator's model (``cuda: NVIDIA H200``): what a second means."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return device.type
+
+
 def save_final_model(session: Session, position: Position, result: TrainResult) -> None:
     """The trained model in ``final/``, with the record of how it was trained beside it."""
     cfg = session.cfg
     session.adapter.set_forward_module(None)
     session.adapter.save(result.model_dir)
+    accelerator = session.accelerator
     record = TrainingRecord(
         loss=cfg.loss.name,
         loss_params=cfg.loss.params.recorded(),
         steps=position.step,
-        processes=session.accelerator.num_processes,
+        processes=accelerator.num_processes,
+        compute=Compute(
+            seconds=round(position.seconds, 3),
+            device=device_name(accelerator.device),
+            device_seconds=round(position.seconds * accelerator.num_processes, 3),
+        ),
+        adversarial=cfg.train.adversarial.model_dump() if cfg.train.adversarial else None,
         config=cfg.model_dump(),
         skipped=[s.as_dict() for s in result.skipped],
     )
