@@ -23,7 +23,7 @@ import math
 import pytest
 import torch
 
-from prsl.attacks import CW, bim, craft_on_surrogate, untargeted_loss
+from prsl.attacks import CW, bim, craft_on_surrogate, untargeted_loss, untargeted_success
 from prsl.data.images import to_pixels
 from prsl.data.shapes import make_shapes_captions
 from shapes_training import corpus_bleu, tiny_captioner_for, train_captioner
@@ -188,3 +188,18 @@ def test_cw_with_its_search_over_c_changes_captions_within_its_budget(captioner)
     captions = adapter.generate(adversarial, max_new_tokens=MAX_NEW_TOKENS)
     assert changed_fraction(captions, clean[:8]) >= 0.5
     assert (adversarial - pixels[:8]).flatten(1).norm(dim=1).max() <= 1.0 + 1e-5
+
+
+def test_success_of_outputs_cut_short_is_judged_without_their_end(captioner, attacked):
+    """A clean output generation cut at max_new_tokens never ended: its success is "decoding no
+    longer begins with it", exactly what generating as many tokens again says."""
+    adapter, pixels, _ = captioner
+    short = adapter.generate(pixels, max_new_tokens=3)
+    assert not adapter.tokens_match(pixels, short).all()  # with the end token: only the complete
+    assert adapter.tokens_match(pixels, short, with_end=False).all()
+    success = untargeted_success(adapter, short, None, pixels)
+    assert not success(pixels).any()
+    adversarial = attacked["adversarial"]
+    regenerated = adapter.generate(adversarial, max_new_tokens=3)
+    expected = [g != s for g, s in zip(regenerated, short, strict=True)]
+    assert success(adversarial).tolist() == expected and any(expected)

@@ -111,3 +111,32 @@ def test_report_leads_with_the_answer_and_checks_masking(quickstart_run, render_
     assert dom.count("<img") == plots + rows + adversarial  # one clean image per row
     for colour in MATPLOTLIB_LINE_COLOURS:
         assert page.pixels_near(colour) > 500, colour
+
+
+def test_defenses_train_ce_at_and_fare_beside_ce_and_prsl(tmp_path, monkeypatch):
+    """``--defenses``: what is trained and evaluated (the runs themselves are tested in
+    test_train_adversarial and test_train_fare; this checks the quickstart's wiring)."""
+    import prsl.quickstart as qs
+
+    trained, evaluated = [], []
+    monkeypatch.setattr(qs, "finished_run", lambda tune: False)
+    monkeypatch.setattr(qs, "finetune", lambda tune, **kw: trained.append(tune))
+    monkeypatch.setattr(qs, "evaluate", lambda cfg, **kw: evaluated.append(cfg))
+    monkeypatch.setattr(qs, "merge_results", lambda *a, **kw: None)
+    monkeypatch.setattr(qs, "write_report", lambda *a, **kw: {"html": tmp_path / "r.html"})
+    qs.quickstart(tmp_path / "qs", fast=True, defenses=True, progress=False)
+    names = [Path(t.train.output_dir).name for t in trained]
+    assert names[:5] == [
+        "caption-ce",
+        "caption-prsl",
+        "caption-ce-at",
+        "caption-fare",
+        "caption-surrogate",
+    ]
+    at, fare = trained[2], trained[3]
+    assert at.train.adversarial.attack == "pgd" and at.loss.name == "ce"
+    assert fare.train.fare is not None
+    assert fare.model.name_or_path == str(tmp_path / "qs" / "models" / "caption-ce" / "final")
+    models = [Path(m).parent.name for m in evaluated[0].models]
+    assert models == ["caption-ce", "caption-prsl", "caption-ce-at", "caption-fare"]
+    assert Path(evaluated[0].surrogate).parent.name == "caption-surrogate"

@@ -161,3 +161,10 @@ def test_sweep_seeds_and_baseline_are_checked_before_any_work(tmp_path):
     ):
         run_sweep(SweepConfig.model_validate(config), progress=False)
     assert not (tmp_path / "cells").exists()
+
+
+def test_a_baseline_inside_the_evaluation_of_a_sweep_is_refused(tmp_path):
+    config = sweep_config(tmp_path)
+    config["evaluate"]["baseline"] = "foo"
+    with pytest.raises(ValueError, match="name the baseline cell with the sweep's `baseline:`"):
+        SweepConfig.model_validate(config)

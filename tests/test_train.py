@@ -418,6 +418,22 @@ def test_paper_configs_reproduce_the_paper(setting):
     assert prsl_cfg.model_dump(exclude=same) == ce_cfg.model_dump(exclude=same)
 
 
+@pytest.mark.parametrize("setting", sorted(PAPER))
+def test_defense_configs_are_the_ce_config_with_the_defense(setting):
+    """CE-AT and FARE beside CE and PRSL: one config apart from the CE run."""
+    ce = load_config(FinetuneConfig, CONFIGS / f"{setting}_ce.yaml")
+    at = load_config(FinetuneConfig, CONFIGS / f"{setting}_ce_at.yaml")
+    fare = load_config(FinetuneConfig, CONFIGS / f"{setting}_fare.yaml")
+    assert at.train.adversarial.attack == "pgd" and at.train.fare is None
+    assert at.train.adversarial.model_dump()["eps"] == pytest.approx(4 / 255)
+    assert fare.train.fare.model_dump()["eps"] == pytest.approx(4 / 255) and fare.train.lr == 1e-5
+    same = {"train": {"output_dir", "adversarial", "fare", "lr"}}
+    assert (
+        at.model_dump(exclude=same) == ce.model_dump(exclude=same) == fare.model_dump(exclude=same)
+    )
+    assert at.train.lr == ce.train.lr
+
+
 @pytest.mark.parametrize("loss,params", [("ce", {}), ("prsl", PRSL_PARAMS)])
 def test_shapes_configs_mirror_the_quickstart(loss, params):
     cfg = load_config(FinetuneConfig, CONFIGS / f"shapes_tiny_{loss}.yaml")
@@ -449,6 +465,10 @@ def test_teacher_forcing_pads_labels_with_eos_only_when_asked():
     assert ids.tolist() == [[1, 5, 6, 4, 0, 0], [1, 7, 8, 9, 0, 0]]
     assert labels.tolist() == [[5, 6, 4, 2, 2, 2], [-100, -100, 9, 2, 2, 2]]
     assert mask.tolist() == [[1] * 6, [1] * 6]  # the recipe passes no attention mask
+    _, _, labels = teacher_forcing_batch(
+        [[1]], [[5, 6, 7, 8]], end_id=2, pad_id=0, padding=LabelPadding(eos=True, length=3)
+    )
+    assert labels.tolist() == [[5, 6, 7]]  # cut at the length, as the recipe's tokenizer did
     _, mask, labels = teacher_forcing_batch([[1], [1]], [[5, 6], [5]], end_id=2, pad_id=0)
     assert labels.tolist() == [[5, 6, 2], [5, 2, -100]] and mask.tolist() == [[1, 1, 1], [1, 1, 0]]
 
@@ -475,7 +495,7 @@ def test_pad_labels_eos_counts_every_padded_position_in_training(tmp_path, monke
 
 
 def test_pad_length_needs_pad_labels_eos_and_evaluation_refuses_both():
-    with pytest.raises(ValueError, match="pad_length is part of pad_labels: eos"):
+    with pytest.raises(ValueError, match="pad_length goes with pad_labels: eos"):
         DataConfig(name="shapes", pad_length=128)
     with pytest.raises(ValueError, match="data.pad_labels pads training batches"):
         EvalConfig(models=["m"], data={"name": "shapes", "pad_labels": "eos"})

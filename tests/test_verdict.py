@@ -252,3 +252,41 @@ def test_spread_across_seeds_is_the_mean_and_sd_of_the_degradations() -> None:
     assert (spread.mean, spread.seeds) == (pytest.approx(0.7), 2)
     assert spread.sd == pytest.approx(np.std([0.8, 0.6], ddof=1))
     assert seed_spread([_run("bim", 8 / 255, 1.0, 0.2)]) == {}
+
+
+def test_masking_checks_compare_within_a_seed():
+    """Seed 0: BIM degrades 5, Square 3; seed 1: BIM 1, Square 0.5. Square never beats BIM."""
+    runs = [
+        _run("bim", 8 / 255, 10.0, 5.0, seed=0),
+        _run("square", 8 / 255, 10.0, 7.0, seed=0, gradient_free=True),
+        _run("bim", 8 / 255, 10.0, 9.0, seed=1),
+        _run("square", 8 / 255, 10.0, 9.5, seed=1, gradient_free=True),
+    ]
+    flags, _ = masking_checks(runs)
+    assert not any("gradient-free" in f for f in flags)
+
+
+def test_detailed_tables_keep_every_seed():
+    from prsl.report import table_rows
+
+    runs = [_run("bim", 8 / 255, 1.0, adv, seed=seed) for seed, adv in ((0, 0.32), (1, 0.40))]
+    header, rows = table_rows(runs)
+    assert "tiny-prsl (prsl) seed 0 adv" in header and "tiny-prsl (prsl) seed 1 adv" in header
+    assert {"0.3200", "**0.4000**"} <= set(rows[0])  # both seeds, the higher one marked
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"resamples": 10}, "resamples=10 cannot place a 95% interval's ends.*at least 100"),
+        ({"level": 95}, "level is the intervals' coverage as a fraction.*e.g. 0.95"),
+    ],
+)
+def test_a_bootstrap_too_small_to_mean_anything_is_refused(given, message):
+    with pytest.raises(ValueError, match=message):
+        BootstrapConfig(**given)
+
+
+def test_a_direction_needs_the_p_value_too():
+    assert outcome(-0.2, (-0.3, -0.1), p=0.2, level=0.95) == "none"
+    assert outcome(-0.2, (-0.3, -0.1), p=0.01, level=0.95) == "less"

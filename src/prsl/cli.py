@@ -135,12 +135,15 @@ def quickstart(
     seeds: Annotated[
         int, typer.Option(help="Train and evaluate with this many seeds (seed, seed+1, ...).")
     ] = 1,
+    defenses: Annotated[
+        bool, typer.Option(help="Also train CE-AT (adversarial fine-tuning) and FARE.")
+    ] = False,
 ) -> None:
     """Shapes data -> CE and PRSL tiny models -> white-box, transfer and Square attacks ->
     report with intervals, the verdict and gradient-masking checks."""
     from prsl.quickstart import quickstart as run
 
-    report = run(out, fast=fast, seed=seed, seeds=seeds)
+    report = run(out, fast=fast, seed=seed, seeds=seeds, defenses=defenses)
     say("report:", f"{report}  (also {report.with_suffix('.md')})", "bold green")
 
 

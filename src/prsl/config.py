@@ -39,7 +39,7 @@ class DataConfig(Strict):
     ``pad_labels`` (training only): ``-100``, the default, leaves padded label positions out of
     the loss; ``eos`` is the authors' ViT-GPT2 recipe, every padded position labelled with the
     end token and counted in CE and in PRSL's R, with ``pad_length`` (they used 128) padding
-    every batch to that many positions.
+    every batch to that many positions and cutting longer texts there, as their tokenizer did.
     """
 
     name: str = "shapes"
@@ -51,7 +51,10 @@ class DataConfig(Strict):
     def _reader_exists(self) -> DataConfig:
         check_reader_options(self.name, self.options)
         if self.pad_length is not None and self.pad_labels != "eos":
-            raise ValueError("pad_length is part of pad_labels: eos; set both, or neither")
+            raise ValueError(
+                "pad_length goes with pad_labels: eos, both for training batches only: set both "
+                "in a fine-tuning config, or neither"
+            )
         return self
 
 

@@ -51,6 +51,14 @@ FAST = Budget(train_examples=200, eval_images=12, steps=120, batch_size=16, squa
 SURROGATE_SEED_OFFSET = 1000
 """The surrogate is trained like the CE model from another seed (far from those ``--seeds``
 uses): another model of the same kind, as a transfer attacker would have."""
+ADVERSARIAL = {"attack": "pgd", "eps": 8 / 255, "steps": 2, "fraction": 0.5}
+"""CE-AT: PGD-2 at the largest evaluated ε on half of each batch (on every image, one seed in
+three collapsed to a single caption for every image on this data)."""
+FARE = {"eps": 4 / 255, "steps": 10}
+"""FARE at the paper's larger ε, 10 PGD steps."""
+FARE_LR, FARE_STEP_DIVISOR = 1e-3, 2
+"""FARE starts from the trained CE model: a smaller learning rate, half its steps."""
+DEFENSES = ("ce-at", "fare")
 EVAL_DATA_SEED = 10_000
 """The held-out shapes: the same items for every training seed, so seeds compare item by item."""
 LOSSES = (("ce", {}), ("prsl", PRSL_PARAMS))
@@ -79,24 +87,36 @@ def one_intra_op_thread() -> Iterator[None]:
 
 
 def quickstart(
-    out: Path, *, fast: bool = False, seed: int = 0, seeds: int = 1, progress: bool = True
+    out: Path,
+    *,
+    fast: bool = False,
+    seed: int = 0,
+    seeds: int = 1,
+    defenses: bool = False,
+    progress: bool = True,
 ) -> Path:
     """Train, attack, score and report; returns the path of ``report.html``.
 
     ``seeds`` > 1 trains and evaluates everything again with the seeds ``seed + 1``, ...: the
     report then gives each number's spread across seeds, and its verdict counts a cell only when
-    every seed agrees. It takes about ``seeds`` times as long.
+    every seed agrees. It takes about ``seeds`` times as long. ``defenses`` also trains the two
+    standard defenses beside CE and PRSL (:data:`DEFENSES`) and compares all with CE.
     """
     if seeds < 1:
         raise InvalidInput(f"--seeds must be at least 1, got {seeds}")
     with one_intra_op_thread():
-        return _quickstart(out, fast=fast, seed=seed, seeds=seeds, progress=progress)
+        return _quickstart(
+            out, fast=fast, seed=seed, seeds=seeds, defenses=defenses, progress=progress
+        )
 
 
-def _quickstart(out: Path, *, fast: bool, seed: int, seeds: int, progress: bool) -> Path:
+def _quickstart(
+    out: Path, *, fast: bool, seed: int, seeds: int, defenses: bool, progress: bool
+) -> Path:
     budget = FAST if fast else FULL
     check_output_dir(out, "--out")
     settings = {"fast": fast, "seed": seed} | ({"seeds": seeds} if seeds > 1 else {})
+    settings |= {"defenses": True} if defenses else {}
     fix = "run it again with those options to finish it, or choose another --out"
     check_settings(out, COMMAND, settings, has_results=(out / "models").is_dir(), fix=fix)
     write_settings(out, COMMAND, settings)
@@ -107,7 +127,7 @@ def _quickstart(out: Path, *, fast: bool, seed: int, seeds: int, progress: bool)
         suffix = "" if run_seed == seed else f"-seed{run_seed}"
         for task, reader in (("caption", "shapes"), ("vqa", "shapes-vqa")):
             folder = out / f"eval-{task}{suffix}"
-            models = train_models(models_dir, task, reader, budget, run_seed, progress)
+            models = train_models(models_dir, task, reader, budget, run_seed, progress, defenses)
             evaluate(evaluation(models, task, reader, budget, run_seed, folder), progress=progress)
             result_files.append(folder / RESULTS)
             annotate[folder / RESULTS] = {"seed": run_seed} if seeds > 1 else {}
@@ -115,31 +135,45 @@ def _quickstart(out: Path, *, fast: bool, seed: int, seeds: int, progress: bool)
     # one seed: each evaluation's own file (its meta whole); several: the merged file, whose
     # runs carry their seed
     shown = result_files if seeds == 1 else [out / RESULTS]
-    paths = write_report(shown, out, title="prsl quickstart: CE vs PRSL on shapes")
+    title = "CE, PRSL, CE-AT and FARE" if defenses else "CE vs PRSL"
+    paths = write_report(shown, out, title=f"prsl quickstart: {title} on shapes")
     return paths["html"]
 
 
 def train_models(
-    models_dir: Path, task: str, reader: str, budget: Budget, seed: int, progress: bool
+    models_dir: Path,
+    task: str,
+    reader: str,
+    budget: Budget,
+    seed: int,
+    progress: bool,
+    defenses: bool = False,
 ) -> list[str]:
-    """The CE and PRSL models of a task, then its surrogate (CE from another seed)."""
+    """The CE and PRSL models of a task (and with ``defenses`` CE-AT and FARE), then its
+    surrogate (CE from another seed)."""
+    runs = [(f"{task}-{loss}", loss, params, seed, None, None) for loss, params in LOSSES]
+    if defenses:
+        runs.append((f"{task}-ce-at", "ce", {}, seed, {"adversarial": ADVERSARIAL}, None))
+        # FARE fine-tunes the CE model's vision encoder, as the paper does a pretrained CLIP's
+        runs.append((f"{task}-fare", "ce", {}, seed, {"fare": FARE}, f"{task}-ce"))
+    runs.append((f"{task}-surrogate", "ce", {}, seed + SURROGATE_SEED_OFFSET, None, None))
     models = []
-    runs = [(f"{task}-{loss}", loss, params, seed) for loss, params in LOSSES]
-    runs.append((f"{task}-surrogate", "ce", {}, seed + SURROGATE_SEED_OFFSET))
-    for name, loss, params, run_seed in runs:
+    for name, loss, params, run_seed, training, start in runs:
         model_dir = models_dir / name
+        steps = budget.steps // FARE_STEP_DIVISOR if start else budget.steps
         tune = FinetuneConfig(
-            model=ModelConfig(name_or_path=TINY),
+            model=ModelConfig(name_or_path=str(models_dir / start / "final") if start else TINY),
             data=DataConfig(name=reader, options={"n": budget.train_examples, "seed": run_seed}),
             loss=LossConfig(name=loss, params=params),
             train=TrainConfig(
                 output_dir=str(model_dir),
-                lr=3e-3,
-                max_steps=budget.steps,
+                lr=FARE_LR if start else 3e-3,
+                max_steps=steps,
                 batch_size=budget.batch_size,
-                warmup_steps=budget.steps // 10,
+                warmup_steps=steps // 10,
                 seed=run_seed,
                 log_every=20,
+                **(training or {}),
             ),
         )
         if not finished_run(tune):

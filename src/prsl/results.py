@@ -8,6 +8,8 @@ nothing here draws or formats. The format::
                "clean": {metric: value}, "adversarial": {...}, "degradation": {...},
                "intervals": {"clean"|"adversarial"|"degradation": {metric: [low, high]}}?,
                "gradient_free": bool?, "transfer_of": white-box attack name?, "seed": int?,
+               "train_steps": int?, "train_device_seconds": float?, "train_device": str?,
+               "train_adversarial": {"attack", "fraction", ...}?,
                "per_step": [{metric: value}, ...]?}],
      "comparisons": [{"model", "baseline", "loss", "baseline_loss", "task", "attack", "eps",
                       "norm", "reference", "metric", "n_items", "difference", "interval",
@@ -62,6 +64,10 @@ OPTIONAL_RUN_FIELDS: Mapping[str, type | tuple[type, ...]] = {
     "gradient_free": bool,
     "transfer_of": str,
     "seed": int,
+    "train_steps": int,
+    "train_device_seconds": (int, float),
+    "train_device": str,
+    "train_adversarial": dict,
 }
 COMPARISON_FIELDS: Mapping[str, type | tuple[type, ...]] = {
     "model": str,
@@ -273,6 +279,12 @@ def run_eps_text(run: dict) -> str:
 
 def model_label(run: dict) -> str:
     return f"{run['model']} ({run['loss']})"
+
+
+def seeded_label(run: dict) -> str:
+    """:func:`model_label` with the training seed, when the run records one: what tells one
+    row of a table from another when results of several seeds are merged."""
+    return model_label(run) + (f" seed {run['seed']}" if "seed" in run else "")
 
 
 def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:

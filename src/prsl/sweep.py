@@ -52,6 +52,12 @@ class SweepConfig(Strict):
 
     @model_validator(mode="after")
     def _seeds_are_not_also_a_grid_key(self) -> SweepConfig:
+        if self.evaluate.baseline is not None:
+            raise ValueError(
+                "evaluate.baseline compares models within one evaluation, and each sweep cell "
+                "evaluates one model: name the baseline cell with the sweep's `baseline:` "
+                "(e.g. baseline: {loss.name: ce})"
+            )
         if self.seeds is not None and {SEED_KEY, f"finetune.{SEED_KEY}"} & set(self.grid):
             raise ValueError(f"give the seeds once: as seeds, or as the grid key {SEED_KEY}")
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
@@ -72,11 +78,30 @@ def cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _short(value: Any) -> str:
+    """A grid value as a name: a loss or attack mapping as ``prsl(k=4,weight=0.001)``."""
+    if isinstance(value, dict):
+        inner = {
+            **value.get("params", {}),
+            **{k: v for k, v in value.items() if k not in ("name", "params")},
+        }
+        body = ",".join(f"{k}={_short(v)}" for k, v in sorted(inner.items()))
+        name = str(value.get("name", ""))
+        return f"{name}({body})" if body else name or "{}"
+    return str(value)
+
+
 def cell_id(cell: dict[str, Any]) -> str:
-    """Readable and unique: ``loss.name=prsl,loss.params.k=4`` hashed to keep paths short."""
-    text = ",".join(f"{k}={cell[k]}" for k in sorted(cell)) or "base"
-    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
-    return f"{slug(text)[:_ID_CHARS]}-{digest}"
+    """Readable and unique: ``loss.params.k=4,loss.params.weight=0.001`` hashed to keep paths
+    short; a training seed is kept at the end, past the cut, so seeds tell apart on disk."""
+    seed = cell.get(SEED_KEY)
+    keys = sorted(k for k in cell if k != SEED_KEY)
+    text = ",".join(f"{k}={_short(cell[k])}" for k in keys) or "base"
+    digest = hashlib.sha1(
+        ",".join(f"{k}={cell[k]}" for k in sorted(cell)).encode() or b"base"
+    ).hexdigest()[:8]
+    tail = f"-seed{seed}" if seed is not None else ""
+    return f"{slug(text)[:_ID_CHARS].rstrip('-')}{tail}-{digest}"
 
 
 def cell_configs(cfg: SweepConfig, cell: dict[str, Any]) -> tuple[FinetuneConfig, EvalConfig]:
@@ -160,8 +185,8 @@ def baseline_cell(
         if len(chosen) != 1:
             found = "no cell" if not chosen else f"{len(chosen)} cells"
             raise InvalidInput(
-                f"sweep baseline {cfg.baseline} picks out {found}; give grid values that pick "
-                f"out exactly one of: {', '.join(cell_id(c) for c in distinct)}"
+                f"sweep baseline {cfg.baseline} picks out {found}; give grid keys and values "
+                f"that pick out exactly one of the cells: {'; '.join(map(str, distinct))}"
             )
         return chosen[0]
     if len(distinct) < 2:
@@ -183,10 +208,16 @@ def compare_cells(
     if boot.resamples == 0:
         return []
     found = []
+
+    def evaluated_with(cell: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in cell.items() if k.startswith("evaluate.")}
+
     for seed in cfg.seeds or [None]:
         scored, base = [], None
         for (cell, cell_seed), (_, ev) in zip(todo, planned, strict=True):
-            if cell_seed != seed:
+            # a cell evaluated otherwise than the baseline (other attack settings) would mix
+            # the attack's effect into the loss's: it is not compared
+            if cell_seed != seed or evaluated_with(cell) != evaluated_with(baseline):
                 continue
             runs = read_scored(Path(ev.output_dir), cell_id(cell))
             scored += runs

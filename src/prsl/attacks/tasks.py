@@ -30,7 +30,12 @@ class SupportsLoss(Protocol):
     ) -> torch.Tensor: ...
 
     def tokens_match(
-        self, pixels: torch.Tensor, texts: list[str], prompts: list[str] | None = None
+        self,
+        pixels: torch.Tensor,
+        texts: list[str],
+        prompts: list[str] | None = None,
+        *,
+        with_end: bool = True,
     ) -> torch.Tensor: ...
 
 
@@ -107,9 +112,9 @@ def targeted_loss(
     return _text_loss(adapter, target_texts, prompts, -1.0)
 
 
-def _matches(adapter: SupportsLoss, images, texts, prompts) -> torch.Tensor:
+def _matches(adapter: SupportsLoss, images, texts, prompts, with_end: bool = True) -> torch.Tensor:
     with attack_mode(adapter), torch.no_grad():
-        return adapter.tokens_match(images, texts, prompts).bool()
+        return adapter.tokens_match(images, texts, prompts, with_end=with_end).bool()
 
 
 def untargeted_success(
@@ -120,11 +125,21 @@ def untargeted_success(
 ) -> SuccessFn:
     """Success of an untargeted attack: the model's most likely tokens no longer spell
     ``texts``. For its own greedy output (the default target) that is "the output changed".
-    An example whose clean image does not reproduce ``texts`` (the ground truth, usually) can
-    only succeed by changing from there: it counts when its match is lost, never before."""
+    An output that generation cut at ``max_new_tokens`` never ended, so for it the end token is
+    left out of the match ("decoding no longer begins with it"). An example whose clean image
+    reproduces ``texts`` neither way (the ground truth, usually) never counts as a success:
+    its attack keeps its highest-loss iterate."""
     texts, prompts = list(texts), None if prompts is None else list(prompts)
-    clean = _matches(adapter, clean_images, texts, prompts)
-    return lambda images: clean & ~_matches(adapter, images, texts, prompts)
+    whole = _matches(adapter, clean_images, texts, prompts)
+    begun = _matches(adapter, clean_images, texts, prompts, with_end=False) & ~whole
+
+    def success(images: torch.Tensor) -> torch.Tensor:
+        lost = whole & ~_matches(adapter, images, texts, prompts)
+        if begun.any():
+            lost = lost | (begun & ~_matches(adapter, images, texts, prompts, with_end=False))
+        return lost
+
+    return success
 
 
 def targeted_success(

@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field, model_serializer, model_validator
 from prsl.attacks import Attack, attack_class
 from prsl.config import DataConfig, Strict
 from prsl.core.errors import InvalidInput
-from prsl.metrics.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES
+from prsl.metrics.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, MIN_RESAMPLES
 from prsl.metrics.scorer import resolve_metrics
 from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol
 
@@ -96,8 +96,23 @@ class BootstrapConfig(Strict):
     intervals' coverage, ``seed`` the resamples' seed (None: the evaluation's ``seed``)."""
 
     resamples: int = Field(DEFAULT_RESAMPLES, ge=0)
-    level: float = Field(DEFAULT_LEVEL, gt=0.5, lt=1.0)
+    level: float = DEFAULT_LEVEL
     seed: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _meaningful(self) -> BootstrapConfig:
+        if not 0.5 < self.level < 1.0:
+            raise ValueError(
+                f"level is the intervals' coverage as a fraction above 0.5 and below 1, e.g. "
+                f"0.95; got {self.level}"
+            )
+        if 0 < self.resamples < MIN_RESAMPLES:
+            raise ValueError(
+                f"resamples={self.resamples} cannot place a {self.level:.0%} interval's ends "
+                f"(each would be one resample): use at least {MIN_RESAMPLES} (default "
+                f"{DEFAULT_RESAMPLES}), or 0 for no intervals"
+            )
+        return self
 
 
 class EvalConfig(Strict):

@@ -85,6 +85,7 @@ def score_predictions(
                 "model": ref.name,
                 "loss": ref.loss,
                 "loss_params": ref.loss_params,
+                **ref.training,
                 "task": task,
                 "attack": key.attack,
                 "eps": key.eps,

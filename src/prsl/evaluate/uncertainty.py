@@ -87,8 +87,9 @@ def choose_baseline(models: list[ModelRef], given: str | None) -> ModelRef | Non
     one trained with CE; None when there is no such model."""
     if given is None:
         return next((m for m in models if m.loss == "ce"), None)
+    as_path = str(Path(given).expanduser().resolve()) if Path(given).expanduser().exists() else None
     for model in models:
-        if given in (model.given, model.location, model.name):
+        if given in (model.given, model.location, model.name) or as_path == model.location:
             return model
     names = ", ".join(m.name for m in models)
     raise InvalidInput(f"baseline {given!r} is not one of the evaluated models: {names}")
@@ -120,6 +121,7 @@ def compare(runs: list[ScoredRun], baseline: ModelRef | None, resamples: Resampl
                 )
             difference, spread = point[0] - point[1], samples[0] - samples[1]
             bounds = interval(spread, level)
+            p = p_value(spread)
             found.append(
                 {
                     "model": run.fields["model"],
@@ -135,17 +137,21 @@ def compare(runs: list[ScoredRun], baseline: ModelRef | None, resamples: Resampl
                     "n_items": len(common),
                     "difference": difference,
                     "interval": list(bounds),
-                    "p_value": p_value(spread),
-                    "outcome": outcome(difference, bounds),
+                    "p_value": p,
+                    "outcome": outcome(difference, bounds, p, level),
                 }
             )
     return found
 
 
-def outcome(difference: float, bounds: tuple[float, float]) -> str:
-    """``less`` (the model degrades less than the baseline), ``more``, or ``none``."""
+def outcome(
+    difference: float, bounds: tuple[float, float], p: float = 0.0, level: float = 0.95
+) -> str:
+    """``less`` (the model degrades less than the baseline), ``more``, or ``none``: a
+    direction needs the interval to exclude 0 *and* a p-value below ``1 - level`` (the two agree
+    with enough resamples; with too few the interval's ends are single draws)."""
     low, high = bounds
-    if abs(difference) <= TIE_TOLERANCE:
+    if abs(difference) <= TIE_TOLERANCE or p >= 1.0 - level:
         return "none"
     if high < -TIE_TOLERANCE:
         return "less"

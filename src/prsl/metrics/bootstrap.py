@@ -23,6 +23,9 @@ from prsl.metrics.statistics import REDUCERS
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_LEVEL = 0.95
+MIN_RESAMPLES = 100
+"""Fewer resamples give interval ends that are single draws: a 95 % interval from 20 resamples
+is the two most extreme of them."""
 
 
 def resample_counts(n_items: int, resamples: int, seed: int) -> np.ndarray:

@@ -80,15 +80,25 @@ class VLMAdapter(ABC):
         return token_ce.sum(dim=1) / counted
 
     def tokens_match(
-        self, pixels: torch.Tensor, texts: list[str], prompts: list[str] | None = None
+        self,
+        pixels: torch.Tensor,
+        texts: list[str],
+        prompts: list[str] | None = None,
+        *,
+        with_end: bool = True,
     ) -> torch.Tensor:
         """Whether the most likely token at every counted position is the text's own, given the
         text before it (B,) bool, without a graph. For a model's own greedy output this is True
         exactly while greedy decoding would still produce it, so "False" is "the output changed"
-        at the cost of one forward pass, no generation."""
+        at the cost of one forward pass, no generation. ``with_end=False`` leaves the end token
+        out: for an output that generation cut at ``max_new_tokens`` (it never ended), True
+        while decoding would still begin with it."""
         with torch.no_grad():
             logits, labels = self.logits_and_labels(pixels, texts, prompts)
             counted = labels != IGNORE_INDEX
+            if not with_end:  # the last counted position of each row is the end token
+                seen = counted.long().cumsum(dim=1)
+                counted = counted & (seen < counted.sum(dim=1, keepdim=True))
             return ((logits.argmax(dim=-1) == labels) | ~counted).all(dim=1)
 
     @abstractmethod

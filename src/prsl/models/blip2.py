@@ -56,6 +56,9 @@ class Blip2Adapter(HFAdapter):
     def vision_dtype(self) -> torch.dtype:
         return self.model.vision_model.dtype
 
+    def vision_encoder(self) -> torch.nn.Module:
+        return self.model.vision_model
+
     @property
     def max_positions(self) -> int | None:
         return getattr(self.model.config.text_config, "max_position_embeddings", None)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedModel
 
 from prsl.core.errors import InvalidInput
@@ -56,8 +57,8 @@ class LabelPadding:
     The default gives padded positions ``IGNORE_INDEX``: they are not counted. ``eos=True`` is
     the authors' ViT-GPT2 recipe: every position after the text's end is labelled with the end
     token and counted (in CE and in PRSL's R), with no attention mask, and ``length`` pads
-    every batch to that many positions (they padded to 128: about 90 % of the positions of
-    their COCO batches were padding).
+    every batch to that many positions, cutting longer rows there as their tokenizer did (they
+    used 128: about 90 % of the positions of their COCO batches were padding).
     """
 
     eos: bool = False
@@ -81,6 +82,9 @@ def teacher_forcing_batch(
     for prefix, text in zip(prefixes, texts, strict=True):
         rows.append(prefix + text)
         targets.append([IGNORE_INDEX] * (len(prefix) - 1) + text + [end_id])
+    if padding.length is not None:  # the recipe's tokenizer cut at the same length
+        rows = [row[: padding.length] for row in rows]
+        targets = [target[: padding.length] for target in targets]
     ids, mask = pad_batch(rows, pad_id, left=False, width=padding.length)
     label_pad = end_id if padding.eos else IGNORE_INDEX
     labels, _ = pad_batch(targets, label_pad, left=False, width=padding.length)
@@ -152,6 +156,21 @@ class HFAdapter(VLMAdapter):
     @abstractmethod
     def vision_dtype(self) -> torch.dtype:
         """The dtype the vision tower computes in (normalised pixels are cast to it)."""
+
+    def vision_encoder(self) -> nn.Module:
+        """The separable vision encoder (what FARE fine-tunes); families without one refuse."""
+        raise InvalidInput(
+            f"FARE fine-tunes a separable vision encoder; prsl does not expose one for the "
+            f"{self.family} family yet (supported: vision-encoder-decoder, blip2)"
+        )
+
+    def image_features(
+        self, pixels: torch.Tensor, encoder: nn.Module | None = None
+    ) -> torch.Tensor:
+        """The vision encoder's output tokens for ``pixels`` (B, N, D), differentiable in the
+        pixels; ``encoder`` another module of the same architecture (FARE's frozen original)."""
+        module = self.vision_encoder() if encoder is None else encoder
+        return module(pixel_values=self.normalise(pixels)).last_hidden_state
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """(pixels - mean) / std in fp32, then cast to the vision dtype; differentiable."""

@@ -43,6 +43,9 @@ class VisionEncoderDecoderAdapter(HFAdapter):
     def vision_dtype(self) -> torch.dtype:
         return self.model.encoder.dtype
 
+    def vision_encoder(self) -> torch.nn.Module:
+        return self.model.encoder
+
     @property
     def max_positions(self) -> int | None:
         return getattr(self.model.config.decoder, "max_position_embeddings", None)

@@ -36,6 +36,9 @@ class Compute(BaseModel):
     seconds: float
     device: str
     device_seconds: float
+    total_device_seconds: float | None = None
+    """With the compute of the prsl-trained model this run started from (FARE on a CE model,
+    say): what the model cost in all."""
 
 
 class TrainingRecord(BaseModel):
@@ -80,6 +83,9 @@ class ModelRef:
     fingerprint: str
     loss: str = PRETRAINED
     loss_params: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    """What its fine-tune cost, from the record: ``train_steps``, ``train_device_seconds``,
+    ``train_device``; empty for a model prsl did not fine-tune (or an older record)."""
 
     @property
     def tag(self) -> str:
@@ -155,9 +161,25 @@ def model_refs(given: list[str]) -> list[ModelRef]:
                 fingerprint(location, directory),
                 record.loss if record else PRETRAINED,
                 record.loss_params if record else {},
+                training_cost(record),
             )
         )
     return refs
+
+
+def training_cost(record: TrainingRecord | None) -> dict[str, Any]:
+    """The fields a results run gets from a model's training record, to compare models at equal
+    steps and at equal compute."""
+    if record is None:
+        return {}
+    cost: dict[str, Any] = {"train_steps": record.steps}
+    if record.compute is not None:
+        total = record.compute.total_device_seconds
+        cost["train_device_seconds"] = record.compute.device_seconds if total is None else total
+        cost["train_device"] = record.compute.device
+    if record.adversarial is not None:
+        cost["train_adversarial"] = record.adversarial
+    return cost
 
 
 def describe(ref: ModelRef) -> dict[str, Any]:

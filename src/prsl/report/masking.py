@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from prsl.report.plots import headline_metric
-from prsl.results import model_label, run_eps_text
+from prsl.results import run_eps_text, seeded_label
 
 STILL_STANDING = 0.5
 """Fraction of the clean score an attack at its largest ε should not leave standing."""
@@ -40,19 +40,19 @@ def masking_checks(runs: list[dict]) -> tuple[list[str], list[str]]:
     own = [r for r in runs if r["reference"] == "clean"]
     flags: list[str] = []
     checked: list[str] = []
-    by_cell = {(model_label(r), r["task"], r["attack"], r["eps"]): r for r in own}
+    by_cell = {(seeded_label(r), r["task"], r["attack"], r["eps"]): r for r in own}
     transfers = [r for r in own if r.get("transfer_of")]
     free = [r for r in own if r.get("gradient_free") and not r.get("transfer_of")]
     white = [r for r in own if not r.get("transfer_of") and not r.get("gradient_free")]
 
     for run in transfers:
         metric = headline_metric(run["task"], [run])
-        base = by_cell.get((model_label(run), run["task"], run["transfer_of"], run["eps"]))
+        base = by_cell.get((seeded_label(run), run["task"], run["transfer_of"], run["eps"]))
         if metric is None or base is None:
             continue
         if run["degradation"][metric] > base["degradation"][metric]:
             flags.append(
-                f"{model_label(run)}, {run['task']}: {run['attack']} (transferred) degrades "
+                f"{seeded_label(run)}, {run['task']}: {run['attack']} (transferred) degrades "
                 f"{metric} by {run['degradation'][metric]:.4g} at ε={run_eps_text(run)}, more "
                 f"than {run['transfer_of']} on the model itself ({base['degradation'][metric]:.4g})"
                 f"{_clearly(run, base, metric)}"
@@ -68,14 +68,14 @@ def masking_checks(runs: list[dict]) -> tuple[list[str], list[str]]:
         if metric is None:
             continue
         for other in white:
-            same = (model_label(other), other["task"], other["eps"]) == (
-                model_label(run),
+            same = (seeded_label(other), other["task"], other["eps"]) == (
+                seeded_label(run),
                 run["task"],
                 run["eps"],
             )
             if same and run["degradation"][metric] > other["degradation"][metric]:
                 flags.append(
-                    f"{model_label(run)}, {run['task']}: {run['attack']} (gradient-free) "
+                    f"{seeded_label(run)}, {run['task']}: {run['attack']} (gradient-free) "
                     f"degrades {metric} by {run['degradation'][metric]:.4g} at "
                     f"ε={run_eps_text(run)}, more than {other['attack']} "
                     f"({other['degradation'][metric]:.4g}){_clearly(run, other, metric)}"
@@ -88,17 +88,17 @@ def masking_checks(runs: list[dict]) -> tuple[list[str], list[str]]:
 
     series: dict[tuple, list[dict]] = defaultdict(list)
     for run in white:
-        series[(model_label(run), run["task"], run["attack"])].append(run)
+        series[(seeded_label(run), run["task"], run["attack"])].append(run)
     grown = 0
     for (label, task, attack), mine in sorted(series.items()):
-        if len(mine) < 2:
+        if len({r["eps"] for r in mine}) < 2:
             continue
-        grown += 1
         strongest = max(mine, key=lambda r: r["eps"])
         metric = headline_metric(task, [strongest])
         clean = strongest["clean"].get(metric) if metric else None
-        if not clean:
+        if not clean:  # nothing to lose (a model with one output for every image, say)
             continue
+        grown += 1
         left = strongest["adversarial"][metric] / clean
         if left > STILL_STANDING:
             flags.append(

@@ -20,7 +20,7 @@ from prsl.data import Skipped, skip_summary
 from prsl.report.masking import masking_checks
 from prsl.report.plots import plot_headline, plot_vs_eps, plot_vs_iteration, plot_vs_parameter
 from prsl.report.seeds import seed_count
-from prsl.report.tables import compact_table, table_rows
+from prsl.report.tables import MODEL_HEADER, compact_table, model_rows, table_rows
 from prsl.report.verdict import verdict_lines
 from prsl.results import LoadedResults, grouped, load_results, run_eps_text
 
@@ -49,6 +49,7 @@ class Report:
     verdict: list[str]
     headline: Path | None
     compact: Table
+    models: Table
     notes: list[str]
     detailed: list[Table]
     masking_flags: list[str]
@@ -89,6 +90,7 @@ def _compose(title: str, loaded: LoadedResults, plots_dir: Path) -> Report:
         verdict=verdict_lines(loaded.comparisons, runs, level),
         headline=plot_headline(runs, plots_dir, level),
         compact=Table("Summary", *compact_table(runs, loaded.comparisons)),
+        models=Table("Models and their training cost", MODEL_HEADER, model_rows(runs)),
         notes=_notes(meta, runs),
         detailed=detailed,
         masking_flags=flags,
@@ -123,7 +125,7 @@ def _notes(meta: dict, runs: list[dict]) -> list[str]:
         )
     if meta.get("vqa_protocol"):
         notes.append(f"VQA accuracy: the {meta['vqa_protocol']} protocol (`vqa_protocol`).")
-    if meta.get("bertscore_model"):
+    if meta.get("bertscore_model") and any("BERTScore" in r["clean"] for r in runs):
         notes.append(f"BERTScore model: {meta['bertscore_model']}.")
     items = meta.get("items")
     if isinstance(items, dict) and items.get("skipped"):
@@ -164,6 +166,8 @@ def _markdown(report: Report, out: Path) -> str:
     if report.headline:
         lines += [f"![headline]({_rel(report.headline, out)})", ""]
     lines += [f"## {report.compact.title}", "", *_md_table(report.compact)]
+    if report.models.rows:
+        lines += [f"### {report.models.title}", "", *_md_table(report.models)]
     lines += [f"> {n}" for n in report.notes] + [""]
     lines += ["## Detailed tables", ""]
     for table in report.detailed:
@@ -252,6 +256,8 @@ def _html(report: Report) -> str:
         )
     parts += ["</section>", "<section id='summary'><h2>Summary</h2>"]
     parts += _html_table(report.compact)
+    if report.models.rows:
+        parts += [f"<h3>{esc(report.models.title)}</h3>", *_html_table(report.models)]
     parts += [f"<p><i>{_inline(n)}</i></p>" for n in report.notes]
     parts += ["</section>", "<section id='detailed'><h2>Detailed tables</h2>"]
     for table in report.detailed:

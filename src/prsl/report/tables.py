@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from prsl.report.plots import headline_metric
 from prsl.report.seeds import seed_spread
-from prsl.results import model_label, run_eps_text
+from prsl.results import model_label, run_eps_text, seeded_label
 
 
 def _interval_text(bounds: list[float] | None) -> str:
@@ -93,6 +93,34 @@ def compact_table(runs: list[dict], comparisons: list[dict]) -> tuple[list[str],
     return header, rows
 
 
+MODEL_HEADER = ["model", "trained with", "optimizer steps", "device-seconds in all", "device"]
+
+
+def model_rows(runs: list[dict]) -> list[list[str]]:
+    """One row per model (and seed): how it was trained and what that cost, so models can be
+    compared at equal steps and at equal compute. Empty when no run carries the cost."""
+    seen: dict[tuple, dict] = {}
+    for run in runs:
+        seen.setdefault((model_label(run), run.get("seed")), run)
+    if not any("train_steps" in run for run in seen.values()):
+        return []
+    rows = []
+    for (label, seed), run in sorted(seen.items(), key=lambda item: (item[0][0], item[0][1] or 0)):
+        seconds = run.get("train_device_seconds")
+        adversarial = run.get("train_adversarial")
+        recipe = run["loss"] + (f" + {adversarial['attack']} AT" if adversarial else "")
+        rows.append(
+            [
+                label + (f" (seed {seed})" if seed is not None else ""),
+                recipe,
+                str(run.get("train_steps", "–")),
+                f"{seconds:.1f}" if seconds is not None else "–",
+                run.get("train_device", "–"),
+            ]
+        )
+    return rows
+
+
 OUTCOME_TEXT = {
     "less": "degrades less",
     "more": "degrades more",
@@ -102,9 +130,9 @@ OUTCOME_TEXT = {
 
 def table_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: ε, metric, then clean / adversarial / Δ per model; best marked **."""
-    models = sorted({model_label(r) for r in runs})
+    models = sorted({seeded_label(r) for r in runs})
     header = ["ε", "metric"] + [f"{m} {p}" for m in models for p in ("clean", "adv", "Δ")]
-    by = {(model_label(r), r["eps"]): r for r in runs}
+    by = {(seeded_label(r), r["eps"]): r for r in runs}
     rows = []
     for eps in sorted({r["eps"] for r in runs}):
         metrics = sorted({m for r in runs if r["eps"] == eps for m in r["clean"]})

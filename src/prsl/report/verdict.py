@@ -19,12 +19,12 @@ from prsl.results import OUTCOMES
 NO_BASELINE = (
     "No comparison in these results: only one model was evaluated with each set of items, or no "
     "model was trained with CE and no `baseline` was set (set `baseline: MODEL` in the "
-    "evaluation config). A sweep evaluates each cell on its own, so its cells are not compared "
-    "with each other; evaluate the models together to compare them."
+    "evaluation config; in a sweep, the sweep's `baseline:` cell)."
 )
 NO_INTERVALS = (
     "These results carry no intervals (written by an older prsl, or with "
-    "`bootstrap.resamples: 0`): rerun `prsl evaluate` on the same output_dir to add them."
+    "`bootstrap.resamples: 0`): rerun `prsl evaluate` on the same output_dir with "
+    "`bootstrap.resamples` above 0 (default 1000); the predictions are reused."
 )
 
 
@@ -60,6 +60,17 @@ def verdict_lines(comparisons: list[dict], runs: list[dict], level: float | None
     pairs: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for comparison in comparisons:
         pairs[(_pair(comparison), comparison["task"])].append(comparison)
+    cells = len(comparisons)
+    level_text = f"{level:.0%}" if level is not None else "the intervals'"
+    chance = (1 - level) * cells if level is not None else None
+    expected = f" (about {chance:.0f} of them)" if chance is not None and chance >= 1 else ""
+    caveat = (
+        f"Read the counts above knowing that {cells} cells were compared: when nothing differs, "
+        f"about {1 - level:.0%} of cells{expected} still show a difference at the {level_text} "
+        "level by chance alone, so a count near that is no evidence."
+        if level is not None
+        else f"{cells} cells compared; no level recorded for their intervals."
+    )
     lines = []
     for (pair, task), found in pairs.items():
         metric = headline_metric(task, runs)
@@ -77,4 +88,4 @@ def verdict_lines(comparisons: list[dict], runs: list[dict], level: float | None
             lines.append(
                 f"{pair}, {task}, {metric}, {attack}, reference {reference}: {_counts(cells)}."
             )
-    return lines
+    return [*lines, caveat]

@@ -171,9 +171,50 @@ class AdversarialConfig(Strict):
         return {"attack": self.attack, "fraction": self.fraction, **self.built.recorded()}
 
 
+class FareConfig(Strict):
+    """FARE (Schlarmann et al. 2024): unsupervised adversarial fine-tuning of the vision encoder.
+
+    The objective is ``||φ(x + δ) − φ₀(x)||²`` (summed over features, averaged over the
+    encoder's output tokens) with φ₀ the encoder as it was before fine-tuning, frozen, and δ the
+    L∞ PGD perturbation (``eps``, ``steps``, ``alpha``; random start) that maximises it against
+    the current encoder. Only the encoder trains; every other weight stays bit-identical, and
+    the saved model is the whole model, so every command evaluates it unchanged. The
+    configured ``loss`` is not used (the record says ``fare``). The paper uses ε = 2/255 or
+    4/255 and 10 steps.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    eps: float | str = 4 / 255
+    steps: int = Field(10, ge=1)
+    alpha: float | str | None = None
+    built: Attack
+
+    @model_validator(mode="before")
+    @classmethod
+    def _build(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "built" in data:
+            return data
+        params = {k: data[k] for k in ("eps", "steps", "alpha") if k in data}
+        unknown = sorted(set(data) - {"eps", "steps", "alpha"})
+        if unknown:
+            raise ValueError(f"fare takes eps, steps and alpha, not {', '.join(unknown)}")
+        try:
+            built = get_attack("pgd", norm="linf", **params)
+        except InvalidInput as err:
+            raise ValueError(str(err).replace("attack 'pgd'", "fare")) from None
+        return {**data, "built": built}
+
+    @model_serializer(mode="plain")
+    def _flat(self) -> dict[str, Any]:
+        attack = self.built.recorded()
+        return {"eps": attack["eps"], "steps": attack["steps"], "alpha": attack["alpha"]}
+
+
 class TrainConfig(Strict):
     """The fine-tuning loop: optimiser, schedule, batch, precision, checkpoints and logs;
-    ``adversarial`` turns it into adversarial fine-tuning (:class:`AdversarialConfig`)."""
+    ``adversarial`` turns it into adversarial fine-tuning (:class:`AdversarialConfig`), ``fare``
+    into FARE on the vision encoder (:class:`FareConfig`)."""
 
     output_dir: str = "runs/finetune"
     lr: float = Field(5e-5, gt=0)
@@ -194,6 +235,16 @@ class TrainConfig(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0)
     tensorboard: bool = False
     adversarial: AdversarialConfig | None = None
+    fare: FareConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_kind_of_adversarial_training(self) -> TrainConfig:
+        if self.adversarial is not None and self.fare is not None:
+            raise ValueError(
+                "adversarial (supervised, the whole model) and fare (unsupervised, the vision "
+                "encoder) are two trainings: give one"
+            )
+        return self
 
 
 RESUMABLE_CHANGES = ("train.save_every", "train.log_every", "train.tensorboard")

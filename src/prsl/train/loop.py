@@ -56,6 +56,7 @@ from prsl.provenance import (
     check_settings,
     differences,
     read_settings,
+    read_training_record,
     write_settings,
     write_training_record,
 )
@@ -70,6 +71,7 @@ from prsl.train.checkpoint import (
     set_rng_state,
 )
 from prsl.train.config import RESUMABLE_CHANGES, FinetuneConfig
+from prsl.train.fare import FARE, fare_loss, prepare_fare
 from prsl.train.log import (
     LOG_FILE,
     TENSORBOARD,
@@ -123,6 +125,8 @@ class Session:
     total_steps: int
     params: list[torch.nn.Parameter]
     skipped: dict[str, Skipped] = field(default_factory=dict)
+    reference: torch.nn.Module | None = None
+    """FARE's frozen original vision encoder; None when not training with FARE."""
 
 
 def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
@@ -239,6 +243,9 @@ def start_session(
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch(
         len(samples), cfg.train.batch_size, cfg.train.grad_accum
     )
+    # FARE trains the vision encoder only, towards a frozen copy of it taken here, before any
+    # checkpoint is restored: the original, also when resuming
+    reference = prepare_fare(adapter, accelerator.num_processes) if cfg.train.fare else None
     params = [p for p in adapter.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=True
@@ -264,6 +271,7 @@ def start_session(
         samples,
         total_steps,
         params,
+        reference=reference,
     )
 
 
@@ -410,6 +418,17 @@ def optimizer_step(
             seed = mixing_seed(session.cfg.train.seed, step, i, rank)
             with accelerator.autocast():
                 pixels, _ = adversarial_mix(adapter, pixels, texts, prompts, adversarial, seed)
+        if session.reference is not None:  # FARE: the encoder's objective, no text at all
+            seed = mixing_seed(session.cfg.train.seed, step, i, rank)
+            draws = torch.Generator(device=pixels.device).manual_seed(seed)
+            with accelerator.autocast():
+                distance = fare_loss(
+                    adapter, session.reference, pixels, session.cfg.train.fare, draws
+                )
+            accelerator.backward(distance / len(group))
+            parts += torch.tensor([distance.item(), 0.0, 0.0], dtype=torch.float64)
+            tokens += len(kept)  # images: FARE has no target tokens
+            continue
         sync = nullcontext() if i == len(group) - 1 else accelerator.no_sync(session.wrapped)
         with sync, accelerator.autocast():
             logits, labels = session.adapter.logits_and_labels(pixels, texts, prompts)
@@ -451,6 +470,16 @@ def save(session: Session, position: Position) -> None:
     accelerator.wait_for_everyone()
 
 
+def started_from_cost(name_or_path: str) -> float | None:
+    """Device-seconds of the prsl-trained model a run starts from (its own total), if any."""
+    folder = Path(name_or_path)
+    start = read_training_record(folder) if folder.is_dir() else None
+    if start is None or start.compute is None:
+        return None
+    total = start.compute.total_device_seconds
+    return start.compute.device_seconds if total is None else total
+
+
 def device_name(device: torch.device) -> str:
     """``cpu``, or the accelerator's model (``cuda: NVIDIA H200``): what a second means."""
     if device.type == "cuda":
@@ -464,15 +493,19 @@ def save_final_model(session: Session, position: Position, result: TrainResult) 
     session.adapter.set_forward_module(None)
     session.adapter.save(result.model_dir)
     accelerator = session.accelerator
+    fare = cfg.train.fare
+    own = position.seconds * accelerator.num_processes
+    base = started_from_cost(cfg.model.name_or_path)
     record = TrainingRecord(
-        loss=cfg.loss.name,
-        loss_params=cfg.loss.params.recorded(),
+        loss=FARE if fare else cfg.loss.name,
+        loss_params=fare.model_dump() if fare else cfg.loss.params.recorded(),
         steps=position.step,
         processes=accelerator.num_processes,
         compute=Compute(
             seconds=round(position.seconds, 3),
             device=device_name(accelerator.device),
-            device_seconds=round(position.seconds * accelerator.num_processes, 3),
+            device_seconds=round(own, 3),
+            total_device_seconds=round(own + base, 3) if base is not None else None,
         ),
         adversarial=cfg.train.adversarial.model_dump() if cfg.train.adversarial else None,
         config=cfg.model_dump(),
