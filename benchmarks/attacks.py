@@ -28,6 +28,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -40,7 +41,7 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from prsl.attacks import AttackResult, paper_attack, untargeted_loss
+from prsl.attacks import AttackResult, attack_mode, paper_attack, untargeted_loss
 from prsl.data.images import to_pixels
 from prsl.data.shapes import make_shapes_captions
 from prsl.models import VisionEncoderDecoderAdapter, build_tiny_captioner
@@ -111,6 +112,7 @@ def attack_chunk(
     every_step: bool,
     jpeg_quality: int | None,
     max_new_tokens: int,
+    mode_per_call: bool = False,
 ) -> tuple[list[str], list[str]]:
     """BIM-10 on one chunk of images; returns (clean captions, final captions).
 
@@ -119,7 +121,10 @@ def attack_chunk(
     """
     clean = adapter.generate(images, max_new_tokens=max_new_tokens)
     attack = paper_attack("vit-gpt2", record_every_step=every_step, jpeg_quality=jpeg_quality)
-    result = attack(images, untargeted_loss(adapter, clean))
+    # the model's attack state entered once for the attack (as prsl's crafting does), or, with
+    # ``mode_per_call``, on every loss call (prsl before it entered it once)
+    with nullcontext() if mode_per_call else attack_mode(adapter):
+        result = attack(images, untargeted_loss(adapter, clean))
     if isinstance(result, AttackResult):
         final = [adapter.generate(step, max_new_tokens=max_new_tokens) for step in result.steps]
         return clean, final[-1]
@@ -132,13 +137,14 @@ Protocol = Callable[[torch.Tensor], tuple[list[str], list[str]]]
 def protocols(adapter, batch: int, jpeg_quality: int | None, max_new_tokens: int) -> dict:
     """name -> (chunk size, function of a chunk of images)."""
 
-    def make(every_step: bool, quality: int | None) -> Protocol:
+    def make(every_step: bool, quality: int | None, mode_per_call: bool = False) -> Protocol:
         return lambda images: attack_chunk(
             adapter,
             images,
             every_step=every_step,
             jpeg_quality=quality,
             max_new_tokens=max_new_tokens,
+            mode_per_call=mode_per_call,
         )
 
     table = {"per-image": (1, make(True, None))}
@@ -146,6 +152,10 @@ def protocols(adapter, batch: int, jpeg_quality: int | None, max_new_tokens: int
         table[f"per-image + JPEG q{jpeg_quality}"] = (1, make(True, jpeg_quality))
     table[f"batched ({batch}), generate every step"] = (batch, make(True, None))
     table[f"batched ({batch})"] = (batch, make(False, None))
+    table[f"batched ({batch}), attack state set on every loss call"] = (
+        batch,
+        make(False, None, mode_per_call=True),
+    )
     return table
 
 

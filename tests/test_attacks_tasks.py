@@ -213,3 +213,21 @@ def test_transfer_exposes_a_model_whose_gradients_are_masked():
     with torch.no_grad():
         clean_loss = target.loss(pixels, TEXTS)
         assert target.loss(transferred, TEXTS).mean() > clean_loss.mean() + 1.0
+
+
+def test_attack_mode_is_entered_once_for_a_whole_attack():
+    """Nested entries cost nothing and restore nothing early; the outer one restores all."""
+    from prsl.attacks import attack_mode
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.1))
+    model.train()
+    model[0].weight.requires_grad_(False)
+    with attack_mode(model):
+        assert not model.training and not any(p.requires_grad for p in model.parameters())
+        with attack_mode(model):
+            pass
+        assert not model.training  # the inner exit left the attack state in place
+        assert not any(p.requires_grad for p in model.parameters())
+    assert model.training and model[1].training
+    assert [p.requires_grad for p in model.parameters()] == [False, True]
+    assert not hasattr(model, "_prsl_in_attack_mode")

@@ -50,6 +50,10 @@ def pad_batch(
     return ids, mask
 
 
+TOKEN_CACHE_BATCHES = 8
+"""Batches of texts whose token ids an adapter keeps (the texts of the batches being attacked)."""
+
+
 @dataclass(frozen=True)
 class LabelPadding:
     """How teacher-forcing batches pad their labels (training only).
@@ -199,7 +203,16 @@ class HFAdapter(VLMAdapter):
         return ids[0], frozenset(ids)
 
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
-        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        """Token ids of each text. The last few batches are remembered: an attack asks for the
+        same texts at every step, and tokenising them again each time is pure waste."""
+        key = (id(self.tokenizer), tuple(texts))
+        cache = self.__dict__.setdefault("_token_cache", {})
+        if key not in cache:
+            if len(cache) >= TOKEN_CACHE_BATCHES:
+                cache.pop(next(iter(cache)))
+            encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            cache[key] = [tuple(ids) for ids in encoded]
+        return [list(ids) for ids in cache[key]]
 
     def _prompt_ids(self, prompts: list[str] | None, batch: int) -> list[list[int]]:
         if prompts is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from prsl.attacks import AttackResult, untargeted_loss
+from prsl.attacks import AttackResult, attack_mode, untargeted_loss
 from prsl.models import HFAdapter
 from prsl.train.config import AdversarialConfig
 
@@ -48,11 +48,12 @@ def adversarial_mix(
     wrapper = adapter.forward_module
     adapter.set_forward_module(None)  # the plain model: no DDP hooks for the attack's passes
     try:
-        crafted = cfg.built(
-            pixels[chosen.to(pixels.device)].detach(),
-            untargeted_loss(adapter, subset, asked),
-            generator=draws,
-        )
+        with attack_mode(adapter):  # once for the whole attack
+            crafted = cfg.built(
+                pixels[chosen.to(pixels.device)].detach(),
+                untargeted_loss(adapter, subset, asked),
+                generator=draws,
+            )
     finally:
         adapter.set_forward_module(wrapper)
     if isinstance(crafted, AttackResult):
