@@ -30,13 +30,8 @@ class SupportsLoss(Protocol):
     ) -> torch.Tensor: ...
 
     def tokens_match(
-        self,
-        pixels: torch.Tensor,
-        texts: list[str],
-        prompts: list[str] | None = None,
-        *,
-        with_end: bool = True,
-    ) -> torch.Tensor: ...
+        self, pixels: torch.Tensor, texts: list[str], prompts: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def _module_of(adapter: object) -> nn.Module | None:
@@ -121,9 +116,10 @@ def targeted_loss(
     return _text_loss(adapter, target_texts, prompts, -1.0)
 
 
-def _matches(adapter: SupportsLoss, images, texts, prompts, with_end: bool = True) -> torch.Tensor:
+def _matches(adapter: SupportsLoss, images, texts, prompts) -> tuple[torch.Tensor, torch.Tensor]:
     with attack_mode(adapter), torch.no_grad():
-        return adapter.tokens_match(images, texts, prompts, with_end=with_end).bool()
+        whole, begun = adapter.tokens_match(images, texts, prompts)
+        return whole.bool(), begun.bool()
 
 
 def untargeted_success(
@@ -139,14 +135,12 @@ def untargeted_success(
     reproduces ``texts`` neither way (the ground truth, usually) never counts as a success:
     its attack keeps its highest-loss iterate."""
     texts, prompts = list(texts), None if prompts is None else list(prompts)
-    whole = _matches(adapter, clean_images, texts, prompts)
-    begun = _matches(adapter, clean_images, texts, prompts, with_end=False) & ~whole
+    whole, begun = _matches(adapter, clean_images, texts, prompts)
+    cut = begun & ~whole  # judged without the end token
 
     def success(images: torch.Tensor) -> torch.Tensor:
-        lost = whole & ~_matches(adapter, images, texts, prompts)
-        if begun.any():
-            lost = lost | (begun & ~_matches(adapter, images, texts, prompts, with_end=False))
-        return lost
+        now_whole, now_begun = _matches(adapter, images, texts, prompts)
+        return (whole & ~now_whole) | (cut & ~now_begun)
 
     return success
 
@@ -156,7 +150,7 @@ def targeted_success(
 ) -> SuccessFn:
     """Success of a targeted attack: the model's most likely tokens spell the target."""
     texts, prompts = list(target_texts), None if prompts is None else list(prompts)
-    return lambda images: _matches(adapter, images, texts, prompts)
+    return lambda images: _matches(adapter, images, texts, prompts)[0]
 
 
 def craft_on_surrogate(

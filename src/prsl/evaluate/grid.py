@@ -17,9 +17,13 @@ class Cell:
     name: str
     eps: float
     attack: Attack
-    transfer: bool = False
     white_box: str | None = None
     """For a transferred cell, the name of the same attack crafted on the evaluated model."""
+
+    @property
+    def transfer(self) -> bool:
+        """Crafted on the surrogate (and scored on the evaluated model)."""
+        return self.white_box is not None
 
     @property
     def key(self) -> str:
@@ -46,11 +50,7 @@ def grid_cells(specs: list[AttackSpec], surrogate: ModelRef | None) -> list[Cell
     if surrogate is not None:
         cells += [
             Cell(
-                f"{spec.result_name}{TRANSFER_MARK}{surrogate.name}",
-                eps,
-                attack,
-                True,
-                spec.result_name,
+                f"{spec.result_name}{TRANSFER_MARK}{surrogate.name}", eps, attack, spec.result_name
             )
             for spec, eps, attack in pairs
             if spec.transfer and attack.uses_gradients

@@ -80,26 +80,23 @@ class VLMAdapter(ABC):
         return token_ce.sum(dim=1) / counted
 
     def tokens_match(
-        self,
-        pixels: torch.Tensor,
-        texts: list[str],
-        prompts: list[str] | None = None,
-        *,
-        with_end: bool = True,
-    ) -> torch.Tensor:
+        self, pixels: torch.Tensor, texts: list[str], prompts: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Whether the most likely token at every counted position is the text's own, given the
-        text before it (B,) bool, without a graph. For a model's own greedy output this is True
-        exactly while greedy decoding would still produce it, so "False" is "the output changed"
-        at the cost of one forward pass, no generation. ``with_end=False`` leaves the end token
-        out: for an output that generation cut at ``max_new_tokens`` (it never ended), True
-        while decoding would still begin with it."""
+        text before it, without a graph: ``(whole, begun)``, both (B,) bool, from one forward.
+
+        ``whole`` counts the end token: for a model's own greedy output it is True exactly while
+        greedy decoding would still produce it, so False is "the output changed", at the cost of
+        one forward pass and no generation. ``begun`` leaves the end token out: for an output
+        that generation cut at ``max_new_tokens`` (it never ended), True while decoding would
+        still begin with it."""
         with torch.no_grad():
             logits, labels = self.logits_and_labels(pixels, texts, prompts)
             counted = labels != IGNORE_INDEX
-            if not with_end:  # the last counted position of each row is the end token
-                seen = counted.long().cumsum(dim=1)
-                counted = counted & (seen < counted.sum(dim=1, keepdim=True))
-            return ((logits.argmax(dim=-1) == labels) | ~counted).all(dim=1)
+            hit = logits.argmax(dim=-1) == labels
+            # the last counted position of each row is the end token
+            before_end = counted & (counted.long().cumsum(dim=1) < counted.sum(dim=1, keepdim=True))
+            return (hit | ~counted).all(dim=1), (hit | ~before_end).all(dim=1)
 
     @abstractmethod
     def generate(

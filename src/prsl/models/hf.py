@@ -139,6 +139,7 @@ class HFAdapter(VLMAdapter):
         self.image_mean = torch.tensor(mean, dtype=torch.float32)
         self.image_std = torch.tensor(std, dtype=torch.float32)
         self.vqa_template = self.default_vqa_template if vqa_template is None else vqa_template
+        self._token_cache: dict[tuple, list[tuple[int, ...]]] = {}
         self.label_padding = LabelPadding()
         """How training batches pad labels; set by ``prsl finetune`` from ``data.pad_labels``."""
         if "{question}" not in self.vqa_template:
@@ -206,7 +207,7 @@ class HFAdapter(VLMAdapter):
         """Token ids of each text. The last few batches are remembered: an attack asks for the
         same texts at every step, and tokenising them again each time is pure waste."""
         key = (id(self.tokenizer), tuple(texts))
-        cache = self.__dict__.setdefault("_token_cache", {})
+        cache = self._token_cache
         if key not in cache:
             if len(cache) >= TOKEN_CACHE_BATCHES:
                 cache.pop(next(iter(cache)))

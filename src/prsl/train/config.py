@@ -123,6 +123,18 @@ class LossConfig(Strict):
         return params.given()
 
 
+def _validated_attack(name: str, params: dict[str, Any], shown_as: str | None = None) -> Attack:
+    """The registered attack, its parameter errors as a config's (``shown_as`` names it in
+    them when the config is not called after the attack)."""
+    try:
+        return get_attack(name, **params)
+    except InvalidInput as err:
+        message = str(err)
+        raise ValueError(
+            message.replace(f"attack {name!r}", shown_as) if shown_as else message
+        ) from None
+
+
 class AdversarialConfig(Strict):
     """Adversarial fine-tuning (Madry-style): examples crafted on the fly against the model as it
     is at that step, untargeted on their ground-truth text, by any registered attack.
@@ -150,10 +162,7 @@ class AdversarialConfig(Strict):
         if not isinstance(name, str):
             raise ValueError(f"attack must be an attack name, got {name!r}")
         params = {k: v for k, v in data.items() if k not in ("attack", "fraction")}
-        try:
-            built = get_attack(name, **params)
-        except InvalidInput as err:
-            raise ValueError(str(err)) from None
+        built = _validated_attack(name, params)
         if getattr(built, "record_every_step", False):
             raise ValueError(
                 "record_every_step is for evaluations: training keeps the final images"
@@ -199,10 +208,7 @@ class FareConfig(Strict):
         unknown = sorted(set(data) - {"eps", "steps", "alpha"})
         if unknown:
             raise ValueError(f"fare takes eps, steps and alpha, not {', '.join(unknown)}")
-        try:
-            built = get_attack("pgd", norm="linf", **params)
-        except InvalidInput as err:
-            raise ValueError(str(err).replace("attack 'pgd'", "fare")) from None
+        built = _validated_attack("pgd", params | {"norm": "linf"}, shown_as="fare")
         return {**data, "built": built}
 
     @model_serializer(mode="plain")
