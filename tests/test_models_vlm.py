@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import vlm_builders
@@ -207,6 +208,56 @@ def test_finetune_and_evaluate_run_from_the_command_line(saved, tmp_path):
         ("paligemma", "pretrained", "vqa"),
     }
     assert {r["steps"] for r in results["runs"]} == {3}
+
+
+# ------------------------------------------------------------------------------- FARE
+
+SEPARABLE = ("llava", "paligemma", "smolvlm")
+
+
+@pytest.mark.parametrize("family", SEPARABLE)
+def test_fare_pulls_on_exactly_what_the_projector_reads(saved, family):
+    """The features FARE trains are the model's own image features before its projector."""
+    adapter = load_adapter(saved[family])
+    adapter.model.eval()
+    pixels = adapter.prepare_images([vlm_builders.photo(), vlm_builders.photo(seed=2)])
+    features = adapter.image_features(pixels)
+    projector = adapter.model.get_submodule(f"model.{adapter.pipeline.projector}")
+    own = adapter.model.get_image_features(**adapter._image_inputs(pixels)).pooler_output
+    own = torch.stack(list(own)) if isinstance(own, list | tuple) else own
+    assert torch.equal(projector(features).reshape(own.shape), own)
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma"])
+def test_fare_trains_the_vision_tower_alone_and_the_model_evaluates_unchanged(
+    saved, tmp_path, family
+):
+    start = load_file(str(saved[family] / "model.safetensors"))
+    cfg = load_config(
+        FinetuneConfig,
+        None,
+        [
+            f"model.name_or_path={saved[family]}",
+            "data.options={n: 8, seed: 0}",
+            "train.fare={eps: 0.0314, steps: 2}",
+            *("train.max_steps=6", "train.batch_size=4", "train.lr=1e-3"),
+            f"train.output_dir={tmp_path}",
+        ],
+    )
+    result = finetune(cfg, progress=False)
+    after = load_file(str(Path(result.model_dir) / "model.safetensors"))
+    assert after.keys() == start.keys()  # no LoRA, no other layout: the model as loaded
+    tower = [k for k in after if ".vision_tower." in f".{k}"]
+    assert tower and any(not torch.equal(start[k], after[k]) for k in tower)
+    assert all(torch.equal(start[k], after[k]) for k in after if k not in tower)
+    robust = load_adapter(result.model_dir)
+    assert robust.generate(robust.prepare_images([vlm_builders.photo()]), max_new_tokens=3)
+
+
+def test_fare_on_a_tower_holding_its_projector_is_refused_naming_the_supported(saved, tmp_path):
+    adapter = load_adapter(saved["qwen2_vl"])
+    with pytest.raises(InvalidInput, match="inside its vision tower.*llava, paligemma"):
+        adapter.vision_encoder()
 
 
 # ------------------------------------------------------------------------------- bad input

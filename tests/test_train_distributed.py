@@ -65,6 +65,16 @@ def launch_two_processes(config: Path, out: Path, workdir: Path) -> None:
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
 
 
+def train_in_this_process(config: Path, overrides: list[str]) -> None:
+    """The one-process run, on one thread like each launched process (same reduction order)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        finetune(load_config(FinetuneConfig, config, overrides), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def weights(run: Path, name: str) -> dict[str, torch.Tensor]:
     return load_file(str(run / name / "model.safetensors"))
 
@@ -94,12 +104,7 @@ def test_two_processes_reach_the_weights_of_one(tmp_path, loss):
     launch_two_processes(config, two, tmp_path)
     assert json.loads((two / "final" / TRAIN_INFO).read_text())["processes"] == 2
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        finetune(load_config(FinetuneConfig, config, [f"train.output_dir={one}"]), progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    train_in_this_process(config, [f"train.output_dir={one}"])
 
     start = weights(one, "base")
     assert weights(two, "base").keys() == start.keys()
@@ -152,3 +157,30 @@ def test_a_process_with_nothing_to_read_keeps_step_with_the_others(tmp_path):
     assert record["processes"] == 2 and record["steps"] == 3
     assert [s["key"] for s in record["skipped"]] == ["c.png"]
     assert all(loss == loss and ce == ce for loss, ce in losses(tmp_path / "two"))  # no NaN
+
+
+def test_fare_in_two_processes_reaches_the_weights_of_one(tmp_path):
+    """FARE calls the encoder outside the DDP wrapper: its gradients must still be summed over
+    the processes (else each process follows its own images and the saved encoder is rank 0's
+    alone). Two processes with micro-batches of 2 see what one sees with 1 and grad_accum 2, and
+    their random starts follow the images, so the weights must agree."""
+    tree = config_tree("ce")
+    tree["train"] |= {"fare": {"eps": 8 / 255, "steps": 2}, "batch_size": 2, "grad_accum": 1}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    two, one = tmp_path / "two", tmp_path / "one"
+    launch_two_processes(config, two, tmp_path)
+    assert json.loads((two / "final" / TRAIN_INFO).read_text())["processes"] == 2
+    train_in_this_process(
+        config, [f"train.output_dir={one}", "train.batch_size=1", "train.grad_accum=2"]
+    )
+    start, single, double = weights(one, "base"), weights(one, "final"), weights(two, "final")
+    encoder = [k for k in single if k.startswith("encoder.")]
+    assert max((single[k] - start[k]).abs().max().item() for k in encoder) > 1e-3
+    for name, tensor in single.items():
+        if name in encoder:
+            torch.testing.assert_close(double[name], tensor, rtol=1e-4, atol=2e-5, msg=name)
+        else:  # FARE never touches the decoder, in any layout
+            assert torch.equal(double[name], start[name]) and torch.equal(tensor, start[name])
+    for (loss_two, _), (loss_one, _) in zip(losses(two), losses(one), strict=True):
+        assert loss_two == pytest.approx(loss_one, rel=1e-4)

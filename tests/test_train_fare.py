@@ -20,7 +20,7 @@ from prsl.config import DataConfig
 from prsl.core.errors import InvalidInput
 from prsl.data import read_dataset
 from prsl.data.images import to_pixels
-from prsl.models import load_adapter
+from prsl.models import build_tiny_captioner, load_adapter
 from prsl.train import (
     FinetuneConfig,
     LossConfig,
@@ -121,3 +121,13 @@ def test_the_record_names_fare_with_its_settings(trained):
 def test_bad_fare_settings_are_refused_when_loaded(train, message):
     with pytest.raises((ValueError, InvalidInput), match=message):
         TrainConfig(**train)
+
+
+def test_fare_under_sharded_training_is_refused_naming_the_launch_that_works():
+    from accelerate.utils import DistributedType
+
+    from prsl.train.fare import prepare_fare
+
+    adapter = build_tiny_captioner(["a red circle"], hidden=16, layers=1)
+    with pytest.raises(InvalidInput, match="data-parallel .*--multi_gpu.*not under FSDP"):
+        prepare_fare(adapter, DistributedType.FSDP)

@@ -166,7 +166,8 @@ class HFAdapter(VLMAdapter):
         """The separable vision encoder (what FARE fine-tunes); families without one refuse."""
         raise InvalidInput(
             f"FARE fine-tunes a separable vision encoder; prsl does not expose one for the "
-            f"{self.family} family yet (supported: vision-encoder-decoder, blip2)"
+            f"{self.family} family yet (supported: vision-encoder-decoder, blip2, "
+            "image-text-to-text)"
         )
 
     def image_features(

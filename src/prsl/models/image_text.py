@@ -22,7 +22,12 @@ from transformers import AutoModelForImageTextToText
 from prsl.core.errors import InvalidInput
 from prsl.models.hf import HFAdapter, pad_batch, teacher_forcing_batch
 from prsl.models.lora import inject_lora
-from prsl.models.pixels import LANGUAGE_MODEL, PixelPipeline, pipeline_for
+from prsl.models.pixels import (
+    LANGUAGE_MODEL,
+    PixelPipeline,
+    pipeline_for,
+    supported_model_types,
+)
 from prsl.models.processors import image_only_processors, load_processor
 
 FINETUNE_MODES = ("lora", "lora+projector", "full")
@@ -75,6 +80,31 @@ class ImageTextAdapter(HFAdapter):
     def max_positions(self) -> int | None:
         text = getattr(self.model.config, "text_config", self.model.config)
         return getattr(text, "max_position_embeddings", None)
+
+    def vision_encoder(self) -> torch.nn.Module:
+        """The vision tower (CLIP, SigLIP), without the projector."""
+        name = self.pipeline.vision_tower
+        if not self.pipeline.separable_vision:
+            separable = [t for t in supported_model_types() if pipeline_for(t).separable_vision]
+            raise InvalidInput(
+                f"FARE fine-tunes a vision encoder apart from its projector, and "
+                f"{self.model.config.model_type}'s projector sits inside its vision tower; "
+                f"chat VLMs FARE supports: {', '.join(separable)}"
+            )
+        found = [
+            module
+            for path, module in self.model.named_modules()
+            if path == name or path.endswith("." + name)
+        ]
+        if not found:
+            raise InvalidInput(f"this {self.model.config.model_type!r} model has no {name!r}")
+        return found[0]
+
+    def image_features(
+        self, pixels: torch.Tensor, encoder: torch.nn.Module | None = None
+    ) -> torch.Tensor:
+        module = self.vision_encoder() if encoder is None else encoder
+        return self.pipeline.vision_features(module, self._image_inputs(pixels))
 
     # ----------------------------------------------------------------- prompts
     def render(self, prompt: str) -> str:

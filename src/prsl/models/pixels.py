@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from prsl.core.errors import InvalidInput
 
@@ -88,6 +89,8 @@ class PixelPipeline:
     answer_space: ClassVar[bool] = True
     projector: ClassVar[str] = "multi_modal_projector"
     vision_tower: ClassVar[str] = "vision_tower"
+    separable_vision: ClassVar[bool] = True
+    """Whether the vision tower stops where the projector starts (what FARE fine-tunes)."""
     processor_options: ClassVar[dict[str, Any]] = {}
     """Keyword arguments every processor call gets (Idefics3: no image splitting)."""
 
@@ -164,6 +167,11 @@ class PixelPipeline:
         """Extra text-side inputs of a generation batch."""
         return {}
 
+    def vision_features(self, tower: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the projector reads from the vision tower (B, N, D) for these ``model_inputs``
+        (FARE pulls these together); by default the tower's last hidden state (SigLIP)."""
+        return tower(pixel_values=inputs["pixel_values"]).last_hidden_state
+
 
 @register("llava")
 class Llava(PixelPipeline):
@@ -171,6 +179,16 @@ class Llava(PixelPipeline):
 
     def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"pixel_values": self.normalised(pixels)}
+
+    def vision_features(self, tower: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The CLIP layer(s) the projector reads (``vision_feature_layer``, the penultimate in
+        LLaVA-1.5), without the CLS token under the ``default`` select strategy."""
+        hidden = tower(pixel_values=inputs["pixel_values"], output_hidden_states=True).hidden_states
+        layers = self.config.vision_feature_layer
+        chosen = [hidden[i] for i in ([layers] if isinstance(layers, int) else layers)]
+        if self.config.vision_feature_select_strategy == "default":
+            chosen = [h[:, 1:] for h in chosen]
+        return torch.cat(chosen, dim=-1)
 
 
 @register("paligemma")
@@ -239,6 +257,7 @@ class QwenVL(PixelPipeline):
     answer_space = False  # the assistant turn starts on a new line
     projector = "visual.merger"
     vision_tower = "visual"
+    separable_vision = False  # the merger (projector) sits inside the vision tower
 
     def input_size(self, requested: tuple[int, int] | None) -> tuple[int, int]:
         processor = self.image_processor
@@ -334,3 +353,7 @@ class Idefics3(PixelPipeline):
         batch, _, height, width = pixels.shape
         mask = torch.ones(batch, 1, height, width, dtype=torch.long, device=pixels.device)
         return {"pixel_values": values, "pixel_attention_mask": mask}
+
+    def vision_features(self, tower: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        # one unpadded image per sample: every patch is real, the tower's default mask
+        return tower(pixel_values=inputs["pixel_values"][:, 0]).last_hidden_state

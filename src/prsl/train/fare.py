@@ -5,6 +5,12 @@ one: minimise ``||φ(x + δ) − φ₀(x)||²`` over the encoder φ, with φ₀ 
 as fine-tuning found it and δ the L∞ PGD perturbation that maximises the same distance against
 the current φ. No text, no labels: the rest of the model (language model, projector, Q-Former)
 never changes, so the fine-tuned encoder plugs back into it as it is.
+
+Under ``accelerate launch`` (DDP: several GPUs, or CPU processes) each process attacks its share
+of a step's images. The encoder is called directly, never through the DDP wrapper of the whole
+model, so DDP's gradient hooks stay idle and :func:`sum_gradients` all-reduces the encoder's
+gradients instead, each process's share already divided by the step's images on every process.
+The random starts follow the images (:func:`fare_seed`), not the process layout.
 """
 
 from __future__ import annotations
@@ -12,23 +18,29 @@ from __future__ import annotations
 import copy
 
 import torch
+from accelerate.utils import DistributedType
 from torch import nn
 
 from prsl.attacks import attack_mode
 from prsl.core.errors import InvalidInput
 from prsl.models import HFAdapter
+from prsl.train.adversarial import mixing_seed
 from prsl.train.config import FareConfig
 
 FARE = "fare"
 """The loss a FARE-trained model's record names (its ``loss_params``: ε, steps, α)."""
 
 
-def prepare_fare(adapter: HFAdapter, processes: int) -> nn.Module:
+DATA_PARALLEL = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+"""The launches FARE runs under: one process, or DDP over CPU processes or GPUs."""
+
+
+def prepare_fare(adapter: HFAdapter, distributed: DistributedType) -> nn.Module:
     """Train only the vision encoder; returns the frozen original it is pulled towards."""
-    if processes > 1:
+    if distributed not in DATA_PARALLEL:
         raise InvalidInput(
-            "train.fare runs in one process in this version: launch it without accelerate "
-            "launch (or with --num_processes 1)"
+            f"train.fare runs in one process or data-parallel (accelerate launch --multi_gpu), "
+            f"not under {distributed.value}: its encoder is small enough to hold on every device"
         )
     encoder = adapter.vision_encoder()
     reference = copy.deepcopy(encoder).eval()
@@ -46,14 +58,21 @@ def embedding_distance(features: torch.Tensor, target: torch.Tensor) -> torch.Te
     return (features.float() - target.float()).pow(2).sum(dim=-1).flatten(1).mean(dim=1)
 
 
-def fare_loss(
+def fare_seed(seed: int, step: int, first_item: int) -> int:
+    """The seed of a micro-batch share's random starts, from the run's seed, the step and the
+    index of the first sample it attacks: two processes with micro-batches of 2 draw what one
+    process draws with micro-batches of 1 and ``grad_accum`` 2."""
+    return mixing_seed(seed, step, first_item, 0)
+
+
+def fare_distances(
     adapter: HFAdapter,
     reference: nn.Module,
     pixels: torch.Tensor,
     cfg: FareConfig,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """The batch's FARE objective at its worst-case δ (a scalar with a graph to the encoder)."""
+    """Each image's FARE objective at its worst-case δ, (B,) with a graph to the encoder."""
     with torch.no_grad():
         target = adapter.image_features(pixels, encoder=reference)
 
@@ -62,4 +81,16 @@ def fare_loss(
 
     with attack_mode(adapter):  # eval mode and frozen weights while δ is searched
         attacked = cfg.built(pixels.detach(), distance, generator=generator)
-    return distance(attacked.detach()).mean()
+    return distance(attacked.detach())
+
+
+def sum_gradients(params: list[nn.Parameter]) -> None:
+    """Sum the gradients over the processes, in one all-reduce per dtype (see the module
+    docstring). Every process has the same parameters with a gradient: one graph, one encoder."""
+    with_grad = [p for p in params if p.grad is not None]
+    for dtype in {p.grad.dtype for p in with_grad}:
+        grads = [p.grad for p in with_grad if p.grad.dtype == dtype]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        for grad, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+            grad.copy_(part.view_as(grad))

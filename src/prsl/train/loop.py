@@ -71,7 +71,7 @@ from prsl.train.checkpoint import (
     set_rng_state,
 )
 from prsl.train.config import RESUMABLE_CHANGES, FinetuneConfig
-from prsl.train.fare import FARE, fare_loss, prepare_fare
+from prsl.train.fare import FARE, fare_distances, fare_seed, prepare_fare, sum_gradients
 from prsl.train.log import (
     LOG_FILE,
     TENSORBOARD,
@@ -233,7 +233,12 @@ def start_session(
 ) -> Session:
     """The model (prepared by accelerate), its samples, the optimiser and the LR schedule."""
     adapter = build_adapter(
-        cfg.model, split, base_dir=out / BASE, accelerator=accelerator, seed=cfg.train.seed
+        cfg.model,
+        split,
+        base_dir=out / BASE,
+        accelerator=accelerator,
+        seed=cfg.train.seed,
+        choose_trainable=cfg.train.fare is None,
     )
     samples = training_samples(split, adapter.vqa_prompt)
     if cfg.data.pad_labels == "eos":  # the authors' recipe: padded positions count
@@ -245,7 +250,7 @@ def start_session(
     )
     # FARE trains the vision encoder only, towards a frozen copy of it taken here, before any
     # checkpoint is restored: the original, also when resuming
-    reference = prepare_fare(adapter, accelerator.num_processes) if cfg.train.fare else None
+    reference = prepare_fare(adapter, accelerator.distributed_type) if cfg.train.fare else None
     params = [p for p in adapter.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=True
@@ -419,15 +424,19 @@ def optimizer_step(
             with accelerator.autocast():
                 pixels, _ = adversarial_mix(adapter, pixels, texts, prompts, adversarial, seed)
         if session.reference is not None:  # FARE: the encoder's objective, no text at all
-            seed = mixing_seed(session.cfg.train.seed, step, i, rank)
+            first = mine[0] if mine else indices[0]
+            seed = fare_seed(session.cfg.train.seed, step, first)
             draws = torch.Generator(device=pixels.device).manual_seed(seed)
             with accelerator.autocast():
-                distance = fare_loss(
+                distances = fare_distances(
                     adapter, session.reference, pixels, session.cfg.train.fare, draws
                 )
-            accelerator.backward(distance / len(group))
-            parts += torch.tensor([distance.item(), 0.0, 0.0], dtype=torch.float64)
-            tokens += len(kept)  # images: FARE has no target tokens
+            local = torch.tensor(len(kept) * counts, device=accelerator.device)
+            everywhere = accelerator.reduce(local.clone(), reduction="sum") if world > 1 else local
+            share = distances.sum() * counts / everywhere  # of the mean over every process
+            accelerator.backward(share / len(group))
+            parts += torch.tensor([share.item(), 0.0, 0.0], dtype=torch.float64)
+            tokens += int(everywhere)  # images: FARE has no target tokens
             continue
         sync = nullcontext() if i == len(group) - 1 else accelerator.no_sync(session.wrapped)
         with sync, accelerator.autocast():
@@ -442,6 +451,8 @@ def optimizer_step(
         tokens += int(everywhere)
     if world > 1:
         parts = accelerator.reduce(parts.to(accelerator.device), reduction="sum").cpu()
+        if session.reference is not None:
+            sum_gradients(session.params)
     if tokens == 0:  # every image of the step unreadable, on every process (tokens is global)
         session.optimizer.zero_grad(set_to_none=True)
         return None

@@ -58,6 +58,7 @@ def build_adapter(
     base_dir: str | Path | None = None,
     accelerator: Accelerator | None = None,
     seed: int = 0,
+    choose_trainable: bool = True,
 ) -> HFAdapter:
     """The adapter to fine-tune, on the accelerator's device, with the parameters that no loss
     reaches frozen (see :func:`freeze_encoder_pooler`).
@@ -74,13 +75,13 @@ def build_adapter(
             family=model_cfg.family,
             trust_remote_code=model_cfg.trust_remote_code,
         )
-        if isinstance(adapter, Blip2Adapter):
+        if isinstance(adapter, ImageTextAdapter) and model_cfg.caption_prompt is not None:
+            adapter.caption_prompt = model_cfg.caption_prompt
+        if choose_trainable and isinstance(adapter, Blip2Adapter):
             adapter.freeze_for_finetune(
                 model_cfg.blip2_trainable, lora_r=model_cfg.lora_r, lora_alpha=model_cfg.lora_alpha
             )
-        elif isinstance(adapter, ImageTextAdapter):
-            if model_cfg.caption_prompt is not None:
-                adapter.caption_prompt = model_cfg.caption_prompt
+        elif choose_trainable and isinstance(adapter, ImageTextAdapter):
             adapter.freeze_for_finetune(
                 model_cfg.vlm_trainable, lora_r=model_cfg.lora_r, lora_alpha=model_cfg.lora_alpha
             )
