@@ -22,6 +22,7 @@ import prsl.train.checkpoint
 import prsl.train.loop
 from prsl.cli import app
 from prsl.config import DataConfig, load_config
+from prsl.core.errors import InvalidInput
 from prsl.data import read_dataset
 from prsl.data.registry import READERS
 from prsl.evaluate import EvalConfig
@@ -213,6 +214,31 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatc
     again = finetune(resume_config(tmp_path), resume=True, progress=False)
     assert again.history == []
     assert_same_run(tmp_path, straight_run)
+
+
+def test_a_compute_budget_stops_the_run_once_spent_and_counts_the_start_model(tmp_path):
+    """train.max_device_seconds: equal compute for defenses of different cost per step."""
+    budget = 1.5
+    cfg = tiny_config(tmp_path / "a", max_steps=100_000, max_device_seconds=budget)
+    first = finetune(cfg, progress=False)
+    record = json.loads((tmp_path / "a" / "final" / "prsl_train.json").read_text())
+    spent, steps = record["compute"]["device_seconds"], record["steps"]
+    assert 1 < steps < 100_000 and steps == len(first.history)
+    assert budget <= spent < budget + 10 * spent / steps  # stopped at the first step past it
+
+    def started_from_it(out: Path, seconds: float) -> FinetuneConfig:
+        tree = cfg.model_dump()
+        tree["model"] = {"name_or_path": str(tmp_path / "a" / "final")}
+        tree["train"] |= {"output_dir": str(out), "max_device_seconds": seconds}
+        return FinetuneConfig(**tree)
+
+    # Starting from that model, the budget counts what it cost: a second run gets the rest.
+    finetune(started_from_it(tmp_path / "b", 2 * spent), progress=False)
+    second = json.loads((tmp_path / "b" / "final" / "prsl_train.json").read_text())["compute"]
+    assert 2 * spent <= second["total_device_seconds"] and second["device_seconds"] < 2 * spent
+    with pytest.raises(InvalidInput, match="spent before the first step.*raise the budget"):
+        finetune(started_from_it(tmp_path / "c", spent / 2), progress=False)
+    assert not (tmp_path / "c").exists()  # refused before anything was written
 
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_usable(

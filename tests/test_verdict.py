@@ -96,6 +96,22 @@ def test_a_real_difference_is_counted_with_its_direction() -> None:
     assert "95% paired bootstrap" in lines[0]
 
 
+def test_the_verdict_states_each_sides_training_cost() -> None:
+    """A defense that degrades less at twice the compute is read at that price."""
+    runs, (comparison,) = _compared(np.zeros(30), np.ones(30), n=30)
+    fields = [r.fields for r in runs]
+    assert not any("training cost" in line for line in verdict_lines([comparison], fields, 0.95))
+    costs = {"tiny-ce": (10.0, 400), "tiny-prsl": (25.0, 400)}
+    for run in fields:
+        seconds, steps = costs[run["model"]]
+        run |= {"train_device_seconds": seconds, "train_steps": steps}
+    lines = verdict_lines([comparison], fields, 0.95)
+    assert lines[-2] == (
+        "tiny-prsl (prsl) vs tiny-ce (ce), training cost: 25.0 vs 10.0 device-seconds "
+        "(2.50x the baseline's compute), 400 vs 400 optimizer steps (1.00x)."
+    )
+
+
 def test_intervals_hold_the_point_estimate_and_are_written_per_part() -> None:
     rng = np.random.default_rng(1)
     runs, _ = _compared((rng.uniform(size=40) < 0.5).astype(float), np.ones(40) * 0.5)

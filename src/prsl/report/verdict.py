@@ -35,6 +35,34 @@ def _pair(comparison: dict) -> str:
     )
 
 
+def _training_cost(model: str, runs: list[dict]) -> tuple[float, float] | None:
+    """(device-seconds, optimizer steps) of a model's training, the mean over its seeds."""
+    costs = {
+        (run.get("seed"), run["train_device_seconds"], run["train_steps"])
+        for run in runs
+        if run["model"] == model and "train_device_seconds" in run
+    }
+    if not costs:
+        return None
+    return (
+        sum(seconds for _, seconds, _ in costs) / len(costs),
+        sum(steps for _, _, steps in costs) / len(costs),
+    )
+
+
+def _cost_line(pair: str, comparison: dict, runs: list[dict]) -> list[str]:
+    """What each side's training cost, so "degrades less" is read at its price."""
+    mine = _training_cost(comparison["model"], runs)
+    theirs = _training_cost(comparison["baseline"], runs)
+    if mine is None or theirs is None or theirs[0] <= 0 or theirs[1] <= 0:
+        return []
+    return [
+        f"{pair}, training cost: {mine[0]:.1f} vs {theirs[0]:.1f} device-seconds "
+        f"({mine[0] / theirs[0]:.2f}x the baseline's compute), {mine[1]:g} vs {theirs[1]:g} "
+        f"optimizer steps ({mine[1] / theirs[1]:.2f}x)."
+    ]
+
+
 def _counts(found: list[dict]) -> str:
     tally = Counter(c["outcome"] for c in found)
     less, more, none = (tally[o] for o in OUTCOMES)
@@ -72,6 +100,7 @@ def verdict_lines(comparisons: list[dict], runs: list[dict], level: float | None
         else f"{cells} cells compared; no level recorded for their intervals."
     )
     lines = []
+    costed: set[str] = set()
     for (pair, task), found in pairs.items():
         metric = headline_metric(task, runs)
         headline = [c for c in found if c["metric"] == metric]
@@ -88,4 +117,7 @@ def verdict_lines(comparisons: list[dict], runs: list[dict], level: float | None
             lines.append(
                 f"{pair}, {task}, {metric}, {attack}, reference {reference}: {_counts(cells)}."
             )
+        if pair not in costed:  # once per pair, after its first task's counts
+            costed.add(pair)
+            lines += _cost_line(pair, found[0], runs)
     return [*lines, caveat]

@@ -228,6 +228,11 @@ class TrainConfig(Strict):
     epochs: int = Field(2, ge=1)
     max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimizer steps (None: ``epochs`` full passes)."""
+    max_device_seconds: float | None = Field(None, gt=0)
+    """Also stop once the model's device-seconds reach this budget: this run's wall seconds of
+    optimizer steps x processes, plus those of the prsl-trained model it started from. Defenses
+    of different cost given one budget are compared at equal compute; the LR schedule still
+    spans ``max_steps`` / ``epochs`` and the record says how many steps were taken."""
     batch_size: int = Field(8, ge=1)
     """The global micro-batch, split across processes."""
     grad_accum: int = Field(1, ge=1)

@@ -134,6 +134,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
     out = Path(cfg.train.output_dir)
     if cfg.train.tensorboard:
         require_tensorboard()
+    check_budget(cfg)
     split = read_training_data(cfg)
     accelerator = make_accelerator(cfg)
     check_output_dir(out, "train.output_dir")
@@ -154,6 +155,17 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
         report_skips(split, result)
     accelerator.end_training()
     return result
+
+
+def check_budget(cfg: FinetuneConfig) -> None:
+    """Refuse a compute budget that the model the run starts from has spent already."""
+    budget = cfg.train.max_device_seconds
+    base = started_from_cost(cfg.model.name_or_path)
+    if budget is not None and base is not None and base >= budget:
+        raise InvalidInput(
+            f"train.max_device_seconds {budget:g} is spent before the first step: the model it "
+            f"starts from cost {base:g} device-seconds; raise the budget above that"
+        )
 
 
 def report_skips(split: DatasetSplit, result: TrainResult) -> None:
@@ -305,9 +317,18 @@ def train_until_done(
         position.epoch,
         position.in_epoch,
     )
+    budget = cfg.train.max_device_seconds
+    base = started_from_cost(cfg.model.name_or_path) or 0.0
+    world = accelerator.num_processes
     with bar:
         for epoch, step_in_epoch, group in order:
             if position.step >= session.total_steps:
+                break
+            if budget is not None and base + position.seconds * world >= budget:
+                accelerator.print(
+                    f"stopping at step {position.step}: the budget of {budget:g} device-seconds "
+                    "is spent (train.max_device_seconds)"
+                )
                 break
             started = time.perf_counter()
             stats = optimizer_step(session, group, position.step)
@@ -317,6 +338,9 @@ def train_until_done(
                     log.warning("a batch held no readable image: no optimizer step was taken")
                 continue
             took = time.perf_counter() - started
+            if budget is not None and world > 1:  # one clock for all, so all stop together
+                took = accelerator.reduce(torch.tensor(took, device=accelerator.device), "max")
+                took = float(took)
             position = Position(
                 position.step + 1, epoch, step_in_epoch + 1, position.seconds + took
             )
