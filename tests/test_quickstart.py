@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import MATPLOTLIB_LINE_COLOURS
 from prsl.results import validate_results
@@ -140,3 +141,43 @@ def test_defenses_train_ce_at_and_fare_beside_ce_and_prsl(tmp_path, monkeypatch)
     models = [Path(m).parent.name for m in evaluated[0].models]
     assert models == ["caption-ce", "caption-prsl", "caption-ce-at", "caption-fare"]
     assert Path(evaluated[0].surrogate).parent.name == "caption-surrogate"
+
+
+def test_defenses_end_to_end_compare_four_models_at_their_cost(tmp_path):
+    """``prsl quickstart --fast --defenses`` as a user runs it: CE, PRSL, CE-AT and FARE for both
+    tasks, each compared with CE with intervals, each with what its training cost; FARE's model
+    is CE's with a new vision encoder and the rest bit-identical."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "qs"
+    prsl = Path(sys.executable).with_name("prsl")
+    done = subprocess.run(
+        [str(prsl), "quickstart", "--fast", "--defenses", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    validate_results(results)
+    defenses = ("prsl", "ce-at", "fare")
+    for task in ("caption", "vqa"):
+        runs = {r["model"]: r for r in results["runs"] if r["task"] == task}
+        assert set(runs) == {f"{task}-{m}" for m in ("ce", *defenses)}
+        compared = {c["model"] for c in results["comparisons"] if c["task"] == task}
+        assert compared == {f"{task}-{m}" for m in defenses}
+        ce, at, fare = runs[f"{task}-ce"], runs[f"{task}-ce-at"], runs[f"{task}-fare"]
+        assert at["train_adversarial"]["attack"] == "pgd" and at["loss"] == "ce"
+        assert at["train_device_seconds"] > ce["train_device_seconds"]  # crafting costs
+        assert fare["loss"] == "fare" and fare["train_steps"] < ce["train_steps"]
+        # FARE's cost in all includes the CE model it started from
+        assert fare["train_device_seconds"] > ce["train_device_seconds"]
+        before = load_file(str(out / "models" / f"{task}-ce" / "final" / "model.safetensors"))
+        after = load_file(str(out / "models" / f"{task}-fare" / "final" / "model.safetensors"))
+        encoder = [k for k in after if k.startswith("encoder.")]
+        assert any(not torch.equal(before[k], after[k]) for k in encoder)
+        assert all(torch.equal(before[k], after[k]) for k in after if k not in encoder)
+    report = (out / "report.md").read_text()
+    assert "### Models and their training cost" in report
+    costs = [line for line in report.splitlines() if ", training cost: " in line]
+    assert len(costs) == 2 * len(defenses), costs
