@@ -14,6 +14,9 @@ machine does not land on one protocol only; "spread" in the JSON lines is (max -
 - ``per-image + JPEG``: the same, with a JPEG save/reload (in memory) after every step, as the
   authors did;
 - ``batched, generate every step``: ``--batch`` images at a time, still 11 generations;
+- ``batched, generate every step, steps together``: the same outputs, with the images of
+  several steps in one ``generate`` call (``STEP_BATCHES`` batches per call, as ``prsl
+  evaluate`` does; the last step is the final images and reuses their outputs);
 - ``batched``: ``--batch`` images at a time, the clean and the final caption only.
 
 "changed" is the share of images whose final caption differs from the clean one (a sanity
@@ -44,6 +47,7 @@ from transformers import (
 from prsl.attacks import AttackResult, attack_mode, paper_attack, untargeted_loss
 from prsl.data.images import to_pixels
 from prsl.data.shapes import make_shapes_captions
+from prsl.evaluate.crafting import STEP_BATCHES, generate_steps
 from prsl.models import VisionEncoderDecoderAdapter, build_tiny_captioner
 
 END = "<|endoftext|>"
@@ -113,49 +117,83 @@ def attack_chunk(
     jpeg_quality: int | None,
     max_new_tokens: int,
     mode_per_call: bool = False,
+    steps_together: bool = False,
+    rebuild_batch: bool = False,
+    **gen_kwargs,
 ) -> tuple[list[str], list[str]]:
     """BIM-10 on one chunk of images; returns (clean captions, final captions).
 
     With ``every_step`` the iterate after each step is captioned too (the authors logged the
     caption at every iteration); the last of those is the final caption.
     """
-    clean = adapter.generate(images, max_new_tokens=max_new_tokens)
+    clean = adapter.generate(images, max_new_tokens=max_new_tokens, **gen_kwargs)
     attack = paper_attack("vit-gpt2", record_every_step=every_step, jpeg_quality=jpeg_quality)
+    loss = untargeted_loss(adapter, clean)
+    if rebuild_batch:  # prsl before it kept the teacher-forcing batch on the device
+        cached = loss
+
+        def loss(pixels):
+            adapter._batch_cache.clear()
+            return cached(pixels)
+
     # the model's attack state entered once for the attack (as prsl's crafting does), or, with
     # ``mode_per_call``, on every loss call (prsl before it entered it once)
     with nullcontext() if mode_per_call else attack_mode(adapter):
-        result = attack(images, untargeted_loss(adapter, clean))
+        result = attack(images, loss)
+    if isinstance(result, AttackResult) and steps_together:  # as prsl evaluate does
+        final = adapter.generate(result.final, max_new_tokens=max_new_tokens, **gen_kwargs)
+        per_call = STEP_BATCHES * images.shape[0]
+        generate_steps(adapter, result.steps, (result.final, final), None, max_new_tokens, per_call)
+        return clean, final
     if isinstance(result, AttackResult):
-        final = [adapter.generate(step, max_new_tokens=max_new_tokens) for step in result.steps]
+        final = [
+            adapter.generate(step, max_new_tokens=max_new_tokens, **gen_kwargs)
+            for step in result.steps
+        ]
         return clean, final[-1]
-    return clean, adapter.generate(result, max_new_tokens=max_new_tokens)
+    return clean, adapter.generate(result, max_new_tokens=max_new_tokens, **gen_kwargs)
 
 
 Protocol = Callable[[torch.Tensor], tuple[list[str], list[str]]]
 
 
-def protocols(adapter, batch: int, jpeg_quality: int | None, max_new_tokens: int) -> dict:
+def protocols(
+    adapter, batch: int, jpeg_quality: int | None, max_new_tokens: int, static_cache: bool = False
+) -> dict:
     """name -> (chunk size, function of a chunk of images)."""
 
-    def make(every_step: bool, quality: int | None, mode_per_call: bool = False) -> Protocol:
+    def make(every_step: bool, quality: int | None, **options) -> Protocol:
         return lambda images: attack_chunk(
             adapter,
             images,
             every_step=every_step,
             jpeg_quality=quality,
             max_new_tokens=max_new_tokens,
-            mode_per_call=mode_per_call,
+            **options,
         )
 
     table = {"per-image": (1, make(True, None))}
     if jpeg_quality is not None:
         table[f"per-image + JPEG q{jpeg_quality}"] = (1, make(True, jpeg_quality))
     table[f"batched ({batch}), generate every step"] = (batch, make(True, None))
+    table[f"batched ({batch}), generate every step, steps together"] = (
+        batch,
+        make(True, None, steps_together=True),
+    )
     table[f"batched ({batch})"] = (batch, make(False, None))
     table[f"batched ({batch}), attack state set on every loss call"] = (
         batch,
         make(False, None, mode_per_call=True),
     )
+    table[f"batched ({batch}), batch rebuilt on every loss call"] = (
+        batch,
+        make(False, None, rebuild_batch=True),
+    )
+    if static_cache:
+        table[f"batched ({batch}), static KV cache"] = (
+            batch,
+            make(False, None, cache_implementation="static"),
+        )
     return table
 
 
@@ -176,7 +214,9 @@ def time_pass(fn: Protocol, chunk: int, images: torch.Tensor, device: str) -> tu
     return time.perf_counter() - start, changed / images.shape[0]
 
 
-def run(table: dict, images: torch.Tensor, device: str, repeats: int) -> list[dict]:
+def run(
+    table: dict, images: torch.Tensor, device: str, repeats: int, per_image: int | None = None
+) -> list[dict]:
     """Median images/s of each protocol over ``repeats`` rounds, protocols interleaved.
 
     Interleaving (every protocol once per round) spreads slow phases of a shared machine over
@@ -186,9 +226,12 @@ def run(table: dict, images: torch.Tensor, device: str, repeats: int) -> list[di
         fn(images[:chunk])  # warm-up: kernels, allocator, generation caches
     seconds: dict[str, list[float]] = {name: [] for name in table}
     changed: dict[str, float] = {}
+    timed = {
+        name: images[:per_image] if chunk == 1 else images for name, (chunk, _) in table.items()
+    }
     for _ in range(repeats):
         for name, (chunk, fn) in table.items():
-            elapsed, changed[name] = time_pass(fn, chunk, images, device)
+            elapsed, changed[name] = time_pass(fn, chunk, timed[name], device)
             seconds[name].append(elapsed)
     rows = []
     for name in table:
@@ -196,7 +239,7 @@ def run(table: dict, images: torch.Tensor, device: str, repeats: int) -> list[di
         rows.append(
             {
                 "protocol": name,
-                "images_per_s": round(images.shape[0] / median, 4),
+                "images_per_s": round(timed[name].shape[0] / median, 4),
                 "seconds": round(median, 4),
                 "spread": round((max(seconds[name]) - min(seconds[name])) / median, 3),
                 "changed": round(changed[name], 4),
@@ -241,6 +284,16 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=100, help="tiny model only")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--per-image-images",
+        type=int,
+        default=None,
+        help="time the one-image-at-a-time protocols on the first N images only (a rate: "
+        "images/s stays comparable; default all)",
+    )
+    parser.add_argument(
+        "--static-cache", action="store_true", help="also time generation with a static KV cache"
+    )
     args = parser.parse_args()
     if min(args.batch, args.images, args.repeats) < 1:
         parser.error("--batch, --images and --repeats must be >= 1")
@@ -259,8 +312,10 @@ def main() -> None:
     images = to_pixels([ex.image for ex in held_out], adapter.pixel_size).to(args.device)
 
     jpeg_quality = None if args.no_jpeg else args.jpeg_quality
-    table = protocols(adapter, args.batch, jpeg_quality, args.max_new_tokens)
-    rows = run(table, images, args.device, args.repeats)
+    table = protocols(
+        adapter, args.batch, jpeg_quality, args.max_new_tokens, static_cache=args.static_cache
+    )
+    rows = run(table, images, args.device, args.repeats, args.per_image_images)
 
     names = list(table)
     jpeg_name = names[1] if jpeg_quality is not None else None

@@ -144,6 +144,7 @@ def evaluated(tmp_path, tiny) -> Path:
         ("data.options={n: 3, seed: 3}", "data.options.seed: 2 -> 3"),
         ("seed=1", "seed: 0 -> 1"),
         ("attack_target=ground_truth", 'attack_target: "clean" -> "ground_truth"'),
+        ("dtype=bfloat16", 'dtype: (not set) -> "bfloat16"'),
     ],
 )
 def test_a_rerun_with_other_settings_is_refused_naming_the_field(evaluated, tiny, change, named):

@@ -17,6 +17,7 @@ import prsl.evaluate.loop as evaluate_module
 from prsl.attacks import craft_on_surrogate, get_attack, parse_eps
 from prsl.config import DataConfig
 from prsl.data import evaluation_samples, load_batch, read_dataset
+from prsl.data.images import to_pixels
 from prsl.evaluate import PREDICTIONS, AttackSpec, EvalConfig, evaluate, read_predictions
 from prsl.metrics import Scorer
 from prsl.models import build_tiny_captioner, load_adapter
@@ -234,3 +235,38 @@ def test_two_specs_of_one_attack_need_distinct_labels(trained_model, tmp_path, s
     twice[1] = AttackSpec(name="bim", steps=2, label="bim-2")
     results = evaluate(config(trained_model, tmp_path, attacks=twice, n_images=2), scorer=scorer)
     assert {(r["attack"], r["steps"]) for r in results["runs"]} == {("bim", 1), ("bim-2", 2)}
+
+
+@pytest.mark.parametrize("per_call", [1, 3, 7, 100])
+def test_outputs_after_every_step_are_those_of_one_step_at_a_time(trained_model, per_call):
+    """Per-step outputs generated across steps, ``per_call`` images per call, are each step's
+    own outputs; the step equal to the final images reuses the final outputs."""
+    from prsl.evaluate.crafting import generate, generate_steps
+    from prsl.models import load_adapter
+
+    adapter = load_adapter(trained_model)
+    pixels = to_pixels([ex.image for ex in read_dataset("shapes", n=3, seed=8).examples], (32, 32))
+    noise = torch.Generator().manual_seed(0)
+    steps = [
+        (pixels + 0.2 * i * torch.rand(pixels.shape, generator=noise)).clamp(0, 1) for i in range(4)
+    ]
+    final = steps[-1]
+    one_at_a_time = [generate(adapter, step, None, 6) for step in steps]
+    calls = []
+    original = adapter.generate
+    adapter.generate = lambda images, *a, **kw: (
+        calls.append(len(images)) or original(images, *a, **kw)
+    )
+    got = generate_steps(adapter, steps, (final, one_at_a_time[-1]), None, 6, per_call)
+    assert got == one_at_a_time
+    assert sum(calls) == 3 * 3 and max(calls) <= per_call  # 3 steps of 3 images; the last reused
+
+
+def test_a_bfloat16_evaluation_attacks_fp32_pixels_and_says_so(trained_model, tmp_path, scorer):
+    cfg = config(trained_model, tmp_path, dtype="bfloat16", attacks=[AttackSpec(name="fgsm")])
+    results = evaluate(cfg, progress=False, scorer=scorer)
+    assert results["meta"]["dtype"] == "bfloat16"
+    for row in rows(tmp_path):
+        assert row["linf"] <= row["eps"] + 1e-6  # the pixels and their ball stay fp32
+    for run in results["runs"]:
+        assert all(v == v for v in run["adversarial"].values())

@@ -342,3 +342,30 @@ def test_from_pretrained_defaults_to_the_papers_checkpoint(monkeypatch, family, 
     with pytest.raises(OSError, match="offline"):
         cls.from_pretrained()
     assert asked == [(hub_id, {"trust_remote_code": False})]
+
+
+def test_an_attacked_batch_is_built_and_copied_once_and_stays_right(adapter, pixels, monkeypatch):
+    """An attack asks for the same texts at every step: the teacher-forcing batch is built (and
+    copied to the device) once, then reused; other texts or another label padding rebuild it."""
+    import prsl.models.hf as hf
+
+    built = []
+    original = hf.teacher_forcing_batch
+    monkeypatch.setattr(hf, "teacher_forcing_batch", lambda *a: built.append(a) or original(*a))
+    adapter._batch_cache.clear()
+    texts = ["a red circle", "a blue square"]
+    first = adapter.loss(pixels[:2], texts)
+    for _ in range(4):
+        assert torch.equal(adapter.loss(pixels[:2], texts), first)
+    assert len(built) == 1
+    other = adapter.loss(pixels[:2], ["a blue square", "a red circle"])
+    assert len(built) == 2 and not torch.equal(other, first)
+    adapter.label_padding = hf.LabelPadding(eos=True, length=12)
+    try:
+        _, labels = adapter.logits_and_labels(pixels[:2], texts)
+        assert len(built) == 3 and labels.shape[1] == 12  # the padding is part of the batch
+    finally:
+        adapter.label_padding = hf.LabelPadding()
+    for size in range(1, hf.TOKEN_CACHE_BATCHES + 3):  # a bounded number of batches is kept
+        adapter.loss(pixels[:1].repeat(size, 1, 1, 1), ["a red circle"] * size)
+    assert len(adapter._batch_cache) == hf.TOKEN_CACHE_BATCHES

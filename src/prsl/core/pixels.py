@@ -17,3 +17,22 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     """One image (3, H, W) in [0, 1] as an (H, W, 3) uint8 array, rounded to the nearest level."""
     levels = (image.detach().clamp(0, 1) * LEVELS).round().to(torch.uint8)
     return levels.permute(1, 2, 0).cpu().numpy()
+
+
+class Normalisation:
+    """``(pixels - mean) / std`` per channel in fp32, differentiable, with the constants copied to
+    each device once: an attack normalises at every step, and a host-to-device copy per step
+    would wait for the device every time."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        device = pixels.device
+        if device not in self._on:
+            shape = (1, -1, 1, 1)
+            self._on[device] = (self.mean.to(device).view(shape), self.std.to(device).view(shape))
+        mean, std = self._on[device]
+        return (pixels.float() - mean) / std

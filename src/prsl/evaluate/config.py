@@ -137,6 +137,14 @@ class EvalConfig(Strict):
     n_images: int = Field(32, ge=1)
     """How many items (images; questions for VQA) of the dataset to evaluate, from the first."""
     batch_size: int = Field(16, ge=1)
+    step_batch_size: int | None = Field(None, ge=1)
+    """Images per ``generate`` call for the outputs after every step (attacks with
+    ``record_every_step``): several steps' images go through one call. None: 4 x ``batch_size``;
+    lower it if generation runs out of memory."""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """The dtype models are loaded in for attack and generation (None: as saved). ``bfloat16``
+    halves memory and time on GPUs; pixels, normalisation and the attack's steps stay fp32,
+    only the model computes in the lower precision. Recorded with the results."""
     device_map: Literal["auto"] | None = None
     """"auto": spread a model too large for one GPU over this process's GPUs (one process;
     under ``accelerate launch`` each process holds a whole model instead)."""

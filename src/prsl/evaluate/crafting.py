@@ -21,6 +21,40 @@ def generate(
         return adapter.generate(pixels.to(adapter.device), prompts, max_new_tokens=max_new_tokens)
 
 
+STEP_BATCHES = 4
+"""Default images per per-step ``generate`` call, in batches (``EvalConfig.step_batch_size``)."""
+
+
+def generate_steps(
+    adapter: VLMAdapter,
+    steps: list[torch.Tensor],
+    final: tuple[torch.Tensor, list[str]],
+    prompts: list[str] | None,
+    max_new_tokens: int,
+    images_per_call: int,
+) -> list[list[str]]:
+    """The outputs after every step (one list per step), generated ``images_per_call`` images at
+    a time across steps: ten steps of a small batch are one or a few calls instead of ten. A
+    step whose images are the final ones (BIM's last) reuses the final outputs."""
+    final_pixels, final_outputs = final
+    todo = [i for i, step in enumerate(steps) if not torch.equal(step, final_pixels)]
+    outputs: list[list[str]] = [list(final_outputs) for _ in steps]
+    if not todo:
+        return outputs
+    batch = final_pixels.shape[0]
+    stacked = torch.cat([steps[i] for i in todo])
+    asked = None if prompts is None else prompts * len(todo)
+    generated: list[str] = []
+    for first in range(0, stacked.shape[0], images_per_call):
+        part = slice(first, first + images_per_call)
+        generated += generate(
+            adapter, stacked[part], asked[part] if asked else None, max_new_tokens
+        )
+    for n, i in enumerate(todo):
+        outputs[i] = generated[n * batch : (n + 1) * batch]
+    return outputs
+
+
 def attack_texts(target: str, own_clean: list[str], samples: list[Sample]) -> list[str]:
     """What the untargeted attack pushes away from: the crafter's own clean output (the
     paper's protocol) or the ground truth."""

@@ -103,6 +103,7 @@ def attack_to_files(
         "model": {ref.location: describe(ref)},
         "data": cfg.data.model_dump(),
         "attack": cell.recorded(),
+        **({"dtype": cfg.dtype} if cfg.dtype is not None else {}),
         "attack_target": cfg.attack_target,
         "max_new_tokens": cfg.max_new_tokens,
         "caption_prompt": cfg.caption_prompt,
@@ -115,7 +116,7 @@ def attack_to_files(
     done = caption_rows(out)
     fix = "choose another --out, or pass --overwrite to replace its images"
     check_settings(out, COMMAND, settings, has_results=bool(done), fix=fix)
-    adapter = instructed(load_adapter(ref.given, device=state.device), cfg, ref)
+    adapter = instructed(load_adapter(ref.given, device=state.device, dtype=cfg.dtype), cfg, ref)
     samples = evaluation_samples(split, adapter.vqa_prompt)[: cfg.n_images]
     names = [image_name(s.key) for s in samples]
     if len(set(names)) != len(names):

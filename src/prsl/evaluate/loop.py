@@ -42,7 +42,14 @@ from prsl.data import (
     unique_skips,
 )
 from prsl.evaluate.config import EvalConfig
-from prsl.evaluate.crafting import attack_texts, craft, generate, instructed
+from prsl.evaluate.crafting import (
+    STEP_BATCHES,
+    attack_texts,
+    craft,
+    generate,
+    generate_steps,
+    instructed,
+)
 from prsl.evaluate.export import GALLERY, save_pair
 from prsl.evaluate.grid import Cell, grid_cells
 from prsl.evaluate.items import SkipTally, read_evaluation_data
@@ -177,6 +184,7 @@ def score_and_write(
                 "baseline": baseline.name if baseline is not None else None,
             },
             attack_target=cfg.attack_target,
+            **({"dtype": cfg.dtype} if cfg.dtype is not None else {}),
             vqa_protocol=cfg.vqa_protocol if split.task == "vqa" else None,
             seed=cfg.seed,
             bertscore_model=bertscore,
@@ -241,8 +249,8 @@ def run_grid(run: Run, ledger: Ledger, skips: SkipTally, progress: bool) -> set[
 def load_model(model: ModelRef, cfg: EvalConfig, device) -> VLMAdapter:
     """The model on this process's device, or spread over the GPUs with ``device_map``."""
     if cfg.device_map is not None:
-        return load_adapter(model.given, device_map=cfg.device_map)
-    return load_adapter(model.given, device=device)
+        return load_adapter(model.given, device_map=cfg.device_map, dtype=cfg.dtype)
+    return load_adapter(model.given, device=device, dtype=cfg.dtype)
 
 
 # ------------------------------------------------------------------------------- the steps
@@ -270,6 +278,7 @@ def evaluation_settings(
     """What the rows of ``predictions.jsonl`` depend on (see the module docstring)."""
     return {
         "items": item_digests(evaluation_samples(split, str)),
+        **({"dtype": cfg.dtype} if cfg.dtype is not None else {}),  # older runs had none
         "data": cfg.data.model_dump(),
         "attack_target": cfg.attack_target,
         "max_new_tokens": cfg.max_new_tokens,
@@ -352,12 +361,21 @@ def evaluate_batch(job: ModelJob, batch: list[Sample]) -> None:
             targets[True] = attack_texts(cfg.attack_target, own, kept)
         adv, steps = craft(cell, pixels, crafter, targets[cell.transfer], prompts, cfg.seed)
         adv = adv.to(job.adapter.device)
+        adversarial = generate(job.adapter, adv, prompts, cfg.max_new_tokens)
+        per_call = cfg.step_batch_size or STEP_BATCHES * cfg.batch_size
         outputs = Outputs(
             pixels,
             adv,
             clean,
-            generate(job.adapter, adv, prompts, cfg.max_new_tokens),
-            [generate(job.adapter, x, prompts, cfg.max_new_tokens) for x in steps]
+            adversarial,
+            generate_steps(
+                job.adapter,
+                [x.to(adv.device) for x in steps],
+                (adv, adversarial),
+                prompts,
+                cfg.max_new_tokens,
+                per_call,
+            )
             if steps
             else None,
         )

@@ -14,7 +14,7 @@ import torch
 from transformers import Blip2ForConditionalGeneration
 
 from prsl.core.errors import InvalidInput
-from prsl.models.hf import HFAdapter, pad_batch, teacher_forcing_batch
+from prsl.models.hf import HFAdapter, pad_batch
 from prsl.models.lora import (
     FinetuneMode,
     freeze_for_finetune,
@@ -72,25 +72,21 @@ class Blip2Adapter(HFAdapter):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch = pixels.shape[0]
         values = self.normalise(pixels)
-        ids, mask, labels = teacher_forcing_batch(
-            self._prefixes(prompts, batch),
-            self._text_ids(texts, prompts, batch),
-            self.end_token_id,
-            self.pad_token_id,
-            self.label_padding,
+        tf = self._teacher_forcing(
+            self._prefixes(prompts, batch), self._text_ids(texts, prompts, batch), values.device
         )
-        self._check_length(ids.shape[1], "the image tokens + longest prompt + text")
+        self._check_length(tf.ids.shape[1], "the image tokens + longest prompt + text")
         # Positions before BOS predict image placeholders or BOS and never carry a label:
         # the LM head skips them (logits_to_keep), which saves memory with a 50k vocabulary.
-        keep = ids.shape[1] - self.num_query_tokens
+        keep = tf.ids.shape[1] - self.num_query_tokens
         out = self.forward_module(
             pixel_values=values,
-            input_ids=ids.to(values.device),
-            attention_mask=mask.to(values.device),
+            input_ids=tf.ids,
+            attention_mask=tf.mask,
             logits_to_keep=keep,
             use_cache=False,
         )
-        labels = labels[:, self.num_query_tokens :]
+        labels = tf.labels[:, self.num_query_tokens :]
         return out.logits, labels.to(out.logits.device)
 
     @torch.no_grad()

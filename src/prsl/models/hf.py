@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +24,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedModel
 
 from prsl.core.errors import InvalidInput
 from prsl.core.labels import IGNORE_INDEX
+from prsl.core.pixels import Normalisation
 from prsl.models.base import VLMAdapter
 from prsl.models.lora import has_lora, lora_merged_state_dict
 
@@ -52,6 +53,17 @@ def pad_batch(
 
 TOKEN_CACHE_BATCHES = 8
 """Batches of texts whose token ids an adapter keeps (the texts of the batches being attacked)."""
+
+
+@dataclass(frozen=True)
+class TeacherForcing:
+    """A teacher-forcing batch on the model's device: ids, attention mask, labels (B, T), and
+    any extra text-side inputs of the architecture."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor
+    extras: dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -136,10 +148,11 @@ class HFAdapter(VLMAdapter):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         mean, std, self._pixel_size = self._geometry(image_processor)
-        self.image_mean = torch.tensor(mean, dtype=torch.float32)
-        self.image_std = torch.tensor(std, dtype=torch.float32)
+        self.normalisation = Normalisation(mean, std)
+        self.image_mean, self.image_std = self.normalisation.mean, self.normalisation.std
         self.vqa_template = self.default_vqa_template if vqa_template is None else vqa_template
         self._token_cache: dict[tuple, list[tuple[int, ...]]] = {}
+        self._batch_cache: dict[tuple, TeacherForcing] = {}
         self.label_padding = LabelPadding()
         """How training batches pad labels; set by ``prsl finetune`` from ``data.pad_labels``."""
         if "{question}" not in self.vqa_template:
@@ -186,9 +199,7 @@ class HFAdapter(VLMAdapter):
                 f"pixels must have shape (B, 3, {height}, {width}) for this model, "
                 f"got {tuple(pixels.shape)}; resize images to pixel_size first"
             )
-        mean = self.image_mean.to(pixels.device).view(1, 3, 1, 1)
-        std = self.image_std.to(pixels.device).view(1, 3, 1, 1)
-        return ((pixels.float() - mean) / std).to(self.vision_dtype)
+        return self.normalisation(pixels).to(self.vision_dtype)
 
     def _end_tokens(self) -> tuple[int, frozenset[int]]:
         """The token that ends a training target, and every token that stops generation.
@@ -215,6 +226,43 @@ class HFAdapter(VLMAdapter):
             encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
             cache[key] = [tuple(ids) for ids in encoded]
         return [list(ids) for ids in cache[key]]
+
+    def _teacher_forcing(
+        self,
+        prefixes: list[list[int]],
+        texts: list[list[int]],
+        device: torch.device,
+        extra: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None,
+    ) -> TeacherForcing:
+        """:func:`teacher_forcing_batch` (and ``extra`` inputs made from its ids) on ``device``.
+
+        The last few batches are kept there: an attack asks for the same batch at every step,
+        and building it and copying it over again each time is a host round trip per step.
+        The tensors are shared between calls: read them, never write into them.
+        """
+        key = (
+            tuple(map(tuple, prefixes)),
+            tuple(map(tuple, texts)),
+            self.label_padding,
+            self.end_token_id,
+            self.pad_token_id,
+            device,
+        )
+        cache = self._batch_cache
+        if key not in cache:
+            if len(cache) >= TOKEN_CACHE_BATCHES:
+                cache.pop(next(iter(cache)))
+            ids, mask, labels = teacher_forcing_batch(
+                prefixes, texts, self.end_token_id, self.pad_token_id, self.label_padding
+            )
+            extras = extra(ids) if extra is not None else {}
+            cache[key] = TeacherForcing(
+                ids.to(device),
+                mask.to(device),
+                labels.to(device),
+                {name: value.to(device) for name, value in extras.items()},
+            )
+        return cache[key]
 
     def _prompt_ids(self, prompts: list[str] | None, batch: int) -> list[list[int]]:
         if prompts is None:

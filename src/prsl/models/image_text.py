@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from prsl.core.errors import InvalidInput
-from prsl.models.hf import HFAdapter, pad_batch, teacher_forcing_batch
+from prsl.models.hf import HFAdapter, pad_batch
 from prsl.models.lora import inject_lora
 from prsl.models.pixels import (
     LANGUAGE_MODEL,
@@ -171,25 +171,23 @@ class ImageTextAdapter(HFAdapter):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch = pixels.shape[0]
         prefixes = [self.prefix_ids(p) for p in self._prompts(prompts, batch)]
-        ids, mask, labels = teacher_forcing_batch(
+        device = self.device
+        lengths = [len(p) for p in prefixes]
+        tf = self._teacher_forcing(
             prefixes,
             self._answer_ids(texts, batch),
-            self.end_token_id,
-            self.pad_token_id,
-            self.label_padding,
+            device,
+            extra=lambda ids: self.pipeline.text_inputs(ids, lengths),
         )
-        self._check_length(ids.shape[1], "the image tokens + longest prompt + text")
-        device = self.device
-        images = self._image_inputs(pixels)
-        text = self.pipeline.text_inputs(ids, [len(p) for p in prefixes])
+        self._check_length(tf.ids.shape[1], "the image tokens + longest prompt + text")
         out = self.forward_module(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            **images,
-            **{k: v.to(device) for k, v in text.items()},
+            input_ids=tf.ids,
+            attention_mask=tf.mask,
+            **self._image_inputs(pixels),
+            **tf.extras,
             use_cache=False,
         )
-        return out.logits, labels.to(out.logits.device)
+        return out.logits, tf.labels.to(out.logits.device)
 
     def _image_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         inputs = self.pipeline.model_inputs(pixels.to(self.device))

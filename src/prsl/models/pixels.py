@@ -27,6 +27,7 @@ from PIL import Image
 from torch import nn
 
 from prsl.core.errors import InvalidInput
+from prsl.core.pixels import Normalisation
 
 _PIPELINES: dict[str, type[PixelPipeline]] = {}
 LANGUAGE_MODEL = r".*\.(language_model|text_model)\..*"
@@ -98,8 +99,10 @@ class PixelPipeline:
         self.processor = processor
         self.config = config
         self.image_processor = processor.image_processor
-        self.mean = torch.tensor(list(self.image_processor.image_mean), dtype=torch.float32)
-        self.std = torch.tensor(list(self.image_processor.image_std), dtype=torch.float32)
+        self.normalisation = Normalisation(
+            list(self.image_processor.image_mean), list(self.image_processor.image_std)
+        )
+        self.mean, self.std = self.normalisation.mean, self.normalisation.std
         self.size = self.input_size(image_size)
 
     # ------------------------------------------------------------------ what subclasses write
@@ -138,9 +141,7 @@ class PixelPipeline:
     def normalised(self, pixels: torch.Tensor) -> torch.Tensor:
         """(pixels - mean) / std in fp32, the processor's rescale + normalise."""
         self.check(pixels)
-        mean = self.mean.to(pixels.device).view(1, 3, 1, 1)
-        std = self.std.to(pixels.device).view(1, 3, 1, 1)
-        return (pixels.float() - mean) / std
+        return self.normalisation(pixels)
 
     def check(self, pixels: torch.Tensor) -> None:
         height, width = self.size

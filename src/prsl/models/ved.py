@@ -14,7 +14,7 @@ import torch
 from transformers import VisionEncoderDecoderModel
 
 from prsl.core.errors import InvalidInput
-from prsl.models.hf import HFAdapter, pad_batch, teacher_forcing_batch
+from prsl.models.hf import HFAdapter, pad_batch
 
 
 class VisionEncoderDecoderAdapter(HFAdapter):
@@ -57,17 +57,15 @@ class VisionEncoderDecoderAdapter(HFAdapter):
         values = self.normalise(pixels)
         prefixes = [[self.start_token_id] + p for p in self._prompt_ids(prompts, batch)]
         text_ids = self._text_ids(texts, prompts, batch)
-        ids, mask, labels = teacher_forcing_batch(
-            prefixes, text_ids, self.end_token_id, self.pad_token_id, self.label_padding
-        )
-        self._check_length(ids.shape[1], "the longest prompt + text")
+        batch = self._teacher_forcing(prefixes, text_ids, values.device)
+        self._check_length(batch.ids.shape[1], "the longest prompt + text")
         out = self.forward_module(
             pixel_values=values,
-            decoder_input_ids=ids.to(values.device),
-            decoder_attention_mask=mask.to(values.device),
+            decoder_input_ids=batch.ids,
+            decoder_attention_mask=batch.mask,
             use_cache=False,
         )
-        return out.logits, labels.to(out.logits.device)
+        return out.logits, batch.labels.to(out.logits.device)
 
     @torch.no_grad()
     def generate(
