@@ -17,8 +17,8 @@
 #
 # Run from the repository root: bash benchmarks/gpu.sh   (python3 must import torch, triton,
 # transformers and prsl's dependencies; src/ is put on PYTHONPATH, no install needed). Where a
-# machine lacks some of prsl's pure-Python dependencies, put their wheels in .whl/ (ignored by git)
-# and this script installs them into /tmp/site first.
+# machine lacks some of them and cannot download (the lent H200), run benchmarks/gpu_deps.sh on a
+# machine that can, carry .whl/ along, and this script installs from it first.
 set -u
 cd "$(dirname "$0")/.."
 OUT_DIR=${OUT:-benchmarks}
@@ -26,10 +26,11 @@ mkdir -p "$OUT_DIR"
 FILE="$OUT_DIR/gpu_results.md"
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then  # made by benchmarks/gpu_deps.sh
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
+[ -d .whl/site ] && export PYTHONPATH="$PYTHONPATH:$PWD/.whl/site"
 
 part() {  # part TITLE SECONDS COMMAND...: run one part under its own limit, append what it printed
   local title=$1 limit=$2

@@ -18,11 +18,12 @@ from safetensors.torch import load_file
 
 import prsl.train.adversarial
 import prsl.train.loop
-from prsl.config import DataConfig
+import vlm_builders
+from prsl.config import DataConfig, load_config
 from prsl.core.errors import InvalidInput
 from prsl.data import read_dataset
 from prsl.data.images import to_pixels
-from prsl.models import build_tiny_captioner
+from prsl.models import build_tiny_captioner, load_adapter
 from prsl.train import (
     FinetuneConfig,
     LossConfig,
@@ -231,3 +232,57 @@ def test_ce_at_degrades_less_than_ce_under_pgd_and_still_captions(tmp_path_facto
     assert all(a < c for a, c in zip(degradation["ce-at"], degradation["ce"], strict=True))
     mean = {name: sum(v) / len(v) for name, v in degradation.items()}
     assert mean["ce-at"] < mean["ce"] - 0.07, degradation
+
+
+def family_adapter(family: str, tmp_path: Path):
+    """A tiny model of ``family`` with texts it can tokenise."""
+    if family == "blip2":
+        from test_models_blip2 import ANSWERS, tiny_blip2
+
+        return tiny_blip2(), ANSWERS
+    return load_adapter(vlm_builders.build(family, tmp_path / family)), ANSWERS_ANY
+
+
+ANSWERS_ANY = ["a red circle", "two blue squares", "a green triangle"]
+
+
+@pytest.mark.parametrize("family", ["blip2", "llava", "paligemma", "qwen2_vl", "smolvlm"])
+def test_crafting_works_on_every_adapter_family(family, tmp_path):
+    adapter, texts = family_adapter(family, tmp_path)
+    height, width = adapter.pixel_size
+    pixels = torch.rand(len(texts), 3, height, width, generator=torch.Generator().manual_seed(0))
+    model = adapter.model
+    model.train()
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    cfg = AdversarialConfig(attack="pgd", eps=EPS, steps=2, fraction=2 / 3)
+    mixed, chosen = adversarial_mix(adapter, pixels, texts, None, cfg, 5)
+    assert len(chosen) == 2 and 0 < (mixed - pixels).abs().amax() <= EPS + 1e-6
+    others = [i for i in range(len(texts)) if i not in chosen.tolist()]
+    assert torch.equal(mixed[others], pixels[others])
+    assert all(m.training for m in model.modules())  # train mode is back
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_adversarial_lora_fine_tuning_of_a_chat_vlm_keeps_its_frozen_tower(tmp_path):
+    folder = vlm_builders.build("llava", tmp_path / "llava")
+    cfg = load_config(
+        FinetuneConfig,
+        None,
+        [
+            f"model.name_or_path={folder}",
+            "model.vlm_trainable=lora+projector",
+            "model.lora_r=4",
+            "data.options={n: 8, seed: 0}",
+            "train.adversarial={attack: pgd, eps: 0.0314, steps: 1, fraction: 0.5}",
+            *("train.max_steps=3", "train.batch_size=4", "train.lr=5e-3"),
+            f"train.output_dir={tmp_path / 'run'}",
+        ],
+    )
+    result = finetune(cfg, progress=False)
+    start = load_file(str(folder / "model.safetensors"))
+    after = load_file(str(Path(result.model_dir) / "model.safetensors"))
+    tower = [k for k in after if ".vision_tower." in f".{k}"]
+    assert tower and all(torch.equal(start[k], after[k]) for k in tower)
+    projector = [k for k in after if "multi_modal_projector" in k]
+    assert any(not torch.equal(start[k], after[k]) for k in projector)

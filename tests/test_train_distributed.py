@@ -184,3 +184,19 @@ def test_fare_in_two_processes_reaches_the_weights_of_one(tmp_path):
             assert torch.equal(double[name], start[name]) and torch.equal(tensor, start[name])
     for (loss_two, _), (loss_one, _) in zip(losses(two), losses(one), strict=True):
         assert loss_two == pytest.approx(loss_one, rel=1e-4)
+
+
+def test_adversarial_fine_tuning_in_two_processes_crafts_each_share(tmp_path):
+    """CE-AT under accelerate: each process attacks its own share of the micro-batch; the
+    run keeps step (no process waits on another) and trains."""
+    tree = config_tree("ce")
+    tree["train"]["adversarial"] = {"attack": "pgd", "eps": 8 / 255, "steps": 1, "fraction": 0.5}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    launch_two_processes(config, tmp_path / "two", tmp_path)
+    record = json.loads((tmp_path / "two" / "final" / TRAIN_INFO).read_text())
+    assert record["processes"] == 2 and record["steps"] == tree["train"]["max_steps"]
+    assert record["adversarial"]["attack"] == "pgd"
+    start, final = weights(tmp_path / "two", "base"), weights(tmp_path / "two", "final")
+    assert max((final[k] - start[k]).abs().max().item() for k in final) > 1e-3
+    assert all(loss == loss for loss, _ in losses(tmp_path / "two"))
