@@ -7,6 +7,7 @@
 #
 #   1. the fused PRSL kernel compiled for CUDA: its parity tests (fp32, bf16, fp16, ragged ignore
 #      masks, k up to 128, start > 0, in-place mode) and GPT-2's vocabulary in bf16 at k 10/100/128;
+#      and BIM's steps run under torch.cuda.set_sync_debug_mode("error"): no host sync per step;
 #   2. benchmarks/losses.py on CUDA, N in {1024, 4096, 16384} x V = 50257, fp32 and bf16: torch CE,
 #      the torch PRSL reference, fused, fused in place (time, peak memory, bandwidth floor);
 #   3. benchmarks/attacks.py --arch vit-gpt2 in bf16: the authors' per-image protocol (with and
@@ -72,8 +73,8 @@ EOF
   echo '```'
 } >"$FILE"
 
-part "1. fused PRSL kernel on CUDA: parity" 120 \
-  env CI=true $PY -m pytest -q -p no:cacheprovider tests/test_losses_triton.py -m gpu -rA
+part "1. on CUDA: fused PRSL kernel parity; attack steps never synchronise" 120 \
+  env CI=true $PY -m pytest -q -p no:cacheprovider tests/test_losses_triton.py tests/test_attacks_gpu.py -m gpu -rA
 part "2. losses on CUDA, V = 50257" 75 \
   $PY benchmarks/losses.py --devices cuda --sizes 1024 4096 16384 --dtypes float32 bfloat16 --repeats 5
 part "3. attacks, ViT-GPT2, bf16" 120 \

@@ -67,7 +67,7 @@ def test_equal_scores_are_no_detectable_difference() -> None:
     assert comparison["difference"] == 0 and comparison["outcome"] == "none"
     assert comparison["p_value"] == 1.0
     (line, *_) = verdict_lines([comparison], [r.fields for r in runs], 0.95)
-    assert "degrades less in 0 of 1 cells, more in 0, no detectable difference in 1" in line
+    assert "degrades less in 0 of 1 cell, more in 0, no detectable difference in 1" in line
 
 
 def test_float_noise_differences_are_no_detectable_difference() -> None:
@@ -252,7 +252,7 @@ def test_a_cell_counts_across_seeds_only_when_every_seed_agrees() -> None:
     (opposed,) = collapse_seeds(_seeded({0: ("less", -0.4), 1: ("more", 0.3)}))
     assert opposed["outcome"] == "none"
     lines = verdict_lines(_seeded({0: ("less", -0.4), 1: ("none", -0.01)}), RUNS, 0.95)
-    assert "degrades less in 0 of 1 cells" in lines[0]
+    assert "degrades less in 0 of 1 cell" in lines[0]
     assert "within each of 2 training seeds; a cell counts only when every seed agrees" in lines[0]
 
 
@@ -289,6 +289,23 @@ def test_detailed_tables_keep_every_seed():
     header, rows = table_rows(runs)
     assert "tiny-prsl (prsl) seed 0 adv" in header and "tiny-prsl (prsl) seed 1 adv" in header
     assert {"0.3200", "**0.4000**"} <= set(rows[0])  # both seeds, the higher one marked
+
+
+def test_an_exact_tie_marks_no_model_best():
+    from prsl.report import table_rows
+
+    runs = [_run("bim", 8 / 255, 1.0, 0.5, seed=seed) for seed in (0, 1)]
+    _, (row,) = table_rows(runs)
+    assert not any("**" in cell for cell in row)
+
+
+def test_the_spread_across_seeds_is_shown_once_per_group_of_seeds():
+    from prsl.report.tables import compact_table
+
+    runs = [_run("bim", 8 / 255, 1.0, adv, seed=seed) for seed, adv in ((0, 0.2), (1, 0.4))]
+    header, rows = compact_table(runs, [])
+    column = header.index(header[-1])
+    assert [row[column] for row in rows] == ["+0.7000 ± 0.1414 (2 seeds)", ""]
 
 
 @pytest.mark.parametrize(

@@ -56,6 +56,7 @@ def compact_table(runs: list[dict], comparisons: list[dict]) -> tuple[list[str],
     spread = seed_spread(runs)
     header = COMPACT_HEADER + (SEED_COLUMNS if spread else [])
     rows = []
+    shown: set[tuple] = set()
     own = [r for r in runs if r["reference"] == "clean"]
     order = lambda r: (r["task"], r["attack"], r["eps"], model_label(r), r.get("seed", 0))  # noqa: E731
     for run in sorted(own, key=order):
@@ -84,11 +85,13 @@ def compact_table(runs: list[dict], comparisons: list[dict]) -> tuple[list[str],
             OUTCOME_TEXT[c["outcome"]] if c else "–",
         ]
         if spread:
-            across = spread.get((run["model"], run["task"], run["attack"], run["eps"], "clean"))
-            row += [
-                str(run.get("seed", "–")),
-                f"{across.mean:+.4f} ± {across.sd:.4f} ({across.seeds} seeds)" if across else "–",
-            ]
+            group = (run["model"], run["task"], run["attack"], run["eps"], "clean")
+            across = spread.get(group)
+            text = f"{across.mean:+.4f} ± {across.sd:.4f} ({across.seeds} seeds)" if across else "–"
+            # once per group of seeds, on its first row: the same figure on every row reads as
+            # a per-seed value
+            row += [str(run.get("seed", "–")), "" if group in shown else text]
+            shown.add(group)
         rows.append(row)
     return header, rows
 
@@ -129,7 +132,8 @@ OUTCOME_TEXT = {
 
 
 def table_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: ε, metric, then clean / adversarial / Δ per model; best marked **."""
+    """Header and rows: ε, metric, then clean / adversarial / Δ per model; a best that one model
+    alone holds marked **."""
     models = sorted({seeded_label(r) for r in runs})
     header = ["ε", "metric"] + [f"{m} {p}" for m in models for p in ("clean", "adv", "Δ")]
     by = {(seeded_label(r), r["eps"]): r for r in runs}
@@ -139,8 +143,11 @@ def table_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
         for metric in metrics:
             cells = {m: by.get((m, eps)) for m in models}
             present = [c for c in cells.values() if c is not None]
-            best_adv = max(c["adversarial"][metric] for c in present)
-            best_deg = min(c["degradation"][metric] for c in present)
+            advs = [c["adversarial"][metric] for c in present]
+            degs = [c["degradation"][metric] for c in present]
+            best_adv, best_deg = max(advs), min(degs)
+            # a best shared by several models marks none: an exact tie is not a winner
+            adv_unique, deg_unique = advs.count(best_adv) == 1, degs.count(best_deg) == 1
             row = [run_eps_text(present[0]), metric]
             for m in models:
                 run = cells[m]
@@ -151,8 +158,8 @@ def table_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
                 mark = len(present) > 1
                 row += [
                     f"{run['clean'][metric]:.4f}",
-                    _bold(f"{adv:.4f}", mark and adv == best_adv),
-                    _bold(f"{deg:+.4f}", mark and deg == best_deg),
+                    _bold(f"{adv:.4f}", mark and adv_unique and adv == best_adv),
+                    _bold(f"{deg:+.4f}", mark and deg_unique and deg == best_deg),
                 ]
             rows.append(row)
     return header, rows

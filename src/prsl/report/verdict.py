@@ -66,8 +66,9 @@ def _cost_line(pair: str, comparison: dict, runs: list[dict]) -> list[str]:
 def _counts(found: list[dict]) -> str:
     tally = Counter(c["outcome"] for c in found)
     less, more, none = (tally[o] for o in OUTCOMES)
+    cells = "cell" if len(found) == 1 else "cells"
     return (
-        f"degrades less in {less} of {len(found)} cells, more in {more}, "
+        f"degrades less in {less} of {len(found)} {cells}, more in {more}, "
         f"no detectable difference in {none}"
     )
 
