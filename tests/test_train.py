@@ -196,8 +196,10 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatc
     monkeypatch.undo()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
     position = load_checkpoint(tmp_path / "checkpoint-4")["position"]
-    assert position | {"seconds": 0} == {"step": 4, "epoch": 0, "in_epoch": 4, "seconds": 0}
+    spent = {"seconds": 0, "device_seconds": 0}
+    assert position | spent == {"step": 4, "epoch": 0, "in_epoch": 4} | spent
     assert position["seconds"] > 0  # the compute so far travels with the checkpoint
+    assert position["device_seconds"] == position["seconds"]  # one process
     assert not (tmp_path / "final").exists()
 
     result = finetune(resume_config(tmp_path), resume=True, progress=False)
@@ -219,12 +221,15 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatc
 def test_a_compute_budget_stops_the_run_once_spent_and_counts_the_start_model(tmp_path):
     """train.max_device_seconds: equal compute for defenses of different cost per step."""
     budget = 1.5
-    cfg = tiny_config(tmp_path / "a", max_steps=100_000, max_device_seconds=budget)
+    cfg = tiny_config(
+        tmp_path / "a", max_steps=100_000, max_device_seconds=budget, log_every=100_000
+    )
     first = finetune(cfg, progress=False)
     record = json.loads((tmp_path / "a" / "final" / "prsl_train.json").read_text())
     spent, steps = record["compute"]["device_seconds"], record["steps"]
     assert 1 < steps < 100_000 and steps == len(first.history)
     assert budget <= spent < budget + 10 * spent / steps  # stopped at the first step past it
+    assert [int(row["step"]) for row in read_log(tmp_path / "a")] == [steps]  # the last is logged
 
     def started_from_it(out: Path, seconds: float) -> FinetuneConfig:
         tree = cfg.model_dump()

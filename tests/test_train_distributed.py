@@ -49,10 +49,10 @@ def config_tree(loss: str) -> dict:
     }
 
 
-def launch_two_processes(config: Path, out: Path, workdir: Path) -> None:
+def launch_two_processes(config: Path, out: Path, workdir: Path, *more: str) -> None:
     """``accelerate launch ... -m prsl.cli finetune``, as the configs document it."""
     command = accelerate_command(
-        2, "finetune", "--config", str(config), "--set", f"train.output_dir={out}"
+        2, "finetune", "--config", str(config), "--set", f"train.output_dir={out}", *more
     )
     done = subprocess.run(
         command,
@@ -200,3 +200,36 @@ def test_adversarial_fine_tuning_in_two_processes_crafts_each_share(tmp_path):
     start, final = weights(tmp_path / "two", "base"), weights(tmp_path / "two", "final")
     assert max((final[k] - start[k]).abs().max().item() for k in final) > 1e-3
     assert all(loss == loss for loss, _ in losses(tmp_path / "two"))
+
+
+def test_compute_resumed_on_another_number_of_processes_counts_each_part_at_its_own(
+    tmp_path, monkeypatch
+):
+    """Two steps in one process (then killed), two more in two: device-seconds are the first
+    part's seconds plus twice the second's, not the whole run's seconds times the last count."""
+    import prsl.train.loop
+
+    class Killed(Exception):
+        pass
+
+    saved = prsl.train.loop.save
+
+    def save_then_die(session, position):
+        saved(session, position)
+        raise Killed
+
+    tree = config_tree("ce")
+    tree["train"] |= {"save_every": 2}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    out = tmp_path / "run"
+    monkeypatch.setattr(prsl.train.loop, "save", save_then_die)
+    with pytest.raises(Killed):
+        train_in_this_process(config, [f"train.output_dir={out}"])
+    monkeypatch.undo()
+    first = load_checkpoint(list_checkpoints(out)[-1])["position"]["seconds"]
+    launch_two_processes(config, out, tmp_path, "--resume")
+    compute = json.loads((out / "final" / TRAIN_INFO).read_text())["compute"]
+    second = compute["seconds"] - first
+    assert second > 0
+    assert compute["device_seconds"] == pytest.approx(first + 2 * second, abs=2e-3)

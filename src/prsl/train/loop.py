@@ -23,7 +23,7 @@ import logging
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +101,15 @@ class TrainResult:
 @dataclass
 class Position:
     """Where the run stands: optimizer steps done, the epoch and step within it, and the wall
-    seconds its steps took so far (summed over resumed runs: the compute the model cost)."""
+    seconds its steps took so far and those seconds times the processes that ran them (both
+    summed over resumed parts, which may have run on other numbers of processes: the compute
+    the model cost)."""
 
     step: int = 0
     epoch: int = 0
     in_epoch: int = 0
     seconds: float = 0.0
+    device_seconds: float = 0.0
 
 
 @dataclass
@@ -320,20 +323,24 @@ def train_until_done(
     budget = cfg.train.max_device_seconds
     base = started_from_cost(cfg.model.name_or_path) or 0.0
     world = accelerator.num_processes
+
+    def budget_spent(at: Position) -> bool:
+        spent = budget is not None and base + at.device_seconds >= budget
+        if spent:
+            accelerator.print(
+                f"stopping at step {at.step}: the budget of {budget:g} device-seconds is spent "
+                "(train.max_device_seconds)"
+            )
+        return spent
+
     with bar:
         for epoch, step_in_epoch, group in order:
-            if position.step >= session.total_steps:
-                break
-            if budget is not None and base + position.seconds * world >= budget:
-                accelerator.print(
-                    f"stopping at step {position.step}: the budget of {budget:g} device-seconds "
-                    "is spent (train.max_device_seconds)"
-                )
-                break
+            if position.step >= session.total_steps or budget_spent(position):
+                break  # (a resumed run whose budget was spent before it stopped)
             started = time.perf_counter()
             stats = optimizer_step(session, group, position.step)
             if stats is None:  # not a step: nothing moved, and it is neither counted nor logged
-                position = Position(position.step, epoch, step_in_epoch + 1, position.seconds)
+                position = replace(position, epoch=epoch, in_epoch=step_in_epoch + 1)
                 if accelerator.is_main_process:
                     log.warning("a batch held no readable image: no optimizer step was taken")
                 continue
@@ -342,8 +349,13 @@ def train_until_done(
                 took = accelerator.reduce(torch.tensor(took, device=accelerator.device), "max")
                 took = float(took)
             position = Position(
-                position.step + 1, epoch, step_in_epoch + 1, position.seconds + took
+                position.step + 1,
+                epoch,
+                step_in_epoch + 1,
+                position.seconds + took,
+                position.device_seconds + took * world,
             )
+            stopping = budget is not None and base + position.device_seconds >= budget
             tokens = stats.pop("tokens")
             stats |= {
                 "step": position.step,
@@ -352,12 +364,16 @@ def train_until_done(
                 "tokens_per_s": tokens / took,
             }
             result.history.append(stats)
-            if position.step % cfg.train.log_every == 0 or position.step == session.total_steps:
+            last = position.step == session.total_steps or stopping
+            if position.step % cfg.train.log_every == 0 or last:
                 logger.write(stats, session.total_steps)
             bar.update(task, completed=position.step, description=describe(stats))
             if cfg.train.save_every and position.step % cfg.train.save_every == 0:
                 save(session, position)
                 saved = position.step
+            if stopping and budget_spent(position):
+                bar.update(task, total=position.step)  # done: no time left to estimate
+                break
     if saved != position.step:
         save(session, position)
     logger.close()
@@ -402,7 +418,11 @@ def restore(session: Session) -> Position:
     session.optimizer.load_state_dict(state["optimizer"])
     session.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
-    position = Position(**{"seconds": 0.0} | state["position"])  # older checkpoints: no seconds
+    # older checkpoints: no seconds (then none), no device-seconds (then as if on this many
+    # processes)
+    saved = {"seconds": 0.0} | state["position"]
+    saved.setdefault("device_seconds", saved["seconds"] * session.accelerator.num_processes)
+    position = Position(**saved)
     session.accelerator.print(f"resuming from {newest} (step {position.step})")
     return position
 
@@ -529,7 +549,7 @@ def save_final_model(session: Session, position: Position, result: TrainResult) 
     session.adapter.save(result.model_dir)
     accelerator = session.accelerator
     fare = cfg.train.fare
-    own = position.seconds * accelerator.num_processes
+    own = position.device_seconds
     base = started_from_cost(cfg.model.name_or_path)
     record = TrainingRecord(
         loss=FARE if fare else cfg.loss.name,
