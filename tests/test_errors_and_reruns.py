@@ -666,6 +666,7 @@ def test_a_sweep_conflict_gives_advice_a_sweep_can_follow(tmp_path):
     result, output = run("sweep", "--config", str(path), "--set", "finetune.train.lr=1e-3")
     one_line_error(result, output, "train.lr: 5e-05 -> 0.001")
     assert "give the sweep another output_dir, or delete" in output and "--resume" not in output
+    assert "train.output_dir" not in output  # the cell's own fix is not the user's to take
 
 
 def test_usage_mistakes_are_one_line_too(capsys):

@@ -258,6 +258,15 @@ def test_fare_on_a_tower_holding_its_projector_is_refused_naming_the_supported(s
     adapter = load_adapter(saved["qwen2_vl"])
     with pytest.raises(InvalidInput, match="inside its vision tower.*llava, paligemma"):
         adapter.vision_encoder()
+    out = tmp_path / "fare"
+    cfg = load_config(
+        FinetuneConfig,
+        None,
+        [f"model.name_or_path={saved['qwen2_vl']}", "train.fare={}", f"train.output_dir={out}"],
+    )
+    with pytest.raises(InvalidInput, match="inside its vision tower"):
+        finetune(cfg, progress=False)
+    assert not out.exists()  # refused from the config, before loading or writing anything
 
 
 # ------------------------------------------------------------------------------- bad input

@@ -169,8 +169,11 @@ def test_defenses_end_to_end_compare_four_models_at_their_cost(tmp_path):
         ce, at, fare = runs[f"{task}-ce"], runs[f"{task}-ce-at"], runs[f"{task}-fare"]
         assert at["train_adversarial"]["attack"] == "pgd" and at["loss"] == "ce"
         assert at["train_device_seconds"] > ce["train_device_seconds"]  # crafting costs
-        assert fare["loss"] == "fare" and fare["train_steps"] < ce["train_steps"]
-        # FARE's cost in all includes the CE model it started from
+        # FARE's cost in all includes the CE model it started from, named
+        assert fare["loss"] == "fare" and fare["train_started_from"] == f"{task}-ce"
+        record = out / "models" / f"{task}-fare" / "final" / "prsl_train.json"
+        own = json.loads(record.read_text())["steps"]
+        assert fare["train_steps"] == ce["train_steps"] + own
         assert fare["train_device_seconds"] > ce["train_device_seconds"]
         before = load_file(str(out / "models" / f"{task}-ce" / "final" / "model.safetensors"))
         after = load_file(str(out / "models" / f"{task}-fare" / "final" / "model.safetensors"))

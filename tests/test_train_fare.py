@@ -20,7 +20,7 @@ from prsl.config import DataConfig
 from prsl.core.errors import InvalidInput
 from prsl.data import read_dataset
 from prsl.data.images import to_pixels
-from prsl.models import build_tiny_captioner, load_adapter
+from prsl.models import load_adapter
 from prsl.train import (
     FinetuneConfig,
     LossConfig,
@@ -110,8 +110,8 @@ def test_the_record_names_fare_with_its_settings(trained):
 @pytest.mark.parametrize(
     ("train", "message"),
     [
-        ({"fare": {"eps": 2 / 255, "norm": "l2"}}, "fare takes eps, steps and alpha, not norm"),
-        ({"fare": {"eps": -1}}, "fare: eps must be"),
+        ({"fare": {"eps": 2 / 255, "norm": "l2"}}, "takes eps, steps and alpha, not norm"),
+        ({"fare": {"eps": -1}}, "fare\n  Value error, eps must be"),
         (
             {"fare": {}, "adversarial": {"attack": "pgd"}},
             "adversarial .* and fare .* are two trainings",
@@ -126,8 +126,31 @@ def test_bad_fare_settings_are_refused_when_loaded(train, message):
 def test_fare_under_sharded_training_is_refused_naming_the_launch_that_works():
     from accelerate.utils import DistributedType
 
-    from prsl.train.fare import prepare_fare
+    from prsl.train.fare import check_fare
 
-    adapter = build_tiny_captioner(["a red circle"], hidden=16, layers=1)
     with pytest.raises(InvalidInput, match="data-parallel .*--multi_gpu.*not under FSDP"):
-        prepare_fare(adapter, DistributedType.FSDP)
+        check_fare(ModelConfig(tiny=TINY), DistributedType.FSDP)
+
+
+@pytest.mark.parametrize(
+    ("setting", "line"),
+    [
+        (
+            "{step: 3}",
+            "error: invalid configuration: train.fare: takes eps, steps and alpha, not step",
+        ),
+        ("{eps: -1}", "error: invalid configuration: train.fare: eps must be a finite number >= 0"),
+    ],
+)
+def test_a_bad_fare_setting_is_one_line_naming_the_field(tmp_path, setting, line):
+    from typer.testing import CliRunner
+
+    from prsl.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["finetune", "--set", f"train.fare={setting}", "--set", f"train.output_dir={out}"]
+    )
+    assert result.exit_code == 2
+    (printed,) = result.output.strip().splitlines()
+    assert printed.startswith(line) and not out.exists()

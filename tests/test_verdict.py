@@ -101,15 +101,34 @@ def test_the_verdict_states_each_sides_training_cost() -> None:
     runs, (comparison,) = _compared(np.zeros(30), np.ones(30), n=30)
     fields = [r.fields for r in runs]
     assert not any("training cost" in line for line in verdict_lines([comparison], fields, 0.95))
-    costs = {"tiny-ce": (10.0, 400), "tiny-prsl": (25.0, 400)}
+    costs = {"tiny-ce": (10.0, 400, None), "tiny-prsl": (25.0, 600, "tiny-ce")}
     for run in fields:
-        seconds, steps = costs[run["model"]]
+        seconds, steps, start = costs[run["model"]]
         run |= {"train_device_seconds": seconds, "train_steps": steps}
+        run |= {"train_started_from": start} if start else {}
     lines = verdict_lines([comparison], fields, 0.95)
     assert lines[-2] == (
-        "tiny-prsl (prsl) vs tiny-ce (ce), training cost: 25.0 vs 10.0 device-seconds "
-        "(2.50x the baseline's compute), 400 vs 400 optimizer steps (1.00x)."
+        "tiny-prsl (prsl) vs tiny-ce (ce), vqa, training cost: 25.0 device-seconds and 600 steps, "
+        "with tiny-ce it started from vs 10.0 device-seconds and 400 steps (2.50x the baseline's "
+        "compute, 1.50x its steps)."
     )
+
+
+def test_the_cost_is_that_of_the_task_and_a_mean_over_seeds_says_so() -> None:
+    from prsl.report.verdict import _training_cost
+
+    def run(task, seed, seconds):
+        return {"model": "m", "task": task, "seed": seed, "train_steps": 100} | {
+            "train_device_seconds": seconds
+        }
+
+    runs = [run("caption", 0, 10.0), run("caption", 1, 30.0), run("vqa", 0, 40.0)]
+    caption = _training_cost("m", "caption", runs)
+    assert (caption.seconds, caption.seeds) == (20.0, 2)
+    assert caption.text().startswith("the mean of 2 seeds' 20.0 device-seconds")
+    assert _training_cost("m", "vqa", runs).seconds == 40.0
+    unknown = [*runs, {"model": "m", "task": "caption", "seed": 2}]  # one seed without a cost
+    assert _training_cost("m", "caption", unknown) is None
 
 
 def test_intervals_hold_the_point_estimate_and_are_written_per_part() -> None:

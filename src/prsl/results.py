@@ -9,7 +9,7 @@ nothing here draws or formats. The format::
                "intervals": {"clean"|"adversarial"|"degradation": {metric: [low, high]}}?,
                "gradient_free": bool?, "transfer_of": white-box attack name?, "seed": int?,
                "train_steps": int?, "train_device_seconds": float?, "train_device": str?,
-               "train_adversarial": {"attack", "fraction", ...}?,
+               "train_started_from": str?, "train_adversarial": {"attack", "fraction", ...}?,
                "per_step": [{metric: value}, ...]?}],
      "comparisons": [{"model", "baseline", "loss", "baseline_loss", "task", "attack", "eps",
                       "norm", "reference", "metric", "n_items", "difference", "interval",
@@ -24,7 +24,9 @@ paired-bootstrap percentile intervals over the items; a comparison's ``differenc
 model's degradation minus the baseline's on the same items (below 0: the model degrades less),
 with its interval and two-sided p-value; ``outcome`` is ``less`` or ``more`` when the interval
 excludes 0, ``none`` otherwise. ``seed`` is the training seed of a run (and of the comparisons
-made within it) when the results of several seeds are merged.
+made within it) when the results of several seeds are merged. ``train_steps`` and
+``train_device_seconds`` are what the model's training cost in all: with the prsl-trained model
+it started from, named in ``train_started_from``, when there is one (FARE on a CE model).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ OPTIONAL_RUN_FIELDS: Mapping[str, type | tuple[type, ...]] = {
     "train_steps": int,
     "train_device_seconds": (int, float),
     "train_device": str,
+    "train_started_from": str,
     "train_adversarial": dict,
 }
 COMPARISON_FIELDS: Mapping[str, type | tuple[type, ...]] = {

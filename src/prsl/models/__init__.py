@@ -16,6 +16,7 @@ from prsl.models.registry import (
     ADAPTER_FAMILIES,
     adapter_class,
     check_model_source,
+    check_vision_encoder,
     detect_family,
     load_adapter,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "build_tiny_captioner",
     "build_word_tokenizer",
     "check_model_source",
+    "check_vision_encoder",
     "detect_family",
     "freeze_for_finetune",
     "load_adapter",

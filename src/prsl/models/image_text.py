@@ -25,8 +25,8 @@ from prsl.models.lora import inject_lora
 from prsl.models.pixels import (
     LANGUAGE_MODEL,
     PixelPipeline,
+    check_separable_vision,
     pipeline_for,
-    supported_model_types,
 )
 from prsl.models.processors import image_only_processors, load_processor
 
@@ -66,6 +66,7 @@ class ImageTextAdapter(HFAdapter):
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = self.end_token_id if pad is None else int(pad)
         self._prefixes: dict[str, list[int]] = {}
+        self._vision_tower: tuple[Any, torch.nn.Module] | None = None
         self.prefix_ids(self.caption_prompt)  # a template that drops the image fails here
 
     def _geometry(self, image_processor: Any):
@@ -83,21 +84,19 @@ class ImageTextAdapter(HFAdapter):
 
     def vision_encoder(self) -> torch.nn.Module:
         """The vision tower (CLIP, SigLIP), without the projector."""
+        model = self.model
+        if self._vision_tower is not None and self._vision_tower[0] is model:
+            return self._vision_tower[1]  # FARE asks at every PGD step: find it once
+        check_separable_vision(model.config.model_type)
         name = self.pipeline.vision_tower
-        if not self.pipeline.separable_vision:
-            separable = [t for t in supported_model_types() if pipeline_for(t).separable_vision]
-            raise InvalidInput(
-                f"FARE fine-tunes a vision encoder apart from its projector, and "
-                f"{self.model.config.model_type}'s projector sits inside its vision tower; "
-                f"chat VLMs FARE supports: {', '.join(separable)}"
-            )
         found = [
             module
-            for path, module in self.model.named_modules()
+            for path, module in model.named_modules()
             if path == name or path.endswith("." + name)
         ]
         if not found:
-            raise InvalidInput(f"this {self.model.config.model_type!r} model has no {name!r}")
+            raise InvalidInput(f"this {model.config.model_type!r} model has no {name!r}")
+        self._vision_tower = (model, found[0])
         return found[0]
 
     def image_features(

@@ -62,6 +62,17 @@ def pipeline_for(model_type: str) -> type[PixelPipeline]:
     return _PIPELINES[model_type]
 
 
+def check_separable_vision(model_type: str) -> None:
+    """Refuse FARE on an architecture whose projector sits inside its vision tower."""
+    if not pipeline_for(model_type).separable_vision:
+        separable = [t for t in supported_model_types() if _PIPELINES[t].separable_vision]
+        raise InvalidInput(
+            f"FARE fine-tunes a vision encoder apart from its projector, and {model_type}'s "
+            f"projector sits inside its vision tower; chat VLMs FARE supports: "
+            f"{', '.join(separable)}"
+        )
+
+
 def size_of(size: Any) -> tuple[int, int] | None:
     """(H, W) from an image processor's ``size`` / ``crop_size`` field, or None."""
     if size is None:

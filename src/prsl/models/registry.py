@@ -18,7 +18,7 @@ from prsl.core.errors import InvalidInput, MissingInput
 from prsl.models.blip2 import Blip2Adapter
 from prsl.models.hf import ADAPTER_INFO, HFAdapter
 from prsl.models.image_text import ImageTextAdapter
-from prsl.models.pixels import supported_model_types
+from prsl.models.pixels import check_separable_vision, supported_model_types
 from prsl.models.ved import VisionEncoderDecoderAdapter
 
 ADAPTER_FAMILIES: dict[str, type[HFAdapter]] = {
@@ -148,6 +148,18 @@ def check_model_source(
     if local is not None and not any(next(local.glob(p), None) for p in WEIGHT_FILES):
         raise MissingInput(f"model folder {local} holds no weights ({', '.join(WEIGHT_FILES)})")
     return family
+
+
+def check_vision_encoder(
+    dir_or_hub_id: str | Path, family: str | None = None, trust_remote_code: bool = False
+) -> None:
+    """Refuse, from the config alone, a model whose vision encoder prsl cannot separate (what
+    FARE fine-tunes): before its weights are loaded."""
+    family = check_model_source(dir_or_hub_id, family, trust_remote_code)
+    if family == ImageTextAdapter.family:
+        source, _ = _config_source(dir_or_hub_id)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        check_separable_vision(config.model_type)
 
 
 def load_adapter(

@@ -39,6 +39,17 @@ class Compute(BaseModel):
     total_device_seconds: float | None = None
     """With the compute of the prsl-trained model this run started from (FARE on a CE model,
     say): what the model cost in all."""
+    total_steps: int | None = None
+    """With the optimizer steps of that model: the steps in all."""
+    started_from: str | None = None
+    """The name of that model (its folder), when there is one."""
+
+    def in_all(self, steps: int) -> tuple[float, int]:
+        """(device-seconds, optimizer steps) in all, given this run's own steps."""
+        seconds = (
+            self.device_seconds if self.total_device_seconds is None else self.total_device_seconds
+        )
+        return seconds, steps if self.total_steps is None else self.total_steps
 
 
 class TrainingRecord(BaseModel):
@@ -84,8 +95,9 @@ class ModelRef:
     loss: str = PRETRAINED
     loss_params: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
-    """What its fine-tune cost, from the record: ``train_steps``, ``train_device_seconds``,
-    ``train_device``; empty for a model prsl did not fine-tune (or an older record)."""
+    """What its fine-tune cost, from the record: ``train_steps`` and ``train_device_seconds``
+    (in all: with the model it started from, named in ``train_started_from``), ``train_device``;
+    empty for a model prsl did not fine-tune (or an older record)."""
 
     @property
     def tag(self) -> str:
@@ -174,9 +186,11 @@ def training_cost(record: TrainingRecord | None) -> dict[str, Any]:
         return {}
     cost: dict[str, Any] = {"train_steps": record.steps}
     if record.compute is not None:
-        total = record.compute.total_device_seconds
-        cost["train_device_seconds"] = record.compute.device_seconds if total is None else total
+        seconds, steps = record.compute.in_all(record.steps)
+        cost |= {"train_steps": steps, "train_device_seconds": seconds}
         cost["train_device"] = record.compute.device
+        if record.compute.started_from is not None:
+            cost["train_started_from"] = record.compute.started_from
     if record.adversarial is not None:
         cost["train_adversarial"] = record.adversarial
     return cost

@@ -134,7 +134,7 @@ def check_settings(
     )
     if found:
         listed = "; ".join(str(d) for d in found)
-        raise RunConflict(f"{folder} holds results computed with other settings ({listed}): {fix}")
+        raise RunConflict(f"{folder} holds results computed with other settings ({listed})", fix)
     return True
 
 

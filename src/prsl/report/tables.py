@@ -96,7 +96,13 @@ def compact_table(runs: list[dict], comparisons: list[dict]) -> tuple[list[str],
     return header, rows
 
 
-MODEL_HEADER = ["model", "trained with", "optimizer steps", "device-seconds in all", "device"]
+MODEL_HEADER = [
+    "model",
+    "trained with",
+    "optimizer steps in all",
+    "device-seconds in all",
+    "device",
+]
 
 
 def model_rows(runs: list[dict]) -> list[list[str]]:
@@ -112,6 +118,8 @@ def model_rows(runs: list[dict]) -> list[list[str]]:
         seconds = run.get("train_device_seconds")
         adversarial = run.get("train_adversarial")
         recipe = run["loss"] + (f" + {adversarial['attack']} AT" if adversarial else "")
+        if run.get("train_started_from"):  # its steps and seconds include that model's
+            recipe += f", from {run['train_started_from']}"
         rows.append(
             [
                 label + (f" (seed {seed})" if seed is not None else ""),

@@ -11,6 +11,8 @@ effect from noise.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
 
 from prsl.report.plots import headline_metric
 from prsl.report.seeds import collapse_seeds
@@ -35,31 +37,59 @@ def _pair(comparison: dict) -> str:
     )
 
 
-def _training_cost(model: str, runs: list[dict]) -> tuple[float, float] | None:
-    """(device-seconds, optimizer steps) of a model's training, the mean over its seeds."""
-    costs = {
-        (run.get("seed"), run["train_device_seconds"], run["train_steps"])
-        for run in runs
-        if run["model"] == model and "train_device_seconds" in run
-    }
-    if not costs:
+@dataclass(frozen=True)
+class Cost:
+    """What a model's training cost in one task: device-seconds and optimizer steps in all,
+    means over its ``seeds``, and the model it started from, if any."""
+
+    seconds: float
+    steps: float
+    seeds: int
+    started_from: str | None
+
+    def text(self) -> str:
+        mean = f"the mean of {self.seeds} seeds' " if self.seeds > 1 else ""
+        start = f", with {self.started_from} it started from" if self.started_from else ""
+        return f"{mean}{self.seconds:.1f} device-seconds and {self.steps:g} steps{start}"
+
+
+def _training_cost(model: str, task: str, runs: list[dict]) -> Cost | None:
+    """A model's training cost in ``task``; None when any of its seeds lacks one (a mean of
+    some seeds would pass for all of them)."""
+    per_seed: dict[Any, tuple[float, int, str | None] | None] = {}
+    for run in runs:
+        if run["model"] != model or run["task"] != task:
+            continue
+        known = "train_device_seconds" in run and "train_steps" in run
+        cost = (
+            (run["train_device_seconds"], run["train_steps"], run.get("train_started_from"))
+            if known
+            else None
+        )
+        per_seed.setdefault(run.get("seed"), cost)
+    costs = list(per_seed.values())
+    if not costs or any(c is None for c in costs):
         return None
-    return (
-        sum(seconds for _, seconds, _ in costs) / len(costs),
-        sum(steps for _, _, steps in costs) / len(costs),
+    starts = {c[2] for c in costs}
+    return Cost(
+        sum(c[0] for c in costs) / len(costs),
+        sum(c[1] for c in costs) / len(costs),
+        len(costs),
+        starts.pop() if len(starts) == 1 else "the models they started from",
     )
 
 
 def _cost_line(pair: str, comparison: dict, runs: list[dict]) -> list[str]:
     """What each side's training cost, so "degrades less" is read at its price."""
-    mine = _training_cost(comparison["model"], runs)
-    theirs = _training_cost(comparison["baseline"], runs)
-    if mine is None or theirs is None or theirs[0] <= 0 or theirs[1] <= 0:
+    task = comparison["task"]
+    mine = _training_cost(comparison["model"], task, runs)
+    theirs = _training_cost(comparison["baseline"], task, runs)
+    if mine is None or theirs is None or theirs.seconds <= 0 or theirs.steps <= 0:
         return []
     return [
-        f"{pair}, training cost: {mine[0]:.1f} vs {theirs[0]:.1f} device-seconds "
-        f"({mine[0] / theirs[0]:.2f}x the baseline's compute), {mine[1]:g} vs {theirs[1]:g} "
-        f"optimizer steps ({mine[1] / theirs[1]:.2f}x)."
+        f"{pair}, {task}, training cost: {mine.text()} vs {theirs.text()} "
+        f"({mine.seconds / theirs.seconds:.2f}x the baseline's compute, "
+        f"{mine.steps / theirs.steps:.2f}x its steps)."
     ]
 
 
@@ -101,7 +131,6 @@ def verdict_lines(comparisons: list[dict], runs: list[dict], level: float | None
         else f"{cells} cells compared; no level recorded for their intervals."
     )
     lines = []
-    costed: set[str] = set()
     for (pair, task), found in pairs.items():
         metric = headline_metric(task, runs)
         headline = [c for c in found if c["metric"] == metric]
@@ -118,7 +147,5 @@ def verdict_lines(comparisons: list[dict], runs: list[dict], level: float | None
             lines.append(
                 f"{pair}, {task}, {metric}, {attack}, reference {reference}: {_counts(cells)}."
             )
-        if pair not in costed:  # once per pair, after its first task's counts
-            costed.add(pair)
-            lines += _cost_line(pair, found[0], runs)
+        lines += _cost_line(pair, found[0], runs)
     return [*lines, caveat]

@@ -125,14 +125,17 @@ class LossConfig(Strict):
 
 def _validated_attack(name: str, params: dict[str, Any], shown_as: str | None = None) -> Attack:
     """The registered attack, its parameter errors as a config's (``shown_as`` names it in
-    them when the config is not called after the attack)."""
+    them when the config is not called after the attack; ``""`` leaves the name to the
+    config's field)."""
     try:
         return get_attack(name, **params)
     except InvalidInput as err:
         message = str(err)
-        raise ValueError(
-            message.replace(f"attack {name!r}", shown_as) if shown_as else message
-        ) from None
+        if shown_as == "":  # the config's own field names it: no attack name at all
+            message = message.replace(f"attack {name!r}: ", "")
+        elif shown_as:
+            message = message.replace(f"attack {name!r}", shown_as)
+        raise ValueError(message) from None
 
 
 class AdversarialConfig(Strict):
@@ -207,8 +210,8 @@ class FareConfig(Strict):
         params = {k: data[k] for k in ("eps", "steps", "alpha") if k in data}
         unknown = sorted(set(data) - {"eps", "steps", "alpha"})
         if unknown:
-            raise ValueError(f"fare takes eps, steps and alpha, not {', '.join(unknown)}")
-        built = _validated_attack("pgd", params | {"norm": "linf"}, shown_as="fare")
+            raise ValueError(f"takes eps, steps and alpha, not {', '.join(unknown)}")
+        built = _validated_attack("pgd", params | {"norm": "linf"}, shown_as="")
         return {**data, "built": built}
 
     @model_serializer(mode="plain")

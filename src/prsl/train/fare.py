@@ -23,9 +23,9 @@ from torch import nn
 
 from prsl.attacks import attack_mode
 from prsl.core.errors import InvalidInput
-from prsl.models import HFAdapter
+from prsl.models import HFAdapter, check_vision_encoder
 from prsl.train.adversarial import mixing_seed
-from prsl.train.config import FareConfig
+from prsl.train.config import TINY, FareConfig, ModelConfig
 
 FARE = "fare"
 """The loss a FARE-trained model's record names (its ``loss_params``: ε, steps, α)."""
@@ -35,13 +35,22 @@ DATA_PARALLEL = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.
 """The launches FARE runs under: one process, or DDP over CPU processes or GPUs."""
 
 
-def prepare_fare(adapter: HFAdapter, distributed: DistributedType) -> nn.Module:
-    """Train only the vision encoder; returns the frozen original it is pulled towards."""
+def check_fare(cfg: ModelConfig, distributed: DistributedType) -> None:
+    """Refuse a FARE run that cannot work before anything is loaded or written: a sharded
+    launch, or a model whose vision encoder prsl cannot separate."""
     if distributed not in DATA_PARALLEL:
         raise InvalidInput(
             f"train.fare runs in one process or data-parallel (accelerate launch --multi_gpu), "
             f"not under {distributed.value}: its encoder is small enough to hold on every device"
         )
+    if cfg.name_or_path != TINY:
+        check_vision_encoder(cfg.name_or_path, cfg.family, cfg.trust_remote_code)
+
+
+def prepare_fare(adapter: HFAdapter, distributed: DistributedType) -> nn.Module:
+    """Train only the vision encoder; returns the frozen original it is pulled towards."""
+    if distributed not in DATA_PARALLEL:  # (check_fare said so before loading)
+        raise InvalidInput(f"train.fare cannot run under {distributed.value}")
     encoder = adapter.vision_encoder()
     reference = copy.deepcopy(encoder).eval()
     for param in reference.parameters():

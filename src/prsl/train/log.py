@@ -21,6 +21,8 @@ TENSORBOARD = "tensorboard"
 
 
 def describe(stats: dict) -> str:
+    if stats.get("fare"):  # FARE: the loss is the embedding distance, the throughput images/s
+        return f"FARE distance {stats['loss']:.4f} {stats['tokens_per_s']:,.0f} images/s"
     return (
         f"loss {stats['loss']:.4f} (ce {stats['ce']:.4f}, reg {stats['regularizer']:.4g}) "
         f"{stats['tokens_per_s']:,.0f} tok/s"

@@ -71,7 +71,14 @@ from prsl.train.checkpoint import (
     set_rng_state,
 )
 from prsl.train.config import RESUMABLE_CHANGES, FinetuneConfig
-from prsl.train.fare import FARE, fare_distances, fare_seed, prepare_fare, sum_gradients
+from prsl.train.fare import (
+    FARE,
+    check_fare,
+    fare_distances,
+    fare_seed,
+    prepare_fare,
+    sum_gradients,
+)
 from prsl.train.log import (
     LOG_FILE,
     TENSORBOARD,
@@ -140,6 +147,8 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
     check_budget(cfg)
     split = read_training_data(cfg)
     accelerator = make_accelerator(cfg)
+    if cfg.train.fare is not None:
+        check_fare(cfg.model, accelerator.distributed_type)
     check_output_dir(out, "train.output_dir")
     resuming = claim_output_dir(out, cfg, resume, accelerator)
     set_seed(cfg.train.seed)
@@ -506,7 +515,8 @@ def optimizer_step(
     session.scheduler.step()
     session.optimizer.zero_grad(set_to_none=True)
     loss, ce, regularizer = (parts / len(group)).tolist()
-    return {"loss": loss, "ce": ce, "regularizer": regularizer, "tokens": tokens}
+    stats = {"loss": loss, "ce": ce, "regularizer": regularizer, "tokens": tokens}
+    return stats | ({"fare": True} if session.reference is not None else {})
 
 
 def save(session: Session, position: Position) -> None:
@@ -525,14 +535,22 @@ def save(session: Session, position: Position) -> None:
     accelerator.wait_for_everyone()
 
 
-def started_from_cost(name_or_path: str) -> float | None:
-    """Device-seconds of the prsl-trained model a run starts from (its own total), if any."""
+def started_from(name_or_path: str) -> tuple[str, float, int] | None:
+    """(name, device-seconds, optimizer steps), each in all, of the prsl-trained model a run
+    starts from, if it is one with a compute record."""
     folder = Path(name_or_path)
     start = read_training_record(folder) if folder.is_dir() else None
     if start is None or start.compute is None:
         return None
-    total = start.compute.total_device_seconds
-    return start.compute.device_seconds if total is None else total
+    seconds, steps = start.compute.in_all(start.steps)
+    name = folder.parent.name if folder.name == FINAL else folder.name
+    return name, seconds, steps
+
+
+def started_from_cost(name_or_path: str) -> float | None:
+    """Device-seconds in all of the prsl-trained model a run starts from, if any."""
+    start = started_from(name_or_path)
+    return None if start is None else start[1]
 
 
 def device_name(device: torch.device) -> str:
@@ -550,7 +568,7 @@ def save_final_model(session: Session, position: Position, result: TrainResult) 
     accelerator = session.accelerator
     fare = cfg.train.fare
     own = position.device_seconds
-    base = started_from_cost(cfg.model.name_or_path)
+    start = started_from(cfg.model.name_or_path)
     record = TrainingRecord(
         loss=FARE if fare else cfg.loss.name,
         loss_params=fare.model_dump() if fare else cfg.loss.params.recorded(),
@@ -560,7 +578,9 @@ def save_final_model(session: Session, position: Position, result: TrainResult) 
             seconds=round(position.seconds, 3),
             device=device_name(accelerator.device),
             device_seconds=round(own, 3),
-            total_device_seconds=round(own + base, 3) if base is not None else None,
+            total_device_seconds=round(own + start[1], 3) if start is not None else None,
+            total_steps=position.step + start[2] if start is not None else None,
+            started_from=start[0] if start is not None else None,
         ),
         adversarial=cfg.train.adversarial.model_dump() if cfg.train.adversarial else None,
         config=cfg.model_dump(),
