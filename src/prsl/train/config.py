@@ -234,8 +234,10 @@ class TrainConfig(Strict):
     max_device_seconds: float | None = Field(None, gt=0)
     """Also stop once the model's device-seconds reach this budget: this run's wall seconds of
     optimizer steps x processes, plus those of the prsl-trained model it started from. Defenses
-    of different cost given one budget are compared at equal compute; the LR schedule still
-    spans ``max_steps`` / ``epochs`` and the record says how many steps were taken."""
+    of different cost given one budget are compared at equal compute. The step that reaches
+    the budget finishes, so a run overshoots it by less than one of its own steps. The LR
+    schedule still spans ``max_steps`` / ``epochs`` (``scheduler: constant`` suits a budget);
+    the record says how many steps were taken."""
     batch_size: int = Field(8, ge=1)
     """The global micro-batch, split across processes."""
     grad_accum: int = Field(1, ge=1)

@@ -173,6 +173,12 @@ def check_budget(cfg: FinetuneConfig) -> None:
     """Refuse a compute budget that the model the run starts from has spent already."""
     budget = cfg.train.max_device_seconds
     base = started_from_cost(cfg.model.name_or_path)
+    if budget is not None and cfg.train.scheduler != "constant":
+        log.warning(
+            "train.max_device_seconds may stop the run partway through its %s LR schedule, "
+            "which spans train.max_steps / epochs; scheduler: constant avoids that",
+            cfg.train.scheduler,
+        )
     if budget is not None and base is not None and base >= budget:
         raise InvalidInput(
             f"train.max_device_seconds {budget:g} is spent before the first step: the model it "
