@@ -262,9 +262,18 @@ def test_outputs_after_every_step_are_those_of_one_step_at_a_time(trained_model,
     assert sum(calls) == 3 * 3 and max(calls) <= per_call  # 3 steps of 3 images; the last reused
 
 
-def test_a_bfloat16_evaluation_attacks_fp32_pixels_and_says_so(trained_model, tmp_path, scorer):
+def test_a_bfloat16_evaluation_attacks_fp32_pixels_and_says_so(
+    trained_model, tmp_path, scorer, monkeypatch
+):
+    loaded, real = [], evaluate_module.load_adapter
+    monkeypatch.setattr(
+        evaluate_module,
+        "load_adapter",
+        lambda *a, **kw: loaded.append(real(*a, **kw)) or loaded[-1],
+    )
     cfg = config(trained_model, tmp_path, dtype="bfloat16", attacks=[AttackSpec(name="fgsm")])
     results = evaluate(cfg, progress=False, scorer=scorer)
+    assert loaded and all(a.model.dtype == torch.bfloat16 for a in loaded)  # it computed in bf16
     assert results["meta"]["dtype"] == "bfloat16"
     for row in rows(tmp_path):
         assert row["linf"] <= row["eps"] + 1e-6  # the pixels and their ball stay fp32

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 import prsl.train.checkpoint
 import prsl.train.loop
+from interrupting import Killed, die_after_saving
 from prsl.cli import app
 from prsl.config import DataConfig, load_config
 from prsl.core.errors import InvalidInput
@@ -51,10 +52,6 @@ LOSS_PARAMS = {
     "drsl": {"weight": 1e-5},
     "ls": {"smoothing": 0.1},
 }
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL: not an ``Exception``, so no handler in the code under test eats it."""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -183,14 +180,7 @@ def assert_same_run(out: Path, reference: Path) -> None:
 
 
 def test_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch, straight_run):
-    saved = prsl.train.loop.save
-
-    def save_then_die(session, position):
-        saved(session, position)
-        if position.step == 4:
-            raise Killed
-
-    monkeypatch.setattr(prsl.train.loop, "save", save_then_die)
+    die_after_saving(monkeypatch, step=4)
     with pytest.raises(Killed):
         finetune(resume_config(tmp_path), progress=False)
     monkeypatch.undo()

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 import prsl.train.adversarial
 import prsl.train.loop
 import vlm_builders
+from interrupting import Killed, die_after_saving
 from prsl.config import DataConfig, load_config
 from prsl.core.errors import InvalidInput
 from prsl.data import read_dataset
@@ -115,17 +116,7 @@ def test_an_adversarial_run_resumes_to_the_uninterrupted_weights(tmp_path, monke
     adversarial = {"attack": "pgd", "eps": EPS, "steps": 2, "fraction": 0.5}
     finetune(config(tmp_path / "straight", adversarial, save_every=2), progress=False)
 
-    class Killed(BaseException):
-        pass
-
-    saved = prsl.train.loop.save
-
-    def save_then_die(session, position):
-        saved(session, position)
-        if position.step == 2:
-            raise Killed
-
-    monkeypatch.setattr(prsl.train.loop, "save", save_then_die)
+    die_after_saving(monkeypatch, step=2)
     with pytest.raises(Killed):
         finetune(config(tmp_path / "killed", adversarial, save_every=2), progress=False)
     monkeypatch.undo()

@@ -21,6 +21,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from interrupting import Killed, die_after_saving
 from launching import LAUNCH_TIMEOUT_S, accelerate_command, environment
 from prsl.config import load_config
 from prsl.provenance import TRAIN_INFO
@@ -207,23 +208,12 @@ def test_compute_resumed_on_another_number_of_processes_counts_each_part_at_its_
 ):
     """Two steps in one process (then killed), two more in two: device-seconds are the first
     part's seconds plus twice the second's, not the whole run's seconds times the last count."""
-    import prsl.train.loop
-
-    class Killed(Exception):
-        pass
-
-    saved = prsl.train.loop.save
-
-    def save_then_die(session, position):
-        saved(session, position)
-        raise Killed
-
     tree = config_tree("ce")
     tree["train"] |= {"save_every": 2}
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tree))
     out = tmp_path / "run"
-    monkeypatch.setattr(prsl.train.loop, "save", save_then_die)
+    die_after_saving(monkeypatch)
     with pytest.raises(Killed):
         train_in_this_process(config, [f"train.output_dir={out}"])
     monkeypatch.undo()

@@ -110,14 +110,19 @@ def validate_results(data: Any, source: str = "results") -> None:
         _validate_comparison(comparison, f"{source}: comparisons[{i}]")
 
 
-def _validate_comparison(comparison: Any, where: str) -> None:
-    if not isinstance(comparison, dict):
+def _check_fields(value: Any, fields: Mapping[str, Any], where: str) -> None:
+    """An object holding every one of ``fields``, each of its type (a bool is no number)."""
+    if not isinstance(value, dict):
         raise InvalidInput(f"{where} is not an object")
-    for name, kind in COMPARISON_FIELDS.items():
-        if name not in comparison:
+    for name, kind in fields.items():
+        if name not in value:
             raise InvalidInput(f"{where} lacks field {name!r}")
-        if not isinstance(comparison[name], kind) or isinstance(comparison[name], bool):
+        if not isinstance(value[name], kind) or isinstance(value[name], bool):
             raise InvalidInput(f"{where}.{name} has the wrong type")
+
+
+def _validate_comparison(comparison: Any, where: str) -> None:
+    _check_fields(comparison, COMPARISON_FIELDS, where)
     if comparison["outcome"] not in OUTCOMES:
         raise InvalidInput(f"{where}.outcome must be one of {', '.join(OUTCOMES)}")
     bounds = comparison["interval"]
@@ -126,13 +131,7 @@ def _validate_comparison(comparison: Any, where: str) -> None:
 
 
 def _validate_run(run: Any, where: str) -> None:
-    if not isinstance(run, dict):
-        raise InvalidInput(f"{where} is not an object")
-    for name, kind in RUN_FIELDS.items():
-        if name not in run:
-            raise InvalidInput(f"{where} lacks field {name!r}")
-        if not isinstance(run[name], kind) or isinstance(run[name], bool):
-            raise InvalidInput(f"{where}.{name} has the wrong type")
+    _check_fields(run, RUN_FIELDS, where)
     for name, kind in OPTIONAL_RUN_FIELDS.items():
         if name in run and not isinstance(run[name], kind):
             raise InvalidInput(f"{where}.{name} has the wrong type")

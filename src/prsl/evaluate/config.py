@@ -187,3 +187,8 @@ class EvalConfig(Strict):
                     )
                 seen.add((spec.result_name, eps))
         return self
+
+    def precision(self) -> dict[str, str]:
+        """The ``dtype`` as settings records and results keep it: only when given, so the
+        records of runs from before the field existed still match."""
+        return {"dtype": self.dtype} if self.dtype is not None else {}

@@ -103,7 +103,7 @@ def attack_to_files(
         "model": {ref.location: describe(ref)},
         "data": cfg.data.model_dump(),
         "attack": cell.recorded(),
-        **({"dtype": cfg.dtype} if cfg.dtype is not None else {}),
+        **cfg.precision(),
         "attack_target": cfg.attack_target,
         "max_new_tokens": cfg.max_new_tokens,
         "caption_prompt": cfg.caption_prompt,

@@ -184,7 +184,7 @@ def score_and_write(
                 "baseline": baseline.name if baseline is not None else None,
             },
             attack_target=cfg.attack_target,
-            **({"dtype": cfg.dtype} if cfg.dtype is not None else {}),
+            **cfg.precision(),
             vqa_protocol=cfg.vqa_protocol if split.task == "vqa" else None,
             seed=cfg.seed,
             bertscore_model=bertscore,
@@ -278,7 +278,7 @@ def evaluation_settings(
     """What the rows of ``predictions.jsonl`` depend on (see the module docstring)."""
     return {
         "items": item_digests(evaluation_samples(split, str)),
-        **({"dtype": cfg.dtype} if cfg.dtype is not None else {}),  # older runs had none
+        **cfg.precision(),
         "data": cfg.data.model_dump(),
         "attack_target": cfg.attack_target,
         "max_new_tokens": cfg.max_new_tokens,

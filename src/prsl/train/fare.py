@@ -47,10 +47,9 @@ def check_fare(cfg: ModelConfig, distributed: DistributedType) -> None:
         check_vision_encoder(cfg.name_or_path, cfg.family, cfg.trust_remote_code)
 
 
-def prepare_fare(adapter: HFAdapter, distributed: DistributedType) -> nn.Module:
-    """Train only the vision encoder; returns the frozen original it is pulled towards."""
-    if distributed not in DATA_PARALLEL:  # (check_fare said so before loading)
-        raise InvalidInput(f"train.fare cannot run under {distributed.value}")
+def prepare_fare(adapter: HFAdapter) -> nn.Module:
+    """Train only the vision encoder (the launch passed :func:`check_fare`); returns the
+    frozen original it is pulled towards."""
     encoder = adapter.vision_encoder()
     reference = copy.deepcopy(encoder).eval()
     for param in reference.parameters():

@@ -25,7 +25,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from accelerate import Accelerator
@@ -137,6 +137,8 @@ class Session:
     skipped: dict[str, Skipped] = field(default_factory=dict)
     reference: torch.nn.Module | None = None
     """FARE's frozen original vision encoder; None when not training with FARE."""
+    started: StartedFrom | None = None
+    """The prsl-trained model the run starts from, if any: its cost counts in the run's."""
 
 
 def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
@@ -172,17 +174,20 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
 def check_budget(cfg: FinetuneConfig) -> None:
     """Refuse a compute budget that the model the run starts from has spent already."""
     budget = cfg.train.max_device_seconds
-    base = started_from_cost(cfg.model.name_or_path)
-    if budget is not None and cfg.train.scheduler != "constant":
+    if budget is None:
+        return
+    start = started_from(cfg.model.name_or_path)
+    if cfg.train.scheduler != "constant":
         log.warning(
             "train.max_device_seconds may stop the run partway through its %s LR schedule, "
             "which spans train.max_steps / epochs; scheduler: constant avoids that",
             cfg.train.scheduler,
         )
-    if budget is not None and base is not None and base >= budget:
+    if start is not None and start.device_seconds >= budget:
         raise InvalidInput(
             f"train.max_device_seconds {budget:g} is spent before the first step: the model it "
-            f"starts from cost {base:g} device-seconds; raise the budget above that"
+            f"starts from cost {start.device_seconds:g} device-seconds; raise the budget above "
+            "that"
         )
 
 
@@ -280,7 +285,7 @@ def start_session(
     )
     # FARE trains the vision encoder only, towards a frozen copy of it taken here, before any
     # checkpoint is restored: the original, also when resuming
-    reference = prepare_fare(adapter, accelerator.distributed_type) if cfg.train.fare else None
+    reference = prepare_fare(adapter) if cfg.train.fare else None
     params = [p for p in adapter.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=True
@@ -307,6 +312,7 @@ def start_session(
         total_steps,
         params,
         reference=reference,
+        started=started_from(cfg.model.name_or_path),
     )
 
 
@@ -336,22 +342,25 @@ def train_until_done(
         position.in_epoch,
     )
     budget = cfg.train.max_device_seconds
-    base = started_from_cost(cfg.model.name_or_path) or 0.0
+    base = session.started.device_seconds if session.started else 0.0
     world = accelerator.num_processes
 
-    def budget_spent(at: Position) -> bool:
-        spent = budget is not None and base + at.device_seconds >= budget
-        if spent:
-            accelerator.print(
-                f"stopping at step {at.step}: the budget of {budget:g} device-seconds is spent "
-                "(train.max_device_seconds)"
-            )
-        return spent
+    def spent(at: Position) -> bool:
+        return budget is not None and base + at.device_seconds >= budget
+
+    def stop_at(at: Position) -> None:
+        accelerator.print(
+            f"stopping at step {at.step}: the budget of {budget:g} device-seconds is spent "
+            "(train.max_device_seconds)"
+        )
 
     with bar:
         for epoch, step_in_epoch, group in order:
-            if position.step >= session.total_steps or budget_spent(position):
-                break  # (a resumed run whose budget was spent before it stopped)
+            if position.step >= session.total_steps:
+                break
+            if spent(position):  # a resumed run whose budget was spent before it stopped
+                stop_at(position)
+                break
             started = time.perf_counter()
             stats = optimizer_step(session, group, position.step)
             if stats is None:  # not a step: nothing moved, and it is neither counted nor logged
@@ -370,7 +379,7 @@ def train_until_done(
                 position.seconds + took,
                 position.device_seconds + took * world,
             )
-            stopping = budget is not None and base + position.device_seconds >= budget
+            stopping = spent(position)
             tokens = stats.pop("tokens")
             stats |= {
                 "step": position.step,
@@ -386,7 +395,8 @@ def train_until_done(
             if cfg.train.save_every and position.step % cfg.train.save_every == 0:
                 save(session, position)
                 saved = position.step
-            if stopping and budget_spent(position):
+            if stopping:
+                stop_at(position)
                 bar.update(task, total=position.step)  # done: no time left to estimate
                 break
     if saved != position.step:
@@ -541,22 +551,24 @@ def save(session: Session, position: Position) -> None:
     accelerator.wait_for_everyone()
 
 
-def started_from(name_or_path: str) -> tuple[str, float, int] | None:
-    """(name, device-seconds, optimizer steps), each in all, of the prsl-trained model a run
-    starts from, if it is one with a compute record."""
+class StartedFrom(NamedTuple):
+    """The prsl-trained model a run starts from: its name, device-seconds and optimizer steps
+    in all."""
+
+    name: str
+    device_seconds: float
+    steps: int
+
+
+def started_from(name_or_path: str) -> StartedFrom | None:
+    """The prsl-trained model a run starts from, if it is one with a compute record."""
     folder = Path(name_or_path)
     start = read_training_record(folder) if folder.is_dir() else None
     if start is None or start.compute is None:
         return None
     seconds, steps = start.compute.in_all(start.steps)
     name = folder.parent.name if folder.name == FINAL else folder.name
-    return name, seconds, steps
-
-
-def started_from_cost(name_or_path: str) -> float | None:
-    """Device-seconds in all of the prsl-trained model a run starts from, if any."""
-    start = started_from(name_or_path)
-    return None if start is None else start[1]
+    return StartedFrom(name, seconds, steps)
 
 
 def device_name(device: torch.device) -> str:
@@ -574,7 +586,7 @@ def save_final_model(session: Session, position: Position, result: TrainResult) 
     accelerator = session.accelerator
     fare = cfg.train.fare
     own = position.device_seconds
-    start = started_from(cfg.model.name_or_path)
+    start = session.started
     record = TrainingRecord(
         loss=FARE if fare else cfg.loss.name,
         loss_params=fare.model_dump() if fare else cfg.loss.params.recorded(),
@@ -584,9 +596,9 @@ def save_final_model(session: Session, position: Position, result: TrainResult) 
             seconds=round(position.seconds, 3),
             device=device_name(accelerator.device),
             device_seconds=round(own, 3),
-            total_device_seconds=round(own + start[1], 3) if start is not None else None,
-            total_steps=position.step + start[2] if start is not None else None,
-            started_from=start[0] if start is not None else None,
+            total_device_seconds=round(own + start.device_seconds, 3) if start else None,
+            total_steps=position.step + start.steps if start else None,
+            started_from=start.name if start else None,
         ),
         adversarial=cfg.train.adversarial.model_dump() if cfg.train.adversarial else None,
         config=cfg.model_dump(),
