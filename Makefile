@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install quickstart test lint format bench clean
+.PHONY: install quickstart test test-portability lint format bench clean
 
 $(BIN)/prsl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest
+
+# the float-sensitive tests again under other CPU kernels (AVX2, no SIMD) and 2 threads
+test-portability: install
+	$(BIN)/python tests/portability.py
 
 lint:
 	$(BIN)/ruff check src tests benchmarks

@@ -1,4 +1,5 @@
-"""Shared test setup: one intra-op thread, and rendering a report in headless Chromium.
+"""Shared test setup: one intra-op thread, a trained tiny captioner built once per session,
+and rendering a report in headless Chromium.
 
 Every model in the suite is tiny, where torch's intra-op threads cost more than they give: on a
 loaded 2-core machine a 60-step fine-tune took 23 s with 2 threads and 4 s with one. Child
@@ -22,10 +23,23 @@ import pytest
 import torch
 from PIL import Image
 
+THREADS = int(os.environ.get("PRSL_TEST_THREADS", "1"))
+"""Intra-op threads of the suite: 1, or what ``make test-portability`` sets to vary it."""
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(scope="session")
+def trained_captioner():
+    """The tiny captioner trained on shapes (``shapes_training.train_shapes_captioner``), built
+    once per session and shared read-only: tests that attack it must leave it as they found it
+    (``test_attacks_captioner`` checks that they do)."""
+    from shapes_training import train_shapes_captioner
+
+    return train_shapes_captioner()
 
 
 CHROMIUM_FLAGS = [
@@ -95,3 +109,21 @@ def render_html(tmp_path: Path) -> Callable[[Path], Rendered]:
         return Rendered(dom, Image.open(shot).convert("RGB"))
 
     return render
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the background jobs that the selected tests need (see tests/background.py)."""
+    import background
+
+    if session.config.option.collectonly:
+        return
+    modules = {item.module for item in session.items if getattr(item, "module", None)}
+    fixtures = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    for module in sorted(modules, key=lambda m: m.__name__):
+        background.start_needed(getattr(module, "BACKGROUND", []), fixtures)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    import background
+
+    background.stop_all()

@@ -9,6 +9,7 @@ from collections import Counter
 import torch
 
 from prsl.data.images import to_pixels
+from prsl.data.shapes import make_shapes_captions
 from prsl.data.types import CaptionExample
 from prsl.models import VisionEncoderDecoderAdapter, build_tiny_captioner
 
@@ -73,3 +74,18 @@ def train_captioner(
             optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     adapter.model.eval()
+
+
+CAPTIONER_EXAMPLES = 300
+CAPTIONER_STEPS = 200
+CAPTIONER_BATCH = 32
+
+
+def train_shapes_captioner(seed: int = 0) -> VisionEncoderDecoderAdapter:
+    """The suite's trained captioner: a fresh model of ``seed`` trained with Adam for
+    ``CAPTIONER_STEPS`` steps of ``CAPTIONER_BATCH`` on ``CAPTIONER_EXAMPLES`` shapes of seed 0,
+    in eval mode."""
+    train = make_shapes_captions(CAPTIONER_EXAMPLES, seed=0).examples
+    adapter = tiny_captioner_for(train, seed=seed)
+    train_captioner(adapter, train, steps=CAPTIONER_STEPS, batch=CAPTIONER_BATCH, seed=seed)
+    return adapter

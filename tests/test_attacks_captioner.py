@@ -1,17 +1,22 @@
 """BIM against a real (tiny, trained) captioner: it changes captions, within the threat model.
 
-A tiny ViT + GPT-2 captioner is trained on shapes for a few hundred Adam steps (as in
-``test_models_training``), then attacked with BIM-10 at ε = 8/255, α = 2/255, untargeted on
-its own clean captions of held-out images. Thresholds were measured on a 2-core CPU (one and two
-threads) over six model seeds (0-5) and two held-out sets, and set with margin:
+A tiny ViT + GPT-2 captioner is trained on shapes for a few hundred Adam steps (the session's
+``trained_captioner``, shared with ``test_models_training``), then attacked with BIM-10 at
+ε = 8/255, α = 2/255, untargeted on its own clean captions of held-out images. A model trained
+for seconds is a draw: another seed or another CPU's kernels give another model. Thresholds were
+measured with ``tests/calibration.py captioner`` over 12 draws (model seeds 0-5 natively with
+AVX-512 and one thread, seeds 0-2 with two threads, with AVX2 only and with no SIMD), and set
+with margin:
 
-- captions changed: 91-100 % (asserted >= 75 %); random ±ε sign noise (three draws per model)
-  changed 6-19 % (<= 40 %);
-- corpus BLEU-2 of the adversarial captions against the clean ones: 0.39-0.50 (<= 0.65);
-  for the noise: 0.91-0.98 (>= 0.85);
-- mean CE of the clean captions: 0.59-0.65 on the clean images, 1.02-1.35 attacked, a ratio of
-  1.65-2.16 (asserted >= 1.4), and higher for every image (>= 90 %);
-- mean |δ| is 0.76-0.81 ε (>= 0.5 ε): the attack uses its budget.
+- distinct clean captions of 32: 8-25 (asserted >= 4: not one template caption);
+- captions changed: 94-100 % (asserted >= 75 %); random ±ε sign noise changed 9-22 % (<= 40 %);
+- corpus BLEU-2 of the adversarial captions against the clean ones: 0.32-0.60 (<= 0.75);
+  for the noise: 0.92-0.98 (>= 0.85);
+- mean CE of the clean captions attacked over clean: 1.66-2.20 (asserted >= 1.4), and higher
+  for every image (>= 90 %);
+- mean |δ| is 0.73-0.81 ε (>= 0.5 ε): the attack uses its budget;
+- C&W changed 8 of 8 captions in every draw (>= 50 %);
+- rows whose greedy decisions are all clearer than ``near_ties.MARGIN``: 94-100 % (>= 85 %).
 
 The noise baseline shows that the attack, not the ε-ball alone, moves the captions.
 """
@@ -23,13 +28,12 @@ import math
 import pytest
 import torch
 
+from near_ties import MARGIN, agree_where_decisive, decision_margins, decisive
 from prsl.attacks import CW, bim, craft_on_surrogate, untargeted_loss, untargeted_success
 from prsl.data.images import to_pixels
 from prsl.data.shapes import make_shapes_captions
-from shapes_training import corpus_bleu, tiny_captioner_for, train_captioner
+from shapes_training import corpus_bleu
 
-TRAIN_STEPS = 200
-TRAIN_BATCH = 32
 HELD_OUT = 32
 EPS = 8 / 255
 ALPHA = EPS / 4
@@ -52,12 +56,10 @@ def test_bleu2_on_hand_computed_cases():
 
 
 @pytest.fixture(scope="module")
-def captioner():
-    """(adapter, held-out pixels, clean captions) of a captioner trained on shapes."""
-    train = make_shapes_captions(300, seed=0).examples
+def captioner(trained_captioner):
+    """(adapter, held-out pixels, clean captions) of the captioner trained on shapes."""
     held_out = make_shapes_captions(HELD_OUT, seed=1000).examples
-    adapter = tiny_captioner_for(train)
-    train_captioner(adapter, train, steps=TRAIN_STEPS, batch=TRAIN_BATCH)
+    adapter = trained_captioner
     pixels = to_pixels([ex.image for ex in held_out], adapter.pixel_size)
     clean = adapter.generate(pixels, max_new_tokens=MAX_NEW_TOKENS)
     return adapter, pixels, clean
@@ -113,7 +115,7 @@ def changed_fraction(captions: list[str], clean: list[str]) -> float:
 def test_the_clean_captions_are_varied(captioner):
     """A model writing one template caption would make "changed" meaningless."""
     _, _, clean = captioner
-    assert len(set(clean)) >= HELD_OUT // 3, clean  # measured 16-21 distinct of 32
+    assert len(set(clean)) >= HELD_OUT // 8, clean  # measured 8-25 distinct of 32
     assert all(clean), clean
 
 
@@ -130,7 +132,7 @@ def test_bim_lowers_similarity_to_the_clean_caption(captioner, attacked, noise_c
     assert bleu2(clean, clean) == 1.0
     attacked_bleu = bleu2(attacked["captions"], clean)
     noise_bleu = bleu2(noise_captions, clean)
-    assert attacked_bleu <= 0.65, attacked_bleu
+    assert attacked_bleu <= 0.75, attacked_bleu
     assert noise_bleu >= 0.85, noise_bleu
 
 
@@ -172,12 +174,14 @@ def test_the_attack_leaves_the_model_as_it_found_it(captioner, attacked):
 
 
 def test_tokens_match_is_whether_greedy_decoding_still_gives_the_text(captioner, attacked):
-    """C&W's success on a captioner: one forward pass says what generation would say."""
+    """C&W's success on a captioner: one forward pass says what generation would say (on the
+    rows where no greedy choice is a near tie, which two float computations may break apart)."""
     adapter, pixels, clean = captioner
     for images in (pixels, attacked["adversarial"]):
         generated = adapter.generate(images, max_new_tokens=MAX_NEW_TOKENS)
         same = [g == c for g, c in zip(generated, clean, strict=True)]
-        assert adapter.tokens_match(images, clean)[0].tolist() == same
+        clear = decisive(adapter, images, clean)
+        agree_where_decisive(adapter.tokens_match(images, clean)[0].tolist(), same, clear)
     assert adapter.tokens_match(pixels, clean)[0].all()
 
 
@@ -191,8 +195,10 @@ def test_cw_with_its_search_over_c_changes_captions_within_its_budget(captioner)
 
 
 def test_success_of_outputs_cut_short_is_judged_without_their_end(captioner, attacked):
-    """A clean output generation cut at max_new_tokens never ended: its success is "decoding no
-    longer begins with it", exactly what generating as many tokens again says."""
+    """A clean output that generation cut at max_new_tokens never ended: its success is "decoding
+    no longer begins with it", what generating as many tokens again says. One that ended within
+    the limit keeps its end: it succeeds when decoding no longer stops there, what generating one
+    token more says."""
     adapter, pixels, _ = captioner
     short = adapter.generate(pixels, max_new_tokens=3)
     whole, begun = adapter.tokens_match(pixels, short)
@@ -201,6 +207,15 @@ def test_success_of_outputs_cut_short_is_judged_without_their_end(captioner, att
     success = untargeted_success(adapter, short, None, pixels)
     assert not success(pixels).any()
     adversarial = attacked["adversarial"]
-    regenerated = adapter.generate(adversarial, max_new_tokens=3)
-    expected = [g != s for g, s in zip(regenerated, short, strict=True)]
-    assert success(adversarial).tolist() == expected and any(expected)
+    again = adapter.generate(adversarial, max_new_tokens=3)
+    longer = adapter.generate(adversarial, max_new_tokens=4)
+    ended = whole.tolist()
+    expected = [
+        (more if end else same) != s
+        for more, same, s, end in zip(longer, again, short, ended, strict=True)
+    ]
+    with_end = decision_margins(adapter, adversarial, short)
+    without_end = decision_margins(adapter, adversarial, short, with_end=False)
+    clear = (torch.where(whole, with_end, without_end) > MARGIN).tolist()
+    agree_where_decisive(success(adversarial).tolist(), expected, clear)
+    assert any(expected)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import background
 
 if os.environ.get("CI") != "true":  # CI installs the dev extras: a missing triton must fail there
     pytest.importorskip("triton", reason="triton is not installed (it ships with the dev extras)")
@@ -360,29 +361,32 @@ def run_checks(device: str, names: list[str]) -> dict[str, dict]:
 INTERPRETER_SHARDS = 2  # child processes, each running every 2nd check (CI has 2 cores)
 
 
+def _interpreter_child(shard: int) -> background.Job:
+    return background.Job(
+        f"triton-interpreter-{shard}",
+        "interpreter_verdicts",
+        lambda folder: (
+            [sys.executable, __file__, str(folder / "verdicts.json"), str(shard)]
+            + [str(INTERPRETER_SHARDS)]
+        ),
+        env={"TRITON_INTERPRET": "1"},
+        timeout=600,
+    )
+
+
+BACKGROUND = [_interpreter_child(shard) for shard in range(INTERPRETER_SHARDS)]
+"""Started when the session starts (tests/background.py): they run beside the other tests."""
+
+
 @pytest.fixture(scope="module")
-def interpreter_verdicts(tmp_path_factory) -> dict[str, dict]:
-    folder = tmp_path_factory.mktemp("triton_interpreter")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    children = []
-    for shard in range(INTERPRETER_SHARDS):
-        out = folder / f"verdicts{shard}.json"
-        command = [sys.executable, __file__, str(out), str(shard), str(INTERPRETER_SHARDS)]
-        children.append(
-            (out, subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True))
-        )
+def interpreter_verdicts() -> dict[str, dict]:
     verdicts = {}
-    try:
-        for out, child in children:
-            _, stderr = child.communicate(timeout=600)
-            if child.returncode != 0 or not out.exists():
-                pytest.fail(f"interpreter child failed (rc={child.returncode}):\n{stderr[-4000:]}")
-            verdicts.update(json.loads(out.read_text()))
-    finally:  # a failed or timed-out shard must not leave the other one running
-        for _, child in children:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+    for job in BACKGROUND:
+        done = background.outcome(job)
+        out = done.folder / "verdicts.json"
+        if done.returncode != 0 or not out.exists():
+            pytest.fail(f"interpreter child failed (rc={done.returncode}):\n{done.output[-4000:]}")
+        verdicts.update(json.loads(out.read_text()))
     return verdicts
 
 

@@ -14,6 +14,7 @@ from transformers import (
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from near_ties import agree_where_decisive, decisive
 from prsl.models import Blip2Adapter, build_word_tokenizer, load_adapter
 
 N_QUERY = 4
@@ -185,7 +186,8 @@ def test_batched_generation_equals_one_by_one(adapter, pixels):
         batched = adapter.generate(pixels, prompts, max_new_tokens=5)
         one_by_one = [None] * 3 if prompts is None else [[p] for p in prompts]
         single = [adapter.generate(pixels[i : i + 1], one_by_one[i], 5)[0] for i in range(3)]
-        assert batched == single
+        # a batch and one row are two float computations: compared where no choice is a tie
+        agree_where_decisive(batched, single, decisive(adapter, pixels, batched, prompts))
         assert len(set(batched)) > 1 and any(batched)
 
 
@@ -213,7 +215,8 @@ def test_generation_is_greedy_decoding_of_the_continuation_only(adapter, pixels)
     for prompts in (prompts_for(adapter), [None] * 3):
         generated = adapter.generate(pixels, None if prompts[0] is None else prompts, 5)
         expected = [greedy_reference(adapter, pixels[i : i + 1], prompts[i], 5) for i in range(3)]
-        assert generated == expected
+        given = None if prompts[0] is None else prompts
+        agree_where_decisive(generated, expected, decisive(adapter, pixels, generated, given))
 
 
 def test_end_token_comes_from_the_generation_config():

@@ -1,40 +1,47 @@
-"""``prsl quickstart --fast`` as a user runs it: the embedded default end to end, once per suite.
+"""``prsl quickstart --fast --defenses`` as a user runs it: the embedded default end to end, once
+per suite (started in the background when the session starts: tests/background.py).
 
-It trains CE and PRSL tiny models (and a CE surrogate) for captioning and VQA, attacks them with
-BIM and PGD at three ε, white-box and transferred from the surrogate, and with Square, scores with
-paired-bootstrap intervals and reports. The checks are what a user relies on: every promised run
-is there with finite numbers and intervals, PRSL is compared with CE, the attacks really do
-damage, and the HTML report renders with the answer first: verdict and headline figure, summary
-table, then the detailed tables, the masking checks and the gallery grid.
+It trains CE, PRSL, CE-AT and FARE tiny models (and a CE surrogate) for captioning and VQA,
+attacks them with BIM and PGD at three ε, white-box and transferred from the surrogate, and with
+Square, scores with paired-bootstrap intervals and reports. The checks are what a user relies on:
+every promised run is there with finite numbers and intervals, every model is compared with CE at
+its training cost, the attacks really do damage, and the HTML report renders with the answer
+first: verdict and headline figure, summary table, then the detailed tables, the masking checks
+and the gallery grid. ``--defenses`` adds models to the plain quickstart and changes nothing else
+(``test_defenses_train_ce_at_and_fare_beside_ce_and_prsl``), so one run covers both.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import background
 from conftest import MATPLOTLIB_LINE_COLOURS
 from prsl.results import validate_results
 
+QUICKSTART = background.Job(
+    "quickstart",
+    "quickstart_run",
+    lambda folder: (
+        [str(Path(sys.executable).with_name("prsl"))]
+        + ["quickstart", "--fast", "--defenses", "--out", str(folder / "qs")]
+    ),
+)
+BACKGROUND = [QUICKSTART]
+DEFENSES = ("prsl", "ce-at", "fare")
+
 
 @pytest.fixture(scope="module")
-def quickstart_run(tmp_path_factory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("quickstart")
-    prsl = Path(sys.executable).with_name("prsl")
-    done = subprocess.run(
-        [str(prsl), "quickstart", "--fast", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return out, done.stdout + done.stderr
+def quickstart_run() -> tuple[Path, str]:
+    done = background.outcome(QUICKSTART)
+    assert done.returncode == 0, done.output[-6000:]
+    return done.folder / "qs", done.output
 
 
 def test_results_hold_ce_and_prsl_for_both_tasks_with_finite_metrics(quickstart_run):
@@ -60,9 +67,10 @@ def test_results_hold_ce_and_prsl_for_both_tasks_with_finite_metrics(quickstart_
             assert len(run["per_step"]) == 10
     assert results["meta"]["seed"] == 0 and results["meta"]["fast"] is True
     compared = {(c["model"], c["baseline"], c["task"]) for c in results["comparisons"]}
-    assert compared == {("caption-prsl", "caption-ce", "caption"), ("vqa-prsl", "vqa-ce", "vqa")}
-    prsl_cells = [r for r in results["runs"] if r["loss"] == "prsl"]
-    assert len(results["comparisons"]) == sum(len(r["clean"]) for r in prsl_cells)
+    expected = {(f"{t}-{m}", f"{t}-ce", t) for t in ("caption", "vqa") for m in DEFENSES}
+    assert compared == expected
+    compared_cells = [r for r in results["runs"] if not r["model"].endswith("-ce")]
+    assert len(results["comparisons"]) == sum(len(r["clean"]) for r in compared_cells)
 
 
 def test_captions_are_not_cut_short(quickstart_run):
@@ -90,7 +98,9 @@ def test_report_leads_with_the_answer_and_checks_masking(quickstart_run, render_
     out, _ = quickstart_run
     markdown = (out / "report.md").read_text()
     verdict = markdown.split("## Verdict")[1].split("## Summary")[0]
-    assert "caption-prsl (prsl) vs caption-ce (ce), caption, CIDEr: degrades less in" in verdict
+    for model, loss in (("prsl", "prsl"), ("ce-at", "ce"), ("fare", "fare")):
+        line = f"caption-{model} ({loss}) vs caption-ce (ce), caption, CIDEr: degrades less in"
+        assert line in verdict, verdict
     assert "95% paired bootstrap" in verdict
     page = render_html(out / "report.html")
     dom = page.dom
@@ -100,11 +110,13 @@ def test_report_leads_with_the_answer_and_checks_masking(quickstart_run, render_
     assert headline < summary < detailed < masking < gallery
     # the detailed tables, collapsed: 2 tasks x 4 attacks (bim, pgd, square, bim@) x 2 references
     assert dom.count("<details>") == 2 * 4 * 2
-    assert "transfer vs white-box: 12 transferred cell(s) checked" in dom
-    assert "gradient-free vs gradient-based: 12 Square cell(s) checked" in dom
+    # 2 tasks x 4 models x 3 ε
+    assert "transfer vs white-box: 24 transferred cell(s) checked" in dom
+    assert "gradient-free vs gradient-based: 24 Square cell(s) checked" in dom
     # the gallery is a grid: one row per image, attack and ε; a column per model
     grid = dom[gallery:]
-    assert "<th>caption-ce</th><th>caption-prsl</th>" in grid.replace("\n", "")
+    header = "".join(f"<th>caption-{m}</th>" for m in ("ce", *DEFENSES))
+    assert header in grid.replace("\n", "")
     plots = len(list((out / "plots").glob("*.png")))
     adversarial = len(list(out.glob("eval-*/gallery/*adv*.png")))
     rows = grid.count("<tr>") - 1
@@ -142,30 +154,34 @@ def test_defenses_train_ce_at_and_fare_beside_ce_and_prsl(tmp_path, monkeypatch)
     assert models == ["caption-ce", "caption-prsl", "caption-ce-at", "caption-fare"]
     assert Path(evaluated[0].surrogate).parent.name == "caption-surrogate"
 
+    # without --defenses: the same runs and evaluations, the defense models left out, so the
+    # one end-to-end run with --defenses (quickstart_run) covers the plain quickstart too
+    plain_trained, plain_evaluated = trained.copy(), evaluated.copy()
+    trained.clear(), evaluated.clear()
+    qs.quickstart(tmp_path / "qs", fast=True, defenses=False, progress=False)
 
-def test_defenses_end_to_end_compare_four_models_at_their_cost(tmp_path):
-    """``prsl quickstart --fast --defenses`` as a user runs it: CE, PRSL, CE-AT and FARE for both
-    tasks, each compared with CE with intervals, each with what its training cost; FARE's model
-    is CE's with a new vision encoder and the rest bit-identical."""
+    def plain(path: str) -> bool:
+        return Path(path).parent.name.split("-", 1)[1] not in ("ce-at", "fare")
+
+    kept = [t for t in plain_trained if plain(t.train.output_dir + "/final")]
+    assert [t.model_dump() for t in trained] == [t.model_dump() for t in kept]
+    for cfg, with_defenses in zip(evaluated, plain_evaluated, strict=True):
+        expected = with_defenses.model_dump()
+        expected["models"] = [m for m in expected["models"] if plain(m)]
+        assert cfg.model_dump() == expected
+
+
+def test_defenses_end_to_end_compare_four_models_at_their_cost(quickstart_run):
+    """CE, PRSL, CE-AT and FARE for both tasks, each compared with CE with intervals, each with
+    what its training cost; FARE's model is CE's with a new vision encoder and the rest
+    bit-identical."""
     from safetensors.torch import load_file
 
-    out = tmp_path / "qs"
-    prsl = Path(sys.executable).with_name("prsl")
-    done = subprocess.run(
-        [str(prsl), "quickstart", "--fast", "--defenses", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out, _ = quickstart_run
     results = json.loads((out / "results.json").read_text())
-    validate_results(results)
-    defenses = ("prsl", "ce-at", "fare")
     for task in ("caption", "vqa"):
         runs = {r["model"]: r for r in results["runs"] if r["task"] == task}
-        assert set(runs) == {f"{task}-{m}" for m in ("ce", *defenses)}
-        compared = {c["model"] for c in results["comparisons"] if c["task"] == task}
-        assert compared == {f"{task}-{m}" for m in defenses}
+        assert set(runs) == {f"{task}-{m}" for m in ("ce", *DEFENSES)}
         ce, at, fare = runs[f"{task}-ce"], runs[f"{task}-ce-at"], runs[f"{task}-fare"]
         assert at["train_adversarial"]["attack"] == "pgd" and at["loss"] == "ce"
         assert at["train_device_seconds"] > ce["train_device_seconds"]  # crafting costs
@@ -183,4 +199,4 @@ def test_defenses_end_to_end_compare_four_models_at_their_cost(tmp_path):
     report = (out / "report.md").read_text()
     assert "### Models and their training cost" in report
     costs = [line for line in report.splitlines() if ", training cost: " in line]
-    assert len(costs) == 2 * len(defenses), costs
+    assert len(costs) == 2 * len(DEFENSES), costs

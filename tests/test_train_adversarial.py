@@ -151,32 +151,39 @@ def test_the_settings_record_holds_the_attack_as_it_runs(tmp_path):
 
 
 # --- the classic result, on the tiny shapes captioner -------------------------------------------
-# Measured (2-core CPU, seeds 0-2, 400 steps of batch 16 on 600 shapes, PGD-10 at 8/255 on 48
-# held-out images, against each model's clean output): BLEU-4 degradation CE 0.647 / 0.709 /
-# 0.712, CE-AT (PGD-2 at 8/255 on half of each batch) 0.588 / 0.520 / 0.538; ground-truth CIDEr
-# on clean images CE 1.99 / 1.74 / 1.27, CE-AT 1.87 / 1.40 / 1.84. With fraction 1.0 one seed in
-# three collapsed to one caption for every image (no degradation, no captioning either).
+# Paired: the suite's trained captioner is fine-tuned for CONTINUE_STEPS more steps twice from the
+# same weights, with CE and with CE-AT (PGD-2 at 8/255 on every image), on the same data order;
+# then both are attacked with PGD-10 at 8/255 on 48 held-out images, against each model's own
+# clean captions. Starting both from one model leaves the adversarial examples as the only
+# difference, so one seed's outcome is far less of a draw than two models trained from scratch.
+# Measured with ``tests/calibration.py adversarial`` (seeds 0-3 under 1 and 2 threads, AVX-512,
+# AVX2 and no SIMD): see AT_MARGIN and QUALITY_FLOOR.
+CONTINUE_STEPS = 100
+AT_SEEDS = (0, 1, 2)
+AT_MARGIN = 0.05
+"""Mean BLEU-4 degradation of CE minus CE-AT, over AT_SEEDS, must exceed this."""
+QUALITY_FLOOR = 0.5
+"""CE-AT's clean ground-truth CIDEr over CE's, per seed: no collapse."""
 
 
-def _train_and_attack(out: Path, seed: int) -> dict[str, dict]:
+def train_and_attack(out: Path, seed: int, start: Path) -> dict[tuple[str, str], dict]:
+    """Continue ``start`` with CE and with CE-AT, attack both: (model, reference) -> run."""
     from prsl.evaluate import AttackSpec, EvalConfig, evaluate
-    from prsl.train.config import TINY as TINY_NAME
 
     models = []
     for name, adversarial in (
         ("ce", None),
-        ("ce-at", {"attack": "pgd", "eps": EPS, "steps": 2, "fraction": 0.5}),
+        ("ce-at", {"attack": "pgd", "eps": EPS, "steps": 2, "fraction": 1.0}),
     ):
         tune = FinetuneConfig(
-            model=ModelConfig(name_or_path=TINY_NAME),
+            model=ModelConfig(name_or_path=str(start)),
             data=DataConfig(name="shapes", options={"n": 600, "seed": seed}),
             loss=LossConfig(name="ce"),
             train=TrainConfig(
                 output_dir=str(out / name),
                 lr=3e-3,
-                max_steps=400,
+                max_steps=CONTINUE_STEPS,
                 batch_size=16,
-                warmup_steps=40,
                 seed=seed,
                 log_every=1000,
                 adversarial=adversarial,
@@ -204,25 +211,24 @@ def _train_and_attack(out: Path, seed: int) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def saved_captioner(trained_captioner, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("captioner")
+    trained_captioner.save(folder)
+    return folder
 
 
-def test_ce_at_degrades_less_than_ce_under_pgd_and_still_captions(tmp_path_factory, one_thread):
-    degradation = {"ce": [], "ce-at": []}
-    for seed in (0, 1, 2):
-        runs = _train_and_attack(tmp_path_factory.mktemp(f"at{seed}"), seed)
-        for name in degradation:
-            degradation[name].append(runs[(name, "clean")]["degradation"]["BLEU-4"])
+def test_ce_at_degrades_less_than_ce_under_pgd_and_still_captions(
+    tmp_path_factory, saved_captioner
+):
+    differences = []
+    for seed in AT_SEEDS:
+        runs = train_and_attack(tmp_path_factory.mktemp(f"at{seed}"), seed, saved_captioner)
+        ce, at = runs[("ce", "clean")], runs[("ce-at", "clean")]
+        differences.append(ce["degradation"]["BLEU-4"] - at["degradation"]["BLEU-4"])
         ce_quality = runs[("ce", "ground_truth")]["clean"]["CIDEr"]
         at_quality = runs[("ce-at", "ground_truth")]["clean"]["CIDEr"]
-        assert at_quality >= 0.6 * ce_quality, (seed, at_quality, ce_quality)  # no collapse
-    assert all(a < c for a, c in zip(degradation["ce-at"], degradation["ce"], strict=True))
-    mean = {name: sum(v) / len(v) for name, v in degradation.items()}
-    assert mean["ce-at"] < mean["ce"] - 0.07, degradation
+        assert at_quality >= QUALITY_FLOOR * ce_quality, (seed, at_quality, ce_quality)
+    assert sum(differences) / len(differences) > AT_MARGIN, differences
 
 
 def family_adapter(family: str, tmp_path: Path):
