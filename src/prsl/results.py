@@ -149,14 +149,31 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_results(path: Path) -> dict[str, Any]:
-    """One results file, validated; its gallery's image paths made absolute."""
+def results_file(path: Path) -> Path:
+    """The results file ``path`` names: the file itself, or a run folder's ``results.json``."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / RESULTS).is_file():
+            return path / RESULTS
+        raise MissingInput(
+            f"{path} is a folder without a {RESULTS}: pass a {RESULTS} file, or the output_dir "
+            "of `prsl evaluate` or `prsl sweep`"
+        )
     if not path.is_file():
         raise MissingInput(f"results file {path} does not exist")
+    return path
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """One results file (or a run folder's ``results.json``), validated; its gallery's image
+    paths made absolute."""
+    path = results_file(path)
     try:
         data = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path} is not a prsl results file (not text)") from None
     except json.JSONDecodeError as err:
-        raise InvalidInput(f"{path}: not valid JSON ({err})") from None
+        raise InvalidInput(f"{path} is not a prsl results file (not valid JSON: {err})") from None
     validate_results(data, str(path))
     for row in data.get("gallery", []):
         row["images"] = {k: str(path.parent / v) for k, v in row["images"].items()}
@@ -186,7 +203,7 @@ def load_results(paths: list[Path]) -> LoadedResults:
     """
     runs, comparisons, gallery, meta = [], [], [], {}
     seen: dict[tuple, Path] = {}
-    for path in paths:
+    for path in map(results_file, paths):
         data = read_results(path)
         for run in data["runs"]:
             identity = tuple(run.get(k) for k in RUN_IDENTITY)
