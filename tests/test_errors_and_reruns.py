@@ -21,12 +21,13 @@ import prsl.evaluate.loop as evaluate_loop
 from prsl.cli import app
 from prsl.config import DataConfig, load_config
 from prsl.core.errors import InvalidInput, MissingInput, RunConflict, UserError
+from prsl.core.pixels import levels_text
 from prsl.data import read_dataset
 from prsl.evaluate import PREDICTIONS, EvalConfig, evaluate, read_predictions
 from prsl.metrics.coco import ptb_tokenize
 from prsl.models import build_tiny_captioner
 from prsl.provenance import TrainingRecord, write_training_record
-from prsl.results import RESULTS
+from prsl.results import RESULTS, eps_text
 from prsl.train import FinetuneConfig
 
 SHAPES = [
@@ -153,6 +154,48 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_field(evaluated, tiny
     one_line_error(result, output, named)
     assert "--overwrite" in output
     assert snapshot(evaluated) == before  # nothing lost, nothing added
+
+
+def test_a_refusal_is_one_short_line_with_eps_in_grey_levels(tmp_path, tiny):
+    """Every item's picture is replaced and the attack changed: the line names a field per
+    setting and counts the rest (not 12 digests), the cell's ε reads 4/255, not 0.0156862..."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = [f"{i:02d}.png" for i in range(12)]
+    for level, name in enumerate(names):
+        Image.new("L", (40, 40), 10 * level).save(folder / name)
+    (folder / "metadata.csv").write_text(
+        "file_name,text\n" + "".join(f"{name},a grey square\n" for name in names)
+    )
+    out = tmp_path / "eval"
+    data = ["data.name=imagefolder", f"data.options={{directory: {folder}}}"]
+    args = ["evaluate", "-m", tiny, *sets(*SHAPES[3:], *data, f"output_dir={out}")]
+    assert run(*args)[0].exit_code == 0
+    for level, name in enumerate(names):
+        Image.new("L", (40, 40), 250 - 10 * level).save(folder / name)
+    quantized = "attacks=[{name: fgsm, eps: [4/255], quantize: uint8}]"
+    result, output = run(*args, *sets(quantized, "max_new_tokens=6", "seed=1"))
+    one_line_error(result, output, 'cells["fgsm eps=4/255"].quantize: null -> "uint8"; ')
+    assert "max_new_tokens: 4 -> 6; seed: 0 -> 1; +12 more in items): rerun with" in output
+    assert "0.0156" not in output and len(output) < 450, output
+    assert "--overwrite" in output
+
+
+@pytest.mark.parametrize(
+    ("eps", "text"),
+    [
+        (8 / 255, "8/255"),
+        (0.03137254901960784, "8/255"),
+        (4 / 255 + 1e-12, "4/255"),
+        (0.5 / 255, "0.001961"),
+        (0.001, "0.001"),
+        (0, "0"),
+        (1.0, "1"),
+    ],
+)
+def test_an_eps_is_shown_in_grey_levels_when_it_is_a_whole_number_of_them(eps, text):
+    assert levels_text(eps) == text
+    assert eps_text(eps) == text
 
 
 def test_a_rerun_with_the_same_settings_does_no_work(evaluated, tiny, monkeypatch):

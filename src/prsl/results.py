@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from prsl.core.errors import InvalidInput, MissingInput
-from prsl.core.pixels import LEVELS
+from prsl.core.pixels import levels_text
 
 RESULTS = "results.json"
 RUN_FIELDS: Mapping[str, type | tuple[type, ...]] = {
@@ -286,10 +286,11 @@ def _shared(sources: Mapping[str, dict]) -> dict[str, Any]:
 
 
 def eps_text(eps: float, norm: str = "linf") -> str:
-    """ε the way budgets are quoted: grey levels for L∞ (``8/255``), the norm itself for L2."""
+    """ε the way budgets are quoted: grey levels for L∞ (``8/255``, :func:`levels_text`), the
+    norm itself for L2."""
     if norm == "l2":
         return f"{eps:.3g} (L2)"
-    return f"{eps * LEVELS:.3g}/{LEVELS}"
+    return levels_text(eps)
 
 
 def run_eps_text(run: dict) -> str:
