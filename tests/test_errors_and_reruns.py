@@ -66,6 +66,11 @@ def one_line_error(result, output: str, fragment: str, code: int = 2) -> None:
     assert fragment in output, output
 
 
+def runs_of(out: Path) -> set[int]:
+    """The item counts (``n_images``) of an evaluation's runs."""
+    return {r["n_images"] for r in json.loads((out / RESULTS).read_text())["runs"]}
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
@@ -485,6 +490,9 @@ def test_each_bad_item_is_counted_once_in_results_console_and_report(
     assert [s["reason"] for s in meta["dropped_references"]] == ["empty caption (line 3)"]
     assert "2 of 4 items skipped: 1 image file not found, 1 unreadable image" in output
     assert "1 empty caption dropped from items that were kept" in output
+    # one count: the broken image, found when decoded, is not counted as usable
+    assert "2 of the 4 item(s) looked at are usable" in output
+    assert runs_of(out) == {2}
 
     report = tmp_path / "report"
     assert run("report", str(out / RESULTS), "--out", str(report))[0].exit_code == 0

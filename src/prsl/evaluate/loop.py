@@ -203,11 +203,14 @@ def score_and_write(
         log.warning("evaluation: %s (listed in %s)", summary, out / RESULTS)
     if split.dropped:
         log.warning("evaluation: %s (listed in %s)", dropped_summary(split.dropped), out / RESULTS)
-    if len(split.examples) < cfg.n_images:
+    usable = looked_at - len(skipped)  # what the reader kept, less the images that failed to decode
+    if usable < cfg.n_images:
         log.warning(
-            "evaluation: n_images=%d, but the dataset has %d usable item(s): evaluated those",
+            "evaluation: n_images=%d, but %d of the %d item(s) looked at are usable: evaluated "
+            "those",
             cfg.n_images,
-            len(split.examples),
+            usable,
+            looked_at,
         )
     return results
 
