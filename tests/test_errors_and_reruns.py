@@ -744,3 +744,33 @@ def test_pgd_records_every_gradient_step_of_its_restarts():
 def test_finetune_refuses_a_folder_that_holds_something_else(tmp_path, tiny):
     result, output = run("finetune", *sets(*TUNE, f"train.output_dir={tiny}"))
     one_line_error(result, output, "holds other files, not a prsl fine-tuning run")
+
+
+# ------------------------------------------------------------------ a collapsed model
+
+
+def test_a_collapsed_model_is_said_first_and_its_checks_give_the_true_reason(
+    tmp_path, tiny, monkeypatch
+):
+    """Every image gets "a green a green a green" (a model collapsed after a few steps): the
+    log and the report say so before anything else, and no check pretends a reason of its own."""
+    collapsed = "a green a green a green"
+    monkeypatch.setattr(evaluate_loop, "generate", lambda _, pixels, *a: [collapsed] * len(pixels))
+    out = tmp_path / "eval"
+    grid = "attacks=[{name: pgd, eps: [2/255, 4/255], steps: 1}]"
+    result, output = run(
+        "evaluate", "-m", tiny, *sets(*SHAPES[:4], "metrics=[CIDEr]", grid, f"output_dir={out}")
+    )
+    assert result.exit_code == 0, output
+    said = 'is degenerate (3 of 3 clean outputs are the same text ("a green a green a green")'
+    assert said in output and "its clean CIDEr against its own output is 0)" in output
+    runs = json.loads((out / RESULTS).read_text())["runs"]
+    assert all("3 of 3 clean outputs" in r["degenerate"] for r in runs)
+
+    result, output = run("report", str(out), "--out", str(tmp_path / "report"))
+    assert result.exit_code == 0, output
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert said in md and md.index(said) < md.index("## Verdict")
+    assert "not checked for tiny (pretrained): it is degenerate (3 of 3" in md
+    assert "several ε" not in md and "No sign of masking found" not in md
+    assert "No check could run" in md

@@ -10,7 +10,7 @@ nothing here draws or formats. The format::
                "gradient_free": bool?, "transfer_of": white-box attack name?, "seed": int?,
                "train_steps": int?, "train_device_seconds": float?, "train_device": str?,
                "train_started_from": str?, "train_adversarial": {"attack", "fraction", ...}?,
-               "per_step": [{metric: value}, ...]?}],
+               "per_step": [{metric: value}, ...]?, "degenerate": why?}],
      "comparisons": [{"model", "baseline", "loss", "baseline_loss", "task", "attack", "eps",
                       "norm", "reference", "metric", "n_items", "difference", "interval",
                       "p_value", "outcome": "less"|"more"|"none", "seed"?}]?,
@@ -27,6 +27,8 @@ excludes 0, ``none`` otherwise. ``seed`` is the training seed of a run (and of t
 made within it) when the results of several seeds are merged. ``train_steps`` and
 ``train_device_seconds`` are what the model's training cost in all: with the prsl-trained model
 it started from, named in ``train_started_from``, when there is one (FARE on a CE model).
+``degenerate`` is set on every run of a model whose clean outputs say nothing (see
+:func:`degenerate_reason`), and says why.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import defaultdict
-from collections.abc import Mapping
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,7 @@ OPTIONAL_RUN_FIELDS: Mapping[str, type | tuple[type, ...]] = {
     "train_device": str,
     "train_started_from": str,
     "train_adversarial": dict,
+    "degenerate": str,
 }
 COMPARISON_FIELDS: Mapping[str, type | tuple[type, ...]] = {
     "model": str,
@@ -283,6 +286,60 @@ def _shared(sources: Mapping[str, dict]) -> dict[str, Any]:
         if values and all(comparable(key, v) == comparable(key, values[0]) for v in values):
             shared[key] = comparable(key, values[0])
     return shared
+
+
+DEGENERATE_SHARE = 0.9
+"""A model is degenerate when this share of its clean outputs or more are one text (or empty)."""
+
+
+def degenerate_reason(clean_outputs: Sequence[str]) -> str | None:
+    """Why a model's clean outputs leave an attack nothing to measure, or None.
+
+    Degenerate means, on the items evaluated: at least :data:`DEGENERATE_SHARE` of the clean
+    outputs are empty, or are one and the same text (a collapsed model answering "a green a
+    green" to every image). :func:`floor_reason` adds the other sign, read from the scores.
+    """
+    texts = [" ".join(text.split()) for text in clean_outputs]
+    if len(texts) < 2:
+        return None
+    text, count = Counter(texts).most_common(1)[0]
+    if count < DEGENERATE_SHARE * len(texts):
+        return None
+    if not text:
+        return f"{count} of {len(texts)} clean outputs are empty"
+    shown = text if len(text) <= 40 else text[:39] + "…"
+    return f'{count} of {len(texts)} clean outputs are the same text ("{shown}")'
+
+
+def floor_reason(run: dict) -> str | None:
+    """For a run scored against the model's own clean output: its clean headline score at the
+    metric's floor (0), which no working model reaches against itself (CIDEr is 0 when every
+    output shares every n-gram, one text for every image)."""
+    if run["reference"] != "clean":
+        return None
+    metric = next((m for m in HEADLINE[run["task"]] if m in run["clean"]), None)
+    if metric is None or run["clean"][metric] > 0:
+        return None
+    return f"its clean {metric} against its own output is {run['clean'][metric]:.4g}"
+
+
+def degenerate_models(runs: list[dict]) -> dict[str, str]:
+    """Each degenerate model (:func:`seeded_label`) with why: the ``degenerate`` its runs
+    carry, or for results written before that field, the floor score of its runs."""
+    found: dict[str, str] = {}
+    for run in runs:
+        reason = run.get("degenerate") or floor_reason(run)
+        if reason:
+            found.setdefault(seeded_label(run), reason)
+    return found
+
+
+def degenerate_text(label: str, reason: str) -> str:
+    """The warning a degenerate model gets, in the log and first in its report."""
+    return (
+        f"{label} is degenerate ({reason}): an attack has nothing to move, so its scores under "
+        "attack and its comparisons say nothing about robustness; check its training"
+    )
 
 
 def eps_text(eps: float, norm: str = "linf") -> str:

@@ -70,7 +70,7 @@ from prsl.provenance import ModelRef, check_settings, model_refs, write_settings
 from prsl.provenance.items import item_digests
 from prsl.provenance.models import describe
 from prsl.provenance.settings import SETTINGS
-from prsl.results import RESULTS, write_results
+from prsl.results import RESULTS, degenerate_models, degenerate_text, write_results
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,8 @@ def score_and_write(
         ),
     }
     write_results(out / RESULTS, results)
+    for label, reason in degenerate_models(results["runs"]).items():
+        log.warning("evaluation: %s", degenerate_text(label, reason))
     if skipped:
         summary = skip_summary(skipped, looked_at)
         log.warning("evaluation: %s (listed in %s)", summary, out / RESULTS)
