@@ -10,8 +10,10 @@ task and attack, on the headline metric against the model's own clean output:
 - a white-box attack does not drive the score towards 0 as ε grows: at its largest ε, more than
   :data:`STILL_STANDING` of the clean score is left.
 
-"Clearly" is said when the two intervals do not overlap. None of this proves robustness; a flag
-says where to look before trusting a white-box number.
+A degenerate model (:func:`prsl.results.degenerate_reason`: one output for every image, say)
+is not checked at all: an attack has nothing to move, so no sign would mean anything. Every
+check that does not run says why. "Clearly" is said when the two intervals do not overlap. None
+of this proves robustness; a flag says where to look before trusting a white-box number.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ def masking_summary(flags: list[str], checked: list[str]) -> str | None:
     if all(line.split(": ", 1)[-1].startswith("not checked") for line in checked):
         return "No check could run (why is said below): nothing is known about masking."
     return "No sign of masking found in the cells checked."
+
+
+def _no_headline(run: dict) -> str:
+    return f"no {' / '.join(HEADLINE[run['task']])} in its scores"
 
 
 def _not_checked(found: list[str], shown: int = 3) -> str:
@@ -89,7 +95,8 @@ def masking_checks(runs: list[dict]) -> tuple[list[str], list[str]]:
         metric = headline_metric(run["task"], [run])
         base = by_cell.get((seeded_label(run), run["task"], run["transfer_of"], run["eps"]))
         if metric is None or base is None:
-            skipped.append(f"{where(run)} (no white-box {run['transfer_of']} at that ε)")
+            why = f"no white-box {run['transfer_of']} at that ε" if metric else _no_headline(run)
+            skipped.append(f"{where(run)} ({why})")
             continue
         done += 1
         if run["degradation"][metric] > base["degradation"][metric]:
@@ -120,7 +127,8 @@ def masking_checks(runs: list[dict]) -> tuple[list[str], list[str]]:
             == (seeded_label(run), run["task"], run["eps"])
         ]
         if metric is None or not same:
-            skipped.append(f"{where(run)} (no gradient-based attack at that ε)")
+            why = "no gradient-based attack at that ε" if metric else _no_headline(run)
+            skipped.append(f"{where(run)} ({why})")
             continue
         done += 1
         for other in same:
@@ -155,7 +163,7 @@ def masking_checks(runs: list[dict]) -> tuple[list[str], list[str]]:
         strongest = max(mine, key=lambda r: r["eps"])
         metric = headline_metric(task, [strongest])
         if metric is None:
-            skipped.append(f"{name} (no {' / '.join(HEADLINE[task])} in its scores)")
+            skipped.append(f"{name} ({_no_headline(strongest)})")
             continue
         clean = strongest["clean"][metric]
         if clean <= 0:
