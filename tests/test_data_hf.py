@@ -273,3 +273,27 @@ def test_a_rewritten_table_is_not_reused_and_the_same_one_resumes(tmp_path, loca
     flipped.cast_column("image", datasets.Image()).to_parquet(str(path))  # same ids, new pictures
     refused = runner.invoke(app, args)
     assert refused.exit_code == 2 and "items[" in refused.output, refused.output
+
+
+@pytest.mark.parametrize("form", ["save_to_disk", "dict", "parquet"])
+def test_an_empty_table_is_one_line_naming_it(tmp_path, form):
+    empty = flickr30k(0)
+    path = tmp_path / ("flickr.parquet" if form == "parquet" else "flickr")
+    if form == "parquet":
+        empty.to_parquet(str(path))
+    elif form == "dict":
+        datasets.DatasetDict({"test": empty}).save_to_disk(str(path))
+    else:
+        empty.save_to_disk(str(path))
+    model = tmp_path / "tiny"
+    build_tiny_captioner(["a red circle"], hidden=16, layers=1, seed=1).save(model)
+    data = f"data.options={{path: '{path}', preset: flickr30k}}"
+    result = CliRunner().invoke(
+        app, ["evaluate", "-m", str(model), "--set", "data.name=hf", "--set", data]
+    )
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.output  # (datasets' own progress bars aside)
+    where = " in split 'test'" if form == "dict" else ""
+    assert f"dataset '{path}' has 0 rows{where}" in " ".join(result.output.split())

@@ -21,12 +21,13 @@ import prsl.evaluate.loop as evaluate_loop
 from prsl.cli import app
 from prsl.config import DataConfig, load_config
 from prsl.core.errors import InvalidInput, MissingInput, RunConflict, UserError
+from prsl.core.pixels import levels_text
 from prsl.data import read_dataset
 from prsl.evaluate import PREDICTIONS, EvalConfig, evaluate, read_predictions
 from prsl.metrics.coco import ptb_tokenize
 from prsl.models import build_tiny_captioner
 from prsl.provenance import TrainingRecord, write_training_record
-from prsl.results import RESULTS
+from prsl.results import RESULTS, eps_text
 from prsl.train import FinetuneConfig
 
 SHAPES = [
@@ -63,6 +64,11 @@ def one_line_error(result, output: str, fragment: str, code: int = 2) -> None:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert fragment in output, output
+
+
+def runs_of(out: Path) -> set[int]:
+    """The item counts (``n_images``) of an evaluation's runs."""
+    return {r["n_images"] for r in json.loads((out / RESULTS).read_text())["runs"]}
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -153,6 +159,48 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_field(evaluated, tiny
     one_line_error(result, output, named)
     assert "--overwrite" in output
     assert snapshot(evaluated) == before  # nothing lost, nothing added
+
+
+def test_a_refusal_is_one_short_line_with_eps_in_grey_levels(tmp_path, tiny):
+    """Every item's picture is replaced and the attack changed: the line names a field per
+    setting and counts the rest (not 12 digests), the cell's ε reads 4/255, not 0.0156862..."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = [f"{i:02d}.png" for i in range(12)]
+    for level, name in enumerate(names):
+        Image.new("L", (40, 40), 10 * level).save(folder / name)
+    (folder / "metadata.csv").write_text(
+        "file_name,text\n" + "".join(f"{name},a grey square\n" for name in names)
+    )
+    out = tmp_path / "eval"
+    data = ["data.name=imagefolder", f"data.options={{directory: {folder}}}"]
+    args = ["evaluate", "-m", tiny, *sets(*SHAPES[3:], *data, f"output_dir={out}")]
+    assert run(*args)[0].exit_code == 0
+    for level, name in enumerate(names):
+        Image.new("L", (40, 40), 250 - 10 * level).save(folder / name)
+    quantized = "attacks=[{name: fgsm, eps: [4/255], quantize: uint8}]"
+    result, output = run(*args, *sets(quantized, "max_new_tokens=6", "seed=1"))
+    one_line_error(result, output, 'cells["fgsm eps=4/255"].quantize: null -> "uint8"; ')
+    assert "max_new_tokens: 4 -> 6; seed: 0 -> 1; +12 more in items): rerun with" in output
+    assert "0.0156" not in output and len(output) < 450, output
+    assert "--overwrite" in output
+
+
+@pytest.mark.parametrize(
+    ("eps", "text"),
+    [
+        (8 / 255, "8/255"),
+        (0.03137254901960784, "8/255"),
+        (4 / 255 + 1e-12, "4/255"),
+        (0.5 / 255, "0.001961"),
+        (0.001, "0.001"),
+        (0, "0"),
+        (1.0, "1"),
+    ],
+)
+def test_an_eps_is_shown_in_grey_levels_when_it_is_a_whole_number_of_them(eps, text):
+    assert levels_text(eps) == text
+    assert eps_text(eps) == text
 
 
 def test_a_rerun_with_the_same_settings_does_no_work(evaluated, tiny, monkeypatch):
@@ -442,6 +490,9 @@ def test_each_bad_item_is_counted_once_in_results_console_and_report(
     assert [s["reason"] for s in meta["dropped_references"]] == ["empty caption (line 3)"]
     assert "2 of 4 items skipped: 1 image file not found, 1 unreadable image" in output
     assert "1 empty caption dropped from items that were kept" in output
+    # one count: the broken image, found when decoded, is not counted as usable
+    assert "2 of the 4 item(s) looked at are usable" in output
+    assert runs_of(out) == {2}
 
     report = tmp_path / "report"
     assert run("report", str(out / RESULTS), "--out", str(report))[0].exit_code == 0
@@ -693,3 +744,33 @@ def test_pgd_records_every_gradient_step_of_its_restarts():
 def test_finetune_refuses_a_folder_that_holds_something_else(tmp_path, tiny):
     result, output = run("finetune", *sets(*TUNE, f"train.output_dir={tiny}"))
     one_line_error(result, output, "holds other files, not a prsl fine-tuning run")
+
+
+# ------------------------------------------------------------------ a collapsed model
+
+
+def test_a_collapsed_model_is_said_first_and_its_checks_give_the_true_reason(
+    tmp_path, tiny, monkeypatch
+):
+    """Every image gets "a green a green a green" (a model collapsed after a few steps): the
+    log and the report say so before anything else, and no check pretends a reason of its own."""
+    collapsed = "a green a green a green"
+    monkeypatch.setattr(evaluate_loop, "generate", lambda _, pixels, *a: [collapsed] * len(pixels))
+    out = tmp_path / "eval"
+    grid = "attacks=[{name: pgd, eps: [2/255, 4/255], steps: 1}]"
+    result, output = run(
+        "evaluate", "-m", tiny, *sets(*SHAPES[:4], "metrics=[CIDEr]", grid, f"output_dir={out}")
+    )
+    assert result.exit_code == 0, output
+    said = 'is degenerate (3 of 3 clean outputs are the same text ("a green a green a green")'
+    assert said in output and "its clean CIDEr against its own output is 0)" in output
+    runs = json.loads((out / RESULTS).read_text())["runs"]
+    assert all("3 of 3 clean outputs" in r["degenerate"] for r in runs)
+
+    result, output = run("report", str(out), "--out", str(tmp_path / "report"))
+    assert result.exit_code == 0, output
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert said in md and md.index(said) < md.index("## Verdict")
+    assert "not checked for tiny (pretrained): it is degenerate (3 of 3" in md
+    assert "several ε" not in md and "No sign of masking found" not in md
+    assert "No check could run" in md

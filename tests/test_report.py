@@ -7,8 +7,10 @@ import json
 
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from conftest import MATPLOTLIB_LINE_COLOURS
+from prsl.cli import app
 from prsl.report import verdict_lines, write_report
 from prsl.results import validate_results
 
@@ -138,7 +140,7 @@ def test_wrong_schema_is_a_clear_error(data, message):
 def test_report_rejects_files_that_are_not_results(tmp_path):
     bad = tmp_path / "results.json"
     bad.write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(ValueError, match="is not a prsl results file \\(not valid JSON"):
         write_report([bad], tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_report([tmp_path / "missing.json"], tmp_path / "out")
@@ -167,3 +169,31 @@ def test_odd_attack_names_and_l2_budgets_are_reported(tmp_path):
     md = paths["markdown"].read_text()
     assert "| 0.5 (L2) | BERTScore |" in md and "/255" not in md.split("## caption")[1]
     assert all(p.is_file() and p.parent == tmp_path / "report" / "plots" for p in paths["plots"])
+
+
+def _report_cli(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    return result, " ".join(result.output.split())
+
+
+def test_prsl_report_takes_a_run_folder_and_refuses_a_binary_file_in_one_line(tmp_path):
+    folder = _results(tmp_path, prsl_adv=0.6).parent
+    result, output = _report_cli("report", str(folder), "--out", str(tmp_path / "report"))
+    assert result.exit_code == 0, output
+    assert "tiny-prsl" in (tmp_path / "report" / "report.md").read_text()
+
+    binary = tmp_path / "model.safetensors"
+    binary.write_bytes(bytes(range(256)) * 4)
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    for given, said in (
+        (binary, f"{binary} is not a prsl results file (not text)"),
+        (empty, f"{empty} is a folder without a results.json: pass a results.json file"),
+    ):
+        result, output = _report_cli("report", str(given), "--out", str(tmp_path / "other"))
+        assert result.exit_code == 2, output
+        assert "Traceback" not in result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+        assert said in output
+        assert not (tmp_path / "other").exists()

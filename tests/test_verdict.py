@@ -22,6 +22,7 @@ from prsl.evaluate.uncertainty import (
 from prsl.metrics.scorer import CorpusScores
 from prsl.provenance import ModelRef
 from prsl.report import masking_checks, verdict_lines
+from prsl.report.masking import masking_summary
 from prsl.report.seeds import collapse_seeds, seed_spread
 from prsl.results import validate_results
 
@@ -244,6 +245,42 @@ def test_checks_that_cannot_run_say_so() -> None:
     assert flags == []
     assert "no `surrogate`" in checked[0] and "no Square" in checked[1]
     assert "not checked" in checked[2]
+
+
+def test_a_degenerate_model_is_not_checked_and_says_why() -> None:
+    """Results written before the ``degenerate`` field: a clean score of 0 against the model's
+    own output (one text for every image) is the sign; PGD ran at two ε, so "no white-box
+    attack at several ε" would be a wrong reason."""
+    runs = [_run("pgd", 2 / 255, 0.0, 0.0), _run("pgd", 8 / 255, 0.0, 0.0)]
+    flags, checked = masking_checks(runs)
+    assert flags == []
+    said = "\n".join(checked)
+    assert (
+        "every check: not checked for tiny-prsl (prsl): it is degenerate (its clean VQA-acc "
+        "against its own output is 0)" in said
+    )
+    assert "several ε" not in said
+    assert masking_summary(flags, checked).startswith("No check could run")
+    marked = [_run("pgd", 2 / 255, 1.0, 0.0, degenerate="8 of 8 clean outputs are empty")]
+    assert "it is degenerate (8 of 8 clean outputs are empty)" in masking_checks(marked)[1][0]
+
+
+def test_each_skipped_check_gives_its_own_reason() -> None:
+    runs = [
+        _run("bim", 8 / 255, 1.0, 0.0),
+        _run("square", 4 / 255, 1.0, 0.2, gradient_free=True),
+        _run("bim@other", 4 / 255, 1.0, 0.2, transfer_of="bim"),
+    ]
+    transfer, free, growth = masking_checks(runs)[1]
+    assert transfer == (
+        "transfer vs white-box: not checked: bim@other of tiny-prsl (prsl), vqa, ε=4/255 (no "
+        "white-box bim at that ε)"
+    )
+    assert free == (
+        "gradient-free vs gradient-based: not checked: square of tiny-prsl (prsl), vqa, "
+        "ε=4/255 (no gradient-based attack at that ε)"
+    )
+    assert growth == "growth with ε: not checked: bim of tiny-prsl (prsl), vqa (one ε only)"
 
 
 # --- several training seeds -----------------------------------------------------------------

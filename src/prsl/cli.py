@@ -209,7 +209,9 @@ def attack(
 @app.command()
 @user_errors
 def report(
-    results: Annotated[list[Path], typer.Argument(help="results.json file(s).")],
+    results: Annotated[
+        list[Path], typer.Argument(help="results.json file(s), or the folders holding them.")
+    ],
     out: Annotated[Path, typer.Option(help="Report directory.")] = Path("runs/report"),
     title: str = "prsl robustness report",
 ) -> None:

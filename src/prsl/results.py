@@ -10,7 +10,7 @@ nothing here draws or formats. The format::
                "gradient_free": bool?, "transfer_of": white-box attack name?, "seed": int?,
                "train_steps": int?, "train_device_seconds": float?, "train_device": str?,
                "train_started_from": str?, "train_adversarial": {"attack", "fraction", ...}?,
-               "per_step": [{metric: value}, ...]?}],
+               "per_step": [{metric: value}, ...]?, "degenerate": why?}],
      "comparisons": [{"model", "baseline", "loss", "baseline_loss", "task", "attack", "eps",
                       "norm", "reference", "metric", "n_items", "difference", "interval",
                       "p_value", "outcome": "less"|"more"|"none", "seed"?}]?,
@@ -27,6 +27,8 @@ excludes 0, ``none`` otherwise. ``seed`` is the training seed of a run (and of t
 made within it) when the results of several seeds are merged. ``train_steps`` and
 ``train_device_seconds`` are what the model's training cost in all: with the prsl-trained model
 it started from, named in ``train_started_from``, when there is one (FARE on a CE model).
+``degenerate`` is set on every run of a model whose clean outputs say nothing (see
+:func:`degenerate_reason`), and says why.
 """
 
 from __future__ import annotations
@@ -34,14 +36,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import defaultdict
-from collections.abc import Mapping
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prsl.core.errors import InvalidInput, MissingInput
-from prsl.core.pixels import LEVELS
+from prsl.core.pixels import levels_text
 
 RESULTS = "results.json"
 RUN_FIELDS: Mapping[str, type | tuple[type, ...]] = {
@@ -71,6 +73,7 @@ OPTIONAL_RUN_FIELDS: Mapping[str, type | tuple[type, ...]] = {
     "train_device": str,
     "train_started_from": str,
     "train_adversarial": dict,
+    "degenerate": str,
 }
 COMPARISON_FIELDS: Mapping[str, type | tuple[type, ...]] = {
     "model": str,
@@ -149,14 +152,31 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_results(path: Path) -> dict[str, Any]:
-    """One results file, validated; its gallery's image paths made absolute."""
+def results_file(path: Path) -> Path:
+    """The results file ``path`` names: the file itself, or a run folder's ``results.json``."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / RESULTS).is_file():
+            return path / RESULTS
+        raise MissingInput(
+            f"{path} is a folder without a {RESULTS}: pass a {RESULTS} file, or the output_dir "
+            "of `prsl evaluate` or `prsl sweep`"
+        )
     if not path.is_file():
         raise MissingInput(f"results file {path} does not exist")
+    return path
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """One results file (or a run folder's ``results.json``), validated; its gallery's image
+    paths made absolute."""
+    path = results_file(path)
     try:
         data = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path} is not a prsl results file (not text)") from None
     except json.JSONDecodeError as err:
-        raise InvalidInput(f"{path}: not valid JSON ({err})") from None
+        raise InvalidInput(f"{path} is not a prsl results file (not valid JSON: {err})") from None
     validate_results(data, str(path))
     for row in data.get("gallery", []):
         row["images"] = {k: str(path.parent / v) for k, v in row["images"].items()}
@@ -186,7 +206,7 @@ def load_results(paths: list[Path]) -> LoadedResults:
     """
     runs, comparisons, gallery, meta = [], [], [], {}
     seen: dict[tuple, Path] = {}
-    for path in paths:
+    for path in map(results_file, paths):
         data = read_results(path)
         for run in data["runs"]:
             identity = tuple(run.get(k) for k in RUN_IDENTITY)
@@ -268,11 +288,66 @@ def _shared(sources: Mapping[str, dict]) -> dict[str, Any]:
     return shared
 
 
+DEGENERATE_SHARE = 0.9
+"""A model is degenerate when this share of its clean outputs or more are one text (or empty)."""
+
+
+def degenerate_reason(clean_outputs: Sequence[str]) -> str | None:
+    """Why a model's clean outputs leave an attack nothing to measure, or None.
+
+    Degenerate means, on the items evaluated: at least :data:`DEGENERATE_SHARE` of the clean
+    outputs are empty, or are one and the same text (a collapsed model answering "a green a
+    green" to every image). :func:`floor_reason` adds the other sign, read from the scores.
+    """
+    texts = [" ".join(text.split()) for text in clean_outputs]
+    if len(texts) < 2:
+        return None
+    text, count = Counter(texts).most_common(1)[0]
+    if count < DEGENERATE_SHARE * len(texts):
+        return None
+    if not text:
+        return f"{count} of {len(texts)} clean outputs are empty"
+    shown = text if len(text) <= 40 else text[:39] + "…"
+    return f'{count} of {len(texts)} clean outputs are the same text ("{shown}")'
+
+
+def floor_reason(run: dict) -> str | None:
+    """For a run scored against the model's own clean output: its clean headline score at the
+    metric's floor (0), which no working model reaches against itself (CIDEr is 0 when every
+    output shares every n-gram, one text for every image)."""
+    if run["reference"] != "clean":
+        return None
+    metric = next((m for m in HEADLINE[run["task"]] if m in run["clean"]), None)
+    if metric is None or run["clean"][metric] > 0:
+        return None
+    return f"its clean {metric} against its own output is {run['clean'][metric]:.4g}"
+
+
+def degenerate_models(runs: list[dict]) -> dict[str, str]:
+    """Each degenerate model (:func:`seeded_label`) with why: the ``degenerate`` its runs
+    carry, or for results written before that field, the floor score of its runs."""
+    found: dict[str, str] = {}
+    for run in runs:
+        reason = run.get("degenerate") or floor_reason(run)
+        if reason:
+            found.setdefault(seeded_label(run), reason)
+    return found
+
+
+def degenerate_text(label: str, reason: str) -> str:
+    """The warning a degenerate model gets, in the log and first in its report."""
+    return (
+        f"{label} is degenerate ({reason}): an attack has nothing to move, so its scores under "
+        "attack and its comparisons say nothing about robustness; check its training"
+    )
+
+
 def eps_text(eps: float, norm: str = "linf") -> str:
-    """ε the way budgets are quoted: grey levels for L∞ (``8/255``), the norm itself for L2."""
+    """ε the way budgets are quoted: grey levels for L∞ (``8/255``, :func:`levels_text`), the
+    norm itself for L2."""
     if norm == "l2":
         return f"{eps:.3g} (L2)"
-    return f"{eps * LEVELS:.3g}/{LEVELS}"
+    return levels_text(eps)
 
 
 def run_eps_text(run: dict) -> str:

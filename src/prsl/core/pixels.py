@@ -13,6 +13,20 @@ LEVELS = 255
 """Grey levels of an 8-bit image, minus one."""
 
 
+def levels_text(value: float) -> str:
+    """A pixel distance the way budgets are quoted: ``8/255`` when it is (within 1e-9) a whole
+    number of grey levels, else a short float (``0.0123``). What every message showing an ε
+    prints, so ``0.03137254901960784`` reads as ``8/255``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if float(value).is_integer():  # 0, or 1 (the whole range): no fraction says more
+        return f"{value:g}"
+    levels = value * LEVELS
+    if abs(levels - round(levels)) <= 1e-9 * LEVELS:
+        return f"{round(levels)}/{LEVELS}"
+    return f"{value:.4g}"
+
+
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """One image (3, H, W) in [0, 1] as an (H, W, 3) uint8 array, rounded to the nearest level."""
     levels = (image.detach().clamp(0, 1) * LEVELS).round().to(torch.uint8)

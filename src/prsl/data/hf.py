@@ -23,6 +23,7 @@ skipped when it is decoded).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -31,7 +32,7 @@ from typing import Any
 
 from PIL import Image
 
-from prsl.core.errors import InvalidInput, MissingInput
+from prsl.core.errors import InvalidInput, MissingInput, UserError
 from prsl.data._parsing import check_max_examples
 from prsl.data.types import CaptionExample, DatasetSplit, LazyImage, Skipped, VQAExample
 from prsl.data.vqa import ANSWER_COPIES
@@ -134,26 +135,55 @@ def _load(path: str, name: str | None, split: str, streaming: bool) -> Any:
     local = Path(path).expanduser()
     try:
         if local.is_dir() and any((local / marker).is_file() for marker in SAVED_MARKERS):
-            saved = datasets.load_from_disk(str(local))
-            return _pick_split(saved, split, path)
-        if local.is_file():
+            if _saved_empty(local):
+                raise InvalidInput(_empty(path, None))
+            if _saved_empty(local / split):
+                raise InvalidInput(_empty(path, split))
+            try:
+                saved = datasets.load_from_disk(str(local))
+            except IndexError:  # datasets cannot open a split saved with 0 rows
+                raise InvalidInput(_empty(path, None)) from None
+            table = _pick_split(saved, split, path)
+        elif local.is_file():
             builder = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json"}.get(
                 local.suffix, local.suffix.lstrip(".")
             )
-            return datasets.load_dataset(
+            table = datasets.load_dataset(
                 builder, data_files=str(local), split="train", streaming=streaming
             )
-        if local.exists():
-            return datasets.load_dataset(str(local), name, split=split, streaming=streaming)
-        return datasets.load_dataset(path, name, split=split, streaming=streaming)
+        elif local.exists():
+            table = datasets.load_dataset(str(local), name, split=split, streaming=streaming)
+        else:
+            table = datasets.load_dataset(path, name, split=split, streaming=streaming)
     except (FileNotFoundError, ConnectionError) as err:
         cause = " ".join(str(err).split())[:300]
         raise MissingInput(
             f"dataset {path!r} could not be loaded (not a local folder or file, and not reachable "
             f"on the hub: offline, a wrong id, or gated?): {cause}"
         ) from None
-    except ValueError as err:  # an unknown split or config name
+    except UserError:
+        raise
+    except ValueError as err:  # an unknown split or config name, or files without a row
+        if "corresponds to no data" in str(err):
+            raise InvalidInput(_empty(path, None if local.is_file() else split)) from None
         raise InvalidInput(f"dataset {path!r}: {' '.join(str(err).split())[:300]}") from None
+    if not streaming and len(table) == 0:
+        raise InvalidInput(_empty(path, None if local.is_file() else split))
+    return table
+
+
+def _empty(path: str, split: str | None) -> str:
+    where = f" in split {split!r}" if split is not None else ""
+    return f"dataset {path!r} has 0 rows{where}: nothing to evaluate or train on"
+
+
+def _saved_empty(folder: Path) -> bool:
+    """Whether a ``save_to_disk`` folder of one split holds no data file (0 rows)."""
+    try:
+        state = json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("_data_files") == []
 
 
 def _pick_split(saved: Any, split: str, path: str) -> Any:

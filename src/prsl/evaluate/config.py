@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, model_serializer, model_validator
 from prsl.attacks import Attack, attack_class
 from prsl.config import DataConfig, Strict
 from prsl.core.errors import InvalidInput
+from prsl.core.pixels import levels_text
 from prsl.metrics.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, MIN_RESAMPLES
 from prsl.metrics.scorer import resolve_metrics
 from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol
@@ -182,8 +183,8 @@ class EvalConfig(Strict):
             for eps in spec.eps:
                 if (spec.result_name, eps) in seen:
                     raise ValueError(
-                        f"two attacks are named {spec.result_name!r} at ε={eps:.5g}: give one "
-                        "of them a distinct `label`"
+                        f"two attacks are named {spec.result_name!r} at ε={levels_text(eps)}: "
+                        "give one of them a distinct `label`"
                     )
                 seen.add((spec.result_name, eps))
         return self

@@ -70,7 +70,7 @@ from prsl.provenance import ModelRef, check_settings, model_refs, write_settings
 from prsl.provenance.items import item_digests
 from prsl.provenance.models import describe
 from prsl.provenance.settings import SETTINGS
-from prsl.results import RESULTS, write_results
+from prsl.results import RESULTS, degenerate_models, degenerate_text, write_results
 
 log = logging.getLogger(__name__)
 
@@ -198,16 +198,21 @@ def score_and_write(
         ),
     }
     write_results(out / RESULTS, results)
+    for label, reason in degenerate_models(results["runs"]).items():
+        log.warning("evaluation: %s", degenerate_text(label, reason))
     if skipped:
         summary = skip_summary(skipped, looked_at)
         log.warning("evaluation: %s (listed in %s)", summary, out / RESULTS)
     if split.dropped:
         log.warning("evaluation: %s (listed in %s)", dropped_summary(split.dropped), out / RESULTS)
-    if len(split.examples) < cfg.n_images:
+    usable = looked_at - len(skipped)  # what the reader kept, less the images that failed to decode
+    if usable < cfg.n_images:
         log.warning(
-            "evaluation: n_images=%d, but the dataset has %d usable item(s): evaluated those",
+            "evaluation: n_images=%d, but %d of the %d item(s) looked at are usable: evaluated "
+            "those",
             cfg.n_images,
-            len(split.examples),
+            usable,
+            looked_at,
         )
     return results
 

@@ -21,6 +21,7 @@ from prsl.evaluate.uncertainty import ScoredRun
 from prsl.metrics import CAPTION_METRICS, VQA_METRICS, Scorer
 from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol, normalize_answer
 from prsl.provenance import ModelRef
+from prsl.results import degenerate_reason, floor_reason
 
 
 @dataclass
@@ -64,9 +65,12 @@ def score_predictions(
     cell_of = {(c.name, c.eps): c for c in cells}
     runs: list[_Run] = []
     corpora: list[tuple[list[str], list[list[str]]]] = []
+    clean_of: dict[str, dict[str, str]] = defaultdict(dict)  # model -> item -> clean output
     for key in sorted(by_key, key=lambda k: (order[k.model], k.attack, k.eps)):
         items = sorted(by_key[key], key=lambda r: r.key)
         ref = models[order[key.model]]
+        for r in items:
+            clean_of[key.model].setdefault(r.key, r.clean)
         cell = cell_of[(key.attack, key.eps)]
         references = {
             "clean": [self_reference(r.clean, task, vqa_protocol) for r in items],
@@ -112,7 +116,22 @@ def score_predictions(
         if per_step:
             row["per_step"] = [dict(step.values) for step in per_step]
         finished.append(ScoredRun(row, run.model, run.keys, clean, adversarial))
+    mark_degenerate(finished, clean_of)
     return finished, bertscore
+
+
+def mark_degenerate(runs: list[ScoredRun], clean_of: dict[str, dict[str, str]]) -> None:
+    """Set ``degenerate`` on every run of a model whose clean outputs are near-constant or
+    empty, or whose clean score against its own output is at the floor (:mod:`prsl.results`)."""
+    reasons: dict[str, list[str | None]] = {
+        model: [degenerate_reason(list(outputs.values()))] for model, outputs in clean_of.items()
+    }
+    for run in runs:
+        reasons.setdefault(run.model.location, []).append(floor_reason(run.fields))
+    for run in runs:
+        found = [r for r in dict.fromkeys(reasons[run.model.location]) if r]
+        if found:
+            run.fields["degenerate"] = "; ".join(found)
 
 
 def results_meta(**fields) -> dict:

@@ -5,8 +5,9 @@ folder, as ``prsl_run.json``, the settings those results depend on. A rerun into
 compares its own settings with the record before any work:
 
 - equal: the rerun resumes, reusing what is finished;
-- different in a field the results depend on: refused with a :class:`RunConflict` naming each
-  field, its recorded and its new value;
+- different in a field the results depend on: refused with a :class:`RunConflict` in one short
+  line naming the first fields that differ, their recorded and new values (shortened; an ε as
+  ``8/255``), and how many more differ;
 - different only where a command allows it: ``may_change`` fields (how often to log, say) are
   ignored, and in a ``may_grow`` section (the attacks of an evaluation, its models) entries may
   be added or left out, but an entry present in both must be equal.
@@ -20,16 +21,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prsl.core.errors import RunConflict
+from prsl.core.pixels import levels_text
 
 SETTINGS = "prsl_run.json"
 _ABSENT = object()
-_SHOWN = 60  # characters of a value shown in a message
+_SHOWN = 24  # characters of a value shown in a message
+_LISTED = 3  # differences a refusal names; the rest are counted
+_PIXEL_FIELDS = ("eps", "alpha", "step_size")
+"""Fields holding a pixel distance, shown as grey levels (``8/255``) like every ε prsl prints."""
+_EPS_IN_NAME = re.compile(r"eps=([-+0-9.eE]+)")
 
 
 @dataclass(frozen=True)
@@ -41,14 +48,59 @@ class Difference:
     given: Any
 
     def __str__(self) -> str:
-        return f"{self.path}: {_show(self.recorded)} -> {_show(self.given)}"
+        field = re.split(r"[.\[]", self.path)[-1].strip('"]')
+        old, new = _show(self.recorded, field), _show(self.given, field)
+        if old == new:  # shortened alike: show them whole, or the message says "x -> x"
+            old, new = _show(self.recorded, field, None), _show(self.given, field, None)
+        return f"{_readable(self.path)}: {old} -> {new}"
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, field: str = "", limit: int | None = _SHOWN) -> str:
     if value is _ABSENT:
         return "(not set)"
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number and field in _PIXEL_FIELDS and limit is not None:
+        return levels_text(value)
     text = json.dumps(value, default=str)
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+    if limit is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
+def _readable(path: str) -> str:
+    """A setting's path with the ε in a cell's name as grey levels (``pgd eps=8/255``)."""
+
+    def levels(match: re.Match) -> str:
+        try:
+            return "eps=" + levels_text(float(match.group(1)))
+        except ValueError:
+            return match.group(0)
+
+    return _EPS_IN_NAME.sub(levels, path)
+
+
+def _section(path: str) -> str:
+    return re.split(r"[.\[]", path, maxsplit=1)[0]
+
+
+def describe_differences(found: list[Difference], listed: int = _LISTED) -> str:
+    """What changed, in one short line: a difference per section (``items``, ``data``, a
+    cell...), the sections with fewest differences first (one changed field says more than a
+    hundred item digests), "+N more in <sections>" for the rest."""
+    sections: dict[str, list[Difference]] = {}
+    for difference in found:
+        sections.setdefault(_section(difference.path), []).append(difference)
+    ordered = sorted(sections.items(), key=lambda item: len(item[1]))
+    parts = []
+    for section, within in ordered[:listed]:
+        others = f" (+{len(within) - 1} more in {section})" if len(within) > 1 else ""
+        parts.append(f"{within[0]}{others}")
+    rest = ordered[listed:]
+    if rest:
+        more = sum(len(within) for _, within in rest)
+        named = ", ".join(section for section, _ in rest[:listed])
+        parts.append(f"+{more} more in {named}" + (", ..." if len(rest) > listed else ""))
+    return "; ".join(parts)
 
 
 def _child(path: str, key: str) -> str:
@@ -133,8 +185,10 @@ def check_settings(
         record.get("settings", {}), settings, may_change=may_change, may_grow=may_grow
     )
     if found:
-        listed = "; ".join(str(d) for d in found)
-        raise RunConflict(f"{folder} holds results computed with other settings ({listed})", fix)
+        raise RunConflict(
+            f"{folder} holds results computed with other settings ({describe_differences(found)})",
+            fix,
+        )
     return True
 
 

@@ -1,11 +1,13 @@
 """Turn ``results.json`` files into ``report.md`` and a self-contained ``report.html``.
 
-The report leads with the answer: the verdict (:mod:`prsl.report.verdict`) and the headline
-figure (degradation vs ε with interval bands), then the compact table, the notes, the detailed
-tables (collapsible in HTML), the gradient-masking checks (:mod:`prsl.report.masking`), the
-other figures (:mod:`prsl.report.plots`) and a gallery laid out as a grid: one row per image,
-attack and ε, each model's clean and adversarial output side by side. Every PNG is embedded in
-the HTML, so the file can be mailed on its own.
+The report first warns of each degenerate model (one whose clean outputs leave an attack nothing
+to measure, :func:`prsl.results.degenerate_reason`), then leads with the answer: the verdict
+(:mod:`prsl.report.verdict`) and the headline figure (degradation vs ε with interval bands),
+then the compact table, the notes, the detailed tables (collapsible in HTML), the
+gradient-masking checks (:mod:`prsl.report.masking`), the other figures
+(:mod:`prsl.report.plots`) and a gallery laid out as a grid: one row per image, attack and ε,
+each model's clean and adversarial output side by side. Every PNG is embedded in the HTML, so
+the file can be mailed on its own.
 """
 
 from __future__ import annotations
@@ -17,12 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prsl.data import Skipped, skip_summary
-from prsl.report.masking import masking_checks
+from prsl.report.masking import masking_checks, masking_summary
 from prsl.report.plots import plot_headline, plot_vs_eps, plot_vs_iteration, plot_vs_parameter
 from prsl.report.seeds import seed_count
 from prsl.report.tables import MODEL_HEADER, compact_table, model_rows, table_rows
 from prsl.report.verdict import verdict_lines
-from prsl.results import LoadedResults, grouped, load_results, run_eps_text
+from prsl.results import (
+    LoadedResults,
+    degenerate_models,
+    degenerate_text,
+    grouped,
+    load_results,
+    run_eps_text,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class Report:
     """Everything the report says, in the order it says it; the writers only format it."""
 
     title: str
+    degenerate: list[str]
     verdict: list[str]
     headline: Path | None
     compact: Table
@@ -87,6 +97,7 @@ def _compose(title: str, loaded: LoadedResults, plots_dir: Path) -> Report:
     flags, checked = masking_checks(runs)
     return Report(
         title=title,
+        degenerate=[degenerate_text(m, why) for m, why in degenerate_models(runs).items()],
         verdict=verdict_lines(loaded.comparisons, runs, level),
         headline=plot_headline(runs, plots_dir, level),
         compact=Table("Summary", *compact_table(runs, loaded.comparisons)),
@@ -161,7 +172,9 @@ def _md_table(table: Table) -> list[str]:
 
 
 def _markdown(report: Report, out: Path) -> str:
-    lines = [f"# {report.title}", "", "## Verdict", ""]
+    lines = [f"# {report.title}", ""]
+    lines += [f"> ⚠ {line}" for line in report.degenerate] + ([""] if report.degenerate else [])
+    lines += ["## Verdict", ""]
     lines += [f"- {line}" for line in report.verdict] + [""]
     if report.headline:
         lines += [f"![headline]({_rel(report.headline, out)})", ""]
@@ -173,7 +186,8 @@ def _markdown(report: Report, out: Path) -> str:
     for table in report.detailed:
         lines += [f"### {table.title}", "", *_md_table(table)]
     lines += ["## Gradient-masking checks", ""]
-    lines += [f"- ⚠ {flag}" for flag in report.masking_flags] or ["- No sign of masking found."]
+    summary = masking_summary(report.masking_flags, report.masking_checked)
+    lines += [f"- ⚠ {flag}" for flag in report.masking_flags] or [f"- {summary}"]
     lines += [f"- checked: {c}" for c in report.masking_checked] + [""]
     if report.plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({_rel(p, out)})" for p in report.plots] + [""]
@@ -246,6 +260,7 @@ def _html(report: Report) -> str:
         ".gallery img{width:128px;image-rendering:pixelated;display:block}",
         "</style></head><body>",
         f"<h1>{esc(report.title)}</h1>",
+        *[f"<p class='flag' id='degenerate'>⚠ {_inline(line)}</p>" for line in report.degenerate],
         "<section id='verdict'><h2>Verdict</h2><ul>",
         *[f"<li>{_inline(line)}</li>" for line in report.verdict],
         "</ul>",
@@ -264,8 +279,9 @@ def _html(report: Report) -> str:
         parts.append(f"<details><summary>{esc(table.title)}</summary>")
         parts += [*_html_table(table), "</details>"]
     parts += ["</section>", "<section id='masking'><h2>Gradient-masking checks</h2><ul>"]
+    summary = masking_summary(report.masking_flags, report.masking_checked)
     parts += [f"<li class='flag'>⚠ {_inline(f)}</li>" for f in report.masking_flags] or [
-        "<li>No sign of masking found.</li>"
+        f"<li>{_inline(summary or '')}</li>"
     ]
     parts += [f"<li>checked: {_inline(c)}</li>" for c in report.masking_checked]
     parts += ["</ul></section>"]
