@@ -22,10 +22,10 @@ from pydantic import Field, model_validator
 from prsl.config import Strict, set_dotted, validate_config
 from prsl.core.errors import InvalidInput, RunConflict
 from prsl.core.paths import check_output_dir, slug
-from prsl.evaluate import EvalConfig, evaluate
+from prsl.evaluate import EvalConfig
 from prsl.evaluate.uncertainty import Resamples, compare, read_scored
 from prsl.results import RESULTS, merge_results
-from prsl.train import FinetuneConfig, finetune, finished_run
+from prsl.train import FinetuneConfig
 
 DONE = "cell_done.json"
 SEED_KEY = "train.seed"
@@ -128,6 +128,29 @@ def _marker(cell: dict[str, Any], tune: FinetuneConfig, ev: EvalConfig) -> dict[
             {"cell": cell, "finetune": tune.settings(), "evaluate": ev.model_dump()}, default=str
         )
     )
+
+
+# The training and evaluation stacks (torch models, transformers, accelerate) are imported when a
+# cell first runs: validating a SweepConfig, or a mistake in it, needs neither.
+def finetune(cfg: FinetuneConfig, **options: Any) -> Any:
+    """:func:`prsl.train.finetune`."""
+    from prsl.train import finetune as run
+
+    return run(cfg, **options)
+
+
+def finished_run(cfg: FinetuneConfig) -> Any:
+    """:func:`prsl.train.finished_run`."""
+    from prsl.train import finished_run as finished
+
+    return finished(cfg)
+
+
+def evaluate(cfg: EvalConfig, **options: Any) -> Any:
+    """:func:`prsl.evaluate.evaluate`."""
+    from prsl.evaluate import evaluate as run
+
+    return run(cfg, **options)
 
 
 def run_sweep(cfg: SweepConfig, *, progress: bool = True, scorer=None) -> dict:
