@@ -44,11 +44,21 @@ class SweepConfig(Strict):
     """
 
     output_dir: str = "runs/sweep"
+    """Where the cells (``cells/<id>/model``, ``cells/<id>/eval``), ``results.json`` and
+    the report are written."""
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    """The fine-tuning config every cell starts from (as ``prsl finetune`` takes it)."""
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    """The evaluation config every cell starts from (as ``prsl evaluate`` takes it; its
+    ``models`` and ``output_dir`` are set per cell)."""
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    """Dotted keys to value lists, e.g. ``loss.params.k: [4, 10]`` (fine-tune fields) or
+    ``evaluate.attacks.0.steps: [10, 20]``; the cells are their cartesian product."""
     seeds: list[int] | None = Field(None, min_length=1)
+    """Train and evaluate every cell once per seed (``train.seed``); None: once."""
     baseline: dict[str, Any] | None = None
+    """The cell every other is compared with, by its grid values (``{loss.name: ce}``);
+    None: the first cell trained with CE."""
 
     @model_validator(mode="after")
     def _seeds_are_not_also_a_grid_key(self) -> SweepConfig:

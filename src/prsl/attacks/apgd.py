@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 
 from prsl.attacks._ascent import steepest_step
-from prsl.attacks._checks import Eps, JpegQuality, Norm, Quantize, Steps
+from prsl.attacks._checks import Eps, JpegQuality, Norm, Quantize, RecordEveryStep, Steps
 from prsl.attacks.base import DEFAULT_EPS, Attack, finish
 from prsl.attacks.constraint import BallConstraint, expand, loss_and_grad
 
@@ -65,7 +65,7 @@ class APGD(Attack):
     steps: Steps = 10
     norm: Norm = "linf"
     quantize: Quantize = None
-    record_every_step: bool = False
+    record_every_step: RecordEveryStep = False
     jpeg_quality: JpegQuality = None
 
     def run(self, images, loss_fn, generator):

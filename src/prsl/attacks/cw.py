@@ -35,6 +35,7 @@ from prsl.attacks._checks import (
     JpegQuality,
     LearningRate,
     Quantize,
+    RecordEveryStep,
     SearchSteps,
     Steps,
     Weight,
@@ -73,8 +74,9 @@ class CW(Attack):
     c: Weight = 1.0
     lr: LearningRate = 0.01
     eps: Eps | None = None
+    """An L2 budget in pixel units for the returned perturbation (None: unbounded)."""
     quantize: Quantize = None
-    record_every_step: bool = False
+    record_every_step: RecordEveryStep = False
     jpeg_quality: JpegQuality = None
 
     @property
