@@ -241,7 +241,7 @@ def attack(
 def report(
     results: Annotated[list[Path], typer.Argument(help="results.json file(s).")],
     out: Annotated[Path, typer.Option(help="Report directory.")] = Path("runs/report"),
-    title: str = "prsl robustness report",
+    title: Annotated[str, typer.Option(help="The report's title.")] = "prsl robustness report",
 ) -> None:
     """Write report.md and a self-contained report.html from results files."""
     from prsl.core.paths import check_output_dir
@@ -290,6 +290,29 @@ def bench(
         )
     sys.argv = [str(script), *(args or [])]
     runpy.run_path(str(script), run_name="__main__")
+
+
+@app.command("config")
+@user_errors
+def config_reference(
+    show: Annotated[
+        str | None,
+        typer.Option(
+            help="finetune | evaluate | sweep | losses | attacks | data: its fields' names, "
+            "types, defaults and descriptions (default: all)."
+        ),
+    ] = None,
+    markdown: Annotated[
+        bool, typer.Option(help="The whole reference as Markdown (the README's section).")
+    ] = False,
+) -> None:
+    """Every config field, loss and attack parameter and data reader option, from the schemas."""
+    from prsl.reference import TOPICS, as_markdown, as_text
+
+    if markdown:
+        typer.echo(as_markdown(), nl=False)
+        return
+    typer.echo("\n".join(as_text(topic) for topic in ([show] if show else TOPICS)), nl=False)
 
 
 def run(argv: list[str] | None = None) -> None:

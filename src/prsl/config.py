@@ -43,10 +43,10 @@ class DataConfig(Strict):
     """
 
     name: str = "shapes"
-    """The dataset reader (see the readers' table): ``coco``, ``karpathy``, ``flickr``,
+    """The dataset reader: ``coco``, ``karpathy``, ``flickr``,
     ``imagefolder``, ``vqav2``, ``vg``, ``hf``, ``shapes`` or ``shapes-vqa``."""
     options: dict[str, Any] = Field(default_factory=dict)
-    """The reader's own options (see the readers' table), e.g. ``{directory: data/adv}``
+    """The reader's own options, e.g. ``{directory: data/adv}``
     for ``imagefolder`` or ``{path: nlphuji/flickr30k, preset: flickr30k}`` for ``hf``."""
     pad_labels: Literal[-100, "eos"] = IGNORE_INDEX
     """Training only: ``-100`` leaves padded label positions out of the loss; ``eos``

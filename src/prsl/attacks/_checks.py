@@ -22,16 +22,16 @@ Eps = Annotated[
     real(0, hint=" (pixel units, e.g. 8/255)"),
     Field(
         description="ε, the radius of the ball around each clean image, in pixel units (images "
-        "in [0, 1]; at most 1 for L∞); 8/255 may be written as a fraction"
+        "in [0, 1]; at most 1 for L∞); 8/255 may be written as a fraction."
     ),
 ]
 StepSize = Annotated[
     real(0, open_low=True, optional=True, hint=" (step size in pixel units)"),
-    Field(description="α, the step length in pixel units; None: ε/4 (ε when there is one step)"),
+    Field(description="α, the step length in pixel units; None: ε/4 (ε when there is one step)."),
 ]
 Steps = Annotated[
     integer(1, hint=" (iterations)"),
-    Field(description="Iterations (gradient steps; for C&W, Adam steps per round of its search)"),
+    Field(description="Iterations (gradient steps; for C&W, Adam steps per round of its search)."),
 ]
 Restarts = Annotated[
     integer(1, hint=" (random starts)"),
@@ -41,31 +41,33 @@ Restarts = Annotated[
 ]
 SearchSteps = Annotated[
     integer(1, hint=" (rounds of the binary search over c)"),
-    Field(description="Rounds of the binary search over c (1: the fixed c, no search)"),
+    Field(description="Rounds of the binary search over c (1: the fixed c, no search)."),
 ]
 Queries = Annotated[
     integer(1, hint=" (loss evaluations)"),
-    Field(description="Loss evaluations (forward passes) the attack may spend per image"),
+    Field(description="Loss evaluations (forward passes) the attack may spend per image."),
 ]
 Decay = Annotated[
     real(0, hint=" (momentum factor)"),
-    Field(description="μ, the momentum factor on the L1-normalised gradient"),
+    Field(description="μ, the momentum factor on the L1-normalised gradient."),
 ]
 Weight = Annotated[
     real(0, open_low=True, hint=" (weight of the loss against the distortion)"),
-    Field(description="c, the weight of the attack loss against ||δ||₂², where the search starts"),
+    Field(description="c, the weight of the attack loss against ||δ||₂², where the search starts."),
 ]
 LearningRate = Annotated[
     real(0, open_low=True, hint=" (Adam learning rate)"),
-    Field(description="Adam's learning rate in tanh space"),
+    Field(description="Adam's learning rate in tanh space."),
 ]
 Fraction = Annotated[
     real(0, 1, open_low=True, hint=" (fraction of the image)"),
-    Field(description="The first square's area as a fraction of the image (shrinks on a schedule)"),
+    Field(
+        description="The first square's area as a fraction of the image (shrinks on a schedule)."
+    ),
 ]
 Norm = Annotated[
     choice(*NORMS),
-    Field(description="The ball's norm: linf (ε per pixel) or l2 (ε for the whole image)"),
+    Field(description="The ball's norm: linf (ε per pixel) or l2 (ε for the whole image)."),
 ]
 Quantize = Annotated[
     choice(*QUANTIZE, optional=True, hint=" (keep every iterate on the 8-bit grid)"),

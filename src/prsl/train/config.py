@@ -115,7 +115,7 @@ class LossConfig(Strict):
     """The registered loss: ``ce``, ``prsl``, ``drsl`` or ``ls`` (label smoothing)."""
     params: Loss = Field(default_factory=lambda: build_loss(DEFAULT_LOSS))
     """The loss's parameters, a mapping (``{k: 10, weight: 1e-5}``) validated into the
-    loss's typed object; unset ones take the loss's defaults (see the losses' table)."""
+    loss's typed object; unset ones take the loss's defaults."""
 
     @model_validator(mode="before")
     @classmethod
