@@ -1,6 +1,6 @@
-"""The command line answers at once: ``prsl --help`` and a config mistake need neither the model
-stack (transformers, datasets, accelerate, peft) nor the report's plots; the work imports them
-later.
+"""The command line answers at once: ``prsl --help`` and a config mistake, loss and attack
+parameters included, need neither torch nor the model stack (transformers, datasets, accelerate,
+peft) nor the report's plots; the work imports them later.
 
 Checked on what a fresh interpreter has imported, never on timings."""
 
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-HEAVY = ("transformers", "datasets", "accelerate", "peft", "matplotlib")
+HEAVY = ("torch", "transformers", "datasets", "accelerate", "peft", "matplotlib")
 
 PROBE = """
 import json, sys
@@ -44,6 +44,9 @@ def run_in_fresh_interpreter(*args: str) -> dict:
         (["attack", "-m", "x", "--set", "attacks.0.steps=0"], "steps"),
         (["sweep", "--set", "gridd={}"], "gridd"),
         (["finetune", "--set", "data.options={directory: x}"], "directory"),
+        (["finetune", "--set", "loss.params.k=0"], "k must be"),
+        (["finetune", "--set", "train.adversarial={attack: pgd, norm: l3}"], "norm"),
+        (["evaluate", "--set", "attacks.0.norm=l2"], "does not take 'norm'"),
     ],
 )
 def test_a_config_mistake_is_reported_before_the_model_stack_is_imported(args, message):
@@ -57,3 +60,25 @@ def test_help_imports_nothing_heavy():
     result = run_in_fresh_interpreter("--help")
     assert result["code"] == 0
     assert result["imported"] == []
+
+
+LOSS_WITHOUT_TORCH = """
+import sys
+from prsl.losses import PRSL, get_loss
+from prsl.attacks import get_attack
+params = PRSL(k=2, weight=0.5)
+attack = get_attack("pgd", eps="8/255", steps=3)
+assert "torch" not in sys.modules, "building loss and attack parameters imported torch"
+import torch
+logits, labels = torch.randn(2, 3, 7), torch.tensor([[1, 2, -100], [0, 6, 5]])
+assert torch.equal(params(logits, labels), get_loss(params)(logits, labels))
+print("ok", attack.steps)
+"""
+
+
+def test_loss_and_attack_parameters_build_without_torch_and_run_with_it():
+    done = subprocess.run(
+        [sys.executable, "-c", LOSS_WITHOUT_TORCH], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok 3"

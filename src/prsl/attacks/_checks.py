@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import torch
 from pydantic import Field
 
+from prsl.core.lazy import lazy_import
 from prsl.core.params import choice, integer, real
+
+torch = lazy_import("torch", globals())
 
 NORMS = ("linf", "l2")
 QUANTIZE = ("uint8",)

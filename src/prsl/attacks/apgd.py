@@ -18,12 +18,13 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-import torch
-
 from prsl.attacks._ascent import steepest_step
 from prsl.attacks._checks import Eps, JpegQuality, Norm, Quantize, RecordEveryStep, Steps
 from prsl.attacks.base import DEFAULT_EPS, Attack, finish
 from prsl.attacks.constraint import BallConstraint, expand, loss_and_grad
+from prsl.core.lazy import lazy_import
+
+torch = lazy_import("torch", globals())
 
 MOMENTUM = 0.75
 RHO = 0.75

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from pydantic import model_validator
 
 from prsl.attacks._ascent import ascend, steepest_step
@@ -24,6 +23,9 @@ from prsl.attacks._checks import (
 )
 from prsl.attacks.base import DEFAULT_EPS, Attack, finish
 from prsl.attacks.constraint import BallConstraint, evaluate_losses, expand
+from prsl.core.lazy import lazy_import
+
+torch = lazy_import("torch", globals())
 
 
 class PGD(Attack):
