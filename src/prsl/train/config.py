@@ -315,6 +315,8 @@ RESUMABLE_CHANGES = ("train.save_every", "train.log_every", "train.tensorboard")
 
 
 class FinetuneConfig(Strict):
+    """What `prsl finetune` is configured with: the model, the data, the loss and the loop."""
+
     model: ModelConfig = Field(default_factory=ModelConfig)
     """The model to fine-tune."""
     data: DataConfig = Field(default_factory=DataConfig)
