@@ -1,4 +1,5 @@
-"""What every loss is: a typed parameter object that computes its terms, and the criterion over it.
+"""What every loss is: a typed parameter object that computes its terms (its ``nn.Module``
+criterion is in :mod:`prsl.losses.criterion`).
 
 A loss object (``PRSL(k=10, weight=1e-5)``) is the one declaration of its parameters: defaults,
 types and ranges are checked when it is built, and ``recorded()`` is what a run writes down.
