@@ -22,8 +22,9 @@ FLOORS = {
     **dict.fromkeys(["config", "results", "provenance"], 2),
     **dict.fromkeys(["train", "evaluate", "report"], 3),
     **dict.fromkeys(["sweep", "quickstart"], 4),
-    "cli": 5,
-    "__main__": 6,
+    "reference": 5,
+    "cli": 6,
+    "__main__": 7,
 }
 KERNEL = "prsl.losses.triton_prsl"
 KERNEL_MAY_IMPORT = {"prsl.losses._common", "prsl.losses._recentralization"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import runpy
 import sys
 import traceback
@@ -107,7 +108,14 @@ class _Stderr(logging.Handler):
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def main(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Log progress (INFO) and show the traceback of an error."
+        ),
+    ] = False,
+) -> None:
     """PRSL toolkit."""
     _state["verbose"] = verbose
     root = logging.getLogger()
@@ -118,12 +126,25 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     if not verbose:  # our own rich bars show progress; transformers' per-file bars are noise
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+        _quiet_hub_progress_bars()
         # a hub id that cannot be reached retries with a warning per attempt; the one line
         # prsl prints when it gives up says what to do
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+
+def _quiet_hub_progress_bars() -> None:
+    """Turn off the Hugging Face hub's (and so transformers') progress bars without importing
+    transformers, which would cost every command seconds before it can even read its config."""
+    if "huggingface_hub" in sys.modules:  # already imported: it read the environment already
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+    else:  # read when it is imported, by whatever command needs it
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @app.command()
@@ -131,7 +152,12 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
 def quickstart(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/quickstart"),
     fast: Annotated[bool, typer.Option(help="Fewer images and steps (under 90 s).")] = False,
-    seed: int = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Training and evaluation seed of the first run (--seeds N: seed, seed+1, ...)."
+        ),
+    ] = 0,
     seeds: Annotated[
         int, typer.Option(help="Train and evaluate with this many seeds (seed, seed+1, ...).")
     ] = 1,
@@ -157,9 +183,10 @@ def finetune(
     """Fine-tune a model with any registered loss (accelerate: CPU, GPU, or multi-GPU)."""
     from prsl.config import load_config
     from prsl.train import FinetuneConfig
-    from prsl.train import finetune as run
 
     cfg = load_config(FinetuneConfig, config, set_)
+    from prsl.train import finetune as run  # the heavy stack, once the config is valid
+
     result = run(cfg, resume=resume)
     say("model:", str(result.model_dir), "bold green")
 
@@ -177,12 +204,13 @@ def evaluate(
     """Generate on clean and adversarial images, score, write results.json (resumable)."""
     from prsl.config import load_config, validate_config
     from prsl.evaluate import EvalConfig
-    from prsl.evaluate import evaluate as run
     from prsl.results import RESULTS
 
     cfg = load_config(EvalConfig, config, set_)
     if model:
         cfg = validate_config(EvalConfig, {**cfg.model_dump(), "models": list(model)})
+    from prsl.evaluate import evaluate as run  # the heavy stack, once the config is valid
+
     if run(cfg, overwrite=overwrite):  # under accelerate launch, only the first process scores
         say("results:", str(Path(cfg.output_dir) / RESULTS), "bold green")
 
@@ -198,9 +226,11 @@ def attack(
 ) -> None:
     """Craft adversarial images (8-bit PNGs) with the first attack and ε of the config."""
     from prsl.config import load_config
-    from prsl.evaluate import EvalConfig, attack_to_files
+    from prsl.evaluate import EvalConfig
 
     cfg = load_config(EvalConfig, config, set_)
+    from prsl.evaluate import attack_to_files  # the heavy stack, once the config is valid
+
     written = attack_to_files(cfg, model, out, overwrite=overwrite)
     if written is not None:  # under accelerate launch, the first process reports
         say("wrote", f"{written} adversarial image(s) to {out}", "bold green")
@@ -213,7 +243,7 @@ def report(
         list[Path], typer.Argument(help="results.json file(s), or the folders holding them.")
     ],
     out: Annotated[Path, typer.Option(help="Report directory.")] = Path("runs/report"),
-    title: str = "prsl robustness report",
+    title: Annotated[str, typer.Option(help="The report's title.")] = "prsl robustness report",
 ) -> None:
     """Write report.md and a self-contained report.html from results files."""
     from prsl.core.paths import check_output_dir
@@ -233,11 +263,13 @@ def report(
 def sweep(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Grid over loss and attack parameters; finished cells are skipped on rerun."""
     from prsl.config import load_config
-    from prsl.report import write_report
-    from prsl.results import RESULTS
-    from prsl.sweep import SweepConfig, run_sweep
+    from prsl.sweep import SweepConfig
 
     cfg = load_config(SweepConfig, config, set_)
+    from prsl.report import write_report  # the heavy stack, once the config is valid
+    from prsl.results import RESULTS
+    from prsl.sweep import run_sweep
+
     run_sweep(cfg)
     out = Path(cfg.output_dir)
     paths = write_report([out / RESULTS], out, title="prsl sweep")
@@ -260,6 +292,29 @@ def bench(
         )
     sys.argv = [str(script), *(args or [])]
     runpy.run_path(str(script), run_name="__main__")
+
+
+@app.command("config")
+@user_errors
+def config_reference(
+    show: Annotated[
+        str | None,
+        typer.Option(
+            help="finetune | evaluate | sweep | losses | attacks | data: its fields' names, "
+            "types, defaults and descriptions (default: all)."
+        ),
+    ] = None,
+    markdown: Annotated[
+        bool, typer.Option(help="The whole reference as Markdown (the README's section).")
+    ] = False,
+) -> None:
+    """Every config field, loss and attack parameter and data reader option, from the schemas."""
+    from prsl.reference import TOPICS, as_markdown, as_text
+
+    if markdown:
+        typer.echo(as_markdown(), nl=False)
+        return
+    typer.echo("\n".join(as_text(topic) for topic in ([show] if show else TOPICS)), nl=False)
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -43,9 +43,17 @@ class DataConfig(Strict):
     """
 
     name: str = "shapes"
+    """The dataset reader: ``coco``, ``karpathy``, ``flickr``,
+    ``imagefolder``, ``vqav2``, ``vg``, ``hf``, ``shapes`` or ``shapes-vqa``."""
     options: dict[str, Any] = Field(default_factory=dict)
+    """The reader's own options, e.g. ``{directory: data/adv}``
+    for ``imagefolder`` or ``{path: nlphuji/flickr30k, preset: flickr30k}`` for ``hf``."""
     pad_labels: Literal[-100, "eos"] = IGNORE_INDEX
+    """Training only: ``-100`` leaves padded label positions out of the loss; ``eos``
+    labels them with the end token and counts them (the authors' ViT-GPT2 recipe)."""
     pad_length: int | None = Field(None, ge=1)
+    """With ``pad_labels: eos``: pad (and cut) every training text to this many tokens
+    (the authors used 128); None: to the longest of the batch."""
 
     @model_validator(mode="after")
     def _reader_exists(self) -> DataConfig:

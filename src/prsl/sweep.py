@@ -22,10 +22,10 @@ from pydantic import Field, model_validator
 from prsl.config import Strict, set_dotted, validate_config
 from prsl.core.errors import InvalidInput, RunConflict
 from prsl.core.paths import check_output_dir, slug
-from prsl.evaluate import EvalConfig, evaluate
+from prsl.evaluate import EvalConfig
 from prsl.evaluate.uncertainty import Resamples, compare, read_scored
 from prsl.results import RESULTS, merge_results
-from prsl.train import FinetuneConfig, finetune, finished_run
+from prsl.train import FinetuneConfig
 
 DONE = "cell_done.json"
 SEED_KEY = "train.seed"
@@ -44,11 +44,21 @@ class SweepConfig(Strict):
     """
 
     output_dir: str = "runs/sweep"
+    """Where the cells (``cells/<id>/model``, ``cells/<id>/eval``), ``results.json`` and
+    the report are written."""
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    """The fine-tuning config every cell starts from (as ``prsl finetune`` takes it)."""
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    """The evaluation config every cell starts from (as ``prsl evaluate`` takes it; its
+    ``models`` and ``output_dir`` are set per cell)."""
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    """Dotted keys to value lists, e.g. ``loss.params.k: [4, 10]`` (fine-tune fields) or
+    ``evaluate.attacks.0.steps: [10, 20]``; the cells are their cartesian product."""
     seeds: list[int] | None = Field(None, min_length=1)
+    """Train and evaluate every cell once per seed (``train.seed``); None: once."""
     baseline: dict[str, Any] | None = None
+    """The cell every other is compared with, by its grid values (``{loss.name: ce}``);
+    None: the first cell trained with CE."""
 
     @model_validator(mode="after")
     def _seeds_are_not_also_a_grid_key(self) -> SweepConfig:
@@ -128,6 +138,29 @@ def _marker(cell: dict[str, Any], tune: FinetuneConfig, ev: EvalConfig) -> dict[
             {"cell": cell, "finetune": tune.settings(), "evaluate": ev.model_dump()}, default=str
         )
     )
+
+
+# The training and evaluation stacks (torch models, transformers, accelerate) are imported when a
+# cell first runs: validating a SweepConfig, or a mistake in it, needs neither.
+def finetune(cfg: FinetuneConfig, **options: Any) -> Any:
+    """:func:`prsl.train.finetune`."""
+    from prsl.train import finetune as run
+
+    return run(cfg, **options)
+
+
+def finished_run(cfg: FinetuneConfig) -> Any:
+    """:func:`prsl.train.finished_run`."""
+    from prsl.train import finished_run as finished
+
+    return finished(cfg)
+
+
+def evaluate(cfg: EvalConfig, **options: Any) -> Any:
+    """:func:`prsl.evaluate.evaluate`."""
+    from prsl.evaluate import evaluate as run
+
+    return run(cfg, **options)
 
 
 def run_sweep(cfg: SweepConfig, *, progress: bool = True, scorer=None) -> dict:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from prsl.attacks.base import LossFn, finish
 from prsl.attacks.constraint import BallConstraint, expand, loss_and_grad, per_example_norm
+from prsl.core.lazy import lazy_import
 
-Step = Callable[[torch.Tensor], torch.Tensor]
+torch = lazy_import("torch", globals())
+
+Step = Callable[["torch.Tensor"], "torch.Tensor"]
 """Maps the loss gradient at the current iterate to the change to add to it."""
 
 

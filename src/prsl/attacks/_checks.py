@@ -8,30 +8,90 @@ losses are checked when the attack runs, before the first forward pass.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-import torch
+from pydantic import Field
 
+from prsl.core.lazy import lazy_import
 from prsl.core.params import choice, integer, real
+
+torch = lazy_import("torch", globals())
 
 NORMS = ("linf", "l2")
 QUANTIZE = ("uint8",)
 
-Eps = real(0, hint=" (pixel units, e.g. 8/255)")
-"""The radius of the ball around each clean image, in pixel units (at most 1 for L∞)."""
-StepSize = real(0, open_low=True, optional=True, hint=" (step size in pixel units)")
-"""α; None: ε/4 (ε when there is one step)."""
-Steps = integer(1, hint=" (iterations)")
-Restarts = integer(1, hint=" (random starts)")
-SearchSteps = integer(1, hint=" (rounds of the binary search over c)")
-Queries = integer(1, hint=" (loss evaluations)")
-Decay = real(0, hint=" (momentum factor)")
-Weight = real(0, open_low=True, hint=" (weight of the loss against the distortion)")
-LearningRate = real(0, open_low=True, hint=" (Adam learning rate)")
-Fraction = real(0, 1, open_low=True, hint=" (fraction of the image)")
-Norm = choice(*NORMS)
-Quantize = choice(*QUANTIZE, optional=True, hint=" (keep every iterate on the 8-bit grid)")
-JpegQuality = integer(1, 100, optional=True, hint=" (JPEG round trip after every step)")
+Eps = Annotated[
+    real(0, hint=" (pixel units, e.g. 8/255)"),
+    Field(
+        description="ε, the radius of the ball around each clean image, in pixel units (images "
+        "in [0, 1]; at most 1 for L∞); 8/255 may be written as a fraction."
+    ),
+]
+StepSize = Annotated[
+    real(0, open_low=True, optional=True, hint=" (step size in pixel units)"),
+    Field(description="α, the step length in pixel units; None: ε/4 (ε when there is one step)."),
+]
+Steps = Annotated[
+    integer(1, hint=" (iterations)"),
+    Field(description="Iterations (gradient steps; for C&W, Adam steps per round of its search)."),
+]
+Restarts = Annotated[
+    integer(1, hint=" (random starts)"),
+    Field(
+        description="Random starts; each image keeps the start whose result has the highest loss"
+    ),
+]
+SearchSteps = Annotated[
+    integer(1, hint=" (rounds of the binary search over c)"),
+    Field(description="Rounds of the binary search over c (1: the fixed c, no search)."),
+]
+Queries = Annotated[
+    integer(1, hint=" (loss evaluations)"),
+    Field(description="Loss evaluations (forward passes) the attack may spend per image."),
+]
+Decay = Annotated[
+    real(0, hint=" (momentum factor)"),
+    Field(description="μ, the momentum factor on the L1-normalised gradient."),
+]
+Weight = Annotated[
+    real(0, open_low=True, hint=" (weight of the loss against the distortion)"),
+    Field(description="c, the weight of the attack loss against ||δ||₂², where the search starts."),
+]
+LearningRate = Annotated[
+    real(0, open_low=True, hint=" (Adam learning rate)"),
+    Field(description="Adam's learning rate in tanh space."),
+]
+Fraction = Annotated[
+    real(0, 1, open_low=True, hint=" (fraction of the image)"),
+    Field(
+        description="The first square's area as a fraction of the image (shrinks on a schedule)."
+    ),
+]
+Norm = Annotated[
+    choice(*NORMS),
+    Field(description="The ball's norm: linf (ε per pixel) or l2 (ε for the whole image)."),
+]
+Quantize = Annotated[
+    choice(*QUANTIZE, optional=True, hint=" (keep every iterate on the 8-bit grid)"),
+    Field(
+        description="uint8: keep every iterate on the 8-bit grid (k/255) inside the ball, so "
+        "the images are exactly what an 8-bit file holds; None: continuous values"
+    ),
+]
+RecordEveryStep = Annotated[
+    bool,
+    Field(
+        description="Also return the images after every step, for per-step curves "
+        "(evaluations only)"
+    ),
+]
+JpegQuality = Annotated[
+    integer(1, 100, optional=True, hint=" (JPEG round trip after every step)"),
+    Field(
+        description="JPEG round trip at this quality after every step (an attack that survives "
+        "JPEG compression); None: none"
+    ),
+]
 
 
 def check_generator(generator: Any) -> None:

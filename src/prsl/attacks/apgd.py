@@ -18,12 +18,13 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-import torch
-
 from prsl.attacks._ascent import steepest_step
-from prsl.attacks._checks import Eps, JpegQuality, Norm, Quantize, Steps
+from prsl.attacks._checks import Eps, JpegQuality, Norm, Quantize, RecordEveryStep, Steps
 from prsl.attacks.base import DEFAULT_EPS, Attack, finish
 from prsl.attacks.constraint import BallConstraint, expand, loss_and_grad
+from prsl.core.lazy import lazy_import
+
+torch = lazy_import("torch", globals())
 
 MOMENTUM = 0.75
 RHO = 0.75
@@ -65,7 +66,7 @@ class APGD(Attack):
     steps: Steps = 10
     norm: Norm = "linf"
     quantize: Quantize = None
-    record_every_step: bool = False
+    record_every_step: RecordEveryStep = False
     jpeg_quality: JpegQuality = None
 
     def run(self, images, loss_fn, generator):

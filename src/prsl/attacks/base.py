@@ -18,13 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
-import torch
 from pydantic import model_validator
 
 from prsl.attacks._checks import check_generator, check_images
+from prsl.core.lazy import lazy_import
 from prsl.core.params import Params
 
-LossFn = Callable[[torch.Tensor], torch.Tensor]
+torch = lazy_import("torch", globals())
+
+LossFn = Callable[["torch.Tensor"], "torch.Tensor"]
 """``loss_fn(images (B, 3, H, W)) -> per-example losses (B,)``, to be MAXIMISED."""
 
 DEFAULT_EPS = 8 / 255

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from prsl.attacks._ascent import signed_ascent
-from prsl.attacks._checks import Eps, JpegQuality, Quantize, Steps, StepSize
+from prsl.attacks._checks import Eps, JpegQuality, Quantize, RecordEveryStep, Steps, StepSize
 from prsl.attacks.base import DEFAULT_EPS, Attack
 
 
@@ -22,7 +22,7 @@ class BIM(Attack):
     alpha: StepSize = None
     steps: Steps = 10
     quantize: Quantize = None
-    record_every_step: bool = False
+    record_every_step: RecordEveryStep = False
     jpeg_quality: JpegQuality = None
 
     def run(self, images, loss_fn, generator):

@@ -20,13 +20,15 @@ import io
 import math
 
 import numpy as np
-import torch
 from PIL import Image
 
 from prsl.attacks._checks import check_losses
 from prsl.attacks.base import LossFn
 from prsl.core.errors import InvalidInput
+from prsl.core.lazy import lazy_import
 from prsl.core.pixels import LEVELS, to_uint8
+
+torch = lazy_import("torch", globals())
 
 _GRID_TOLERANCE = 1e-3  # in grey levels: float32 k/255 is within 1e-5 of the grid
 _EPS_TOLERANCE = 1e-4  # in grey levels: eps = 8/255 must allow 8 levels despite rounding

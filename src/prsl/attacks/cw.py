@@ -28,13 +28,12 @@ import math
 from collections.abc import Callable
 from typing import ClassVar
 
-import torch
-
 from prsl.attacks._checks import (
     Eps,
     JpegQuality,
     LearningRate,
     Quantize,
+    RecordEveryStep,
     SearchSteps,
     Steps,
     Weight,
@@ -44,8 +43,11 @@ from prsl.attacks._checks import (
 )
 from prsl.attacks.base import Attack, AttackResult, LossFn, finish
 from prsl.attacks.constraint import BallConstraint, expand, per_example_norm
+from prsl.core.lazy import lazy_import
 
-SuccessFn = Callable[[torch.Tensor], torch.Tensor]
+torch = lazy_import("torch", globals())
+
+SuccessFn = Callable[["torch.Tensor"], "torch.Tensor"]
 _TANH_LIMIT = 1 - 1e-6  # atanh(±1) is infinite
 C_GROWTH = 10.0
 """Factor c grows by after a failed round while no successful c is known (the original's)."""
@@ -73,8 +75,9 @@ class CW(Attack):
     c: Weight = 1.0
     lr: LearningRate = 0.01
     eps: Eps | None = None
+    """An L2 budget in pixel units for the returned perturbation (None: unbounded)."""
     quantize: Quantize = None
-    record_every_step: bool = False
+    record_every_step: RecordEveryStep = False
     jpeg_quality: JpegQuality = None
 
     @property

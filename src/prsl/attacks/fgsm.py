@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from prsl.attacks._ascent import signed_ascent
-from prsl.attacks._checks import Eps, JpegQuality, Quantize
+from prsl.attacks._checks import Eps, JpegQuality, Quantize, RecordEveryStep
 from prsl.attacks.base import DEFAULT_EPS, Attack
 
 
@@ -16,7 +16,7 @@ class FGSM(Attack):
 
     eps: Eps = DEFAULT_EPS
     quantize: Quantize = None
-    record_every_step: bool = False
+    record_every_step: RecordEveryStep = False
     jpeg_quality: JpegQuality = None
 
     def run(self, images, loss_fn, generator):

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-
 from prsl.attacks._ascent import ascend
-from prsl.attacks._checks import Decay, Eps, JpegQuality, Quantize, Steps, StepSize
+from prsl.attacks._checks import Decay, Eps, JpegQuality, Quantize, RecordEveryStep, Steps, StepSize
 from prsl.attacks.base import DEFAULT_EPS, Attack, finish
 from prsl.attacks.constraint import BallConstraint, expand
+from prsl.core.lazy import lazy_import
+
+torch = lazy_import("torch", globals())
 
 
 class _MomentumStep:
@@ -44,7 +45,7 @@ class MIFGSM(Attack):
     steps: Steps = 10
     decay: Decay = 1.0
     quantize: Quantize = None
-    record_every_step: bool = False
+    record_every_step: RecordEveryStep = False
     jpeg_quality: JpegQuality = None
 
     def run(self, images, loss_fn, generator):

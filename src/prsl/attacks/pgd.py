@@ -8,13 +8,24 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from pydantic import model_validator
 
 from prsl.attacks._ascent import ascend, steepest_step
-from prsl.attacks._checks import Eps, JpegQuality, Norm, Quantize, Restarts, Steps, StepSize
+from prsl.attacks._checks import (
+    Eps,
+    JpegQuality,
+    Norm,
+    Quantize,
+    RecordEveryStep,
+    Restarts,
+    Steps,
+    StepSize,
+)
 from prsl.attacks.base import DEFAULT_EPS, Attack, finish
 from prsl.attacks.constraint import BallConstraint, evaluate_losses, expand
+from prsl.core.lazy import lazy_import
+
+torch = lazy_import("torch", globals())
 
 
 class PGD(Attack):
@@ -31,9 +42,10 @@ class PGD(Attack):
     steps: Steps = 10
     norm: Norm = "linf"
     random_start: bool = True
+    """Start from a uniform random point of the ball (False: from the clean images)."""
     restarts: Restarts = 1
     quantize: Quantize = None
-    record_every_step: bool = False
+    record_every_step: RecordEveryStep = False
     jpeg_quality: JpegQuality = None
 
     @property

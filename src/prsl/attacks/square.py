@@ -18,11 +18,12 @@ import bisect
 import math
 from typing import ClassVar
 
-import torch
-
 from prsl.attacks._checks import Eps, Fraction, Quantize, Queries
 from prsl.attacks.base import DEFAULT_EPS, Attack
 from prsl.attacks.constraint import BallConstraint, evaluate_losses, expand
+from prsl.core.lazy import lazy_import
+
+torch = lazy_import("torch", globals())
 
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # of 10 000 iterations
 _RESAMPLES = 4  # bounded retries when a proposal would not change the image

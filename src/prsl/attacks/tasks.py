@@ -14,11 +14,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
-import torch
-from torch import nn
-
 from prsl.attacks.base import Attack, AttackResult, LossFn
 from prsl.attacks.cw import SuccessFn
+from prsl.core.lazy import lazy_import
+
+torch = lazy_import("torch", globals())
 
 
 class SupportsLoss(Protocol):
@@ -34,11 +34,11 @@ class SupportsLoss(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def _module_of(adapter: object) -> nn.Module | None:
-    if isinstance(adapter, nn.Module):
+def _module_of(adapter: object) -> torch.nn.Module | None:
+    if isinstance(adapter, torch.nn.Module):
         return adapter
     model = getattr(adapter, "model", None)
-    return model if isinstance(model, nn.Module) else None
+    return model if isinstance(model, torch.nn.Module) else None
 
 
 _IN_ATTACK_MODE = "_prsl_in_attack_mode"
@@ -51,7 +51,7 @@ def attack_mode(adapter: object) -> Iterator[None]:
 
     Restores each submodule's own train/eval flag (a partly frozen model such as BLIP-2 with an
     eval-mode LLM stays that way) and each parameter's ``requires_grad``. An adapter without an
-    ``nn.Module`` has no state to manage and is left alone.
+    ``torch.nn.Module`` has no state to manage and is left alone.
     """
     module = _module_of(adapter)
     if module is None or getattr(module, _IN_ATTACK_MODE, False):

@@ -4,23 +4,16 @@ conventions the libraries share (the ignored label, 8-bit pixels), plus output-f
 Nothing here imports another part of prsl.
 """
 
-from prsl.core.errors import InvalidInput, MissingDependency, MissingInput, RunConflict, UserError
-from prsl.core.labels import IGNORE_INDEX
-from prsl.core.params import Params, parse_number
-from prsl.core.paths import check_output_dir, slug
-from prsl.core.pixels import LEVELS, to_uint8
+from prsl.core.lazy import lazy_exports
 
-__all__ = [
-    "IGNORE_INDEX",
-    "LEVELS",
-    "InvalidInput",
-    "MissingDependency",
-    "MissingInput",
-    "Params",
-    "RunConflict",
-    "UserError",
-    "parse_number",
-    "check_output_dir",
-    "slug",
-    "to_uint8",
-]
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    globals(),
+    {
+        "errors": ["InvalidInput", "MissingDependency", "MissingInput", "RunConflict", "UserError"],
+        "labels": ["IGNORE_INDEX"],
+        "params": ["Params", "parse_number"],
+        "paths": ["check_output_dir", "slug"],
+        "pixels": ["LEVELS", "to_uint8"],
+    },
+)

@@ -15,6 +15,7 @@ After that it is frozen, so what was validated is what runs and what is recorded
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo
@@ -55,6 +56,14 @@ def _interval(low: float | None, high: float | None, open_low: bool, open_high: 
     return ""
 
 
+@dataclass(frozen=True)
+class Domain:
+    """The values a :func:`real`, :func:`integer` or :func:`choice` field accepts, as words
+    (``>= 0``, ``in [0, 1)``): kept in the field's metadata for the configuration reference."""
+
+    interval: str
+
+
 def real(
     low: float | None = None,
     high: float | None = None,
@@ -89,7 +98,8 @@ def real(
             raise ValueError(f"{name} must be {wanted}{hint}; got {value!r}")
         return number
 
-    return Annotated[float | None if optional else float, BeforeValidator(check)]
+    kind = float | None if optional else float
+    return Annotated[kind, BeforeValidator(check), Domain(interval)]
 
 
 def integer(
@@ -112,7 +122,8 @@ def integer(
             raise ValueError(f"{info.field_name} must be {wanted}{hint}; got {value!r}")
         return value
 
-    return Annotated[int | None if optional else int, BeforeValidator(check)]
+    kind = int | None if optional else int
+    return Annotated[kind, BeforeValidator(check), Domain(interval)]
 
 
 def choice(*choices: str, optional: bool = False, hint: str = "") -> Any:

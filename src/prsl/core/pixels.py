@@ -7,7 +7,10 @@ one rule shared by the attacks' 8-bit grid and JPEG round trip and by every imag
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+from prsl.core.lazy import lazy_import
+
+torch = lazy_import("torch", globals())
 
 LEVELS = 255
 """Grey levels of an 8-bit image, minus one."""

@@ -61,7 +61,19 @@ PRESETS: Mapping[str, Mapping[str, str]] = {
     # a `datasets` image folder: images beside a metadata.csv with file_name and text
     "imagefolder": {"image": "image", "caption": "text"},
 }
-ROLES = ("image", "caption", "question", "answers", "id", "image_id")
+COLUMN_ROLES: Mapping[str, str] = {
+    "image": "the image: an Image feature, encoded bytes, a {bytes, path} mapping or a path "
+    "(relative to the data's folder)",
+    "caption": "captioning: the reference caption, a string or a list of strings (each a "
+    "reference)",
+    "question": "VQA: the question, a string",
+    "answers": "VQA: the human answers, a list of strings or VQAv2's list of {answer: ...} "
+    "mappings (a single answer counts ten times)",
+    "id": "optional: the item's id (default: the split and the row number, test-0)",
+    "image_id": "optional, VQA: the image's id (default: the item's id)",
+}
+"""What each role of ``columns`` is (the module docstring has the details)."""
+ROLES = tuple(COLUMN_ROLES)
 SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 

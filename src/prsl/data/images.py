@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
+from prsl.core.lazy import lazy_import
 from prsl.core.pixels import to_uint8
 from prsl.data.types import ImageSource, LazyImage, Skipped
+
+torch = lazy_import("torch", globals())
 
 IN_MEMORY = "<in-memory image>"
 """The path reported for an ``Image.Image`` source that fails to convert."""
@@ -180,7 +182,7 @@ class LoadedImages:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-Prepare = Callable[[list[Image.Image]], torch.Tensor]
+Prepare = Callable[[list[Image.Image]], "torch.Tensor"]
 """RGB images -> (B, 3, H, W) pixels in [0, 1] at a model's input size (its own resize rule)."""
 
 

@@ -4,16 +4,15 @@
 is ``prsl attack``.
 """
 
-from prsl.evaluate.config import AttackSpec, EvalConfig
-from prsl.evaluate.export import attack_to_files
-from prsl.evaluate.ledger import PREDICTIONS, read_predictions
-from prsl.evaluate.loop import evaluate
+from prsl.core.lazy import lazy_exports
 
-__all__ = [
-    "PREDICTIONS",
-    "AttackSpec",
-    "EvalConfig",
-    "attack_to_files",
-    "evaluate",
-    "read_predictions",
-]
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    globals(),
+    {
+        "config": ["AttackSpec", "EvalConfig"],
+        "export": ["attack_to_files"],
+        "ledger": ["PREDICTIONS", "read_predictions"],
+        "loop": ["evaluate"],
+    },
+)

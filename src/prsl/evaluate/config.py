@@ -37,10 +37,18 @@ class AttackSpec(Strict):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     name: str = "bim"
+    """The registered attack: fgsm, bim, pgd, mifgsm, apgd, cw or square. Every key of
+    the spec other than name, label, eps and transfer is a parameter of the attack."""
     label: str | None = None
+    """The attack's name in the results (None: ``name``); two specs of one attack need
+    distinct labels."""
     eps: list[float]
+    """One ε or a list of them, in pixel units (``8/255``), each a cell of the grid;
+    default: the attack's own."""
     attacks: list[Attack]
+    """The attack validated once per ε (built from the spec; not written in a config)."""
     transfer: bool = True
+    """Also craft it on the ``surrogate`` and score those images (gradient attacks only)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -97,8 +105,11 @@ class BootstrapConfig(Strict):
     intervals' coverage, ``seed`` the resamples' seed (None: the evaluation's ``seed``)."""
 
     resamples: int = Field(DEFAULT_RESAMPLES, ge=0)
+    """Bootstrap resamples (0: no intervals and no comparisons; else at least 100)."""
     level: float = DEFAULT_LEVEL
+    """The intervals' coverage, above 0.5 and below 1."""
     seed: int | None = Field(None, ge=0)
+    """The resamples' seed (None: the evaluation's ``seed``)."""
 
     @model_validator(mode="after")
     def _meaningful(self) -> BootstrapConfig:
@@ -131,13 +142,21 @@ class EvalConfig(Strict):
     """
 
     models: list[str] = Field(default_factory=list)
+    """The models to evaluate: saved model folders or hub ids (``prsl evaluate -m``
+    replaces the list)."""
     surrogate: str | None = None
+    """A model on which every gradient attack is crafted again and transferred (None:
+    no transfer attacks)."""
     data: DataConfig = Field(default_factory=DataConfig)
+    """The evaluation data."""
     attacks: list[AttackSpec] = Field(default_factory=lambda: [AttackSpec()], min_length=1)
+    """The attack grid: each spec ``{name, label, eps, transfer, ...its parameters}``."""
     output_dir: str = "runs/evaluate"
+    """Where ``predictions.jsonl``, ``item_scores.jsonl`` and ``results.json`` go."""
     n_images: int = Field(32, ge=1)
     """How many items (images; questions for VQA) of the dataset to evaluate, from the first."""
     batch_size: int = Field(16, ge=1)
+    """Images per attack and generation batch (on each process)."""
     step_batch_size: int | None = Field(None, ge=1)
     """Images per ``generate`` call for the outputs after every step (attacks with
     ``record_every_step``): several steps' images go through one call. None: 4 x ``batch_size``;
@@ -150,6 +169,7 @@ class EvalConfig(Strict):
     """"auto": spread a model too large for one GPU over this process's GPUs (one process;
     under ``accelerate launch`` each process holds a whole model instead)."""
     max_new_tokens: int = Field(20, ge=1)
+    """The most tokens generated per caption or answer (greedy decoding)."""
     metrics: list[str] | None = None
     """Metric names (None: every captioning metric, or VQA accuracy for VQA data)."""
     vqa_protocol: VQAProtocol = DEFAULT_VQA_PROTOCOL
@@ -158,13 +178,17 @@ class EvalConfig(Strict):
     caption_prompt: str | None = None
     """The captioning instruction of chat VLMs (None: each model's own, as saved with it)."""
     attack_target: Literal["clean", "ground_truth"] = "clean"
+    """What the untargeted attacks push the output away from: the model's own clean
+    output (the paper's protocol) or the ground-truth text."""
     gallery: int = Field(6, ge=0)
     """Clean/adversarial image pairs kept per model, attack and ε for the report."""
     seed: int = Field(0, ge=0)
+    """Seed of the attacks' random starts (and of the bootstrap unless it has its own)."""
     baseline: str | None = None
     """The model every other is compared with (as given in ``models``, or its shown name);
     None: the first model trained with CE, when there is one."""
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    """The paired bootstrap behind every interval and comparison."""
 
     @model_validator(mode="after")
     def _checks(self) -> EvalConfig:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
-
 from prsl.core.labels import IGNORE_INDEX
+from prsl.core.lazy import lazy_import
+
+torch = lazy_import("torch", globals())
 
 
 class LossTerms(NamedTuple):

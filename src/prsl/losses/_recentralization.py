@@ -10,10 +10,11 @@ equality when every m_i is equal.
 
 from __future__ import annotations
 
-import torch
-
 from prsl.core.errors import InvalidInput
+from prsl.core.lazy import lazy_import
 from prsl.losses._common import FlatBatch
+
+torch = lazy_import("torch", globals())
 
 
 def check_window(k: int, start: int, vocab_size: int) -> None:

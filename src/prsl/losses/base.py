@@ -1,4 +1,5 @@
-"""What every loss is: a typed parameter object that computes its terms, and the criterion over it.
+"""What every loss is: a typed parameter object that computes its terms (its ``nn.Module``
+criterion is in :mod:`prsl.losses.criterion`).
 
 A loss object (``PRSL(k=10, weight=1e-5)``) is the one declaration of its parameters: defaults,
 types and ranges are checked when it is built, and ``recorded()`` is what a run writes down.
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-
 from prsl.core.labels import IGNORE_INDEX
+from prsl.core.lazy import lazy_import
 from prsl.core.params import Params
 from prsl.losses._common import LossTerms
+
+torch = lazy_import("torch", globals())
 
 
 class Loss(Params):
@@ -60,36 +62,3 @@ def token_share(counted: torch.Tensor, total: torch.Tensor | int) -> torch.Tenso
     """``counted / total`` as a float: a micro-batch's part of the tokens of its optimizer step."""
     total = torch.as_tensor(total, device=counted.device)
     return counted.to(torch.float32) / total.to(torch.float32).clamp(min=1)
-
-
-class TermsLoss(torch.nn.Module):
-    """The ``nn.Module`` criterion over a :class:`Loss`, for loops that expect one.
-
-    ``criterion(logits, labels)`` is the objective, ``criterion.terms(...)`` its parts and
-    ``criterion.params`` the loss object (what ran, for the record).
-    """
-
-    def __init__(self, params: Loss) -> None:
-        super().__init__()
-        self.params = params
-
-    @property
-    def mean_over_tokens(self) -> bool:
-        return self.params.mean_over_tokens
-
-    def terms(
-        self, logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX
-    ) -> LossTerms:
-        return self.params.terms(logits, labels, ignore_index=ignore_index)
-
-    def rescaled(self, terms: LossTerms, share: torch.Tensor | float) -> LossTerms:
-        return self.params.rescaled(terms, share)
-
-    def forward(
-        self, logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX
-    ) -> torch.Tensor:
-        return self.terms(logits, labels, ignore_index=ignore_index).loss
-
-    def extra_repr(self) -> str:
-        fields = self.params.recorded()
-        return f"{self.params.name}: " + ", ".join(f"{k}={v!r}" for k, v in fields.items())

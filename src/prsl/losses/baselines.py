@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-
 from prsl.core.labels import IGNORE_INDEX
+from prsl.core.lazy import lazy_import
 from prsl.core.params import real
 from prsl.losses._common import (
     LossTerms,
@@ -20,6 +19,8 @@ from prsl.losses._common import (
     upcast,
 )
 from prsl.losses.base import Loss
+
+torch = lazy_import("torch", globals())
 
 
 class CrossEntropy(Loss):

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from pydantic import model_validator
 
 from prsl.core.errors import MissingDependency
 from prsl.core.labels import IGNORE_INDEX
+from prsl.core.lazy import lazy_import
 from prsl.core.params import choice, integer, real
 from prsl.losses._common import (
     FlatBatch,
@@ -34,7 +34,9 @@ from prsl.losses._common import (
     upcast,
 )
 from prsl.losses._recentralization import check_window, recentralization
-from prsl.losses.base import Loss, TermsLoss
+from prsl.losses.base import Loss
+
+torch = lazy_import("torch", globals())
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -140,10 +142,3 @@ def prsl_loss(logits, labels, *, ignore_index: int = IGNORE_INDEX, **params) -> 
     ``weight``, ``backend``, ``inplace``, ``check_finite``.
     """
     return prsl_terms(logits, labels, ignore_index=ignore_index, **params).loss
-
-
-class PRSLoss(TermsLoss):
-    """``nn.Module`` form of :func:`prsl_loss` for training loops that expect a criterion."""
-
-    def __init__(self, **params) -> None:
-        super().__init__(PRSL(**params))

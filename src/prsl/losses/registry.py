@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prsl.core.errors import InvalidInput
-from prsl.losses.base import Loss, TermsLoss
+from prsl.losses.base import Loss
 from prsl.losses.baselines import DRSL, CrossEntropy, LabelSmoothing
 from prsl.losses.prsl import PRSL
+
+if TYPE_CHECKING:
+    from prsl.losses.criterion import TermsLoss
 
 LOSSES: Mapping[str, type[Loss]] = MappingProxyType(
     {cls.name: cls for cls in (CrossEntropy, PRSL, DRSL, LabelSmoothing)}
@@ -48,5 +51,8 @@ def as_loss(name: str | Loss, **params: Any) -> Loss:
 
 
 def get_loss(name: str | Loss, **params: Any) -> TermsLoss:
-    """A criterion ``(logits, labels) -> scalar`` for a loss name (with ``params``) or object."""
+    """A criterion ``(logits, labels) -> scalar`` for a loss name (with ``params``) or object;
+    its ``params`` is the loss object."""
+    from prsl.losses.criterion import TermsLoss
+
     return TermsLoss(as_loss(name, **params))

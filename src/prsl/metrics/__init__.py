@@ -11,33 +11,20 @@ Java), BERTScore from ``bert-score`` with an offline MiniLM model by default, VQ
 VQAv2 soft accuracy under the official or the EvalAI answer normalisation.
 """
 
-from prsl.metrics.bertscore import BERTSCORE_DEFAULT, default_model_dir
-from prsl.metrics.scorer import (
-    ALL_METRICS,
-    CAPTION_METRICS,
-    VQA_METRICS,
-    Scorer,
-    score,
-)
-from prsl.metrics.vqa import (
-    DEFAULT_VQA_PROTOCOL,
-    VQA_PROTOCOLS,
-    mean_vqa_accuracy,
-    normalize_answer,
-    vqa_accuracy,
-)
+from prsl.core.lazy import lazy_exports
 
-__all__ = [
-    "ALL_METRICS",
-    "BERTSCORE_DEFAULT",
-    "CAPTION_METRICS",
-    "VQA_METRICS",
-    "Scorer",
-    "default_model_dir",
-    "DEFAULT_VQA_PROTOCOL",
-    "VQA_PROTOCOLS",
-    "mean_vqa_accuracy",
-    "normalize_answer",
-    "score",
-    "vqa_accuracy",
-]
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    globals(),
+    {
+        "bertscore": ["BERTSCORE_DEFAULT", "default_model_dir"],
+        "scorer": ["ALL_METRICS", "CAPTION_METRICS", "VQA_METRICS", "Scorer", "score"],
+        "vqa": [
+            "DEFAULT_VQA_PROTOCOL",
+            "VQA_PROTOCOLS",
+            "mean_vqa_accuracy",
+            "normalize_answer",
+            "vqa_accuracy",
+        ],
+    },
+)

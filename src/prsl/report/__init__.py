@@ -5,9 +5,15 @@ the baseline (from the comparisons' intervals), ``tables`` holds the compact and
 ``masking`` the gradient-masking checks, ``plots`` the figures.
 """
 
-from prsl.report.masking import masking_checks
-from prsl.report.render import write_report
-from prsl.report.tables import compact_table, table_rows
-from prsl.report.verdict import verdict_lines
+from prsl.core.lazy import lazy_exports
 
-__all__ = ["compact_table", "masking_checks", "table_rows", "verdict_lines", "write_report"]
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    globals(),
+    {
+        "masking": ["masking_checks"],
+        "render": ["write_report"],
+        "tables": ["compact_table", "table_rows"],
+        "verdict": ["verdict_lines"],
+    },
+)

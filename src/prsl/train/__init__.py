@@ -3,26 +3,21 @@
 ``finetune(cfg)`` is the entry point; ``FinetuneConfig`` what it is configured with.
 """
 
-from prsl.train.config import (
-    RESUMABLE_CHANGES,
-    TINY,
-    FinetuneConfig,
-    LossConfig,
-    ModelConfig,
-    TinyModelConfig,
-    TrainConfig,
-)
-from prsl.train.loop import TrainResult, finetune, finished_run
+from prsl.core.lazy import lazy_exports
 
-__all__ = [
-    "RESUMABLE_CHANGES",
-    "TINY",
-    "FinetuneConfig",
-    "LossConfig",
-    "ModelConfig",
-    "TinyModelConfig",
-    "TrainConfig",
-    "TrainResult",
-    "finetune",
-    "finished_run",
-]
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    globals(),
+    {
+        "config": [
+            "RESUMABLE_CHANGES",
+            "TINY",
+            "FinetuneConfig",
+            "LossConfig",
+            "ModelConfig",
+            "TinyModelConfig",
+            "TrainConfig",
+        ],
+        "loop": ["TrainResult", "finetune", "finished_run"],
+    },
+)

@@ -34,10 +34,15 @@ class TinyModelConfig(Strict):
     """Architecture of the from-scratch captioner used by the embedded default and the tests."""
 
     image_size: int = Field(32, ge=8)
+    """Input images are resized to this many pixels a side."""
     patch_size: int = Field(8, ge=1)
+    """The ViT encoder's patch size in pixels."""
     hidden: int = Field(64, ge=1)
+    """Width of the encoder and the decoder (a multiple of ``heads``)."""
     layers: int = Field(2, ge=1)
+    """Transformer layers of the encoder, and as many of the decoder."""
     heads: int = Field(2, ge=1)
+    """Attention heads per layer."""
     dropout: float | None = None
     """Every dropout probability of the model; None keeps the architectures' defaults (GPT-2
     0.1, ViT 0.0). 0 makes training independent of the random state, e.g. of the process count."""
@@ -58,20 +63,32 @@ class ModelConfig(Strict):
     """
 
     name_or_path: str = TINY
+    """A hub id, a local model folder (``from_pretrained``), or ``tiny`` to build the
+    small from-scratch captioner from the training texts."""
     family: str | None = None
+    """The adapter family (``vision-encoder-decoder``, ``blip2``, ``image-text-to-text``);
+    None: detected from the model's ``config.json`` (``model_type``)."""
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    """The architecture of ``name_or_path: tiny`` (ignored for other models)."""
     blip2_trainable: Literal["qformer", "lora"] = "qformer"
+    """For BLIP-2: ``qformer`` trains the Q-Former and the projection with the language
+    model frozen (the paper's setting); ``lora`` trains LoRA on the language model instead."""
     vlm_trainable: Literal["lora", "lora+projector", "full"] = "lora"
     """For an image-text-to-text VLM: LoRA on its language model, the projector too, or the
     language model and projector whole; the vision tower is frozen in every mode."""
     lora_r: int = Field(8, ge=1)
+    """LoRA rank, for ``vlm_trainable: lora`` / ``lora+projector`` and ``blip2_trainable:
+    lora`` (on the language model's attention projections)."""
     lora_alpha: int = Field(16, ge=1)
+    """LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about a third more time)."""
     caption_prompt: str | None = None
     """The captioning instruction of a chat VLM (None: its architecture's default); saved with
     the model, so evaluation asks the same."""
     trust_remote_code: bool = False
+    """Let ``from_pretrained`` run the model repository's own code (only for models
+    that need it, and only from a source you trust)."""
 
     @model_validator(mode="after")
     def _family_fits(self) -> ModelConfig:
@@ -95,7 +112,10 @@ class LossConfig(Strict):
     """A registered loss by name and its parameters, validated into the loss object."""
 
     name: str = DEFAULT_LOSS
+    """The registered loss: ``ce``, ``prsl``, ``drsl`` or ``ls`` (label smoothing)."""
     params: Loss = Field(default_factory=lambda: build_loss(DEFAULT_LOSS))
+    """The loss's parameters, a mapping (``{k: 10, weight: 1e-5}``) validated into the
+    loss's typed object; unset ones take the loss's defaults."""
 
     @model_validator(mode="before")
     @classmethod
@@ -153,8 +173,13 @@ class AdversarialConfig(Strict):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     attack: str = "pgd"
+    """The registered gradient attack that crafts the examples (fgsm, bim, pgd, mifgsm,
+    apgd); its own parameters sit beside it (``eps``, ``steps``, ...)."""
     fraction: float = Field(1.0, ge=0.0, le=1.0)
+    """The share of each micro-batch replaced by its adversarial images (0: plain
+    fine-tuning, bit for bit)."""
     built: Attack
+    """The attack as validated from the keys beside ``attack`` (not written in a config)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -198,9 +223,14 @@ class FareConfig(Strict):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     eps: float | str = 4 / 255
+    """L∞ radius of the PGD perturbation, in pixel units (``4/255``)."""
     steps: int = Field(10, ge=1)
+    """PGD steps per batch."""
     alpha: float | str | None = None
+    """PGD step size in pixel units (None: ε/4)."""
     built: Attack
+    """The PGD attack as validated from ``eps``, ``steps``, ``alpha`` (not written in a
+    config)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -226,9 +256,13 @@ class TrainConfig(Strict):
     into FARE on the vision encoder (:class:`FareConfig`)."""
 
     output_dir: str = "runs/finetune"
+    """Where checkpoints, logs and the final model (``final/``) are written."""
     lr: float = Field(5e-5, gt=0)
+    """Peak learning rate of AdamW."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW's decoupled weight decay."""
     epochs: int = Field(2, ge=1)
+    """Full passes over the training data (unless ``max_steps`` stops earlier)."""
     max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimizer steps (None: ``epochs`` full passes)."""
     max_device_seconds: float | None = Field(None, gt=0)
@@ -241,17 +275,30 @@ class TrainConfig(Strict):
     batch_size: int = Field(8, ge=1)
     """The global micro-batch, split across processes."""
     grad_accum: int = Field(1, ge=1)
+    """Micro-batches accumulated per optimizer step."""
     warmup_steps: int = Field(0, ge=0)
+    """Optimizer steps of linear warm-up from 0 to ``lr``."""
     scheduler: Literal["linear", "constant", "cosine"] = "linear"
+    """Learning-rate schedule after the warm-up (transformers' ``get_scheduler``)."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast precision of the forward and backward passes (accelerate); the
+    weights stay fp32."""
     seed: int = Field(0, ge=0)
+    """Seed of the initialisation, the data order, dropout and adversarial examples."""
     save_every: int = Field(0, ge=0)
     """Write a checkpoint every this many steps (0: only at the end)."""
     log_every: int = Field(10, ge=1)
+    """Log the loss (and its CE and regulariser parts) every this many steps."""
     max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the gradient's global norm to this (None: no clipping)."""
     tensorboard: bool = False
+    """Also write TensorBoard scalars (needs the ``tensorboard`` package)."""
     adversarial: AdversarialConfig | None = None
+    """Adversarial fine-tuning: the attack that crafts training examples (None: clean
+    fine-tuning)."""
     fare: FareConfig | None = None
+    """FARE: fine-tune only the vision encoder against its own adversarial embeddings
+    (None: off)."""
 
     @model_validator(mode="after")
     def _one_kind_of_adversarial_training(self) -> TrainConfig:
@@ -268,10 +315,16 @@ RESUMABLE_CHANGES = ("train.save_every", "train.log_every", "train.tensorboard")
 
 
 class FinetuneConfig(Strict):
+    """What `prsl finetune` is configured with: the model, the data, the loss and the loop."""
+
     model: ModelConfig = Field(default_factory=ModelConfig)
+    """The model to fine-tune."""
     data: DataConfig = Field(default_factory=DataConfig)
+    """The training data."""
     loss: LossConfig = Field(default_factory=LossConfig)
+    """The training loss and its parameters."""
     train: TrainConfig = Field(default_factory=TrainConfig)
+    """The training loop."""
 
     def settings(self) -> dict[str, Any]:
         """What the weights depend on, for the output folder's record: every field but where
