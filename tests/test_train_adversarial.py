@@ -156,13 +156,16 @@ def test_the_settings_record_holds_the_attack_as_it_runs(tmp_path):
 # then both are attacked with PGD-10 at 8/255 on 48 held-out images, against each model's own
 # clean captions. Starting both from one model leaves the adversarial examples as the only
 # difference, so one seed's outcome is far less of a draw than two models trained from scratch.
-# Measured with ``tests/calibration.py adversarial`` (seeds 0-3 under 1 and 2 threads, AVX-512,
-# AVX2 and no SIMD): see AT_MARGIN and QUALITY_FLOOR.
+# Measured with ``tests/calibration.py adversarial`` (seeds 0-2 with AVX-512, with AVX2 only and
+# with no SIMD, one thread): CE's BLEU-4 degradation minus CE-AT's was 0.04-0.25 per seed, its
+# mean over the three seeds 0.20 (AVX-512), 0.15 (AVX2) and 0.09 (no SIMD); CE-AT's clean
+# ground-truth CIDEr was 0.91-1.15 times CE's. Before (two models trained from scratch per seed)
+# one seed's difference was 0.06 on one CPU, and "less for every seed" failed on another.
 CONTINUE_STEPS = 100
 AT_SEEDS = (0, 1, 2)
-AT_MARGIN = 0.05
+AT_MARGIN = 0.03
 """Mean BLEU-4 degradation of CE minus CE-AT, over AT_SEEDS, must exceed this."""
-QUALITY_FLOOR = 0.5
+QUALITY_FLOOR = 0.7
 """CE-AT's clean ground-truth CIDEr over CE's, per seed: no collapse."""
 
 
