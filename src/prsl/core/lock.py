@@ -135,7 +135,8 @@ def hold(
             _held[key] -= 1
         return
     processes = getattr(state, "num_processes", 1)
-    main = getattr(state, "is_main_process", True)
+    # without a state, a launched process is told its rank by the launcher (torchrun)
+    main = getattr(state, "is_main_process", os.environ.get("RANK", "0") == "0")
     fd, made, refused = None, [], None
     if main:
         try:
@@ -154,12 +155,10 @@ def hold(
         refused = broadcast_object_list([refused])[0]
     if refused is not None:
         raise FolderBusy(refused)
-    if fd is None:
-        yield folder
-        return
-    _held[key] = 1
+    _held[key] = 1  # on every process of a launch, so all of them nest alike
     try:
         yield folder
     finally:
         del _held[key]
-        _release(folder, fd, made)
+        if fd is not None:
+            _release(folder, fd, made)

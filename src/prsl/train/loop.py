@@ -203,13 +203,17 @@ def train_in_folder(
     position = restore(session) if resuming else Position()
     result = TrainResult(out, out / FINAL, session.total_steps)
 
-    position = train_until_done(session, position, result, resumed=resuming, progress=progress)
-
-    result.skipped = unique_skips([*split.skipped, *session.skipped.values()])
-    accelerator.wait_for_everyone()
-    finished_before = resuming and not result.history and result.model_dir.is_dir()
-    if accelerator.is_main_process and not finished_before:
-        save_final_model(session, position, result)
+    # a signal during the steps stops the run at a checkpoint; one while the last checkpoint and
+    # the final model are written waits for them: the run then ends complete
+    with StopRequests(accelerator) as stops:
+        position = train_until_done(
+            session, position, result, resumed=resuming, progress=progress, stops=stops
+        )
+        result.skipped = unique_skips([*split.skipped, *session.skipped.values()])
+        accelerator.wait_for_everyone()
+        finished_before = resuming and not result.history and result.model_dir.is_dir()
+        if accelerator.is_main_process and not finished_before:
+            save_final_model(session, position, result)
     if accelerator.is_main_process:
         report_skips(split, result)
     accelerator.end_training()
@@ -421,10 +425,17 @@ def start_session(
 
 
 def train_until_done(
-    session: Session, position: Position, result: TrainResult, *, resumed: bool, progress: bool
+    session: Session,
+    position: Position,
+    result: TrainResult,
+    *,
+    resumed: bool,
+    progress: bool,
+    stops: StopRequests | None = None,
 ) -> Position:
     """Optimizer steps from ``position`` to the last, logged, checkpointed every ``save_every``
-    steps and at the end; returns the final position."""
+    steps and at the end; returns the final position. A signal noted by ``stops`` ends the run
+    after the step under way, at a checkpoint (:func:`stopped_by_signal`)."""
     cfg, accelerator = session.cfg, session.accelerator
     bar = progress_bar(progress and accelerator.is_main_process)
     logger = MetricLog(
@@ -459,7 +470,7 @@ def train_until_done(
         )
 
     try:
-        with bar, StopRequests(accelerator) as stops:
+        with bar:
             for epoch, step_in_epoch, group in order:
                 if position.step >= session.total_steps:
                     break
@@ -504,7 +515,7 @@ def train_until_done(
                     stop_at(position)
                     bar.update(task, total=position.step)  # done: no time left to estimate
                     break
-                signum = stops.signal()
+                signum = stops.signal() if stops is not None else None
                 if signum is not None:  # the steps so far are saved as save_every would save them
                     raise stopped_by_signal(session, position, saved, signum)
         if saved != position.step:
