@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 LAUNCH_TIMEOUT_S = 240
@@ -61,8 +62,22 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL a launched run: the launcher and every process it started."""
-    for target in [pid, *descendants(pid)]:
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie has: its files, and so its locks, are closed)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def kill_tree(pid: int, timeout: float = 30.0) -> None:
+    """SIGKILL a launched run: the launcher and every process it started; returns once they
+    have exited (a SIGKILL is delivered at once but a busy machine takes a moment to end the
+    process, and until then its output folder's lock is held)."""
+    targets = [pid, *descendants(pid)]
+    for target in targets:
         with contextlib.suppress(ProcessLookupError):
             os.kill(target, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while not all(gone(target) for target in targets) and time.monotonic() < deadline:
+        time.sleep(0.02)

@@ -348,7 +348,8 @@ def test_another_runs_checkpoints_need_resume(tmp_path, no_model_build):
 
     result, output = run_cli("--set", f"train.output_dir={tmp_path}")
     assert result.exit_code == 2, output
-    assert "already holds checkpoints of another run; pass --resume" in output
+    assert "holds a fine-tuning run without a settings record" in output
+    assert "pass --resume to continue it unchecked, --overwrite to discard it" in output
     with pytest.raises(FileExistsError, match="pass --resume"):
         finetune(tiny_config(tmp_path))
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -5,7 +5,11 @@ Every command that takes a config accepts ``--config FILE.yaml`` and any number 
 :class:`~prsl.core.errors.UserError`: bad config, missing file, unknown name, an output folder
 holding other results) prints one line, literally, and exits with status 2; ``-v`` adds the
 traceback. Anything else is a bug or the machine and keeps its traceback (out of memory adds a
-one-line hint). Ctrl-C says what was kept and how to resume, and exits with 130.
+one-line hint). Ctrl-C says what was kept and how to resume, and exits with 130 (a fine-tune
+saves its finished steps first; on SIGTERM too, which exits with 143).
+
+Every command that writes a folder holds its lock while it runs: a second run into the same
+folder is refused in one line naming the first one's pid, or waits for it with ``--wait``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ except ImportError:  # pragma: no cover - older typer runs on click itself
     from click.exceptions import NoArgsIsHelpError, UsageError
 from rich.text import Text
 
-from prsl.core.errors import UserError
+from prsl.core.errors import Interrupted, UserError
 
 app = typer.Typer(
     help="PRSL: robust fine-tuning and honest adversarial evaluation of vision-language models.",
@@ -49,6 +53,21 @@ OverwriteOpt = Annotated[
     bool,
     typer.Option(help="Discard results in the output folder computed with other settings."),
 ]
+WaitOpt = Annotated[
+    bool,
+    typer.Option(help="If another run is writing the output folder, wait for it to finish."),
+]
+KEPT_ON_CTRL_C = {
+    "evaluate": "the predictions written so far are kept; run the same command again to "
+    "resume from them",
+    "attack": "the images written so far are kept; run the same command again to add the rest",
+    "sweep": "finished cells, checkpoints and predictions are kept; run the same command again "
+    "to resume",
+    "quickstart": "finished models, checkpoints and predictions are kept; run the same command "
+    "again to resume",
+    "report": "the report may be incomplete; run the same command again",
+}
+"""What a Ctrl-C keeps, per command (a fine-tune says it itself: :class:`Interrupted`)."""
 _state = {"verbose": False}
 
 
@@ -70,13 +89,12 @@ def user_errors(command):
                 console.print(Text("".join(traceback.format_exception(err))))
             say("error:", str(err), "bold red")
             raise typer.Exit(code=USER_ERROR) from None
+        except Interrupted as err:
+            say("interrupted:", err.message, "bold yellow")
+            raise typer.Exit(code=err.code) from None
         except KeyboardInterrupt:
-            say(
-                "interrupted:",
-                "everything finished so far is kept; run the same command again to resume "
-                "(finetune: add --resume)",
-                "bold yellow",
-            )
+            kept = KEPT_ON_CTRL_C.get(command.__name__, "run the same command again")
+            say("interrupted:", kept, "bold yellow")
             raise typer.Exit(code=INTERRUPTED) from None
         except Exception as err:
             if _is_out_of_memory(err):
@@ -164,12 +182,13 @@ def quickstart(
     defenses: Annotated[
         bool, typer.Option(help="Also train CE-AT (adversarial fine-tuning) and FARE.")
     ] = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Shapes data -> CE and PRSL tiny models -> white-box, transfer and Square attacks ->
     report with intervals, the verdict and gradient-masking checks."""
     from prsl.quickstart import quickstart as run
 
-    report = run(out, fast=fast, seed=seed, seeds=seeds, defenses=defenses)
+    report = run(out, fast=fast, seed=seed, seeds=seeds, defenses=defenses, wait=wait)
     say("report:", f"{report}  (also {report.with_suffix('.md')})", "bold green")
 
 
@@ -179,6 +198,10 @@ def finetune(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Discard the run already in train.output_dir and start over.")
+    ] = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Fine-tune a model with any registered loss (accelerate: CPU, GPU, or multi-GPU)."""
     from prsl.config import load_config
@@ -187,7 +210,7 @@ def finetune(
     cfg = load_config(FinetuneConfig, config, set_)
     from prsl.train import finetune as run  # the heavy stack, once the config is valid
 
-    result = run(cfg, resume=resume)
+    result = run(cfg, resume=resume, overwrite=overwrite, wait=wait)
     say("model:", str(result.model_dir), "bold green")
 
 
@@ -200,6 +223,7 @@ def evaluate(
         list[str] | None, typer.Option("--model", "-m", help="Model dir or hub id (repeatable).")
     ] = None,
     overwrite: OverwriteOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Generate on clean and adversarial images, score, write results.json (resumable)."""
     from prsl.config import load_config, validate_config
@@ -211,7 +235,8 @@ def evaluate(
         cfg = validate_config(EvalConfig, {**cfg.model_dump(), "models": list(model)})
     from prsl.evaluate import evaluate as run  # the heavy stack, once the config is valid
 
-    if run(cfg, overwrite=overwrite):  # under accelerate launch, only the first process scores
+    # under accelerate launch, only the first process scores
+    if run(cfg, overwrite=overwrite, wait=wait):
         say("results:", str(Path(cfg.output_dir) / RESULTS), "bold green")
 
 
@@ -223,6 +248,7 @@ def attack(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Craft adversarial images (8-bit PNGs) with the first attack and ε of the config."""
     from prsl.config import load_config
@@ -231,7 +257,7 @@ def attack(
     cfg = load_config(EvalConfig, config, set_)
     from prsl.evaluate import attack_to_files  # the heavy stack, once the config is valid
 
-    written = attack_to_files(cfg, model, out, overwrite=overwrite)
+    written = attack_to_files(cfg, model, out, overwrite=overwrite, wait=wait)
     if written is not None:  # under accelerate launch, the first process reports
         say("wrote", f"{written} adversarial image(s) to {out}", "bold green")
 
@@ -244,8 +270,10 @@ def report(
     ],
     out: Annotated[Path, typer.Option(help="Report directory.")] = Path("runs/report"),
     title: Annotated[str, typer.Option(help="The report's title.")] = "prsl robustness report",
+    wait: WaitOpt = False,
 ) -> None:
     """Write report.md and a self-contained report.html from results files."""
+    from prsl.core.lock import hold
     from prsl.core.paths import check_output_dir
     from prsl.report import write_report
 
@@ -254,15 +282,18 @@ def report(
 
         read_results(path)
     check_output_dir(out, "--out")
-    paths = write_report(results, out, title=title)
+    with hold(out, "--out", wait=wait):
+        paths = write_report(results, out, title=title)
     say("report:", str(paths["html"]), "bold green")
 
 
 @app.command()
 @user_errors
-def sweep(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+def sweep(config: ConfigOpt = None, set_: SetOpt = None, wait: WaitOpt = False) -> None:
     """Grid over loss and attack parameters; finished cells are skipped on rerun."""
     from prsl.config import load_config
+    from prsl.core.lock import hold
+    from prsl.core.paths import check_output_dir
     from prsl.sweep import SweepConfig
 
     cfg = load_config(SweepConfig, config, set_)
@@ -270,9 +301,10 @@ def sweep(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     from prsl.results import RESULTS
     from prsl.sweep import run_sweep
 
-    run_sweep(cfg)
-    out = Path(cfg.output_dir)
-    paths = write_report([out / RESULTS], out, title="prsl sweep")
+    out = check_output_dir(cfg.output_dir, "output_dir")
+    with hold(out, "output_dir", wait=wait):  # the sweep and its report, one after the other
+        run_sweep(cfg, wait=wait)
+        paths = write_report([out / RESULTS], out, title="prsl sweep")
     say("report:", str(paths["html"]), "bold green")
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from prsl.config import DataConfig
-from prsl.core.errors import InvalidInput
+from prsl.core.errors import Interrupted, InvalidInput
+from prsl.core.lock import hold
 from prsl.core.paths import check_output_dir
 from prsl.data import DatasetSplit, read_dataset
 from prsl.evaluate import AttackSpec, EvalConfig, evaluate
@@ -94,27 +95,39 @@ def quickstart(
     seeds: int = 1,
     defenses: bool = False,
     progress: bool = True,
+    wait: bool = False,
 ) -> Path:
     """Train, attack, score and report; returns the path of ``report.html``.
 
     ``seeds`` > 1 trains and evaluates everything again with the seeds ``seed + 1``, ...: the
     report then gives each number's spread across seeds, and its verdict counts a cell only when
     every seed agrees. It takes about ``seeds`` times as long. ``defenses`` also trains the two
-    standard defenses beside CE and PRSL (:data:`DEFENSES`) and compares all with CE.
+    standard defenses beside CE and PRSL (:data:`DEFENSES`) and compares all with CE. The run
+    holds the lock of ``out`` and each of its fine-tunes and evaluations the lock of its folder
+    (:mod:`prsl.core.lock`); ``wait`` waits for another run holding one instead of refusing.
     """
     if seeds < 1:
         raise InvalidInput(f"--seeds must be at least 1, got {seeds}")
-    with one_intra_op_thread():
-        return _quickstart(
-            out, fast=fast, seed=seed, seeds=seeds, defenses=defenses, progress=progress
-        )
+    check_output_dir(out, "--out")
+    try:
+        with one_intra_op_thread(), hold(out, "--out", wait=wait):
+            return _quickstart(
+                out,
+                fast=fast,
+                seed=seed,
+                seeds=seeds,
+                defenses=defenses,
+                progress=progress,
+                wait=wait,
+            )
+    except Interrupted as err:  # a fine-tune's own advice (--resume) is not the quickstart's
+        raise Interrupted(err.kept, "run the same command again to resume", err.code) from None
 
 
 def _quickstart(
-    out: Path, *, fast: bool, seed: int, seeds: int, defenses: bool, progress: bool
+    out: Path, *, fast: bool, seed: int, seeds: int, defenses: bool, progress: bool, wait: bool
 ) -> Path:
     budget = FAST if fast else FULL
-    check_output_dir(out, "--out")
     settings = {"fast": fast, "seed": seed} | ({"seeds": seeds} if seeds > 1 else {})
     settings |= {"defenses": True} if defenses else {}
     fix = "run it again with those options to finish it, or choose another --out"
@@ -127,8 +140,14 @@ def _quickstart(
         suffix = "" if run_seed == seed else f"-seed{run_seed}"
         for task, reader in (("caption", "shapes"), ("vqa", "shapes-vqa")):
             folder = out / f"eval-{task}{suffix}"
-            models = train_models(models_dir, task, reader, budget, run_seed, progress, defenses)
-            evaluate(evaluation(models, task, reader, budget, run_seed, folder), progress=progress)
+            models = train_models(
+                models_dir, task, reader, budget, run_seed, progress, defenses, wait
+            )
+            evaluate(
+                evaluation(models, task, reader, budget, run_seed, folder),
+                progress=progress,
+                wait=wait,
+            )
             result_files.append(folder / RESULTS)
             annotate[folder / RESULTS] = {"seed": run_seed} if seeds > 1 else {}
     merge_results(result_files, out / RESULTS, {"seed": seed, "fast": fast}, annotate)
@@ -148,6 +167,7 @@ def train_models(
     seed: int,
     progress: bool,
     defenses: bool = False,
+    wait: bool = False,
 ) -> list[str]:
     """The CE and PRSL models of a task (and with ``defenses`` CE-AT and FARE), then its
     surrogate (CE from another seed)."""
@@ -177,7 +197,7 @@ def train_models(
             ),
         )
         if not finished_run(tune):
-            finetune(tune, resume=model_dir.exists(), progress=progress)
+            finetune(tune, resume=model_dir.exists(), progress=progress, wait=wait)
         models.append(str(model_dir / "final"))
     return models
 

@@ -20,7 +20,8 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from prsl.config import Strict, set_dotted, validate_config
-from prsl.core.errors import InvalidInput, RunConflict
+from prsl.core.errors import Interrupted, InvalidInput, RunConflict
+from prsl.core.lock import hold
 from prsl.core.paths import check_output_dir, slug
 from prsl.evaluate import EvalConfig
 from prsl.evaluate.uncertainty import Resamples, compare, read_scored
@@ -163,14 +164,31 @@ def evaluate(cfg: EvalConfig, **options: Any) -> Any:
     return run(cfg, **options)
 
 
-def run_sweep(cfg: SweepConfig, *, progress: bool = True, scorer=None) -> dict:
+def run_sweep(cfg: SweepConfig, *, progress: bool = True, scorer=None, wait: bool = False) -> dict:
     """Run every unfinished cell (per seed), compare the cells with the baseline cell, then
-    merge everything into ``results.json``."""
+    merge everything into ``results.json``. The sweep holds the lock of its ``output_dir``, and
+    each cell's fine-tune and evaluation the lock of their folders (:mod:`prsl.core.lock`);
+    ``wait`` waits for another run holding one of them instead of refusing."""
     out = Path(cfg.output_dir)
     todo = [(cell, seed) for cell in cells(cfg.grid) for seed in cfg.seeds or [None]]
     planned = [cell_configs(cfg, seeded(cell, seed)) for cell, seed in todo]  # validates all
     baseline = baseline_cell(cfg, [cell for cell, _ in todo], [tune for tune, _ in planned])
     check_output_dir(out, "output_dir")
+    with hold(out, "output_dir", wait=wait):
+        return run_cells(cfg, todo, planned, baseline, progress, scorer, wait)
+
+
+def run_cells(
+    cfg: SweepConfig,
+    todo: list[tuple[dict[str, Any], int | None]],
+    planned: list[tuple[FinetuneConfig, EvalConfig]],
+    baseline: dict[str, Any] | None,
+    progress: bool,
+    scorer,
+    wait: bool,
+) -> dict:
+    """Every cell not done yet, then the comparisons and the merged results."""
+    out = Path(cfg.output_dir)
     files, annotate, meta = [], {}, {"cells": {}}
     for (cell, seed), (tune, ev) in zip(todo, planned, strict=True):
         cid = cell_id(seeded(cell, seed))
@@ -180,13 +198,19 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True, scorer=None) -> dict:
             try:
                 if not finished_run(tune):
                     model_dir = Path(tune.train.output_dir)
-                    finetune(tune, resume=model_dir.exists(), progress=progress)
-                evaluate(ev, progress=progress, scorer=scorer)
+                    finetune(tune, resume=model_dir.exists(), progress=progress, wait=wait)
+                evaluate(ev, progress=progress, scorer=scorer, wait=wait)
             except RunConflict as err:
                 folder = Path(cfg.output_dir) / "cells" / cid
                 raise RunConflict(
                     f"sweep cell {cid}: {err.problem}",
                     f"give the sweep another output_dir, or delete {folder} to recompute the cell",
+                ) from None
+            except Interrupted as err:  # the cell's own advice (--resume) is not the sweep's
+                raise Interrupted(
+                    f"sweep cell {cid}: {err.kept}",
+                    "run the same sweep again to resume",
+                    err.code,
                 ) from None
             done.write_text(json.dumps(marker))
         path = Path(ev.output_dir) / RESULTS

@@ -40,3 +40,24 @@ class RunConflict(UserError, FileExistsError):
 
 class MissingDependency(UserError, RuntimeError):
     """An optional program or package the request needs is not installed (Java, TensorBoard)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped on Ctrl-C or SIGTERM, saying what it kept (``kept``) and how to go on
+    (``fix``); ``code`` is the exit status a shell expects (130 for SIGINT, 143 for SIGTERM).
+
+    A :class:`KeyboardInterrupt`, so a caller that catches those still does.
+    """
+
+    def __init__(self, kept: str, fix: str = "", code: int = 130) -> None:
+        super().__init__(f"{kept}; {fix}" if fix else kept)
+        self.kept = kept
+        self.fix = fix
+        self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+    def __reduce__(self):
+        return type(self), (self.kept, self.fix, self.code)

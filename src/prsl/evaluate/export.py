@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from prsl.core.errors import InvalidInput
+from prsl.core.lock import hold
 from prsl.core.paths import check_output_dir, slug
 from prsl.data import batch_prompts, evaluation_samples, load_batch, save_image
 from prsl.evaluate.config import EvalConfig
@@ -87,11 +88,12 @@ def caption_rows(out: Path) -> dict[str, dict]:
 
 
 def attack_to_files(
-    cfg: EvalConfig, model: str, out: Path, *, overwrite: bool = False
+    cfg: EvalConfig, model: str, out: Path, *, overwrite: bool = False, wait: bool = False
 ) -> int | None:
     """Attack ``cfg.n_images`` items with the first attack and ε; returns how many images the
     folder holds for them. Under ``accelerate launch`` every process takes every ``world``-th
-    batch; the first then writes ``metadata.csv`` and returns the count (the others None)."""
+    batch; the first then writes ``metadata.csv`` and returns the count (the others None).
+    The run holds the lock of ``out`` (:mod:`prsl.core.lock`); ``wait`` waits for another."""
     state = processes()
     spec = cfg.attacks[0]
     attack = spec.attacks[0].replace(quantize="uint8")
@@ -110,60 +112,65 @@ def attack_to_files(
         "seed": cfg.seed,
     }
     check_output_dir(out, "--out")
-    if overwrite and state.is_main_process:
-        discard_images(out)
-    state.wait_for_everyone()
-    done = caption_rows(out)
-    fix = "choose another --out, or pass --overwrite to replace its images"
-    check_settings(out, COMMAND, settings, has_results=bool(done), fix=fix)
-    adapter = instructed(load_adapter(ref.given, device=state.device, dtype=cfg.dtype), cfg, ref)
-    samples = evaluation_samples(split, adapter.vqa_prompt)[: cfg.n_images]
-    names = [image_name(s.key) for s in samples]
-    if len(set(names)) != len(names):
-        raise InvalidInput(f"two items of dataset {cfg.data.name!r} map to one file name in {out}")
-    if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        write_settings(out, COMMAND, settings)
-    state.wait_for_everyone()  # every process has checked the old record before it changes
-    shard = caption_shard(out, state.process_index)
-    drop_torn_tail(shard)
-    skips = SkipTally(split.skipped)
-    with shard.open("a") as sink:
-        for index, start in enumerate(range(0, len(samples), cfg.batch_size)):
-            if index % state.num_processes != state.process_index:
-                continue
-            todo = [s for s in samples[start : start + cfg.batch_size] if s.key not in done]
-            pixels, kept, skipped = load_batch(todo, adapter.pixel_size, adapter.prepare_images)
-            skips.add(skipped)
-            if pixels is None:
-                continue
-            prompts = batch_prompts(kept)
-            clean = generate(adapter, pixels, prompts, cfg.max_new_tokens)
-            texts = attack_texts(cfg.attack_target, clean, kept)
-            adv, _ = craft(cell, pixels, adapter, texts, prompts, cfg.seed)
-            adversarial = generate(adapter, adv, prompts, cfg.max_new_tokens)
-            for i, sample in enumerate(kept):
-                name = image_name(sample.key)
-                save_image(adv[i], out / name)
-                record = {
-                    "file": name,
-                    "key": sample.key,
-                    "clean": clean[i],
-                    "adversarial": adversarial[i],
-                    "references": list(sample.references),
-                    "question": sample.question,
-                    "attack": cell.name,
-                    "eps": cell.eps,
-                    "attack_params": attack.recorded(),
-                }
-                sink.write(json.dumps(record) + "\n")
-            sink.flush()
-    state.wait_for_everyone()
-    written = None
-    if state.is_main_process:
+    with hold(out, "--out", wait=wait, state=state):
+        if overwrite and state.is_main_process:
+            discard_images(out)
+        state.wait_for_everyone()
         done = caption_rows(out)
-        write_metadata(out, [done[s.key] for s in samples if s.key in done])
-        written = sum(s.key in done for s in samples)
+        fix = "choose another --out, or pass --overwrite to replace its images"
+        check_settings(out, COMMAND, settings, has_results=bool(done), fix=fix)
+        adapter = instructed(
+            load_adapter(ref.given, device=state.device, dtype=cfg.dtype), cfg, ref
+        )
+        samples = evaluation_samples(split, adapter.vqa_prompt)[: cfg.n_images]
+        names = [image_name(s.key) for s in samples]
+        if len(set(names)) != len(names):
+            raise InvalidInput(
+                f"two items of dataset {cfg.data.name!r} map to one file name in {out}"
+            )
+        if state.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            write_settings(out, COMMAND, settings)
+        state.wait_for_everyone()  # every process has checked the old record before it changes
+        shard = caption_shard(out, state.process_index)
+        drop_torn_tail(shard)
+        skips = SkipTally(split.skipped)
+        with shard.open("a") as sink:
+            for index, start in enumerate(range(0, len(samples), cfg.batch_size)):
+                if index % state.num_processes != state.process_index:
+                    continue
+                todo = [s for s in samples[start : start + cfg.batch_size] if s.key not in done]
+                pixels, kept, skipped = load_batch(todo, adapter.pixel_size, adapter.prepare_images)
+                skips.add(skipped)
+                if pixels is None:
+                    continue
+                prompts = batch_prompts(kept)
+                clean = generate(adapter, pixels, prompts, cfg.max_new_tokens)
+                texts = attack_texts(cfg.attack_target, clean, kept)
+                adv, _ = craft(cell, pixels, adapter, texts, prompts, cfg.seed)
+                adversarial = generate(adapter, adv, prompts, cfg.max_new_tokens)
+                for i, sample in enumerate(kept):
+                    name = image_name(sample.key)
+                    save_image(adv[i], out / name)
+                    record = {
+                        "file": name,
+                        "key": sample.key,
+                        "clean": clean[i],
+                        "adversarial": adversarial[i],
+                        "references": list(sample.references),
+                        "question": sample.question,
+                        "attack": cell.name,
+                        "eps": cell.eps,
+                        "attack_params": attack.recorded(),
+                    }
+                    sink.write(json.dumps(record) + "\n")
+                sink.flush()
+        state.wait_for_everyone()
+        written = None
+        if state.is_main_process:
+            done = caption_rows(out)
+            write_metadata(out, [done[s.key] for s in samples if s.key in done])
+            written = sum(s.key in done for s in samples)
     finish(state)
     return written
 

@@ -146,6 +146,8 @@ class Ledger:
         return ledger
 
     def _note(self, row: Prediction) -> None:
+        if (row.run_key, row.key) in self.done:  # a row twice (two runs wrote one folder):
+            return  # the first counts, so the results count each item once
         self.rows.append(row)
         self.done.add((row.run_key, row.key))
         self.per_model[row.model_path] += 1

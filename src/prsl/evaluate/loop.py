@@ -29,6 +29,7 @@ from accelerate.utils import gather_object
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from prsl.core.errors import InvalidInput
+from prsl.core.lock import hold
 from prsl.core.paths import check_output_dir
 from prsl.data import (
     DatasetSplit,
@@ -81,14 +82,20 @@ OWN_FILES = (PREDICTIONS, RESULTS, SETTINGS, ITEM_SCORES)
 
 
 def evaluate(
-    cfg: EvalConfig, *, progress: bool = True, scorer: Scorer | None = None, overwrite: bool = False
+    cfg: EvalConfig,
+    *,
+    progress: bool = True,
+    scorer: Scorer | None = None,
+    overwrite: bool = False,
+    wait: bool = False,
 ) -> dict:
     """Run (or resume) the evaluation grid and write ``results.json``; returns its content.
 
     Under ``accelerate launch`` every process takes every ``world``-th batch and appends to its
     own shard; the first process then scores all of them and writes the results (the others
     return ``{}``). ``overwrite=True`` discards the results already in ``output_dir`` instead of
-    refusing a rerun with other settings.
+    refusing a rerun with other settings. The run holds the lock of ``output_dir`` (see
+    :mod:`prsl.core.lock`): another run writing it is refused, or awaited with ``wait=True``.
     """
     state = processes()
     out = Path(cfg.output_dir)
@@ -103,6 +110,18 @@ def evaluate(
     split = read_evaluation_data(cfg)
     settings = evaluation_settings(cfg, models, surrogate, cells, split)
     check_output_dir(out, "output_dir")
+    run = Run(cfg, state, models, surrogate, cells, split, baseline)
+    with hold(out, "output_dir", wait=wait, state=state):
+        results = run_in_folder(run, settings, scorer, overwrite=overwrite, progress=progress)
+    finish(state)
+    return results
+
+
+def run_in_folder(
+    run: Run, settings: dict, scorer: Scorer | None, *, overwrite: bool, progress: bool
+) -> dict:
+    """The evaluation proper, its folder held: resume or start, run the grid, score."""
+    state, out = run.state, Path(run.cfg.output_dir)
     if overwrite and state.is_main_process:
         discard_results(out)
     state.wait_for_everyone()
@@ -117,9 +136,7 @@ def evaluate(
         "--overwrite to discard them",
     )
     ledger.before_first_write = lambda: write_settings(out, COMMAND, settings, may_grow=GROWING)
-
-    run = Run(cfg, state, models, surrogate, cells, split, baseline)
-    skips = SkipTally(split.skipped)
+    skips = SkipTally(run.split.skipped)
     keys = run_grid(run, ledger, skips, progress)
     state.wait_for_everyone()
     skipped = unique_skips(
@@ -128,7 +145,6 @@ def evaluate(
     results = {}
     if state.is_main_process:
         results = score_and_write(run, keys, skipped, scorer)
-    finish(state)
     return results
 
 

@@ -145,6 +145,14 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def checkpoint_step(path: Path) -> int:
+    """The optimizer steps done at a checkpoint, from its folder's name."""
+    match = CHECKPOINT_PATTERN.match(path.name)
+    if match is None:
+        raise ValueError(f"{path} is not a checkpoint folder")
+    return int(match.group(1))
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Everything ``save_checkpoint`` wrote, as tensors and plain Python values."""
     return {

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -32,7 +33,8 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import get_scheduler
 
-from prsl.core.errors import InvalidInput, RunConflict
+from prsl.core.errors import Interrupted, InvalidInput, RunConflict
+from prsl.core.lock import LOCK_FILE, hold
 from prsl.core.paths import check_output_dir
 from prsl.data import (
     DatasetSplit,
@@ -65,6 +67,7 @@ from prsl.provenance.settings import SETTINGS
 from prsl.train.adversarial import adversarial_mix, mixing_seed
 from prsl.train.checkpoint import (
     CHECKPOINT_PATTERN,
+    checkpoint_step,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
@@ -79,6 +82,7 @@ from prsl.train.fare import (
     prepare_fare,
     sum_gradients,
 )
+from prsl.train.interrupt import EXIT_CODES, StopRequests
 from prsl.train.log import (
     LOG_FILE,
     TENSORBOARD,
@@ -141,9 +145,28 @@ class Session:
     """The prsl-trained model the run starts from, if any: its cost counts in the run's."""
 
 
-def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Run the configured fine-tuning; returns where the final model was written."""
+def finetune(
+    cfg: FinetuneConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    wait: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Run the configured fine-tuning; returns where the final model was written.
+
+    ``resume`` continues the run in ``train.output_dir`` from its last checkpoint;
+    ``overwrite`` discards the run there instead. The run holds the folder's lock
+    (:mod:`prsl.core.lock`): another run writing it is refused, or awaited with ``wait``.
+    Ctrl-C or SIGTERM saves the finished steps and raises :class:`Interrupted` saying so
+    (:mod:`prsl.train.interrupt`).
+    """
     out = Path(cfg.train.output_dir)
+    if resume and overwrite:
+        raise InvalidInput(
+            "--resume continues the run in train.output_dir and --overwrite discards it: "
+            "pass one of them"
+        )
     if cfg.train.tensorboard:
         require_tensorboard()
     check_budget(cfg)
@@ -152,23 +175,80 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True
     if cfg.train.fare is not None:
         check_fare(cfg.model, accelerator.distributed_type)
     check_output_dir(out, "train.output_dir")
+    try:
+        with hold(out, "train.output_dir", wait=wait, state=accelerator):
+            return train_in_folder(cfg, out, split, accelerator, resume, overwrite, progress)
+    except Interrupted:
+        raise
+    except KeyboardInterrupt as err:  # before the steps, or a second signal during them
+        raise interrupted_outside_steps(out, getattr(err, "code", 130)) from None
+
+
+def train_in_folder(
+    cfg: FinetuneConfig,
+    out: Path,
+    split: DatasetSplit,
+    accelerator: Accelerator,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+) -> TrainResult:
+    """The run proper, its folder held."""
+    if overwrite and accelerator.is_main_process:
+        discard_run(out)
+    accelerator.wait_for_everyone()
     resuming = claim_output_dir(out, cfg, resume, accelerator)
     set_seed(cfg.train.seed)
     session = start_session(cfg, out, split, accelerator)
     position = restore(session) if resuming else Position()
     result = TrainResult(out, out / FINAL, session.total_steps)
 
-    position = train_until_done(session, position, result, resumed=resuming, progress=progress)
-
-    result.skipped = unique_skips([*split.skipped, *session.skipped.values()])
-    accelerator.wait_for_everyone()
-    finished_before = resuming and not result.history and result.model_dir.is_dir()
-    if accelerator.is_main_process and not finished_before:
-        save_final_model(session, position, result)
+    # a signal during the steps stops the run at a checkpoint; one while the last checkpoint and
+    # the final model are written waits for them: the run then ends complete
+    with StopRequests(accelerator) as stops:
+        position = train_until_done(
+            session, position, result, resumed=resuming, progress=progress, stops=stops
+        )
+        result.skipped = unique_skips([*split.skipped, *session.skipped.values()])
+        accelerator.wait_for_everyone()
+        finished_before = resuming and not result.history and result.model_dir.is_dir()
+        if accelerator.is_main_process and not finished_before:
+            save_final_model(session, position, result)
     if accelerator.is_main_process:
         report_skips(split, result)
     accelerator.end_training()
     return result
+
+
+def interrupted_outside_steps(out: Path, code: int) -> Interrupted:
+    """What a run stopped before its steps began, or at once by a second signal, kept: the
+    checkpoints on disk, if any."""
+    kept = list_checkpoints(out)
+    if not kept:
+        return Interrupted(
+            "stopped before any checkpoint was written: nothing of this run is kept",
+            "run the same command again to start over",
+            code,
+        )
+    step = checkpoint_step(kept[-1])
+    return Interrupted(
+        f"stopped; the last checkpoint in {out} is at step {step} (any later step is lost)",
+        "run the same command with --resume to continue from it",
+        code,
+    )
+
+
+def discard_run(out: Path) -> None:
+    """Remove what an earlier fine-tuning run wrote into ``out`` (and nothing else)."""
+    if not out.is_dir():
+        return
+    for entry in out.iterdir():
+        if entry.name == LOCK_FILE or not _ours(entry.name):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def check_budget(cfg: FinetuneConfig) -> None:
@@ -236,31 +316,59 @@ def claim_output_dir(
             f"train.output_dir {out} holds other files, not a prsl fine-tuning run",
             "choose a new or empty folder",
         )
-    if has_run and not resume:
-        raise RunConflict(
-            f"{out} already holds checkpoints of another run; pass --resume to continue it, "
-            "or choose a new train.output_dir"
-        )
-    if not has_run:
-        if resume and accelerator.is_main_process:
-            log.warning("no checkpoint in %s: starting fresh", out)
-        record = read_settings(out)
-        same = record is not None and not differences(record.get("settings", {}), cfg.settings())
-        if not same and accelerator.is_main_process:
-            shutil.rmtree(out / BASE, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        return False
-    if read_settings(out) is None and accelerator.is_main_process:
-        log.warning("%s has no settings record (an older prsl wrote it): resuming unchecked", out)
+    if has_run:
+        check_previous_run(out, cfg, resume, accelerator)
+        return bool(list_checkpoints(out))
+    if resume and accelerator.is_main_process:
+        log.warning("no checkpoint in %s: starting fresh", out)
+    record = read_settings(out)
+    same = record is not None and not differences(record.get("settings", {}), cfg.settings())
+    if not same and accelerator.is_main_process:
+        shutil.rmtree(out / BASE, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return False
+
+
+DISCARD = "pass --overwrite to discard it, or choose another train.output_dir"
+
+
+def check_previous_run(
+    out: Path, cfg: FinetuneConfig, resume: bool, accelerator: Accelerator
+) -> None:
+    """Refuse to go on with the run in ``out`` unless it is this one and ``resume`` asks to,
+    advising what fits: ``--resume`` for this run interrupted, ``--overwrite`` (or another
+    folder) for a finished run or one with other settings."""
+    record = read_settings(out)
+    checkpoints = list_checkpoints(out)
+    finished = (out / FINAL).is_dir()
+    if record is None:
+        if not resume:
+            raise RunConflict(
+                f"{out} holds a fine-tuning run without a settings record (an older prsl wrote it)",
+                "pass --resume to continue it unchecked, --overwrite to discard it, or choose "
+                "another train.output_dir",
+            )
+        if accelerator.is_main_process:
+            log.warning(
+                "%s has no settings record (an older prsl wrote it): resuming unchecked", out
+            )
+        return
     check_settings(
-        out,
-        COMMAND,
-        cfg.settings(),
-        has_results=True,
-        may_change=RESUMABLE_CHANGES,
-        fix="resume it with the settings it was started with, or choose a new train.output_dir",
+        out, COMMAND, cfg.settings(), has_results=True, may_change=RESUMABLE_CHANGES, fix=DISCARD
     )
-    return bool(list_checkpoints(out))
+    if resume:
+        return
+    if finished:
+        raise RunConflict(
+            f"{out} holds a finished run with these settings (its model: {out / FINAL})",
+            f"use that model, or {DISCARD.replace('discard it', 'train it again')}",
+        )
+    step = checkpoint_step(checkpoints[-1])
+    raise RunConflict(
+        f"{out} holds this run, interrupted at its checkpoint of step {step}",
+        "pass --resume to continue it, --overwrite to start over, or choose another "
+        "train.output_dir",
+    )
 
 
 def start_session(
@@ -317,10 +425,17 @@ def start_session(
 
 
 def train_until_done(
-    session: Session, position: Position, result: TrainResult, *, resumed: bool, progress: bool
+    session: Session,
+    position: Position,
+    result: TrainResult,
+    *,
+    resumed: bool,
+    progress: bool,
+    stops: StopRequests | None = None,
 ) -> Position:
     """Optimizer steps from ``position`` to the last, logged, checkpointed every ``save_every``
-    steps and at the end; returns the final position."""
+    steps and at the end; returns the final position. A signal noted by ``stops`` ends the run
+    after the step under way, at a checkpoint (:func:`stopped_by_signal`)."""
     cfg, accelerator = session.cfg, session.accelerator
     bar = progress_bar(progress and accelerator.is_main_process)
     logger = MetricLog(
@@ -354,60 +469,106 @@ def train_until_done(
             "(train.max_device_seconds)"
         )
 
-    with bar:
-        for epoch, step_in_epoch, group in order:
-            if position.step >= session.total_steps:
-                break
-            if spent(position):  # a resumed run whose budget was spent before it stopped
-                stop_at(position)
-                break
-            started = time.perf_counter()
-            stats = optimizer_step(session, group, position.step)
-            if stats is None:  # not a step: nothing moved, and it is neither counted nor logged
-                position = replace(position, epoch=epoch, in_epoch=step_in_epoch + 1)
-                if accelerator.is_main_process:
-                    log.warning("a batch held no readable image: no optimizer step was taken")
-                continue
-            took = time.perf_counter() - started
-            if budget is not None and world > 1:  # one clock for all, so all stop together
-                took = accelerator.reduce(torch.tensor(took, device=accelerator.device), "max")
-                took = float(took)
-            position = Position(
-                position.step + 1,
-                epoch,
-                step_in_epoch + 1,
-                position.seconds + took,
-                position.device_seconds + took * world,
-            )
-            stopping = spent(position)
-            tokens = stats.pop("tokens")
-            stats |= {
-                "step": position.step,
-                "epoch": epoch,
-                "lr": session.scheduler.get_last_lr()[0],
-                "tokens_per_s": tokens / took,
-            }
-            result.history.append(stats)
-            last = position.step == session.total_steps or stopping
-            if position.step % cfg.train.log_every == 0 or last:
-                logger.write(stats, session.total_steps)
-            bar.update(task, completed=position.step, description=describe(stats))
-            if cfg.train.save_every and position.step % cfg.train.save_every == 0:
-                save(session, position)
-                saved = position.step
-            if stopping:
-                stop_at(position)
-                bar.update(task, total=position.step)  # done: no time left to estimate
-                break
-    if saved != position.step:
-        save(session, position)
-    logger.close()
+    try:
+        with bar:
+            for epoch, step_in_epoch, group in order:
+                if position.step >= session.total_steps:
+                    break
+                if spent(position):  # a resumed run whose budget was spent before it stopped
+                    stop_at(position)
+                    break
+                started = time.perf_counter()
+                stats = optimizer_step(session, group, position.step)
+                if stats is None:  # not a step: nothing moved, and it is neither counted nor logged
+                    position = replace(position, epoch=epoch, in_epoch=step_in_epoch + 1)
+                    if accelerator.is_main_process:
+                        log.warning("a batch held no readable image: no optimizer step was taken")
+                    continue
+                took = time.perf_counter() - started
+                if budget is not None and world > 1:  # one clock for all, so all stop together
+                    took = accelerator.reduce(torch.tensor(took, device=accelerator.device), "max")
+                    took = float(took)
+                position = Position(
+                    position.step + 1,
+                    epoch,
+                    step_in_epoch + 1,
+                    position.seconds + took,
+                    position.device_seconds + took * world,
+                )
+                stopping = spent(position)
+                tokens = stats.pop("tokens")
+                stats |= {
+                    "step": position.step,
+                    "epoch": epoch,
+                    "lr": session.scheduler.get_last_lr()[0],
+                    "tokens_per_s": tokens / took,
+                }
+                result.history.append(stats)
+                last = position.step == session.total_steps or stopping
+                if position.step % cfg.train.log_every == 0 or last:
+                    logger.write(stats, session.total_steps)
+                bar.update(task, completed=position.step, description=describe(stats))
+                if cfg.train.save_every and position.step % cfg.train.save_every == 0:
+                    save(session, position)
+                    saved = position.step
+                if stopping:
+                    stop_at(position)
+                    bar.update(task, total=position.step)  # done: no time left to estimate
+                    break
+                signum = stops.signal() if stops is not None else None
+                if signum is not None:  # the steps so far are saved as save_every would save them
+                    raise stopped_by_signal(session, position, saved, signum)
+        if saved != position.step:
+            save(session, position)
+    finally:
+        logger.close()
     return position
+
+
+def stopped_by_signal(
+    session: Session, position: Position, saved: int | None, signum: int
+) -> Interrupted:
+    """Save the finished steps (unless the last checkpoint holds them) and say what was kept."""
+    code, name = EXIT_CODES[signum], signal.Signals(signum).name
+    step, total = position.step, session.total_steps
+    if step == 0:
+        return Interrupted(
+            f"{name}: stopped before the first optimizer step: nothing was trained",
+            "run the same command again",
+            code,
+        )
+    if saved != step:
+        try:
+            save(session, position)
+        except Exception as err:  # say what is lost, not the traceback of a failed save
+            lost = step - (saved or 0)
+            since = f"since the checkpoint of step {saved}" if saved else "of this run"
+            fix = (
+                "run the same command with --resume to continue from that checkpoint"
+                if saved
+                else "run the same command again to start over"
+            )
+            return Interrupted(
+                f"{name}: stopped at step {step} of {total}, but its checkpoint could not be "
+                f"written ({err}): the {lost} step(s) {since} are lost",
+                fix,
+                code,
+            )
+    return Interrupted(
+        f"{name}: stopped at step {step} of {total}; a checkpoint of it is in {session.out}",
+        "run the same command with --resume to continue",
+        code,
+    )
 
 
 def _ours(name: str) -> bool:
     """Whether a file or folder of an output directory is one a fine-tuning run writes."""
-    return name in OWN_FILES or bool(CHECKPOINT_PATTERN.match(name)) or name.endswith(".partial")
+    return (
+        name in OWN_FILES
+        or name == LOCK_FILE
+        or bool(CHECKPOINT_PATTERN.match(name))
+        or name.endswith(".partial")
+    )
 
 
 def make_accelerator(cfg: FinetuneConfig) -> Accelerator:
