@@ -33,6 +33,27 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
+def scorer():
+    """One :class:`prsl.metrics.Scorer` for every test that scores: its METEOR JVM and BERTScore
+    model start once per session, not once per module."""
+    from prsl.metrics import Scorer
+
+    with Scorer() as shared:
+        yield shared
+
+
+@pytest.fixture(scope="session")
+def meteor_jar():
+    """pycocoevalcap's own METEOR, started once: the tests' independent reference."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    jar = Meteor()
+    yield jar
+    jar.meteor_p.stdin.close()  # METEOR exits at end of input
+    jar.meteor_p.wait()
+
+
+@pytest.fixture(scope="session")
 def trained_captioner():
     """The tiny captioner trained on shapes (``shapes_training.train_shapes_captioner``), built
     once per session and shared read-only: tests that attack it must leave it as they found it

@@ -19,18 +19,11 @@ from prsl.config import DataConfig
 from prsl.data import evaluation_samples, load_batch, read_dataset
 from prsl.data.images import to_pixels
 from prsl.evaluate import PREDICTIONS, AttackSpec, EvalConfig, evaluate, read_predictions
-from prsl.metrics import Scorer
 from prsl.models import build_tiny_captioner, load_adapter
 from prsl.results import RESULTS, validate_results
 from prsl.train import FinetuneConfig, LossConfig, TrainConfig, finetune
 
 METRICS = ["BLEU-1", "CIDEr", "BERTScore"]
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    with Scorer() as shared:
-        yield shared
 
 
 @pytest.fixture(scope="module")

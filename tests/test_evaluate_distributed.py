@@ -102,12 +102,6 @@ def kill_midway(child: subprocess.Popen, out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def scorer():
-    with Scorer() as shared:
-        yield shared
-
-
-@pytest.fixture(scope="module")
 def reference(setup, scorer) -> dict:
     config, root = setup
     return one_process(config, root / "one", scorer)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import bert_score
@@ -49,17 +48,8 @@ COCO = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
 
 
 @pytest.fixture(scope="module")
-def scorer() -> Iterator[Scorer]:
-    with Scorer() as shared:
-        yield shared
-
-
-@pytest.fixture(scope="module")
-def direct_meteor() -> Iterator[Meteor]:
-    meteor = Meteor()
-    yield meteor
-    meteor.meteor_p.stdin.close()  # METEOR exits at end of input
-    meteor.meteor_p.wait()
+def direct_meteor(meteor_jar) -> Meteor:
+    return meteor_jar
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +88,6 @@ def direct_f1() -> list[float]:
 def test_default_metrics_match_direct_library_calls(
     direct_meteor: Meteor, corpus_scores: dict[str, float], direct_f1: list[float]
 ) -> None:
-    # direct_meteor comes first: its JVM loads in the background while the Scorer starts its own.
     assert list(corpus_scores) == list(CAPTION_METRICS)
     assert all(type(value) is float for value in corpus_scores.values())  # JSON-ready
     expected = direct_coco(direct_meteor, CANDIDATES, REFERENCES)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from prsl.metrics import Scorer
 from prsl.metrics.bootstrap import interval, p_value, resample_counts, resampled
 from prsl.metrics.statistics import corpus_value, item_values
 
@@ -46,18 +44,14 @@ COCO = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
 
 
 @pytest.fixture(scope="module")
-def scored():
-    with Scorer() as scorer:
-        (corpus,) = scorer.score_items([(CANDIDATES, REFERENCES)], COCO)
+def scored(scorer):
+    (corpus,) = scorer.score_items([(CANDIDATES, REFERENCES)], COCO)
     return corpus
 
 
 @pytest.fixture(scope="module")
-def meteor() -> Iterator[Meteor]:
-    jar = Meteor()
-    yield jar
-    jar.meteor_p.stdin.close()
-    jar.meteor_p.wait()
+def meteor(meteor_jar) -> Meteor:
+    return meteor_jar
 
 
 def _coco(meteor: Meteor, items: list[int]) -> dict:
@@ -88,16 +82,15 @@ def test_statistics_give_back_the_corpus_scores(scored, meteor) -> None:
         assert scored.values[metric] == pytest.approx(direct["corpus"][metric], abs=1e-12)
 
 
-def test_meteor_of_captions_identical_to_their_references_is_the_jars() -> None:
+def test_meteor_of_captions_identical_to_their_references_is_the_jars(scorer) -> None:
     """The jar adds no chunk for an item identical to its reference: a model scored against its
     own clean output scores 1, on the corpus and on every resample."""
     texts = ["a red circle above a blue square", "there are two shapes", "a big green triangle"]
     mixed = [*texts, "a small green triangle"]
     references = [[t] for t in [*texts, "a big green triangle"]]
-    with Scorer() as scorer:
-        same, part = scorer.score_items(
-            [(texts, [[t] for t in texts]), (mixed, references)], ["METEOR"]
-        )
+    same, part = scorer.score_items(
+        [(texts, [[t] for t in texts]), (mixed, references)], ["METEOR"]
+    )
     assert same.values["METEOR"] == 1.0 == corpus_value("METEOR", same.stats["METEOR"])
     assert corpus_value("METEOR", part.stats["METEOR"]) == pytest.approx(
         part.values["METEOR"], abs=1e-12

@@ -216,6 +216,9 @@ def train_in_folder(
             save_final_model(session, position, result)
     if accelerator.is_main_process:
         report_skips(split, result)
+    # every process waits for the main one's final save before the process group goes away:
+    # a peer that tore it down mid-save could leave the main process hanging at exit
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
 
