@@ -97,8 +97,19 @@ class BallConstraint:
             projected = self._snap(projected)
         return projected
 
-    def random_start(self, generator: torch.Generator | None) -> torch.Tensor:
-        """A uniformly random point of the ball (then projected like any iterate)."""
+    def random_start(
+        self, generator: torch.Generator | None, *, l2_radius: str = "ball"
+    ) -> torch.Tensor:
+        """A random point of the ball (then projected like any iterate).
+
+        Linf: uniform in the cube. L2: a uniformly random direction at a random radius, drawn
+        with ``l2_radius="ball"`` as ε·U^(1/d), which makes the point uniform in the
+        d-dimensional ball (so nearly on its surface when d is large), or with
+        ``l2_radius="eps_u"`` as ε·U (the start of torchattacks and most PGD-L2 code: the mean
+        radius is ε/2 whatever d). Both draw the same numbers from ``generator``.
+        """
+        if l2_radius not in ("ball", "eps_u"):
+            raise ValueError(f"l2_radius must be 'ball' or 'eps_u'; got {l2_radius!r}")
         origin = self.origin
         if self.norm == "linf":
             unit = torch.rand(
@@ -110,11 +121,13 @@ class BallConstraint:
                 origin.shape, generator=generator, device=origin.device, dtype=origin.dtype
             )
             direction = direction / expand(per_example_norm(direction).clamp_min(1e-12), origin)
-            # radius ~ eps * U^(1/d) makes the point uniform in the d-dimensional ball
             uniform = torch.rand(
                 origin.shape[0], generator=generator, device=origin.device, dtype=origin.dtype
             )
-            radius = self.eps * uniform.pow(1.0 / origin[0].numel())
+            if l2_radius == "ball":
+                radius = self.eps * uniform.pow(1.0 / origin[0].numel())
+            else:
+                radius = self.eps * uniform
             delta = direction * expand(radius, origin)
         return self.project(origin + delta)
 

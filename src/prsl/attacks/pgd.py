@@ -1,5 +1,9 @@
 """PGD (Madry et al. 2018): BIM from a random point of the ball, Linf or L2, with restarts.
 
+The L2 start is a random direction at radius ε·U (U uniform in [0, 1]), as in torchattacks,
+not a point uniform in the ball: in d dimensions that one lies at radius ε·U^(1/d), nearly on
+the surface, and 10 steps from there were measurably weaker (benchmarks/RESULTS.md).
+
 With ``restarts > 1`` every restart runs from its own random start and each example keeps the
 restart whose final iterate has the highest loss (one extra forward pass per restart).
 """
@@ -42,7 +46,8 @@ class PGD(Attack):
     steps: Steps = 10
     norm: Norm = "linf"
     random_start: bool = True
-    """Start from a uniform random point of the ball (False: from the clean images)."""
+    """Start from a random point of the ball: uniform in it for linf; for l2 a random direction
+    at radius ε·U, U uniform in [0, 1] (False: from the clean images)."""
     restarts: Restarts = 1
     quantize: Quantize = None
     record_every_step: RecordEveryStep = False
@@ -73,7 +78,11 @@ class PGD(Attack):
         step = steepest_step(self.step_size, self.norm)
 
         def attempt() -> tuple[torch.Tensor, list[torch.Tensor]]:
-            start = constraint.random_start(generator) if self.random_start else images.detach()
+            start = (
+                constraint.random_start(generator, l2_radius="eps_u")
+                if self.random_start
+                else images.detach()
+            )
             return ascend(
                 start,
                 loss_fn,

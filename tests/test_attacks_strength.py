@@ -1,0 +1,131 @@
+"""Attack strength where the reference implementations were stronger: PGD-L2's random start
+(radius ε·U)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from prsl.attacks import pgd
+from prsl.attacks.constraint import BallConstraint, per_example_norm
+
+FEW = settings(max_examples=25, deadline=None)
+CLASSES = 5
+
+
+def fixed_model(seed: int = 0) -> nn.Module:
+    """A tiny conv net with weights drawn from ``seed`` (as in test_attacks_properties)."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.Tanh(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, CLASSES),
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen))
+    return model
+
+
+MODEL = fixed_model()
+
+
+def ce_loss(model: nn.Module, labels: torch.Tensor):
+    return lambda x: nn.functional.cross_entropy(model(x), labels, reduction="none")
+
+
+def batch(seed: int, size: int, side: int, on_grid: bool = False):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand(size, 3, side, side, generator=gen)
+    if on_grid:
+        images = (images * 255).round() / 255
+    labels = torch.randint(0, CLASSES, (size,), generator=gen)
+    return images, labels
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def flat_loss(x: torch.Tensor) -> torch.Tensor:
+    """Depends on the images but has a zero gradient: PGD's steps do not move, so a one-step
+    PGD returns its random start."""
+    return (0 * x).flatten(1).sum(dim=1)
+
+
+def in_l2_ball(adv, images, eps) -> bool:
+    return bool((per_example_norm(adv - images) <= eps * (1 + 1e-5) + 1e-6).all())
+
+
+# ------------------------------------------------------------------ PGD-L2's random start
+
+
+@FEW
+@given(
+    seed=st.integers(0, 2**16),
+    size=st.integers(1, 4),
+    side=st.integers(1, 8),
+    eps=st.floats(0.0, 3.0),
+)
+def test_l2_start_of_radius_eps_u_is_inside_the_ball_and_the_image_range(seed, size, side, eps):
+    images, _ = batch(seed, size, side)
+    start = BallConstraint(images, eps, "l2").random_start(seeded(seed), l2_radius="eps_u")
+    assert start.min() >= 0 and start.max() <= 1
+    assert in_l2_ball(start, images, eps)
+
+
+def test_l2_start_radius_is_eps_times_uniform_not_uniform_in_the_ball():
+    # d = 192 and grey images with eps = 0.4: no pixel moves 0.5, so clipping never shortens δ
+    images = torch.full((4000, 3, 8, 8), 0.5)
+    eps = 0.4
+    constraint = BallConstraint(images, eps, "l2")
+    radius = per_example_norm(constraint.random_start(seeded(0), l2_radius="eps_u") - images) / eps
+    assert abs(radius.mean().item() - 0.5) < 0.02  # E[U] = 1/2
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9):  # and every quantile of U
+        assert abs(radius.quantile(q).item() - q) < 0.03
+    in_ball = per_example_norm(constraint.random_start(seeded(0), l2_radius="ball") - images) / eps
+    assert in_ball.mean() > 0.99  # E[U^(1/d)] = d / (d + 1): nearly on the surface
+
+
+def test_pgd_l2_starts_at_radius_eps_u():
+    images = torch.full((2000, 3, 8, 8), 0.5)
+    eps = 0.4
+    start = pgd(images, flat_loss, eps=eps, steps=1, norm="l2", generator=seeded(3))
+    drawn = BallConstraint(images, eps, "l2").random_start(seeded(3), l2_radius="eps_u")
+    assert torch.allclose(start, drawn, atol=1e-6)
+    assert abs((per_example_norm(start - images) / eps).mean().item() - 0.5) < 0.03
+
+
+def test_l2_starts_are_reproducible_and_share_their_direction():
+    images, _ = batch(1, 3, 6)
+    constraint = BallConstraint(images, 0.3, "l2")
+    first = constraint.random_start(seeded(5), l2_radius="eps_u")
+    assert torch.equal(first, constraint.random_start(seeded(5), l2_radius="eps_u"))
+    assert not torch.equal(first, constraint.random_start(seeded(6), l2_radius="eps_u"))
+    # the two radii scale the same draw: away from the image range's edges, same direction
+    grey = torch.full((3, 3, 6, 6), 0.5)
+    grey_constraint = BallConstraint(grey, 0.3, "l2")
+    short = (grey_constraint.random_start(seeded(5), l2_radius="eps_u") - grey).flatten(1)
+    long = (grey_constraint.random_start(seeded(5), l2_radius="ball") - grey).flatten(1)
+    cosine = nn.functional.cosine_similarity(short, long, dim=1)
+    assert torch.allclose(cosine, torch.ones_like(cosine), atol=1e-5)
+
+
+def test_unknown_l2_radius_is_rejected():
+    images, _ = batch(1, 1, 4)
+    with pytest.raises(ValueError, match="l2_radius must be 'ball' or 'eps_u'"):
+        BallConstraint(images, 0.3, "l2").random_start(None, l2_radius="sphere")
+
+
+@FEW
+@given(seed=st.integers(0, 2**16), eps=st.floats(0.0, 0.3))
+def test_pgd_linf_start_is_unchanged_uniform_in_the_cube(seed, eps):
+    images, _ = batch(seed, 3, 5)
+    start = pgd(images, flat_loss, eps=eps, steps=1, generator=seeded(seed))
+    unit = torch.rand(images.shape, generator=seeded(seed))
+    assert torch.equal(start, (images + (2 * unit - 1) * eps).clamp(0, 1))
