@@ -1,5 +1,5 @@
 """Attack strength where the reference implementations were stronger: PGD-L2's random start
-(radius ε·U)."""
+(radius ε·U) and APGD's restarts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from prsl.attacks import pgd
+from prsl.attacks import apgd, get_attack, pgd
 from prsl.attacks.constraint import BallConstraint, per_example_norm
 
 FEW = settings(max_examples=25, deadline=None)
@@ -129,3 +129,104 @@ def test_pgd_linf_start_is_unchanged_uniform_in_the_cube(seed, eps):
     start = pgd(images, flat_loss, eps=eps, steps=1, generator=seeded(seed))
     unit = torch.rand(images.shape, generator=seeded(seed))
     assert torch.equal(start, (images + (2 * unit - 1) * eps).clamp(0, 1))
+
+
+# ------------------------------------------------------------------------- APGD restarts
+
+
+def test_apgd_restarts_default_to_one_and_are_recorded():
+    attack = get_attack("apgd", eps=0.1, steps=7)
+    assert attack.restarts == 1 and attack.iterations == 7
+    with_restarts = get_attack("apgd", eps=0.1, steps=7, restarts=3)
+    assert with_restarts.iterations == 21
+    assert with_restarts.recorded()["restarts"] == 3
+    with pytest.raises(ValueError, match="restarts"):
+        get_attack("apgd", restarts=0)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_apgd_with_one_restart_is_the_plain_run(norm):
+    images, labels = batch(2, 4, 6)
+    loss_fn = ce_loss(MODEL, labels)
+    options = {"eps": 0.1, "steps": 12, "norm": norm, "record_every_step": True}
+    plain = apgd(images, loss_fn, generator=seeded(2), **options)
+    one = apgd(images, loss_fn, restarts=1, generator=seeded(2), **options)
+    assert torch.equal(plain.final, one.final)
+    assert all(torch.equal(a, b) for a, b in zip(plain.steps, one.steps, strict=True))
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), restarts=st.integers(2, 4))
+def test_apgd_restarts_keep_the_per_example_best(norm, seed, restarts):
+    # restart 1 draws the same start as restarts=1 (same generator): per example the result is
+    # that run's exactly, or one whose loss is higher
+    images, labels = batch(seed, 4, 6)
+    loss_fn = ce_loss(MODEL, labels)
+    eps = 0.05 if norm == "linf" else 0.5
+    one = apgd(images, loss_fn, eps=eps, steps=5, norm=norm, generator=seeded(seed))
+    more = apgd(
+        images, loss_fn, eps=eps, steps=5, norm=norm, restarts=restarts, generator=seeded(seed)
+    )
+    with torch.no_grad():
+        loss_one, loss_more = loss_fn(one), loss_fn(more)
+    same = (one == more).flatten(1).all(dim=1)
+    assert (same | (loss_more > loss_one)).all()
+    assert (loss_more >= loss_one).all()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@FEW
+@given(
+    seed=st.integers(0, 2**16),
+    eps=st.floats(0.0, 0.3),
+    quantize=st.booleans(),
+)
+def test_apgd_restarts_stay_in_the_ball_and_the_image_range(norm, seed, eps, quantize):
+    images, labels = batch(seed, 3, 5, on_grid=quantize)
+    adv = apgd(
+        images,
+        ce_loss(MODEL, labels),
+        eps=eps,
+        steps=3,
+        norm=norm,
+        restarts=3,
+        quantize="uint8" if quantize else None,
+        generator=seeded(seed),
+    )
+    assert adv.min() >= 0 and adv.max() <= 1
+    if norm == "l2":
+        assert in_l2_ball(adv, images, eps)
+    else:
+        assert (adv - images).abs().max() <= eps + 1e-6
+    if quantize:
+        levels = adv * 255
+        assert (levels - levels.round()).abs().max() < 1e-3
+
+
+def test_apgd_restarts_record_the_steps_of_the_restart_kept():
+    images, labels = batch(9, 4, 6)
+    loss_fn = ce_loss(MODEL, labels)
+    final, steps = apgd(
+        images, loss_fn, eps=0.1, steps=6, restarts=3, generator=seeded(9), record_every_step=True
+    )
+    assert len(steps) == 6
+    with torch.no_grad():
+        recorded = torch.stack([loss_fn(x) for x in steps]).max(dim=0).values
+        assert (loss_fn(final) >= recorded - 1e-6).all()  # the best iterate of that restart
+    for step in steps:
+        assert (step - images).abs().max() <= 0.1 + 1e-6
+
+
+def test_apgd_restarts_differ_from_one_run_on_a_rugged_loss():
+    # many local maxima: some example must gain from another start (else restarts do nothing)
+    images, _ = batch(4, 8, 6)
+    direction = torch.randn(3 * 6 * 6, generator=seeded(4))
+
+    def rugged(x):
+        return torch.sin(3 * x.flatten(1) @ direction)
+
+    one = apgd(images, rugged, eps=0.3, steps=4, generator=seeded(4))
+    more = apgd(images, rugged, eps=0.3, steps=4, restarts=4, generator=seeded(4))
+    assert (rugged(more) > rugged(one)).any()
+    assert (rugged(more) >= rugged(one)).all()

@@ -19,7 +19,15 @@ import math
 from typing import ClassVar
 
 from prsl.attacks._ascent import steepest_step
-from prsl.attacks._checks import Eps, JpegQuality, Norm, Quantize, RecordEveryStep, Steps
+from prsl.attacks._checks import (
+    Eps,
+    JpegQuality,
+    Norm,
+    Quantize,
+    RecordEveryStep,
+    Restarts,
+    Steps,
+)
 from prsl.attacks.base import DEFAULT_EPS, Attack, finish
 from prsl.attacks.constraint import BallConstraint, expand, loss_and_grad
 from prsl.core.lazy import lazy_import
@@ -54,10 +62,14 @@ def should_halve(
 
 
 class APGD(Attack):
-    """Auto-PGD from a random point of the ball; returns the per-example best-loss iterate.
+    """Auto-PGD from a random point of the ball; returns the per-example best-loss iterate over
+    ``restarts`` random starts.
 
-    Costs ``steps + 1`` forward/backward passes (the start point is evaluated too).
-    ``record_every_step`` records the iterates x_1..x_N, not the running best.
+    Costs ``steps + 1`` forward/backward passes per restart (the start point is evaluated too).
+    With ``restarts > 1`` every restart runs from its own random start and each example keeps
+    the restart whose best iterate has the highest loss (no extra pass: APGD tracks that loss).
+    ``record_every_step`` records the iterates x_1..x_N (of the restart kept), not the running
+    best.
     """
 
     name: ClassVar[str] = "apgd"
@@ -65,12 +77,35 @@ class APGD(Attack):
     eps: Eps = DEFAULT_EPS
     steps: Steps = 10
     norm: Norm = "linf"
+    restarts: Restarts = 1
     quantize: Quantize = None
     record_every_step: RecordEveryStep = False
     jpeg_quality: JpegQuality = None
 
+    @property
+    def iterations(self) -> int:
+        """Gradient steps in all: ``steps`` from each of the ``restarts`` random starts."""
+        return self.steps * self.restarts
+
     def run(self, images, loss_fn, generator):
         constraint = BallConstraint(images, self.eps, self.norm, self.quantize, self.jpeg_quality)
+        best, best_loss, best_history = self._attempt(constraint, loss_fn, generator)
+        for _ in range(self.restarts - 1):
+            final, loss, history = self._attempt(constraint, loss_fn, generator)
+            better = loss > best_loss
+            best_loss = torch.where(better, loss, best_loss)
+            keep = expand(better, final)
+            best = torch.where(keep, final, best)
+            best_history = [
+                torch.where(keep, new, old) for new, old in zip(history, best_history, strict=True)
+            ]
+        return finish(best, best_history, self.record_every_step)
+
+    def _attempt(
+        self, constraint: BallConstraint, loss_fn, generator
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """One APGD run from a fresh random start: its best iterate, that iterate's loss (as
+        the run measured it, with the gradient) and, if asked, every iterate."""
         checkpoints = set(apgd_checkpoints(self.steps))
         direction = steepest_step(1.0, self.norm)
 
@@ -117,7 +152,7 @@ class APGD(Attack):
                 halved_last, best_at_checkpoint = halve, best_loss.clone()
                 last_checkpoint = k + 1
 
-        return finish(best, history, self.record_every_step)
+        return best, best_loss, history
 
 
 def apgd(images, loss_fn, *, generator=None, **params):
