@@ -1,7 +1,12 @@
 """Attack strength where the reference implementations were stronger: PGD-L2's random start
-(radius ε·U) and APGD's restarts."""
+(radius ε·U), APGD's restarts, and Square's memory at a 5,000-query budget."""
 
 from __future__ import annotations
+
+import gc
+import math
+import tracemalloc
+import warnings
 
 import pytest
 import torch
@@ -9,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from prsl.attacks import apgd, get_attack, pgd
+from prsl.attacks import apgd, get_attack, pgd, square
 from prsl.attacks.constraint import BallConstraint, per_example_norm
 
 FEW = settings(max_examples=25, deadline=None)
@@ -230,3 +235,49 @@ def test_apgd_restarts_differ_from_one_run_on_a_rugged_loss():
     more = apgd(images, rugged, eps=0.3, steps=4, restarts=4, generator=seeded(4))
     assert (rugged(more) > rugged(one)).any()
     assert (rugged(more) >= rugged(one)).all()
+
+
+# --------------------------------------------------------------- Square at 5,000 queries
+
+
+def live_tensors() -> tuple[int, int]:
+    """How many tensors the garbage collector sees alive, and their bytes."""
+    with warnings.catch_warnings():  # deprecated torch objects warn when inspected
+        warnings.simplefilter("ignore")
+        tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+    return len(tensors), sum(t.nelement() * t.element_size() for t in tensors)
+
+
+def test_square_with_5000_queries_keeps_constant_state():
+    # the loss is queried once per query; at query 500 and at the last one the live tensors
+    # (the attack's state, plus this test's) and the Python heap must be the same size
+    images, labels = batch(11, 2, 8)
+    model_loss = ce_loss(MODEL, labels)
+    seen: dict[int, tuple[int, int, int]] = {}
+    calls = 0
+
+    def loss_fn(x):
+        nonlocal calls
+        calls += 1
+        if calls in (500, 5000):
+            gc.collect()
+            count, size = live_tensors()
+            seen[calls] = (count, size, tracemalloc.get_traced_memory()[0])
+        return model_loss(x)
+
+    tracemalloc.start()
+    try:
+        adv = square(images, loss_fn, eps=0.05, queries=5000, generator=seeded(11))
+    finally:
+        tracemalloc.stop()
+    assert calls == 5000
+    assert (adv - images).abs().max() <= 0.05 + 1e-6
+    (count_early, bytes_early, heap_early), (count_late, bytes_late, heap_late) = (
+        seen[500],
+        seen[5000],
+    )
+    assert count_late <= count_early and bytes_late <= bytes_early
+    # 4,500 queries in between: even 8 bytes kept per query would be 36 kB
+    assert heap_late - heap_early < 16_000, (heap_early, heap_late)
+    with torch.no_grad():
+        assert math.isfinite(float(model_loss(adv).sum()))
