@@ -25,7 +25,7 @@ from prsl.config import load_config
 from prsl.core.errors import InvalidInput
 from prsl.data import read_dataset
 from prsl.evaluate import EvalConfig, evaluate, read_predictions
-from prsl.evaluate.export import METADATA, attack_to_files
+from prsl.evaluate.attack_images import METADATA, attack_to_files
 from prsl.evaluate.ledger import shard_paths
 from prsl.metrics import Scorer
 from prsl.models import build_tiny_captioner

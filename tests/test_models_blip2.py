@@ -103,6 +103,17 @@ def _capture_inputs(model: nn.Module, call):
     return seen
 
 
+def test_the_pad_id_is_the_language_models_or_else_the_end_token():
+    built = tiny_blip2()
+    text = built.model.config.text_config
+    assert built.pad_token_id == text.pad_token_id == built.tokenizer.pad_token_id
+    parts = built.model, built.tokenizer, built.image_processor
+    text.pad_token_id = built.tokenizer.unk_token_id  # the language model's, not the tokenizer's
+    assert Blip2Adapter(*parts).pad_token_id == built.tokenizer.unk_token_id
+    text.pad_token_id = None
+    assert Blip2Adapter(*parts).pad_token_id == built.end_token_id
+
+
 def test_vqa_prompt_is_the_papers_template(adapter):
     assert adapter.vqa_prompt(" how many? ") == "Question: how many? Answer:"
 

@@ -68,6 +68,16 @@ def test_tiny_config_ids_lie_in_the_small_vocabulary(adapter):
     assert adapter.pixel_size == (32, 32)
 
 
+def test_the_pad_id_is_the_configs_or_else_the_end_token():
+    built = build_tiny_captioner(TEXTS, image_size=32, patch_size=8, hidden=16, layers=1)
+    assert built.pad_token_id == 0 == built.model.config.pad_token_id
+    parts = built.model, built.tokenizer, built.image_processor
+    built.model.config.pad_token_id = 1
+    assert VisionEncoderDecoderAdapter(*parts).pad_token_id == 1
+    built.model.config.pad_token_id = None
+    assert VisionEncoderDecoderAdapter(*parts).pad_token_id == built.end_token_id == 3
+
+
 def test_word_tokenizer_is_lowercased_word_level_with_punctuation_split():
     tok = build_word_tokenizer(["A Red circle.", "red square"])
     words = tok.convert_ids_to_tokens(tok("A RED Circle.", add_special_tokens=False).input_ids)

@@ -27,7 +27,7 @@ from prsl.config import load_config
 from prsl.core.errors import InvalidInput
 from prsl.data import evaluation_samples, load_batch, read_dataset
 from prsl.losses import get_loss
-from prsl.models import ImageTextAdapter, load_adapter
+from prsl.models import ImageTextAdapter, build_tiny_captioner, load_adapter
 from prsl.models.processors import load_processor
 from prsl.train import FinetuneConfig, finetune
 
@@ -347,3 +347,33 @@ def test_a_smolvlm_processor_loads_without_torchvision(saved, tmp_path):
     assert adapter.generate(pixels, max_new_tokens=5) == reference.generate(
         pixels, max_new_tokens=5
     )
+
+
+def test_a_wrong_pixel_shape_is_the_same_user_error_from_every_adapter():
+    """The pixel pipeline of an image-text model and the adapter of a captioner make one check."""
+    model, processor = vlm_builders.llava()
+    vlm = ImageTextAdapter(model, processor)
+    captioner = build_tiny_captioner(["a red circle"], image_size=32, hidden=16, layers=1)
+    assert vlm.pixel_size == captioner.pixel_size == (32, 32)
+    wrong = torch.rand(2, 3, 16, 16)
+    messages = set()
+    for call in (
+        lambda: vlm.loss(wrong, ["a", "b"]),
+        lambda: vlm.pipeline.model_inputs(wrong),
+        lambda: captioner.loss(wrong, ["a", "b"]),
+        lambda: captioner.normalise(wrong),
+    ):
+        with pytest.raises(InvalidInput, match=r"\(B, 3, 32, 32\).*got \(2, 3, 16, 16\)") as err:
+            call()
+        messages.add(str(err.value))
+    assert len(messages) == 1
+
+
+def test_an_image_text_adapter_takes_its_pipelines_geometry_and_its_tokenizers_pad():
+    model, processor = vlm_builders.llava()
+    vlm = ImageTextAdapter(model, processor, image_size=(32, 32))
+    pipeline = vlm.pipeline
+    assert vlm.pixel_size == pipeline.size == tuple(pipeline.geometry.size)
+    assert vlm.image_mean.tolist() == pipeline.mean.tolist() == pipeline.geometry.mean
+    assert vlm.image_std.tolist() == pipeline.std.tolist() == pipeline.geometry.std
+    assert vlm.pad_token_id == processor.tokenizer.pad_token_id != vlm.end_token_id

@@ -1,7 +1,10 @@
-"""Robustness evaluation: the grid of models x attacks x ε, its ledger, scoring and image export.
+"""Robustness evaluation: the grid of models x attacks x ε, its ledger and scoring; and
+``prsl attack``, adversarial images on disk.
 
 ``evaluate(cfg)`` runs (or resumes) an evaluation into ``cfg.output_dir``; ``attack_to_files``
-is ``prsl attack``.
+(:mod:`~prsl.evaluate.attack_images`) is ``prsl attack``. Both share their output folder's
+handling (:mod:`~prsl.evaluate.folder`) and the split of their items between the processes of a
+launch (:mod:`~prsl.evaluate.shards`).
 """
 
 from prsl.core.lazy import lazy_exports
@@ -11,8 +14,9 @@ __all__, __getattr__, __dir__ = lazy_exports(
     globals(),
     {
         "config": ["AttackSpec", "EvalConfig"],
-        "export": ["attack_to_files"],
-        "ledger": ["PREDICTIONS", "read_predictions"],
+        "attack_images": ["attack_to_files"],
+        "ledger": ["PREDICTIONS"],
         "loop": ["evaluate"],
+        "shards": ["read_predictions"],
     },
 )

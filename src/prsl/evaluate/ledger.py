@@ -7,15 +7,14 @@ where the model is its *location* (resolved directory or hub id), never a folder
 models could share.
 
 Under ``accelerate launch`` each process appends to a shard of its own
-(``predictions.jsonl`` for the first, ``predictions.<rank>.jsonl`` for the others) and every
-process reads them all, so a run resumed with another number of processes skips what any of
-them finished.
+(``predictions.jsonl`` for the first, ``predictions.<rank>.jsonl`` for the others; see
+:mod:`prsl.evaluate.shards`) and every process reads them all, so a run resumed with another
+number of processes skips what any of them finished.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -25,21 +24,20 @@ from typing import IO, Any
 
 from prsl.data import Sample
 from prsl.evaluate.grid import Cell
+from prsl.evaluate.shards import ShardFiles, drop_torn_tail
 
-log = logging.getLogger(__name__)
-
-PREDICTIONS = "predictions.jsonl"
-SHARDS = "predictions*.jsonl"
+PREDICTION_SHARDS = ShardFiles("predictions")
+PREDICTIONS = PREDICTION_SHARDS.first
 
 
 def shard_path(out: Path, rank: int) -> Path:
     """The predictions file process ``rank`` appends to."""
-    return out / (PREDICTIONS if rank == 0 else f"predictions.{rank}.jsonl")
+    return PREDICTION_SHARDS.path(out, rank)
 
 
 def shard_paths(out: Path) -> list[Path]:
     """Every predictions shard in ``out``, the first process's first."""
-    return sorted(out.glob(SHARDS), key=lambda p: (p.name != PREDICTIONS, p.name))
+    return PREDICTION_SHARDS.paths(out)
 
 
 @dataclass(frozen=True, order=True)
@@ -87,36 +85,6 @@ class Prediction:
         return cls(**{k: v for k, v in row.items() if k in names})
 
 
-def read_predictions(path: Path) -> list[dict]:
-    """Rows written so far; a line cut off by a crash mid-write is dropped (and redone)."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("ignoring an incomplete line in %s (interrupted write)", path)
-    return rows
-
-
-def drop_torn_tail(path: Path) -> None:
-    """Cut a last line left without its newline by a kill mid-write, before appending.
-
-    Appending after it would glue the next row onto the fragment and lose that row too.
-    """
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        log.warning("dropping an incomplete last line of %s (interrupted write)", path)
-        with path.open("r+b") as handle:
-            handle.truncate(keep)
-
-
 @dataclass
 class Ledger:
     """What ``predictions.jsonl`` holds, and the handle new rows are appended through.
@@ -138,11 +106,10 @@ class Ledger:
     def read(cls, out: Path, rank: int = 0) -> Ledger:
         """Every shard's rows; appends go to process ``rank``'s shard."""
         ledger = cls(shard_path(out, rank))
-        for path in shard_paths(out):
-            for row in read_predictions(path):
-                prediction = Prediction.from_row(row)
-                if prediction is not None:
-                    ledger._note(prediction)
+        for row in PREDICTION_SHARDS.rows(out):
+            prediction = Prediction.from_row(row)
+            if prediction is not None:
+                ledger._note(prediction)
         return ledger
 
     def _note(self, row: Prediction) -> None:

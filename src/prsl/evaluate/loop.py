@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +28,6 @@ from accelerate.utils import gather_object
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from prsl.core.errors import InvalidInput
-from prsl.core.lock import hold
-from prsl.core.paths import check_output_dir
 from prsl.data import (
     DatasetSplit,
     Sample,
@@ -51,12 +48,21 @@ from prsl.evaluate.crafting import (
     generate_steps,
     instructed,
 )
-from prsl.evaluate.export import GALLERY, save_pair
+from prsl.evaluate.folder import OutputFolder, generation_settings
+from prsl.evaluate.gallery import GALLERY, gallery_rows, save_pair
 from prsl.evaluate.grid import Cell, grid_cells
 from prsl.evaluate.items import SkipTally, read_evaluation_data
-from prsl.evaluate.ledger import PREDICTIONS, SHARDS, Ledger, Prediction, RunKey, ShardWatch
-from prsl.evaluate.processes import finish, processes
+from prsl.evaluate.ledger import (
+    PREDICTION_SHARDS,
+    PREDICTIONS,
+    Ledger,
+    Prediction,
+    RunKey,
+    ShardWatch,
+)
+from prsl.evaluate.processes import processes
 from prsl.evaluate.scoring import results_meta, score_predictions
+from prsl.evaluate.shards import assigned_batches
 from prsl.evaluate.uncertainty import (
     ITEM_SCORES,
     Resamples,
@@ -67,9 +73,9 @@ from prsl.evaluate.uncertainty import (
 )
 from prsl.metrics import Scorer
 from prsl.models import VLMAdapter, check_model_source, load_adapter
-from prsl.provenance import ModelRef, check_settings, model_refs, write_settings
+from prsl.provenance import ModelRef, model_refs
 from prsl.provenance.items import item_digests
-from prsl.provenance.models import describe
+from prsl.provenance.models import model_identity
 from prsl.provenance.settings import SETTINGS
 from prsl.results import RESULTS, degenerate_models, degenerate_text, write_results
 
@@ -79,6 +85,10 @@ COMMAND = "evaluate"
 GROWING = ("cells", "models", "items")
 """Sections of the settings record a rerun may add to or leave entries out of."""
 OWN_FILES = (PREDICTIONS, RESULTS, SETTINGS, ITEM_SCORES)
+FIX = (
+    "rerun with those settings to resume, choose another output_dir, or pass --overwrite to "
+    "discard them"
+)
 
 
 def evaluate(
@@ -109,33 +119,25 @@ def evaluate(
     cells = grid_cells(cfg.attacks, surrogate)
     split = read_evaluation_data(cfg)
     settings = evaluation_settings(cfg, models, surrogate, cells, split)
-    check_output_dir(out, "output_dir")
+    folder = OutputFolder(out, "output_dir", COMMAND, settings, discard_results, FIX, GROWING)
     run = Run(cfg, state, models, surrogate, cells, split, baseline)
-    with hold(out, "output_dir", wait=wait, state=state):
-        results = run_in_folder(run, settings, scorer, overwrite=overwrite, progress=progress)
-    finish(state)
+    with folder.held(state, wait=wait):
+        results = run_in_folder(run, folder, scorer, overwrite=overwrite, progress=progress)
     return results
 
 
 def run_in_folder(
-    run: Run, settings: dict, scorer: Scorer | None, *, overwrite: bool, progress: bool
+    run: Run, folder: OutputFolder, scorer: Scorer | None, *, overwrite: bool, progress: bool
 ) -> dict:
     """The evaluation proper, its folder held: resume or start, run the grid, score."""
-    state, out = run.state, Path(run.cfg.output_dir)
-    if overwrite and state.is_main_process:
-        discard_results(out)
-    state.wait_for_everyone()
-    ledger = Ledger.read(out, state.process_index)
-    check_settings(
-        out,
-        COMMAND,
-        settings,
-        has_results=bool(ledger.rows),
-        may_grow=GROWING,
-        fix="rerun with those settings to resume, choose another output_dir, or pass "
-        "--overwrite to discard them",
+    state = run.state
+    ledger = folder.resume(
+        state,
+        lambda: Ledger.read(folder.path, state.process_index),
+        overwrite=overwrite,
+        has_results=lambda found: bool(found.rows),
     )
-    ledger.before_first_write = lambda: write_settings(out, COMMAND, settings, may_grow=GROWING)
+    ledger.before_first_write = folder.record
     skips = SkipTally(run.split.skipped)
     keys = run_grid(run, ledger, skips, progress)
     state.wait_for_everyone()
@@ -165,7 +167,7 @@ def score_and_write(
     run: Run, keys: set[str], skipped: list[Skipped], scorer: Scorer | None
 ) -> dict:
     """Score every shard's predictions of this run and write ``results.json`` (one process)."""
-    cfg, models, surrogate, cells, split = run.cfg, run.models, run.surrogate, run.cells, run.split
+    cfg, models, cells, split = run.cfg, run.models, run.cells, run.split
     out = Path(cfg.output_dir)
     rows = Ledger.read(out).selected({m.location for m in models}, cells, keys)
     scored, bertscore = score_predictions(
@@ -180,57 +182,74 @@ def score_and_write(
     comparisons: list[dict] = []
     boot = cfg.bootstrap
     seed = cfg.seed if boot.seed is None else boot.seed
-    baseline = run.baseline
     if boot.resamples > 0 and scored:
         resamples = Resamples(boot, seed)
         add_intervals(scored, resamples)
-        comparisons = compare(scored, baseline, resamples)
+        comparisons = compare(scored, run.baseline, resamples)
     write_item_scores(out / ITEM_SCORES, scored)
-    looked_at = len(split.examples) + len(split.skipped)
     results = {
-        "runs": [run.fields for run in scored],
+        "runs": [scored_run.fields for scored_run in scored],
         "comparisons": comparisons,
         "gallery": gallery_rows(rows, models, cells),
-        "meta": results_meta(
-            bootstrap={
-                "resamples": boot.resamples,
-                "level": boot.level,
-                "seed": seed,
-                "paired": True,
-                "baseline": baseline.name if baseline is not None else None,
-            },
-            attack_target=cfg.attack_target,
-            **cfg.precision(),
-            vqa_protocol=cfg.vqa_protocol if split.task == "vqa" else None,
-            seed=cfg.seed,
-            bertscore_model=bertscore,
-            models={m.name: m.location for m in models},
-            dataset=cfg.data.model_dump(),
-            surrogate=surrogate.location if surrogate is not None else None,
-            processes=run.state.num_processes,
-            items={"looked_at": looked_at, "skipped": len(skipped)},
-            skipped=[s.as_dict() for s in skipped],
-            dropped_references=[s.as_dict() for s in split.dropped],
-        ),
+        "meta": run_meta(run, skipped, seed, bertscore),
     }
     write_results(out / RESULTS, results)
+    warn_of_gaps(run, results, skipped)
+    return results
+
+
+def looked_at(split: DatasetSplit) -> int:
+    """How many items the reader looked at: those it kept and those it skipped."""
+    return len(split.examples) + len(split.skipped)
+
+
+def run_meta(run: Run, skipped: list[Skipped], seed: int, bertscore: str) -> dict:
+    """The ``meta`` of ``results.json``: how the results were computed, and what was left out."""
+    cfg, split, baseline, surrogate = run.cfg, run.split, run.baseline, run.surrogate
+    boot = cfg.bootstrap
+    return results_meta(
+        bootstrap={
+            "resamples": boot.resamples,
+            "level": boot.level,
+            "seed": seed,
+            "paired": True,
+            "baseline": baseline.name if baseline is not None else None,
+        },
+        attack_target=cfg.attack_target,
+        **cfg.precision(),
+        vqa_protocol=cfg.vqa_protocol if split.task == "vqa" else None,
+        seed=cfg.seed,
+        bertscore_model=bertscore,
+        models={m.name: m.location for m in run.models},
+        dataset=cfg.data.model_dump(),
+        surrogate=surrogate.location if surrogate is not None else None,
+        processes=run.state.num_processes,
+        items={"looked_at": looked_at(split), "skipped": len(skipped)},
+        skipped=[s.as_dict() for s in skipped],
+        dropped_references=[s.as_dict() for s in split.dropped],
+    )
+
+
+def warn_of_gaps(run: Run, results: dict, skipped: list[Skipped]) -> None:
+    """Log what the results lack: degenerate models, skipped items, dropped references, and
+    fewer usable items than ``n_images``."""
+    cfg, split = run.cfg, run.split
+    where = Path(cfg.output_dir) / RESULTS
     for label, reason in degenerate_models(results["runs"]).items():
         log.warning("evaluation: %s", degenerate_text(label, reason))
     if skipped:
-        summary = skip_summary(skipped, looked_at)
-        log.warning("evaluation: %s (listed in %s)", summary, out / RESULTS)
+        log.warning("evaluation: %s (listed in %s)", skip_summary(skipped, looked_at(split)), where)
     if split.dropped:
-        log.warning("evaluation: %s (listed in %s)", dropped_summary(split.dropped), out / RESULTS)
-    usable = looked_at - len(skipped)  # what the reader kept, less the images that failed to decode
+        log.warning("evaluation: %s (listed in %s)", dropped_summary(split.dropped), where)
+    usable = looked_at(split) - len(skipped)  # kept by the reader, less images that failed
     if usable < cfg.n_images:
         log.warning(
             "evaluation: n_images=%d, but %d of the %d item(s) looked at are usable: evaluated "
             "those",
             cfg.n_images,
             usable,
-            looked_at,
+            looked_at(split),
         )
-    return results
 
 
 def run_grid(run: Run, ledger: Ledger, skips: SkipTally, progress: bool) -> set[str]:
@@ -256,8 +275,8 @@ def run_grid(run: Run, ledger: Ledger, skips: SkipTally, progress: bool) -> set[
                 if not bar.live.is_started:
                     bar.start()
                 task = bar.add_task(model.name, total=len(samples))
-                for index, batch in enumerate(batches(samples, cfg.batch_size)):
-                    if index % world == rank and ledger.unfinished(model.location, cells, batch):
+                for batch, mine in assigned_batches(samples, cfg.batch_size, rank, world):
+                    if mine and ledger.unfinished(model.location, cells, batch):
                         evaluate_batch(job, batch)
                     done = ledger.count(model.location) + others.update()[model.location]
                     bar.update(task, completed=min(len(samples), done / len(cells)))
@@ -299,15 +318,10 @@ def evaluation_settings(
     """What the rows of ``predictions.jsonl`` depend on (see the module docstring)."""
     return {
         "items": item_digests(evaluation_samples(split, str)),
-        **cfg.precision(),
-        "data": cfg.data.model_dump(),
-        "attack_target": cfg.attack_target,
-        "max_new_tokens": cfg.max_new_tokens,
-        "caption_prompt": cfg.caption_prompt,
-        "seed": cfg.seed,
-        "surrogate": describe(surrogate) if surrogate is not None else None,
+        **generation_settings(cfg),
+        "surrogate": model_identity(surrogate) if surrogate is not None else None,
         "cells": {cell.key: cell.recorded() for cell in cells},
-        "models": {ref.location: describe(ref) for ref in models},
+        "models": {ref.location: model_identity(ref) for ref in models},
     }
 
 
@@ -315,8 +329,7 @@ def discard_results(out: Path) -> None:
     """Remove what an earlier evaluation wrote into ``out`` (and nothing else)."""
     for name in OWN_FILES:
         (out / name).unlink(missing_ok=True)
-    for shard in out.glob(SHARDS):
-        shard.unlink()
+    PREDICTION_SHARDS.discard(out)
     shutil.rmtree(out / GALLERY, ignore_errors=True)
 
 
@@ -328,11 +341,6 @@ def check_transfer_size(
             f"surrogate {surrogate.name} takes {crafter.pixel_size} images but {model.name} "
             f"takes {adapter.pixel_size}: transfer needs the same size"
         )
-
-
-def batches(items: list[Sample], size: int) -> Iterator[list[Sample]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 @dataclass
@@ -432,27 +440,6 @@ def prediction(job: ModelJob, cell: Cell, sample: Sample, i: int, outputs: Outpu
         linf=float((outputs.adversarial_pixels[i] - outputs.clean_pixels[i]).abs().max()),
         per_step=[captions[i] for captions in outputs.per_step] if outputs.per_step else None,
     )
-
-
-def gallery_rows(rows: list[Prediction], models: list[ModelRef], cells: list[Cell]) -> list[dict]:
-    """The report's gallery: each pair with its captions, image paths relative to the run."""
-    norms = {(c.name, c.eps): c.attack.ball_norm for c in cells}
-    refs = {m.location: m for m in models}
-    return [
-        {
-            "model": refs[r.model_path].name,
-            "loss": refs[r.model_path].loss,
-            "attack": r.attack,
-            "eps": r.eps,
-            "norm": norms[(r.attack, r.eps)],
-            "key": r.key,
-            "clean": r.clean,
-            "adversarial": r.adversarial,
-            "images": r.gallery,
-        }
-        for r in rows
-        if r.gallery is not None
-    ]
 
 
 def _progress(enabled: bool) -> Progress:

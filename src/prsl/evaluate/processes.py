@@ -1,8 +1,8 @@
 """The processes of an evaluation: one, or several under ``accelerate launch``.
 
-Every process of a launch must reach :func:`finish` before any exits: a process that leaves
-while another still talks to the process group (the first, scoring) aborts in gloo's threads,
-and the launcher then kills the others.
+Every process of a launch must reach :func:`close_processes` before any exits: a process that
+leaves while another still talks to the process group (the first, scoring) aborts in gloo's
+threads, and the launcher then kills the others.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def processes() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def finish(state: PartialState) -> None:
+def close_processes(state: PartialState) -> None:
     """Wait for every process, then close the process group (nothing to do alone)."""
     state.wait_for_everyone()
     state.destroy_process_group()

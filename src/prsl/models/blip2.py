@@ -43,14 +43,11 @@ class Blip2Adapter(HFAdapter):
                 "the BLIP-2 config defines no image_token_index; transformers >= 4.47 "
                 "checkpoints (or a config with image_token_index set) are required"
             )
-        super().__init__(model, tokenizer, image_processor, **kw)
         text = config.text_config
+        super().__init__(model, tokenizer, image_processor, pad_token_id=text.pad_token_id, **kw)
         self.image_token_id = int(config.image_token_index)
         self.num_query_tokens = int(config.num_query_tokens)
         self.bos_token_id = int(text.bos_token_id)
-        self.pad_token_id = (
-            self.end_token_id if text.pad_token_id is None else int(text.pad_token_id)
-        )
 
     @property
     def vision_dtype(self) -> torch.dtype:

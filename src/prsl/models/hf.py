@@ -26,6 +26,7 @@ from prsl.core.errors import InvalidInput
 from prsl.core.labels import IGNORE_INDEX
 from prsl.core.pixels import Normalisation
 from prsl.models.base import VLMAdapter
+from prsl.models.geometry import InputGeometry, check_pixels, image_geometry
 from prsl.models.lora import has_lora, lora_merged_state_dict
 
 ADAPTER_INFO = "prsl_adapter.json"
@@ -109,25 +110,6 @@ def teacher_forcing_batch(
     return ids, mask, labels
 
 
-def image_geometry(processor: Any) -> tuple[list[float], list[float], tuple[int, int]]:
-    """(mean, std, (H, W)) of a Hugging Face image processor, validated."""
-    mean, std = list(processor.image_mean), list(processor.image_std)
-    if len(mean) != 3 or len(std) != 3:
-        raise InvalidInput(f"image processor must give 3 channel means/stds, got {mean} / {std}")
-    size = processor.size
-    height, width = getattr(size, "height", None), getattr(size, "width", None)
-    if height is None and isinstance(size, dict):
-        height, width = size.get("height"), size.get("width")
-    if height is None or width is None:
-        shortest = getattr(size, "shortest_edge", None)
-        if shortest is None and isinstance(size, dict):
-            shortest = size.get("shortest_edge")
-        if shortest is None:
-            raise InvalidInput(f"cannot read an input size (height/width) from {size!r}")
-        height = width = shortest
-    return mean, std, (int(height), int(width))
-
-
 class HFAdapter(VLMAdapter):
     """An adapter over a Hugging Face model, its tokenizer and its image processor."""
 
@@ -143,11 +125,18 @@ class HFAdapter(VLMAdapter):
         image_processor: Any,
         *,
         vqa_template: str | None = None,
+        pad_token_id: int | None = None,
+        geometry: InputGeometry | None = None,
     ) -> None:
+        """``pad_token_id``: the checkpoint's own pad id (None: it has none, and the end token
+        fills padded positions); ``geometry``: the pixels the model takes, when they are not
+        simply what ``image_processor`` says (a pixel pipeline's fixed size)."""
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        mean, std, self._pixel_size = self._geometry(image_processor)
+        mean, std, self._pixel_size = (
+            image_geometry(image_processor) if geometry is None else geometry
+        )
         self.normalisation = Normalisation(mean, std)
         self.image_mean, self.image_std = self.normalisation.mean, self.normalisation.std
         self.vqa_template = self.default_vqa_template if vqa_template is None else vqa_template
@@ -160,10 +149,7 @@ class HFAdapter(VLMAdapter):
                 f"vqa_template must contain '{{question}}', got {self.vqa_template!r}"
             )
         self.end_token_id, self.stop_token_ids = self._end_tokens()
-
-    def _geometry(self, image_processor: Any) -> tuple[list[float], list[float], tuple[int, int]]:
-        """(mean, std, (H, W)) of the pixels this model takes."""
-        return image_geometry(image_processor)
+        self.pad_token_id = self.end_token_id if pad_token_id is None else int(pad_token_id)
 
     # ----------------------------------------------------------------- pixels and tokens
     @property
@@ -193,12 +179,7 @@ class HFAdapter(VLMAdapter):
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """(pixels - mean) / std in fp32, then cast to the vision dtype; differentiable."""
-        height, width = self.pixel_size
-        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, height, width):
-            raise InvalidInput(
-                f"pixels must have shape (B, 3, {height}, {width}) for this model, "
-                f"got {tuple(pixels.shape)}; resize images to pixel_size first"
-            )
+        check_pixels(pixels, self.pixel_size)
         return self.normalisation(pixels).to(self.vision_dtype)
 
     def _end_tokens(self) -> tuple[int, frozenset[int]]:

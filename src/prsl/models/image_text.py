@@ -50,9 +50,8 @@ class ImageTextAdapter(HFAdapter):
         caption_prompt: str | None = None,
         image_size: tuple[int, int] | list[int] | None = None,
     ) -> None:
-        self.processor = processor
         kind = pipeline_for(model.config.model_type)
-        self.pipeline: PixelPipeline = kind(
+        pipeline = kind(
             processor, model.config, tuple(image_size) if image_size is not None else None
         )
         super().__init__(
@@ -60,18 +59,16 @@ class ImageTextAdapter(HFAdapter):
             processor.tokenizer,
             processor.image_processor,
             vqa_template=kind.vqa_template if vqa_template is None else vqa_template,
+            pad_token_id=processor.tokenizer.pad_token_id,
+            geometry=pipeline.geometry,
         )
+        self.processor = processor
+        self.pipeline: PixelPipeline = pipeline
         self.caption_prompt = kind.caption_prompt if caption_prompt is None else caption_prompt
-        self.prepare_images = self.pipeline.prepare
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = self.end_token_id if pad is None else int(pad)
+        self.prepare_images = pipeline.prepare
         self._prefixes: dict[str, list[int]] = {}
         self._vision_tower: tuple[Any, torch.nn.Module] | None = None
         self.prefix_ids(self.caption_prompt)  # a template that drops the image fails here
-
-    def _geometry(self, image_processor: Any):
-        pipeline = self.pipeline
-        return pipeline.mean.tolist(), pipeline.std.tolist(), pipeline.size
 
     @property
     def vision_dtype(self) -> torch.dtype:

@@ -18,7 +18,7 @@ supported types.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,6 +28,7 @@ from torch import nn
 
 from prsl.core.errors import InvalidInput
 from prsl.core.pixels import Normalisation
+from prsl.models.geometry import InputGeometry, check_pixels, fixed_size, size_field
 
 _PIPELINES: dict[str, type[PixelPipeline]] = {}
 LANGUAGE_MODEL = r".*\.(language_model|text_model)\..*"
@@ -73,18 +74,6 @@ def check_separable_vision(model_type: str) -> None:
         )
 
 
-def size_of(size: Any) -> tuple[int, int] | None:
-    """(H, W) from an image processor's ``size`` / ``crop_size`` field, or None."""
-    if size is None:
-        return None
-    fields = size if isinstance(size, Mapping) else {}
-    height = getattr(size, "height", None) or fields.get("height")
-    width = getattr(size, "width", None) or fields.get("width")
-    if height and width:
-        return int(height), int(width)
-    return None
-
-
 class PixelPipeline:
     """How one architecture's processor turns images into model inputs (module docstring).
 
@@ -116,6 +105,11 @@ class PixelPipeline:
         self.mean, self.std = self.normalisation.mean, self.normalisation.std
         self.size = self.input_size(image_size)
 
+    @property
+    def geometry(self) -> InputGeometry:
+        """The pixels the model takes through this pipeline: what its adapter normalises with."""
+        return InputGeometry(self.mean.tolist(), self.std.tolist(), self.size)
+
     # ------------------------------------------------------------------ what subclasses write
     def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """The model's image inputs from pixels (B, 3, H, W) in [0, 1]; differentiable."""
@@ -125,9 +119,9 @@ class PixelPipeline:
         """The fixed (H, W) every image is brought to; by default the processor's own."""
         processor = self.image_processor
         size = (
-            size_of(getattr(processor, "crop_size", None))
+            fixed_size(getattr(processor, "crop_size", None))
             if getattr(processor, "do_center_crop", False)
-            else size_of(getattr(processor, "size", None))
+            else fixed_size(getattr(processor, "size", None))
         )
         if size is None:
             raise InvalidInput(
@@ -151,16 +145,8 @@ class PixelPipeline:
 
     def normalised(self, pixels: torch.Tensor) -> torch.Tensor:
         """(pixels - mean) / std in fp32, the processor's rescale + normalise."""
-        self.check(pixels)
+        check_pixels(pixels, self.size)
         return self.normalisation(pixels)
-
-    def check(self, pixels: torch.Tensor) -> None:
-        height, width = self.size
-        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, height, width):
-            raise ValueError(
-                f"pixels must have shape (B, 3, {height}, {width}) for this model, "
-                f"got {tuple(pixels.shape)}; bring images to its input size first (prepare)"
-            )
 
     def placeholder(self) -> Image.Image:
         """A blank image at the input size, for laying out a prompt's image tokens."""
@@ -238,9 +224,7 @@ def _pixel_budget(processor: Any) -> tuple[int, int]:
     def read(*names: str) -> int | None:
         for owner in (processor, processor.size):
             for name in names:
-                value = getattr(owner, name, None)
-                if value is None and isinstance(owner, Mapping):
-                    value = owner.get(name)
+                value = size_field(owner, name)
                 if value is not None:
                     return int(value)
         return None
@@ -336,9 +320,7 @@ class Idefics3(PixelPipeline):
     vision_tower = "vision_model"
 
     def input_size(self, requested: tuple[int, int] | None) -> tuple[int, int]:
-        longest = getattr(self.image_processor, "max_image_size", None) or {}
-        side = longest.get("longest_edge") if isinstance(longest, Mapping) else None
-        side = side or getattr(longest, "longest_edge", None)
+        side = size_field(getattr(self.image_processor, "max_image_size", None), "longest_edge")
         if not side:
             raise InvalidInput(
                 f"cannot read max_image_size from this {self.config.model_type} image processor"

@@ -55,10 +55,65 @@ def build_word_tokenizer(
     )
 
 
-def _check_positive(**values: int) -> None:
+def _check_sizes(image_size: int, patch_size: int, hidden: int, layers: int, heads: int) -> None:
+    values = {
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "hidden": hidden,
+        "layers": layers,
+        "heads": heads,
+    }
     for name, value in values.items():
         if value < 1:
             raise InvalidInput(f"{name} must be >= 1, got {value}")
+    if image_size % patch_size:
+        raise InvalidInput(
+            f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})"
+        )
+    if hidden % heads:
+        raise InvalidInput(f"hidden ({hidden}) must be a multiple of heads ({heads})")
+
+
+def _tiny_config(
+    vocab_size: int,
+    ids: dict[str, int],
+    image_size: int,
+    patch_size: int,
+    hidden: int,
+    layers: int,
+    heads: int,
+) -> VisionEncoderDecoderConfig:
+    """A ViT encoder and a GPT-2 decoder with cross-attention, the special ids set."""
+    encoder = ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+    )
+    decoder = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=MAX_POSITIONS,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        add_cross_attention=True,
+        bos_token_id=ids[BOS],
+        eos_token_id=ids[EOS],
+        pad_token_id=ids[PAD],
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    _set_special_ids(config, ids)
+    return config
+
+
+def _set_special_ids(config, ids: dict[str, int]) -> None:
+    """The decoder-start, BOS, EOS and pad ids of a model config or generation config."""
+    config.decoder_start_token_id = ids[BOS]
+    config.bos_token_id = ids[BOS]
+    config.eos_token_id = ids[EOS]
+    config.pad_token_id = ids[PAD]
 
 
 def build_tiny_captioner(
@@ -75,49 +130,14 @@ def build_tiny_captioner(
     Deterministic for a seed, without touching the caller's random state. The image processor
     normalises with mean = std = 0.5, as ViT checkpoints do.
     """
-    _check_positive(
-        image_size=image_size, patch_size=patch_size, hidden=hidden, layers=layers, heads=heads
-    )
-    if image_size % patch_size:
-        raise InvalidInput(
-            f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})"
-        )
-    if hidden % heads:
-        raise InvalidInput(f"hidden ({hidden}) must be a multiple of heads ({heads})")
+    _check_sizes(image_size, patch_size, hidden, layers, heads)
     tokenizer = build_word_tokenizer(texts)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-    encoder = ViTConfig(
-        image_size=image_size,
-        patch_size=patch_size,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=4 * hidden,
-    )
-    decoder = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=MAX_POSITIONS,
-        n_embd=hidden,
-        n_layer=layers,
-        n_head=heads,
-        add_cross_attention=True,
-        bos_token_id=ids[BOS],
-        eos_token_id=ids[EOS],
-        pad_token_id=ids[PAD],
-    )
-    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
-    config.decoder_start_token_id = ids[BOS]
-    config.bos_token_id = ids[BOS]
-    config.eos_token_id = ids[EOS]
-    config.pad_token_id = ids[PAD]
+    config = _tiny_config(len(tokenizer), ids, image_size, patch_size, hidden, layers, heads)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = VisionEncoderDecoderModel(config=config)
-    generation = model.generation_config
-    generation.decoder_start_token_id = ids[BOS]
-    generation.bos_token_id = ids[BOS]
-    generation.eos_token_id = ids[EOS]
-    generation.pad_token_id = ids[PAD]
+    _set_special_ids(model.generation_config, ids)
     model.eval()
     processor = ViTImageProcessorPil(
         size={"height": image_size, "width": image_size},

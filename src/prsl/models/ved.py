@@ -28,16 +28,14 @@ class VisionEncoderDecoderAdapter(HFAdapter):
     def __init__(
         self, model: VisionEncoderDecoderModel, tokenizer: Any, image_processor: Any, **kw
     ):
-        super().__init__(model, tokenizer, image_processor, **kw)
         config = model.config
+        super().__init__(model, tokenizer, image_processor, pad_token_id=config.pad_token_id, **kw)
         start = config.decoder_start_token_id
         if start is None:
             start = model.generation_config.decoder_start_token_id
         if start is None:
             raise InvalidInput("the model config defines no decoder_start_token_id")
         self.start_token_id = int(start)
-        pad = config.pad_token_id
-        self.pad_token_id = self.end_token_id if pad is None else int(pad)
 
     @property
     def vision_dtype(self) -> torch.dtype:

@@ -196,6 +196,6 @@ def training_cost(record: TrainingRecord | None) -> dict[str, Any]:
     return cost
 
 
-def describe(ref: ModelRef) -> dict[str, Any]:
+def model_identity(ref: ModelRef) -> dict[str, Any]:
     """What a settings record keeps of a model: enough to see that it changed."""
     return {"fingerprint": ref.fingerprint, "loss": ref.loss, "loss_params": ref.loss_params}

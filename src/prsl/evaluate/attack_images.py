@@ -1,4 +1,4 @@
-"""Adversarial images on disk: the report's gallery pairs, and ``prsl attack``'s image set.
+"""``prsl attack``: adversarial images on disk, an image set to feed any other model.
 
 ``prsl attack`` runs the first attack of the config with ``quantize="uint8"``, so what is saved
 is exactly what was attacked: a PNG round trip changes nothing, and the files can be fed to any
@@ -8,36 +8,45 @@ makes the folder a dataset: ``datasets.load_dataset("imagefolder", data_dir=...)
 with every reference, both outputs and the attack as columns, and so does prsl's
 ``imagefolder`` reader (transfer to another model). ``captions.jsonl`` is the run's ledger: a
 rerun with the same settings adds what is missing, one with other settings is refused
-(``overwrite=True`` starts over).
+(``overwrite=True`` starts over). The folder, its lock and settings record, and the split of the
+items between the processes of a launch are those of ``evaluate``
+(:mod:`prsl.evaluate.folder`, :mod:`prsl.evaluate.shards`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from accelerate import PartialState
 
 from prsl.core.errors import InvalidInput
-from prsl.core.lock import hold
-from prsl.core.paths import check_output_dir, slug
-from prsl.data import batch_prompts, evaluation_samples, load_batch, save_image
+from prsl.core.paths import slug
+from prsl.data import (
+    DatasetSplit,
+    Sample,
+    batch_prompts,
+    evaluation_samples,
+    load_batch,
+    save_image,
+)
 from prsl.evaluate.config import EvalConfig
 from prsl.evaluate.crafting import attack_texts, craft, generate, instructed
+from prsl.evaluate.folder import OutputFolder, generation_settings
 from prsl.evaluate.grid import Cell
 from prsl.evaluate.items import SkipTally, read_evaluation_data
-from prsl.evaluate.ledger import drop_torn_tail, read_predictions
-from prsl.evaluate.processes import finish, processes
-from prsl.models import load_adapter
-from prsl.provenance import check_settings, model_refs, write_settings
+from prsl.evaluate.processes import processes
+from prsl.evaluate.shards import ShardFiles, assigned_batches, drop_torn_tail
+from prsl.models import VLMAdapter, load_adapter
+from prsl.provenance import ModelRef, model_refs
 from prsl.provenance.items import item_digests
-from prsl.provenance.models import describe
+from prsl.provenance.models import model_identity
 from prsl.provenance.settings import SETTINGS
 
-GALLERY = "gallery"
-CAPTIONS = "captions.jsonl"
-CAPTION_SHARDS = "captions*.jsonl"
+CAPTION_SHARDS = ShardFiles("captions")
+CAPTIONS = CAPTION_SHARDS.first
 METADATA = "metadata.csv"
 METADATA_COLUMNS = (
     "file_name",
@@ -52,6 +61,7 @@ METADATA_COLUMNS = (
     "attack_params",
 )
 COMMAND = "attack"
+FIX = "choose another --out, or pass --overwrite to replace its images"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -61,30 +71,24 @@ def image_name(key: str) -> str:
     return name if name.lower().endswith(_IMAGE_SUFFIXES) else f"{name}.png"
 
 
-def save_pair(out: Path, stem: str, clean: torch.Tensor, adversarial: torch.Tensor) -> dict:
-    """Clean and adversarial image of one item into ``out/gallery``; paths relative to ``out``."""
-    folder = out / GALLERY
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for part, image, suffix in (("clean", clean, "clean"), ("adversarial", adversarial, "adv")):
-        file = folder / f"{slug(stem)}_{suffix}.png"
-        save_image(image, file)
-        paths[part] = str(file.relative_to(out))
-    return paths
-
-
-def caption_shard(out: Path, rank: int) -> Path:
-    return out / (CAPTIONS if rank == 0 else f"captions.{rank}.jsonl")
-
-
 def caption_rows(out: Path) -> dict[str, dict]:
     """Every process's records, by item key."""
     rows: dict[str, dict] = {}
-    for path in sorted(out.glob(CAPTION_SHARDS)):
-        for row in read_predictions(path):
-            if "key" in row:
-                rows.setdefault(row["key"], row)
+    for row in CAPTION_SHARDS.rows(out):
+        if "key" in row:
+            rows.setdefault(row["key"], row)
     return rows
+
+
+@dataclass(frozen=True)
+class AttackJob:
+    """What every batch of ``prsl attack`` shares."""
+
+    cfg: EvalConfig
+    cell: Cell
+    adapter: VLMAdapter
+    out: Path
+    skips: SkipTally
 
 
 def attack_to_files(
@@ -100,79 +104,93 @@ def attack_to_files(
     cell = Cell(spec.result_name, attack.eps, attack)
     (ref,) = model_refs([model])
     split = read_evaluation_data(cfg)
-    settings = {
-        "items": item_digests(evaluation_samples(split, str)[: cfg.n_images]),
-        "model": {ref.location: describe(ref)},
-        "data": cfg.data.model_dump(),
-        "attack": cell.recorded(),
-        **cfg.precision(),
-        "attack_target": cfg.attack_target,
-        "max_new_tokens": cfg.max_new_tokens,
-        "caption_prompt": cfg.caption_prompt,
-        "seed": cfg.seed,
-    }
-    check_output_dir(out, "--out")
-    with hold(out, "--out", wait=wait, state=state):
-        if overwrite and state.is_main_process:
-            discard_images(out)
-        state.wait_for_everyone()
-        done = caption_rows(out)
-        fix = "choose another --out, or pass --overwrite to replace its images"
-        check_settings(out, COMMAND, settings, has_results=bool(done), fix=fix)
+    settings = attack_settings(cfg, ref, split, cell)
+    folder = OutputFolder(out, "--out", COMMAND, settings, discard_images, FIX)
+    with folder.held(state, wait=wait):
+        done = folder.resume(state, lambda: caption_rows(out), overwrite=overwrite)
         adapter = instructed(
             load_adapter(ref.given, device=state.device, dtype=cfg.dtype), cfg, ref
         )
         samples = evaluation_samples(split, adapter.vqa_prompt)[: cfg.n_images]
-        names = [image_name(s.key) for s in samples]
-        if len(set(names)) != len(names):
-            raise InvalidInput(
-                f"two items of dataset {cfg.data.name!r} map to one file name in {out}"
-            )
+        check_image_names(samples, cfg, out)
         if state.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
-            write_settings(out, COMMAND, settings)
+            folder.record()
         state.wait_for_everyone()  # every process has checked the old record before it changes
-        shard = caption_shard(out, state.process_index)
-        drop_torn_tail(shard)
-        skips = SkipTally(split.skipped)
-        with shard.open("a") as sink:
-            for index, start in enumerate(range(0, len(samples), cfg.batch_size)):
-                if index % state.num_processes != state.process_index:
-                    continue
-                todo = [s for s in samples[start : start + cfg.batch_size] if s.key not in done]
-                pixels, kept, skipped = load_batch(todo, adapter.pixel_size, adapter.prepare_images)
-                skips.add(skipped)
-                if pixels is None:
-                    continue
-                prompts = batch_prompts(kept)
-                clean = generate(adapter, pixels, prompts, cfg.max_new_tokens)
-                texts = attack_texts(cfg.attack_target, clean, kept)
-                adv, _ = craft(cell, pixels, adapter, texts, prompts, cfg.seed)
-                adversarial = generate(adapter, adv, prompts, cfg.max_new_tokens)
-                for i, sample in enumerate(kept):
-                    name = image_name(sample.key)
-                    save_image(adv[i], out / name)
-                    record = {
-                        "file": name,
-                        "key": sample.key,
-                        "clean": clean[i],
-                        "adversarial": adversarial[i],
-                        "references": list(sample.references),
-                        "question": sample.question,
-                        "attack": cell.name,
-                        "eps": cell.eps,
-                        "attack_params": attack.recorded(),
-                    }
-                    sink.write(json.dumps(record) + "\n")
-                sink.flush()
+        job = AttackJob(cfg, cell, adapter, out, SkipTally(split.skipped))
+        attack_share(job, samples, done, state)
         state.wait_for_everyone()
         written = None
         if state.is_main_process:
             done = caption_rows(out)
             write_metadata(out, [done[s.key] for s in samples if s.key in done])
             written = sum(s.key in done for s in samples)
-    finish(state)
     return written
+
+
+def attack_settings(cfg: EvalConfig, ref: ModelRef, split: DatasetSplit, cell: Cell) -> dict:
+    """What the images and records of ``prsl attack`` depend on."""
+    return {
+        "items": item_digests(evaluation_samples(split, str)[: cfg.n_images]),
+        "model": {ref.location: model_identity(ref)},
+        "attack": cell.recorded(),
+        **generation_settings(cfg),
+    }
+
+
+def check_image_names(samples: list[Sample], cfg: EvalConfig, out: Path) -> None:
+    names = [image_name(s.key) for s in samples]
+    if len(set(names)) != len(names):
+        raise InvalidInput(f"two items of dataset {cfg.data.name!r} map to one file name in {out}")
+
+
+def attack_share(
+    job: AttackJob, samples: list[Sample], done: dict[str, dict], state: PartialState
+) -> None:
+    """This process's batches: attack the items not done yet, save their images and append
+    their records to this process's ``captions`` file."""
+    shard = CAPTION_SHARDS.path(job.out, state.process_index)
+    drop_torn_tail(shard)
+    rank, world = state.process_index, state.num_processes
+    with shard.open("a") as sink:
+        for batch, mine in assigned_batches(samples, job.cfg.batch_size, rank, world):
+            if not mine:
+                continue
+            for record in attack_batch(job, [s for s in batch if s.key not in done]):
+                sink.write(json.dumps(record) + "\n")
+            sink.flush()
+
+
+def attack_batch(job: AttackJob, todo: list[Sample]) -> list[dict]:
+    """Attack one batch, save each adversarial image; returns their records."""
+    cfg, adapter, cell = job.cfg, job.adapter, job.cell
+    pixels, kept, skipped = load_batch(todo, adapter.pixel_size, adapter.prepare_images)
+    job.skips.add(skipped)
+    if pixels is None:
+        return []
+    prompts = batch_prompts(kept)
+    clean = generate(adapter, pixels, prompts, cfg.max_new_tokens)
+    texts = attack_texts(cfg.attack_target, clean, kept)
+    adv, _ = craft(cell, pixels, adapter, texts, prompts, cfg.seed)
+    adversarial = generate(adapter, adv, prompts, cfg.max_new_tokens)
+    records = []
+    for i, sample in enumerate(kept):
+        name = image_name(sample.key)
+        save_image(adv[i], job.out / name)
+        records.append(
+            {
+                "file": name,
+                "key": sample.key,
+                "clean": clean[i],
+                "adversarial": adversarial[i],
+                "references": list(sample.references),
+                "question": sample.question,
+                "attack": cell.name,
+                "eps": cell.eps,
+                "attack_params": cell.attack.recorded(),
+            }
+        )
+    return records
 
 
 def discard_images(out: Path) -> None:
@@ -180,7 +198,8 @@ def discard_images(out: Path) -> None:
     for row in caption_rows(out).values():
         if isinstance(row.get("file"), str) and Path(row["file"]).name == row["file"]:
             (out / row["file"]).unlink(missing_ok=True)
-    for path in [*out.glob(CAPTION_SHARDS), out / SETTINGS, out / METADATA]:
+    CAPTION_SHARDS.discard(out)
+    for path in [out / SETTINGS, out / METADATA]:
         path.unlink(missing_ok=True)
 
 
