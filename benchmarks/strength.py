@@ -15,52 +15,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import platform
 import statistics
+import sys
+from pathlib import Path
 
 import torch
-from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from blob_classifier import accuracy, trained_classifier  # noqa: E402  the suite's model
 from prsl.attacks import pgd
 from prsl.attacks._ascent import ascend, steepest_step
 from prsl.attacks.constraint import BallConstraint
-
-CLASSES = 4
-SHAPE = (3, 8, 8)
-
-
-def blobs(prototypes: torch.Tensor, n: int, gen: torch.Generator):
-    labels = torch.randint(0, CLASSES, (n,), generator=gen)
-    noise = 0.15 * torch.randn(n, *SHAPE, generator=gen)
-    return (prototypes[labels] + noise).clamp(0, 1), labels
-
-
-def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """The suite's classifier, trained exactly as its ``trained`` fixture trains it."""
-    gen = torch.Generator().manual_seed(0)
-    signs = 2 * torch.randint(0, 2, (CLASSES, *SHAPE), generator=gen) - 1
-    prototypes = 0.5 + 0.05 * signs
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(
-            nn.Flatten(), nn.Linear(math.prod(SHAPE), 64), nn.ReLU(), nn.Linear(64, CLASSES)
-        )
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(200):
-        images, labels = blobs(prototypes, 64, gen)
-        loss = nn.functional.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    images, labels = blobs(prototypes, 200, torch.Generator().manual_seed(1))
-    return model, images, labels
-
-
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    with torch.no_grad():
-        return (model(images).argmax(dim=1) == labels).float().mean().item()
 
 
 def pgd_from(start: str, images, loss_fn, eps: float, steps: int, seed: int) -> torch.Tensor:
@@ -80,10 +46,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model, images, labels = trained()
+    model, images, labels = trained_classifier()
 
     def loss_fn(x):
-        return nn.functional.cross_entropy(model(x), labels, reduction="none")
+        return torch.nn.functional.cross_entropy(model(x), labels, reduction="none")
 
     clean = accuracy(model, images, labels)
     for eps, steps in itertools.product(args.eps, args.steps):

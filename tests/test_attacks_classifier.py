@@ -8,50 +8,19 @@ a non-robust model, as adversarial training literature predicts for such data.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
 
+from blob_classifier import CLASSES, accuracy, trained_classifier
 from prsl.attacks import apgd, cw_l2, get_attack, pgd, square
 
-CLASSES = 4
-SHAPE = (3, 8, 8)
 EPS = 12 / 255
-
-
-def blobs(prototypes: torch.Tensor, n: int, gen: torch.Generator):
-    labels = torch.randint(0, CLASSES, (n,), generator=gen)
-    noise = 0.15 * torch.randn(n, *SHAPE, generator=gen)
-    return (prototypes[labels] + noise).clamp(0, 1), labels
 
 
 @pytest.fixture(scope="module")
 def trained():
-    gen = torch.Generator().manual_seed(0)
-    signs = 2 * torch.randint(0, 2, (CLASSES, *SHAPE), generator=gen) - 1
-    prototypes = 0.5 + 0.05 * signs
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(
-            nn.Flatten(), nn.Linear(math.prod(SHAPE), 64), nn.ReLU(), nn.Linear(64, CLASSES)
-        )
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(200):
-        images, labels = blobs(prototypes, 64, gen)
-        loss = nn.functional.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    images, labels = blobs(prototypes, 200, torch.Generator().manual_seed(1))
-    return model, images, labels
-
-
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    with torch.no_grad():
-        return (model(images).argmax(dim=1) == labels).float().mean().item()
+    return trained_classifier()
 
 
 def per_example_ce(model: nn.Module, labels: torch.Tensor):

@@ -16,32 +16,9 @@ from torch import nn
 
 from prsl.attacks import apgd, get_attack, pgd, square
 from prsl.attacks.constraint import BallConstraint, per_example_norm
+from test_attacks_properties import CLASSES, MODEL, ce_loss
 
 FEW = settings(max_examples=25, deadline=None)
-CLASSES = 5
-
-
-def fixed_model(seed: int = 0) -> nn.Module:
-    """A tiny conv net with weights drawn from ``seed`` (as in test_attacks_properties)."""
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.Tanh(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16, CLASSES),
-    )
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=gen))
-    return model
-
-
-MODEL = fixed_model()
-
-
-def ce_loss(model: nn.Module, labels: torch.Tensor):
-    return lambda x: nn.functional.cross_entropy(model(x), labels, reduction="none")
 
 
 def batch(seed: int, size: int, side: int, on_grid: bool = False):
