@@ -71,7 +71,16 @@ from prsl.provenance import ModelRef, check_settings, model_refs, write_settings
 from prsl.provenance.items import item_digests
 from prsl.provenance.models import describe
 from prsl.provenance.settings import SETTINGS
-from prsl.results import RESULTS, degenerate_models, degenerate_text, write_results
+from prsl.results import (
+    RESULTS,
+    GalleryEntry,
+    GalleryImages,
+    Meta,
+    Results,
+    degenerate_models,
+    degenerate_text,
+    write_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +151,9 @@ def run_in_folder(
     skipped = unique_skips(
         [Skipped(**s) for s in gather_object([s.as_dict() for s in skips.values()])]
     )
-    results = {}
-    if state.is_main_process:
-        results = score_and_write(run, keys, skipped, scorer)
-    return results
+    if not state.is_main_process:
+        return {}
+    return score_and_write(run, keys, skipped, scorer).as_json()
 
 
 @dataclass(frozen=True)
@@ -163,9 +171,9 @@ class Run:
 
 def score_and_write(
     run: Run, keys: set[str], skipped: list[Skipped], scorer: Scorer | None
-) -> dict:
+) -> Results:
     """Score every shard's predictions of this run and write ``results.json`` (one process)."""
-    cfg, models, surrogate, cells, split = run.cfg, run.models, run.surrogate, run.cells, run.split
+    cfg, models, cells, split = run.cfg, run.models, run.cells, run.split
     out = Path(cfg.output_dir)
     rows = Ledger.read(out).selected({m.location for m in models}, cells, keys)
     scored, bertscore = score_predictions(
@@ -179,48 +187,58 @@ def score_and_write(
     )
     comparisons: list[dict] = []
     boot = cfg.bootstrap
-    seed = cfg.seed if boot.seed is None else boot.seed
-    baseline = run.baseline
     if boot.resamples > 0 and scored:
-        resamples = Resamples(boot, seed)
+        resamples = Resamples(boot, cfg.seed if boot.seed is None else boot.seed)
         add_intervals(scored, resamples)
-        comparisons = compare(scored, baseline, resamples)
+        comparisons = compare(scored, run.baseline, resamples)
     write_item_scores(out / ITEM_SCORES, scored)
-    looked_at = len(split.examples) + len(split.skipped)
-    results = {
-        "runs": [run.fields for run in scored],
-        "comparisons": comparisons,
-        "gallery": gallery_rows(rows, models, cells),
-        "meta": results_meta(
-            bootstrap={
-                "resamples": boot.resamples,
-                "level": boot.level,
-                "seed": seed,
-                "paired": True,
-                "baseline": baseline.name if baseline is not None else None,
-            },
-            attack_target=cfg.attack_target,
-            **cfg.precision(),
-            vqa_protocol=cfg.vqa_protocol if split.task == "vqa" else None,
-            seed=cfg.seed,
-            bertscore_model=bertscore,
-            models={m.name: m.location for m in models},
-            dataset=cfg.data.model_dump(),
-            surrogate=surrogate.location if surrogate is not None else None,
-            processes=run.state.num_processes,
-            items={"looked_at": looked_at, "skipped": len(skipped)},
-            skipped=[s.as_dict() for s in skipped],
-            dropped_references=[s.as_dict() for s in split.dropped],
-        ),
-    }
+    results = Results(
+        runs=[scored_run.record for scored_run in scored],
+        comparisons=comparisons,
+        gallery=gallery_rows(rows, models, cells),
+        meta=evaluation_meta(run, bertscore, skipped),
+    )
     write_results(out / RESULTS, results)
-    for label, reason in degenerate_models(results["runs"]).items():
+    warn_of(run, results, skipped)
+    return results
+
+
+def evaluation_meta(run: Run, bertscore: str, skipped: list[Skipped]) -> Meta:
+    """The ``meta`` of an evaluation's ``results.json``: how it was run, on which items."""
+    cfg, split, boot, surrogate = run.cfg, run.split, run.cfg.bootstrap, run.surrogate
+    return results_meta(
+        bootstrap={
+            "resamples": boot.resamples,
+            "level": boot.level,
+            "seed": cfg.seed if boot.seed is None else boot.seed,
+            "paired": True,
+            "baseline": run.baseline.name if run.baseline is not None else None,
+        },
+        attack_target=cfg.attack_target,
+        **cfg.precision(),
+        vqa_protocol=cfg.vqa_protocol if split.task == "vqa" else None,
+        seed=cfg.seed,
+        bertscore_model=bertscore,
+        models={m.name: m.location for m in run.models},
+        dataset=cfg.data.model_dump(),
+        surrogate=surrogate.location if surrogate is not None else None,
+        processes=run.state.num_processes,
+        items={"looked_at": len(split.examples) + len(split.skipped), "skipped": len(skipped)},
+        skipped=[s.as_dict() for s in skipped],
+        dropped_references=[s.as_dict() for s in split.dropped],
+    )
+
+
+def warn_of(run: Run, results: Results, skipped: list[Skipped]) -> None:
+    """Log what a reader of the results must know: degenerate models, items left out."""
+    cfg, split, out = run.cfg, run.split, Path(run.cfg.output_dir) / RESULTS
+    for label, reason in degenerate_models(results.runs).items():
         log.warning("evaluation: %s", degenerate_text(label, reason))
+    looked_at = len(split.examples) + len(split.skipped)
     if skipped:
-        summary = skip_summary(skipped, looked_at)
-        log.warning("evaluation: %s (listed in %s)", summary, out / RESULTS)
+        log.warning("evaluation: %s (listed in %s)", skip_summary(skipped, looked_at), out)
     if split.dropped:
-        log.warning("evaluation: %s (listed in %s)", dropped_summary(split.dropped), out / RESULTS)
+        log.warning("evaluation: %s (listed in %s)", dropped_summary(split.dropped), out)
     usable = looked_at - len(skipped)  # what the reader kept, less the images that failed to decode
     if usable < cfg.n_images:
         log.warning(
@@ -230,7 +248,6 @@ def score_and_write(
             usable,
             looked_at,
         )
-    return results
 
 
 def run_grid(run: Run, ledger: Ledger, skips: SkipTally, progress: bool) -> set[str]:
@@ -434,22 +451,24 @@ def prediction(job: ModelJob, cell: Cell, sample: Sample, i: int, outputs: Outpu
     )
 
 
-def gallery_rows(rows: list[Prediction], models: list[ModelRef], cells: list[Cell]) -> list[dict]:
+def gallery_rows(
+    rows: list[Prediction], models: list[ModelRef], cells: list[Cell]
+) -> list[GalleryEntry]:
     """The report's gallery: each pair with its captions, image paths relative to the run."""
     norms = {(c.name, c.eps): c.attack.ball_norm for c in cells}
     refs = {m.location: m for m in models}
     return [
-        {
-            "model": refs[r.model_path].name,
-            "loss": refs[r.model_path].loss,
-            "attack": r.attack,
-            "eps": r.eps,
-            "norm": norms[(r.attack, r.eps)],
-            "key": r.key,
-            "clean": r.clean,
-            "adversarial": r.adversarial,
-            "images": r.gallery,
-        }
+        GalleryEntry(
+            model=refs[r.model_path].name,
+            loss=refs[r.model_path].loss,
+            attack=r.attack,
+            eps=r.eps,
+            norm=norms[(r.attack, r.eps)],
+            key=r.key,
+            clean=r.clean,
+            adversarial=r.adversarial,
+            images=GalleryImages.model_validate(r.gallery),
+        )
         for r in rows
         if r.gallery is not None
     ]
