@@ -223,7 +223,7 @@ def run_cells(
     compared = compare_cells(cfg, todo, planned, baseline)
     if baseline is not None:
         meta["baseline"] = cell_id(baseline)
-    return merge_results(files, out / RESULTS, meta, annotate, compared)
+    return merge_results(files, out / RESULTS, meta, annotate, compared).as_json()
 
 
 def seeded(cell: dict[str, Any], seed: int | None) -> dict[str, Any]:

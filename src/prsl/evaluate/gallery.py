@@ -16,6 +16,7 @@ from prsl.data import save_image
 from prsl.evaluate.grid import Cell
 from prsl.evaluate.ledger import Prediction
 from prsl.provenance import ModelRef
+from prsl.results import GalleryEntry, GalleryImages
 
 GALLERY = "gallery"
 
@@ -32,22 +33,24 @@ def save_pair(out: Path, stem: str, clean: torch.Tensor, adversarial: torch.Tens
     return paths
 
 
-def gallery_rows(rows: list[Prediction], models: list[ModelRef], cells: list[Cell]) -> list[dict]:
+def gallery_rows(
+    rows: list[Prediction], models: list[ModelRef], cells: list[Cell]
+) -> list[GalleryEntry]:
     """The report's gallery: each pair with its captions, image paths relative to the run."""
     norms = {(c.name, c.eps): c.attack.ball_norm for c in cells}
     refs = {m.location: m for m in models}
     return [
-        {
-            "model": refs[r.model_path].name,
-            "loss": refs[r.model_path].loss,
-            "attack": r.attack,
-            "eps": r.eps,
-            "norm": norms[(r.attack, r.eps)],
-            "key": r.key,
-            "clean": r.clean,
-            "adversarial": r.adversarial,
-            "images": r.gallery,
-        }
+        GalleryEntry(
+            model=refs[r.model_path].name,
+            loss=refs[r.model_path].loss,
+            attack=r.attack,
+            eps=r.eps,
+            norm=norms[(r.attack, r.eps)],
+            key=r.key,
+            clean=r.clean,
+            adversarial=r.adversarial,
+            images=GalleryImages.model_validate(r.gallery),
+        )
         for r in rows
         if r.gallery is not None
     ]

@@ -77,7 +77,14 @@ from prsl.provenance import ModelRef, model_refs
 from prsl.provenance.items import item_digests
 from prsl.provenance.models import model_identity
 from prsl.provenance.settings import SETTINGS
-from prsl.results import RESULTS, degenerate_models, degenerate_text, write_results
+from prsl.results import (
+    RESULTS,
+    Meta,
+    Results,
+    degenerate_models,
+    degenerate_text,
+    write_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +151,9 @@ def run_in_folder(
     skipped = unique_skips(
         [Skipped(**s) for s in gather_object([s.as_dict() for s in skips.values()])]
     )
-    results = {}
-    if state.is_main_process:
-        results = score_and_write(run, keys, skipped, scorer)
-    return results
+    if not state.is_main_process:
+        return {}
+    return score_and_write(run, keys, skipped, scorer).as_json()
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,7 @@ class Run:
 
 def score_and_write(
     run: Run, keys: set[str], skipped: list[Skipped], scorer: Scorer | None
-) -> dict:
+) -> Results:
     """Score every shard's predictions of this run and write ``results.json`` (one process)."""
     cfg, models, cells, split = run.cfg, run.models, run.cells, run.split
     out = Path(cfg.output_dir)
@@ -181,39 +187,32 @@ def score_and_write(
     )
     comparisons: list[dict] = []
     boot = cfg.bootstrap
-    seed = cfg.seed if boot.seed is None else boot.seed
     if boot.resamples > 0 and scored:
-        resamples = Resamples(boot, seed)
+        resamples = Resamples(boot, cfg.seed if boot.seed is None else boot.seed)
         add_intervals(scored, resamples)
         comparisons = compare(scored, run.baseline, resamples)
     write_item_scores(out / ITEM_SCORES, scored)
-    results = {
-        "runs": [scored_run.fields for scored_run in scored],
-        "comparisons": comparisons,
-        "gallery": gallery_rows(rows, models, cells),
-        "meta": run_meta(run, skipped, seed, bertscore),
-    }
+    results = Results(
+        runs=[scored_run.record for scored_run in scored],
+        comparisons=comparisons,
+        gallery=gallery_rows(rows, models, cells),
+        meta=evaluation_meta(run, bertscore, skipped),
+    )
     write_results(out / RESULTS, results)
-    warn_of_gaps(run, results, skipped)
+    warn_of(run, results, skipped)
     return results
 
 
-def looked_at(split: DatasetSplit) -> int:
-    """How many items the reader looked at: those it kept and those it skipped."""
-    return len(split.examples) + len(split.skipped)
-
-
-def run_meta(run: Run, skipped: list[Skipped], seed: int, bertscore: str) -> dict:
-    """The ``meta`` of ``results.json``: how the results were computed, and what was left out."""
-    cfg, split, baseline, surrogate = run.cfg, run.split, run.baseline, run.surrogate
-    boot = cfg.bootstrap
+def evaluation_meta(run: Run, bertscore: str, skipped: list[Skipped]) -> Meta:
+    """The ``meta`` of an evaluation's ``results.json``: how it was run, on which items."""
+    cfg, split, boot, surrogate = run.cfg, run.split, run.cfg.bootstrap, run.surrogate
     return results_meta(
         bootstrap={
             "resamples": boot.resamples,
             "level": boot.level,
-            "seed": seed,
+            "seed": cfg.seed if boot.seed is None else boot.seed,
             "paired": True,
-            "baseline": baseline.name if baseline is not None else None,
+            "baseline": run.baseline.name if run.baseline is not None else None,
         },
         attack_target=cfg.attack_target,
         **cfg.precision(),
@@ -230,25 +229,29 @@ def run_meta(run: Run, skipped: list[Skipped], seed: int, bertscore: str) -> dic
     )
 
 
-def warn_of_gaps(run: Run, results: dict, skipped: list[Skipped]) -> None:
-    """Log what the results lack: degenerate models, skipped items, dropped references, and
-    fewer usable items than ``n_images``."""
-    cfg, split = run.cfg, run.split
-    where = Path(cfg.output_dir) / RESULTS
-    for label, reason in degenerate_models(results["runs"]).items():
+def looked_at(split: DatasetSplit) -> int:
+    """How many items the reader looked at: those it kept and those it skipped."""
+    return len(split.examples) + len(split.skipped)
+
+
+def warn_of(run: Run, results: Results, skipped: list[Skipped]) -> None:
+    """Log what a reader of the results must know: degenerate models, items left out."""
+    cfg, split, out = run.cfg, run.split, Path(run.cfg.output_dir) / RESULTS
+    for label, reason in degenerate_models(results.runs).items():
         log.warning("evaluation: %s", degenerate_text(label, reason))
+    seen = looked_at(split)
     if skipped:
-        log.warning("evaluation: %s (listed in %s)", skip_summary(skipped, looked_at(split)), where)
+        log.warning("evaluation: %s (listed in %s)", skip_summary(skipped, seen), out)
     if split.dropped:
-        log.warning("evaluation: %s (listed in %s)", dropped_summary(split.dropped), where)
-    usable = looked_at(split) - len(skipped)  # kept by the reader, less images that failed
+        log.warning("evaluation: %s (listed in %s)", dropped_summary(split.dropped), out)
+    usable = seen - len(skipped)  # what the reader kept, less the images that failed to decode
     if usable < cfg.n_images:
         log.warning(
             "evaluation: n_images=%d, but %d of the %d item(s) looked at are usable: evaluated "
             "those",
             cfg.n_images,
             usable,
-            looked_at(split),
+            seen,
         )
 
 

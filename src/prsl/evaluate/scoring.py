@@ -19,19 +19,51 @@ from prsl.evaluate.grid import Cell
 from prsl.evaluate.ledger import Prediction, RunKey
 from prsl.evaluate.uncertainty import ScoredRun
 from prsl.metrics import CAPTION_METRICS, VQA_METRICS, Scorer
+from prsl.metrics.scorer import CorpusScores
 from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol, normalize_answer
 from prsl.provenance import ModelRef
-from prsl.results import degenerate_reason, floor_reason
+from prsl.results import Meta, RunRecord, degenerate_reason, floor_reason
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Run:
-    """A results row in the making, and which of the batch's corpora it needs."""
+    """A results row in the making: what names it, and which of the batch's corpora it needs."""
 
-    fields: dict
-    corpora: range
     model: ModelRef
+    cell: Cell
+    key: RunKey
+    reference: str
+    corpora: range
     keys: tuple[str, ...]
+
+    def record(self, task: str, scores: list[CorpusScores]) -> RunRecord:
+        """The row, from its corpora's scores: clean, adversarial, then one per attack step."""
+        clean, adversarial, *per_step = (s.values for s in scores)
+        ref, attack, cost = self.model, self.cell.attack, self.model.training
+        return RunRecord(
+            model=ref.name,
+            loss=ref.loss,
+            loss_params=ref.loss_params,
+            train_steps=cost.get("train_steps"),
+            train_device_seconds=cost.get("train_device_seconds"),
+            train_device=cost.get("train_device"),
+            train_started_from=cost.get("train_started_from"),
+            train_adversarial=cost.get("train_adversarial"),
+            task=task,
+            attack=self.key.attack,
+            eps=self.key.eps,
+            steps=attack.iterations,
+            norm=attack.ball_norm,
+            attack_params=attack.recorded(),
+            n_images=len(self.keys),
+            reference=self.reference,
+            gradient_free=not attack.uses_gradients,
+            transfer_of=self.cell.white_box,
+            clean=dict(clean),
+            adversarial=dict(adversarial),
+            degradation={m: clean[m] - adversarial[m] for m in clean},
+            per_step=[dict(step) for step in per_step] or None,
+        )
 
 
 def self_reference(
@@ -58,20 +90,45 @@ def score_predictions(
     """The ``runs`` of results.json, in model / attack / ε order, each with the items'
     statistics it was computed from; and the BERTScore model."""
     names = metrics or list(VQA_METRICS if task == "vqa" else CAPTION_METRICS)
+    runs, corpora, clean_of = _plan(rows, task, models, cells, vqa_protocol)
+    # A Scorer made here is closed (its METEOR JVM stopped) once scored; a caller's stays open.
+    with Scorer() if scorer is None else nullcontext(scorer) as active:
+        scores = active.score_items(corpora, names, vqa_protocol=vqa_protocol) if corpora else []
+        bertscore = active.bertscore_description()
+    finished = []
+    for run in runs:
+        clean, adversarial, *per_step = (scores[i] for i in run.corpora)
+        record = run.record(task, [clean, adversarial, *per_step])
+        finished.append(ScoredRun(record, run.model, run.keys, clean, adversarial))
+    mark_degenerate(finished, clean_of)
+    return finished, bertscore
+
+
+Corpus = tuple[list[str], list[list[str]]]
+"""Candidates and their references, one entry per item."""
+
+
+def _plan(
+    rows: list[Prediction],
+    task: str,
+    models: list[ModelRef],
+    cells: list[Cell],
+    vqa_protocol: VQAProtocol,
+) -> tuple[list[_Run], list[Corpus], dict[str, dict[str, str]]]:
+    """Every run to score with its corpora (clean, adversarial, then one per attack step, each
+    against both references) in one batch, and each model's clean output per item."""
     by_key: dict[RunKey, list[Prediction]] = defaultdict(list)
     for row in rows:
         by_key[row.run_key].append(row)
     order = {ref.location: i for i, ref in enumerate(models)}
     cell_of = {(c.name, c.eps): c for c in cells}
     runs: list[_Run] = []
-    corpora: list[tuple[list[str], list[list[str]]]] = []
+    corpora: list[Corpus] = []
     clean_of: dict[str, dict[str, str]] = defaultdict(dict)  # model -> item -> clean output
     for key in sorted(by_key, key=lambda k: (order[k.model], k.attack, k.eps)):
         items = sorted(by_key[key], key=lambda r: r.key)
-        ref = models[order[key.model]]
         for r in items:
             clean_of[key.model].setdefault(r.key, r.clean)
-        cell = cell_of[(key.attack, key.eps)]
         references = {
             "clean": [self_reference(r.clean, task, vqa_protocol) for r in items],
             "ground_truth": [r.references for r in items],
@@ -85,39 +142,10 @@ def score_predictions(
             ]
             first = len(corpora)
             corpora += [(candidates, refs) for candidates in outputs]
-            fields = {
-                "model": ref.name,
-                "loss": ref.loss,
-                "loss_params": ref.loss_params,
-                **ref.training,
-                "task": task,
-                "attack": key.attack,
-                "eps": key.eps,
-                "steps": cell.attack.iterations,
-                "norm": cell.attack.ball_norm,
-                "attack_params": cell.attack.recorded(),
-                "n_images": len(items),
-                "reference": reference,
-                "gradient_free": not cell.attack.uses_gradients,
-            }
-            if cell.white_box is not None:
-                fields["transfer_of"] = cell.white_box
-            keys = tuple(r.key for r in items)
-            runs.append(_Run(fields, range(first, len(corpora)), ref, keys))
-    # A Scorer made here is closed (its METEOR JVM stopped) once scored; a caller's stays open.
-    with Scorer() if scorer is None else nullcontext(scorer) as active:
-        scores = active.score_items(corpora, names, vqa_protocol=vqa_protocol) if corpora else []
-        bertscore = active.bertscore_description()
-    finished = []
-    for run in runs:
-        clean, adversarial, *per_step = (scores[i] for i in run.corpora)
-        row = run.fields | {"clean": dict(clean.values), "adversarial": dict(adversarial.values)}
-        row["degradation"] = {m: clean.values[m] - adversarial.values[m] for m in clean.values}
-        if per_step:
-            row["per_step"] = [dict(step.values) for step in per_step]
-        finished.append(ScoredRun(row, run.model, run.keys, clean, adversarial))
-    mark_degenerate(finished, clean_of)
-    return finished, bertscore
+            ref, cell = models[order[key.model]], cell_of[(key.attack, key.eps)]
+            span, keys = range(first, len(corpora)), tuple(r.key for r in items)
+            runs.append(_Run(ref, cell, key, reference, span, keys))
+    return runs, corpora, clean_of
 
 
 def mark_degenerate(runs: list[ScoredRun], clean_of: dict[str, dict[str, str]]) -> None:
@@ -127,17 +155,19 @@ def mark_degenerate(runs: list[ScoredRun], clean_of: dict[str, dict[str, str]]) 
         model: [degenerate_reason(list(outputs.values()))] for model, outputs in clean_of.items()
     }
     for run in runs:
-        reasons.setdefault(run.model.location, []).append(floor_reason(run.fields))
+        reasons.setdefault(run.model.location, []).append(floor_reason(run.record))
     for run in runs:
         found = [r for r in dict.fromkeys(reasons[run.model.location]) if r]
         if found:
-            run.fields["degenerate"] = "; ".join(found)
+            run.record = run.record.updated(degenerate="; ".join(found))
 
 
-def results_meta(**fields) -> dict:
+def results_meta(**fields) -> Meta:
     """The ``meta`` object: the version and time of the run, then what the caller adds."""
-    return {
-        "prsl_version": prsl.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **fields,
-    }
+    return Meta.model_validate(
+        {
+            "prsl_version": prsl.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **fields,
+        }
+    )

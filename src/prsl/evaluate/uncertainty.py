@@ -30,7 +30,7 @@ from prsl.metrics.bootstrap import aligned, interval, p_value, resample_counts, 
 from prsl.metrics.scorer import CorpusScores
 from prsl.metrics.statistics import corpus_value
 from prsl.provenance import ModelRef
-from prsl.results import RESULTS, read_results
+from prsl.results import RESULTS, Comparison, RunRecord, read_results
 
 ITEM_SCORES = "item_scores.jsonl"
 TIE_TOLERANCE = 1e-9
@@ -39,18 +39,29 @@ TIE_TOLERANCE = 1e-9
 
 @dataclass
 class ScoredRun:
-    """A results row with what it was computed from: its model, items and their statistics."""
+    """A results row with what it was computed from: its model, items and their statistics.
 
-    fields: dict
+    ``record`` may be given in its JSON form (a dict), which is validated."""
+
+    record: RunRecord
     model: ModelRef
     keys: tuple[str, ...]
     clean: CorpusScores
     adversarial: CorpusScores
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.record, RunRecord):
+            self.record = RunRecord.model_validate(self.record)
+
+    @property
+    def fields(self) -> dict:
+        """The row as ``results.json`` holds it (a copy)."""
+        return self.record.as_json()
+
     @property
     def cell(self) -> tuple:
-        f = self.fields
-        return (f["task"], f["attack"], f["eps"], f["reference"])
+        r = self.record
+        return (r.task, r.attack, r.eps, r.reference)
 
 
 class Resamples:
@@ -79,7 +90,7 @@ def add_intervals(runs: list[ScoredRun], resamples: Resamples) -> None:
             parts["clean"][metric] = list(interval(clean, level))
             parts["adversarial"][metric] = list(interval(adversarial, level))
             parts["degradation"][metric] = list(interval(clean - adversarial, level))
-        run.fields["intervals"] = parts
+        run.record = run.record.updated(intervals=parts)
 
 
 def choose_baseline(models: list[ModelRef], given: str | None) -> ModelRef | None:
@@ -96,7 +107,8 @@ def choose_baseline(models: list[ModelRef], given: str | None) -> ModelRef | Non
 
 
 def compare(runs: list[ScoredRun], baseline: ModelRef | None, resamples: Resamples) -> list[dict]:
-    """Each other model against ``baseline``, per task, attack, ε, reference and metric."""
+    """Each other model against ``baseline``, per task, attack, ε, reference and metric: the
+    :class:`~prsl.results.Comparison` records in their JSON form."""
     if baseline is None:
         return []
     base = {run.cell: run for run in runs if run.model.location == baseline.location}
@@ -122,24 +134,25 @@ def compare(runs: list[ScoredRun], baseline: ModelRef | None, resamples: Resampl
             difference, spread = point[0] - point[1], samples[0] - samples[1]
             bounds = interval(spread, level)
             p = p_value(spread)
+            mine, theirs = run.record, other.record
             found.append(
-                {
-                    "model": run.fields["model"],
-                    "baseline": other.fields["model"],
-                    "loss": run.fields["loss"],
-                    "baseline_loss": other.fields["loss"],
-                    "task": run.fields["task"],
-                    "attack": run.fields["attack"],
-                    "eps": run.fields["eps"],
-                    "norm": run.fields.get("norm", "linf"),
-                    "reference": run.fields["reference"],
-                    "metric": metric,
-                    "n_items": len(common),
-                    "difference": difference,
-                    "interval": list(bounds),
-                    "p_value": p,
-                    "outcome": outcome(difference, bounds, p, level),
-                }
+                Comparison(
+                    model=mine.model,
+                    baseline=theirs.model,
+                    loss=mine.loss,
+                    baseline_loss=theirs.loss,
+                    task=mine.task,
+                    attack=mine.attack,
+                    eps=mine.eps,
+                    norm=mine.norm or "linf",
+                    reference=mine.reference,
+                    metric=metric,
+                    n_items=len(common),
+                    difference=difference,
+                    interval=list(bounds),
+                    p_value=p,
+                    outcome=outcome(difference, bounds, p, level),
+                ).as_json()
             )
     return found
 
@@ -176,21 +189,22 @@ def read_scored(folder: Path, name: str) -> list[ScoredRun]:
             row = json.loads(line)
             items[(row["model"], row["attack"], row["eps"], row["reference"])].append(row)
     scored = []
-    for run in results["runs"]:
-        rows = items.get((run["model"], run["attack"], run["eps"], run["reference"]))
+    for run in results.runs:
+        rows = items.get((run.model, run.attack, run.eps, run.reference))
         if not rows:
             continue
-        ref = ModelRef(name, name, name, "", run["loss"], run["loss_params"])
+        ref = ModelRef(name, name, name, "", run.loss, run.loss_params)
         keys = tuple(r["key"] for r in rows)
-        clean, adversarial = (_read_corpus(run, rows, part) for part in ("clean", "adversarial"))
-        scored.append(ScoredRun(run | {"model": name}, ref, keys, clean, adversarial))
+        clean = _read_corpus(run.clean, rows, "clean")
+        adversarial = _read_corpus(run.adversarial, rows, "adversarial")
+        scored.append(ScoredRun(run.updated(model=name), ref, keys, clean, adversarial))
     return scored
 
 
-def _read_corpus(run: dict, rows: list[dict], part: str) -> CorpusScores:
+def _read_corpus(scores: dict[str, float], rows: list[dict], part: str) -> CorpusScores:
     """One side (clean or adversarial) of a run, from its items' written statistics."""
-    stats = {m: np.asarray([r["stats"][part][m] for r in rows], float) for m in run[part]}
-    return CorpusScores(dict(run[part]), stats)
+    stats = {m: np.asarray([r["stats"][part][m] for r in rows], float) for m in scores}
+    return CorpusScores(dict(scores), stats)
 
 
 def write_item_scores(path: Path, runs: list[ScoredRun]) -> None:
@@ -200,11 +214,11 @@ def write_item_scores(path: Path, runs: list[ScoredRun]) -> None:
     with partial.open("w") as sink:
         for run in runs:
             identity = {
-                "model": run.fields["model"],
+                "model": run.record.model,
                 "model_path": run.model.location,
-                "attack": run.fields["attack"],
-                "eps": run.fields["eps"],
-                "reference": run.fields["reference"],
+                "attack": run.record.attack,
+                "eps": run.record.eps,
+                "reference": run.record.reference,
             }
             metrics = list(run.clean.values)
             clean = {m: run.clean.item_scores(m) for m in metrics}

@@ -19,18 +19,20 @@ of this proves robustness; a flag says where to look before trusting a white-box
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prsl.report.plots import headline_metric
-from prsl.results import HEADLINE, degenerate_models, run_eps_text, seeded_label
+from prsl.results import HEADLINE, RunRecord, degenerate_models, records
 
 STILL_STANDING = 0.5
 """Fraction of the clean score an attack at its largest ε should not leave standing."""
 
 
-def _clearly(worse: dict, better: dict, metric: str) -> str:
+def _clearly(worse: RunRecord, better: RunRecord, metric: str) -> str:
     """' (clearly: the intervals do not overlap)' when ``worse`` degrades beyond ``better``."""
-    a = worse.get("intervals", {}).get("degradation", {}).get(metric)
-    b = better.get("intervals", {}).get("degradation", {}).get(metric)
+    a = worse.interval("degradation", metric)
+    b = better.interval("degradation", metric)
     if a is not None and b is not None and a[0] > b[1]:
         return " (clearly: the intervals do not overlap)"
     return " (within the intervals' overlap)" if a is not None and b is not None else ""
@@ -47,8 +49,8 @@ def masking_summary(flags: list[str], checked: list[str]) -> str | None:
     return "No sign of masking found in the cells checked."
 
 
-def _no_headline(run: dict) -> str:
-    return f"no {' / '.join(HEADLINE[run['task']])} in its scores"
+def _no_headline(run: RunRecord) -> str:
+    return f"no {' / '.join(HEADLINE[run.task])} in its scores"
 
 
 def _not_checked(found: list[str], shown: int = 3) -> str:
@@ -66,125 +68,142 @@ def _check_line(name: str, checked: str | None, skipped: list[str], absent: str)
     return f"{name}: {checked + '; ' if checked else ''}not checked: {_not_checked(skipped)}"
 
 
-def masking_checks(runs: list[dict]) -> tuple[list[str], list[str]]:
+def _is_transfer(run: RunRecord) -> bool:
+    return bool(run.transfer_of)
+
+
+def _is_free(run: RunRecord) -> bool:
+    return bool(run.gradient_free) and not run.transfer_of
+
+
+def _is_white(run: RunRecord) -> bool:
+    return not run.transfer_of and not run.gradient_free
+
+
+def _where(run: RunRecord) -> str:
+    return f"{run.attack} of {run.seeded_label}, {run.task}, ε={run.eps_text}"
+
+
+def _absent(kind: str, test: Callable[[RunRecord], bool], everything: list[RunRecord]) -> str:
+    if any(test(r) for r in everything):
+        return f"{kind} only on degenerate models"
+    return f"no {kind} in these results"
+
+
+def masking_checks(
+    runs: Iterable[RunRecord | Mapping[str, Any]],
+) -> tuple[list[str], list[str]]:
     """(flags, what was checked): a line per sign found, and a line per check that ran or
-    could not run, with the true reason (a degenerate model is not checked at all)."""
-    everything = [r for r in runs if r["reference"] == "clean"]
+    could not run, with the true reason (a degenerate model is not checked at all). Runs may
+    be given in their JSON form (dicts), which is validated."""
+    runs = records(RunRecord, runs, "runs")
+    everything = [r for r in runs if r.reference == "clean"]
     degenerate = degenerate_models(runs)
     checked = [
         f"every check: not checked for {label}: it is degenerate ({why})"
         for label, why in degenerate.items()
     ]
-    own = [r for r in everything if seeded_label(r) not in degenerate]
+    own = [r for r in everything if r.seeded_label not in degenerate]
     flags: list[str] = []
-    by_cell = {(seeded_label(r), r["task"], r["attack"], r["eps"]): r for r in own}
-    transfers = [r for r in own if r.get("transfer_of")]
-    free = [r for r in own if r.get("gradient_free") and not r.get("transfer_of")]
-    white = [r for r in own if not r.get("transfer_of") and not r.get("gradient_free")]
+    checked.append(_check_transfers(own, everything, flags))
+    checked.append(_check_gradient_free(own, everything, flags))
+    checked.append(_check_growth(own, everything, flags))
+    return flags, checked
 
-    def where(run: dict) -> str:
-        return f"{run['attack']} of {seeded_label(run)}, {run['task']}, ε={run_eps_text(run)}"
 
-    def absent(kind: str, test) -> str:
-        if any(test(r) for r in everything):
-            return f"{kind} only on degenerate models"
-        return f"no {kind} in these results"
-
+def _check_transfers(own: list[RunRecord], everything: list[RunRecord], flags: list[str]) -> str:
+    """A transferred attack that degrades the model more than the white-box one at its ε."""
+    by_cell = {(r.seeded_label, r.task, r.attack, r.eps): r for r in own}
     done, skipped = 0, []
-    for run in transfers:
-        metric = headline_metric(run["task"], [run])
-        base = by_cell.get((seeded_label(run), run["task"], run["transfer_of"], run["eps"]))
+    for run in filter(_is_transfer, own):
+        metric = headline_metric(run.task, [run])
+        base = by_cell.get((run.seeded_label, run.task, run.transfer_of, run.eps))
         if metric is None or base is None:
-            why = f"no white-box {run['transfer_of']} at that ε" if metric else _no_headline(run)
-            skipped.append(f"{where(run)} ({why})")
+            why = f"no white-box {run.transfer_of} at that ε" if metric else _no_headline(run)
+            skipped.append(f"{_where(run)} ({why})")
             continue
         done += 1
-        if run["degradation"][metric] > base["degradation"][metric]:
+        if run.degradation[metric] > base.degradation[metric]:
             flags.append(
-                f"{seeded_label(run)}, {run['task']}: {run['attack']} (transferred) degrades "
-                f"{metric} by {run['degradation'][metric]:.4g} at ε={run_eps_text(run)}, more "
-                f"than {run['transfer_of']} on the model itself ({base['degradation'][metric]:.4g})"
+                f"{run.seeded_label}, {run.task}: {run.attack} (transferred) degrades "
+                f"{metric} by {run.degradation[metric]:.4g} at ε={run.eps_text}, more "
+                f"than {run.transfer_of} on the model itself ({base.degradation[metric]:.4g})"
                 f"{_clearly(run, base, metric)}"
             )
-    checked.append(
-        _check_line(
-            "transfer vs white-box",
-            f"{done} transferred cell(s) checked" if done else None,
-            skipped,
-            "no `surrogate` in these results"
-            if not any(r.get("transfer_of") for r in everything)
-            else "transferred cells only on degenerate models",
-        )
+    return _check_line(
+        "transfer vs white-box",
+        f"{done} transferred cell(s) checked" if done else None,
+        skipped,
+        "no `surrogate` in these results"
+        if not any(_is_transfer(r) for r in everything)
+        else "transferred cells only on degenerate models",
     )
 
+
+def _check_gradient_free(
+    own: list[RunRecord], everything: list[RunRecord], flags: list[str]
+) -> str:
+    """A gradient-free attack (Square) that degrades the model more than a gradient-based one."""
+    white = list(filter(_is_white, own))
     done, skipped = 0, []
-    for run in free:
-        metric = headline_metric(run["task"], [run])
+    for run in filter(_is_free, own):
+        metric = headline_metric(run.task, [run])
         same = [
             other
             for other in white
-            if (seeded_label(other), other["task"], other["eps"])
-            == (seeded_label(run), run["task"], run["eps"])
+            if (other.seeded_label, other.task, other.eps) == (run.seeded_label, run.task, run.eps)
         ]
         if metric is None or not same:
             why = "no gradient-based attack at that ε" if metric else _no_headline(run)
-            skipped.append(f"{where(run)} ({why})")
+            skipped.append(f"{_where(run)} ({why})")
             continue
         done += 1
         for other in same:
-            if run["degradation"][metric] > other["degradation"][metric]:
+            if run.degradation[metric] > other.degradation[metric]:
                 flags.append(
-                    f"{seeded_label(run)}, {run['task']}: {run['attack']} (gradient-free) "
-                    f"degrades {metric} by {run['degradation'][metric]:.4g} at "
-                    f"ε={run_eps_text(run)}, more than {other['attack']} "
-                    f"({other['degradation'][metric]:.4g}){_clearly(run, other, metric)}"
+                    f"{run.seeded_label}, {run.task}: {run.attack} (gradient-free) "
+                    f"degrades {metric} by {run.degradation[metric]:.4g} at "
+                    f"ε={run.eps_text}, more than {other.attack} "
+                    f"({other.degradation[metric]:.4g}){_clearly(run, other, metric)}"
                 )
-    checked.append(
-        _check_line(
-            "gradient-free vs gradient-based",
-            f"{done} Square cell(s) checked" if done else None,
-            skipped,
-            absent(
-                "Square attack",
-                lambda r: r.get("gradient_free") and not r.get("transfer_of"),
-            ),
-        )
+    return _check_line(
+        "gradient-free vs gradient-based",
+        f"{done} Square cell(s) checked" if done else None,
+        skipped,
+        _absent("Square attack", _is_free, everything),
     )
 
-    series: dict[tuple, list[dict]] = defaultdict(list)
-    for run in white:
-        series[(seeded_label(run), run["task"], run["attack"])].append(run)
+
+def _check_growth(own: list[RunRecord], everything: list[RunRecord], flags: list[str]) -> str:
+    """A white-box attack that leaves much of the clean score standing at its largest ε."""
+    series: dict[tuple, list[RunRecord]] = defaultdict(list)
+    for run in filter(_is_white, own):
+        series[(run.seeded_label, run.task, run.attack)].append(run)
     done, skipped = 0, []
     for (label, task, attack), mine in sorted(series.items()):
         name = f"{attack} of {label}, {task}"
-        if len({r["eps"] for r in mine}) < 2:
+        if len({r.eps for r in mine}) < 2:
             skipped.append(f"{name} (one ε only)")
             continue
-        strongest = max(mine, key=lambda r: r["eps"])
+        strongest = max(mine, key=lambda r: r.eps)
         metric = headline_metric(task, [strongest])
         if metric is None:
             skipped.append(f"{name} ({_no_headline(strongest)})")
             continue
-        clean = strongest["clean"][metric]
+        clean = strongest.clean[metric]
         if clean <= 0:
             skipped.append(f"{name} (its clean {metric} is {clean:.4g}: nothing to lose)")
             continue
         done += 1
-        left = strongest["adversarial"][metric] / clean
+        left = strongest.adversarial[metric] / clean
         if left > STILL_STANDING:
             flags.append(
-                f"{label}, {task}: {attack} at its largest ε={run_eps_text(strongest)} leaves "
+                f"{label}, {task}: {attack} at its largest ε={strongest.eps_text} leaves "
                 f"{left:.0%} of the clean {metric}: the score does not approach 0 as ε grows"
             )
-    checked.append(
-        _check_line(
-            "growth with ε",
-            f"{done} white-box attack(s) with several ε checked" if done else None,
-            skipped,
-            absent(
-                "white-box attack",
-                lambda r: not r.get("transfer_of") and not r.get("gradient_free"),
-            ),
-        )
+    return _check_line(
+        "growth with ε",
+        f"{done} white-box attack(s) with several ε checked" if done else None,
+        skipped,
+        _absent("white-box attack", _is_white, everything),
     )
-    return flags, checked

@@ -17,16 +17,16 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from prsl.core.paths import slug  # noqa: E402
 from prsl.core.pixels import LEVELS  # noqa: E402
 from prsl.losses import LOSSES  # noqa: E402
-from prsl.results import HEADLINE, grouped, model_label, run_eps_text  # noqa: E402
+from prsl.results import HEADLINE, RunRecord, grouped  # noqa: E402
 
 
-def headline_metric(task: str, runs: list[dict]) -> str | None:
+def headline_metric(task: str, runs: list[RunRecord]) -> str | None:
     """The metric a task's headline shows: the first of :data:`HEADLINE` the runs have."""
-    present = {m for r in runs if r["task"] == task for m in r["adversarial"]}
+    present = {m for r in runs if r.task == task for m in r.adversarial}
     return next((m for m in HEADLINE[task] if m in present), None)
 
 
-def plot_headline(runs: list[dict], folder: Path, level: float | None) -> Path | None:
+def plot_headline(runs: list[RunRecord], folder: Path, level: float | None) -> Path | None:
     """The report's first figure: degradation (against the model's clean output) vs ε, one line
     per model with its ``level`` interval as a band, one panel per task x attack."""
     panels = []
@@ -40,18 +40,15 @@ def plot_headline(runs: list[dict], folder: Path, level: float | None) -> Path |
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.3 * rows), squeeze=False)
     for ax, (task, attack, metric, group) in zip(axes.flat, panels, strict=False):
-        l2 = group[0].get("norm") == "l2"
+        l2 = group[0].norm == "l2"
         scale, axis = (1.0, "ε (L2, pixel units)") if l2 else (LEVELS, f"ε (×1/{LEVELS})")
-        for i, label in enumerate(sorted({model_label(r) for r in group})):
-            mine = by_eps([r for r in group if model_label(r) == label])
+        for i, label in enumerate(sorted({r.label for r in group})):
+            mine = by_eps([r for r in group if r.label == label])
             xs = [0.0] + [eps * scale for eps in mine]
-            ys = [0.0] + [fmean(r["degradation"][metric] for r in rs) for rs in mine.values()]
+            ys = [0.0] + [fmean(r.degradation[metric] for r in rs) for rs in mine.values()]
             colour = f"C{i % 10}"
             ax.plot(xs, ys, marker="o", color=colour, label=label)
-            bands = [
-                [r.get("intervals", {}).get("degradation", {}).get(metric) for r in rs]
-                for rs in mine.values()
-            ]
+            bands = [[r.interval("degradation", metric) for r in rs] for rs in mine.values()]
             if all(b is not None for seeds in bands for b in seeds):
                 # with several seeds, the band spans every seed's interval
                 low = [0.0] + [min(b[0] for b in seeds) for seeds in bands]
@@ -62,36 +59,36 @@ def plot_headline(runs: list[dict], folder: Path, level: float | None) -> Path |
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     bands = f"; bands: {level:.0%} intervals" if level is not None else ""
-    if len({r.get("seed") for r in runs}) > 1:
+    if len({r.seed for r in runs}) > 1:
         bands += ", lines: mean over seeds"
     title = f"degradation vs the clean output (lower is more robust{bands})"
     return _finish(fig, axes, title, folder / "headline.png")
 
 
-def by_eps(runs: list[dict]) -> dict[float, list[dict]]:
+def by_eps(runs: list[RunRecord]) -> dict[float, list[RunRecord]]:
     """One model's runs by ε, in order; several per ε when the runs come from several seeds."""
-    found: dict[float, list[dict]] = defaultdict(list)
+    found: dict[float, list[RunRecord]] = defaultdict(list)
     for run in runs:
-        found[run["eps"]].append(run)
+        found[run.eps].append(run)
     return dict(sorted(found.items()))
 
 
-def plot_vs_eps(runs: list[dict], folder: Path) -> list[Path]:
+def plot_vs_eps(runs: list[RunRecord], folder: Path) -> list[Path]:
     made = []
     for (task, reference, attack), group in grouped(runs).items():
-        if len({r["eps"] for r in group}) < 2:
+        if len({r.eps for r in group}) < 2:
             continue
-        metrics = [m for m in HEADLINE[task] if m in group[0]["adversarial"]]
-        l2 = group[0].get("norm") == "l2"
+        metrics = [m for m in HEADLINE[task] if m in group[0].adversarial]
+        l2 = group[0].norm == "l2"
         scale, axis = (1.0, "ε (L2, pixel units)") if l2 else (LEVELS, f"ε (×1/{LEVELS})")
         fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
         for ax, metric in zip(axes[0], metrics, strict=True):
-            for label in sorted({model_label(r) for r in group}):
-                mine = by_eps([r for r in group if model_label(r) == label])
+            for label in sorted({r.label for r in group}):
+                mine = by_eps([r for r in group if r.label == label])
                 first = next(iter(mine.values()))
-                clean = fmean(r["clean"][metric] for r in first)  # mean over seeds, if several
+                clean = fmean(r.clean[metric] for r in first)  # mean over seeds, if several
                 xs = [0.0] + [eps * scale for eps in mine]
-                ys = [fmean(r["adversarial"][metric] for r in rs) for rs in mine.values()]
+                ys = [fmean(r.adversarial[metric] for r in rs) for rs in mine.values()]
                 ax.plot(xs, [clean, *ys], marker="o", label=label)
             ax.set(xlabel=axis, ylabel=metric, title=f"{attack}: {metric}")
             ax.grid(alpha=0.3)
@@ -100,30 +97,30 @@ def plot_vs_eps(runs: list[dict], folder: Path) -> list[Path]:
     return made
 
 
-def plot_vs_iteration(runs: list[dict], folder: Path) -> list[Path]:
+def plot_vs_iteration(runs: list[RunRecord], folder: Path) -> list[Path]:
     """The headline metric after every attack step, one figure per task, reference and attack,
     a panel per ε (every metric's per-step values are in results.json)."""
     made = []
-    curves = [r for r in runs if r.get("per_step")]
+    curves = [r for r in runs if r.per_step]
     for (task, reference, attack), group in grouped(curves).items():
         metric = headline_metric(task, group)
         if metric is None:
             continue
-        epsilons = sorted({r["eps"] for r in group})
+        epsilons = sorted({r.eps for r in group})
         fig, axes = plt.subplots(
             1, len(epsilons), figsize=(4.2 * len(epsilons), 3.2), squeeze=False
         )
         for ax, eps in zip(axes[0], epsilons, strict=True):
-            mine = [r for r in group if r["eps"] == eps]
-            for label in sorted({model_label(r) for r in mine}):
-                seeds = [r for r in mine if model_label(r) == label]  # one run per seed
-                curves = [[r["clean"][metric]] + [s[metric] for s in r["per_step"]] for r in seeds]
+            mine = [r for r in group if r.eps == eps]
+            for label in sorted({r.label for r in mine}):
+                seeds = [r for r in mine if r.label == label]  # one run per seed
+                curves = [[r.clean[metric]] + [s[metric] for s in r.per_step or []] for r in seeds]
                 ys = [fmean(values) for values in zip(*curves, strict=True)]
                 ax.plot(range(len(ys)), ys, marker=".", label=label)
             ax.set(
                 xlabel="attack iteration",
                 ylabel=metric,
-                title=f"{attack} ε={run_eps_text(mine[0])}",
+                title=f"{attack} ε={mine[0].eps_text}",
             )
             ax.grid(alpha=0.3)
         name = slug(f"iter_{task}_{reference}_{attack}") + ".png"
@@ -141,13 +138,13 @@ def _finish(fig, axes, title: str, path: Path) -> Path:
     return path
 
 
-def swept_parameters(runs: list[dict]) -> list[tuple[str, str]]:
+def swept_parameters(runs: list[RunRecord]) -> list[tuple[str, str]]:
     """(loss, parameter) pairs whose numeric value differs between runs of that loss."""
     values: dict[tuple[str, str], set] = defaultdict(set)
     for run in runs:
-        for param, value in run["loss_params"].items():
+        for param, value in run.loss_params.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
-                values[(run["loss"], param)].add(value)
+                values[(run.loss, param)].add(value)
     return sorted(key for key, seen in values.items() if len(seen) > 1)
 
 
@@ -159,7 +156,7 @@ def parameter_label(loss: str, param: str) -> str:
     return f"{loss}.{param}" + (f": {meaning}" if meaning else "")
 
 
-def plot_vs_parameter(runs: list[dict], folder: Path) -> list[Path]:
+def plot_vs_parameter(runs: list[RunRecord], folder: Path) -> list[Path]:
     """For each loss parameter a sweep varied (``prsl.k``, ``prsl.weight``, ``drsl.weight``):
     clean and adversarial score against it.
 
@@ -172,14 +169,14 @@ def plot_vs_parameter(runs: list[dict], folder: Path) -> list[Path]:
     made = []
     for loss, param in swept_parameters(runs):
         label = parameter_label(loss, param)
-        for task in sorted({r["task"] for r in runs}):
-            group = [r for r in runs if r["task"] == task]
-            metric = next((m for m in HEADLINE[task] if m in group[0]["adversarial"]), None)
+        for task in sorted({r.task for r in runs}):
+            group = [r for r in runs if r.task == task]
+            metric = next((m for m in HEADLINE[task] if m in group[0].adversarial), None)
             if metric is None:
                 continue
             fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
             averaged = _plot_parameter_panels(axes, group, loss, param, metric)
-            values = sorted({r["loss_params"][param] for r in group if r["loss"] == loss})
+            values = sorted({r.loss_params[param] for r in group if r.loss == loss})
             for ax, reference in zip(axes, ("ground truth", "clean output"), strict=True):
                 ax.set(xlabel=label, ylabel=metric, title=f"{metric} vs {reference}")
                 ax.grid(alpha=0.3)
@@ -194,21 +191,21 @@ def plot_vs_parameter(runs: list[dict], folder: Path) -> list[Path]:
     return made
 
 
-def _plot_parameter_panels(axes, runs: list[dict], loss: str, param: str, metric: str) -> bool:
+def _plot_parameter_panels(axes, runs: list[RunRecord], loss: str, param: str, metric: str) -> bool:
     """Draw both panels; True when several runs had to be averaged into one point."""
     points: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     baselines: dict[tuple, list[float]] = defaultdict(list)
     for run in runs:
-        attack = f"{run['attack']} ε={run_eps_text(run)}"
-        panel = 0 if run["reference"] == "ground_truth" else 1
-        series = [(panel, attack, run["adversarial"][metric])]
+        attack = f"{run.attack} ε={run.eps_text}"
+        panel = 0 if run.reference == "ground_truth" else 1
+        series = [(panel, attack, run.adversarial[metric])]
         if panel == 0:
-            series.append((0, "clean", run["clean"][metric]))
+            series.append((0, "clean", run.clean[metric]))
         for panel, name, value in series:
-            if run["loss"] == loss and param in run["loss_params"]:
-                points[(panel, name)][run["loss_params"][param]].append(value)
+            if run.loss == loss and param in run.loss_params:
+                points[(panel, name)][run.loss_params[param]].append(value)
             else:
-                baselines[(panel, f"{name} ({run['loss']})")].append(value)
+                baselines[(panel, f"{name} ({run.loss})")].append(value)
     averaged = False
     names = sorted({name for _, name in points}, key=lambda n: (n != "clean", n))
     colours = {name: f"C{i % 10}" for i, name in enumerate(names)}  # same series, same colour

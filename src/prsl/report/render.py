@@ -25,12 +25,14 @@ from prsl.report.seeds import seed_count
 from prsl.report.tables import MODEL_HEADER, compact_table, model_rows, table_rows
 from prsl.report.verdict import verdict_lines
 from prsl.results import (
-    LoadedResults,
+    GalleryEntry,
+    Meta,
+    Results,
+    RunRecord,
     degenerate_models,
     degenerate_text,
     grouped,
     load_results,
-    run_eps_text,
 )
 
 
@@ -47,7 +49,7 @@ class GalleryRow:
 
     title: str
     clean_image: Path
-    outputs: list[dict]
+    outputs: list[GalleryEntry]
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,8 @@ def write_report(
     }
 
 
-def _compose(title: str, loaded: LoadedResults, plots_dir: Path) -> Report:
-    runs, meta = loaded.runs, loaded.meta
-    level = (meta.get("bootstrap") or {}).get("level")
+def _compose(title: str, loaded: Results, plots_dir: Path) -> Report:
+    runs, meta, level = loaded.runs, loaded.meta, loaded.level
     detailed = [
         Table(f"{task} — {attack} — reference: {reference}", *table_rows(group))
         for (task, reference, attack), group in grouped(runs).items()
@@ -113,18 +114,18 @@ def _compose(title: str, loaded: LoadedResults, plots_dir: Path) -> Report:
     )
 
 
-def _notes(meta: dict, runs: list[dict]) -> list[str]:
+def _notes(meta: Meta, runs: list[RunRecord]) -> list[str]:
     notes = [
         "Degradation Δ = clean score − adversarial score (lower is more robust). Reference "
         "'clean': scored against the model's own clean output (how far the attack moves the "
         "answer); 'ground_truth': against the dataset references.",
     ]
-    boot = meta.get("bootstrap") or {}
-    if boot.get("resamples"):
-        seeded = f", seed {boot['seed']}" if "seed" in boot else ""
+    boot = meta.bootstrap
+    if boot is not None and boot.resamples:
+        seeded = f", seed {boot.seed}" if "seed" in boot.model_fields_set else ""
         notes.append(
-            f"Intervals: {boot['level']:.0%} percentile intervals of a paired bootstrap over the "
-            f"items ({boot['resamples']} resamples{seeded}; the same resamples for every model, "
+            f"Intervals: {boot.level:.0%} percentile intervals of a paired bootstrap over the "
+            f"items ({boot.resamples} resamples{seeded}; the same resamples for every model, "
             "clean and adversarial). A difference counts only when its interval excludes 0."
         )
     seeds = seed_count(runs)
@@ -134,30 +135,30 @@ def _notes(meta: dict, runs: list[dict]) -> list[str]:
             "mean ± sd of the seeds' degradations, and the verdict counts a cell only when the "
             "comparison of every seed agrees."
         )
-    if meta.get("vqa_protocol"):
-        notes.append(f"VQA accuracy: the {meta['vqa_protocol']} protocol (`vqa_protocol`).")
-    if meta.get("bertscore_model") and any("BERTScore" in r["clean"] for r in runs):
-        notes.append(f"BERTScore model: {meta['bertscore_model']}.")
-    items = meta.get("items")
-    if isinstance(items, dict) and items.get("skipped"):
-        skipped = [Skipped(s["path"], s["reason"], s.get("key")) for s in meta.get("skipped", [])]
-        notes.append(f"{skip_summary(skipped, items['looked_at'])} (listed in results.json).")
-    if "seed" in meta:
-        notes.append(f"Seed: {meta['seed']}.")
+    if meta.vqa_protocol:
+        notes.append(f"VQA accuracy: the {meta.vqa_protocol} protocol (`vqa_protocol`).")
+    if meta.bertscore_model and any("BERTScore" in r.clean for r in runs):
+        notes.append(f"BERTScore model: {meta.bertscore_model}.")
+    items = meta.items
+    if items is not None and items.skipped:
+        skipped = [Skipped(s.path, s.reason, s.key) for s in meta.skipped or []]
+        notes.append(f"{skip_summary(skipped, items.looked_at)} (listed in results.json).")
+    if "seed" in meta.model_fields_set:
+        notes.append(f"Seed: {meta.seed}.")
     return notes
 
 
-def _gallery_grid(gallery: list[dict]) -> list[GalleryRow]:
+def _gallery_grid(gallery: list[GalleryEntry]) -> list[GalleryRow]:
     """Gallery rows grouped by (attack, ε, image): one grid row each, models side by side."""
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, list[GalleryEntry]] = {}
     for row in gallery:
-        groups.setdefault((row["attack"], row["eps"], row["key"], row.get("seed")), []).append(row)
+        groups.setdefault((row.attack, row.eps, row.key, row.seed), []).append(row)
     return [
         GalleryRow(
-            f"{attack} ε={run_eps_text(rows[0])} — {key}"
+            f"{attack} ε={rows[0].eps_text} — {key}"
             + (f" — seed {seed}" if seed is not None else ""),
-            Path(rows[0]["images"]["clean"]),
-            sorted(rows, key=lambda r: r["model"]),
+            Path(rows[0].images.clean),
+            sorted(rows, key=lambda r: r.model),
         )
         for (attack, _, key, seed), rows in groups.items()
     ]
@@ -196,13 +197,13 @@ def _markdown(report: Report, out: Path) -> str:
         lines += ["## Gallery", "", "| image | " + " | ".join(models) + " |"]
         lines.append("|" + "---|" * (len(models) + 1))
         for row in report.gallery:
-            by_model = {o["model"]: o for o in row.outputs}
+            by_model = {o.model: o for o in row.outputs}
             cells = [f"{row.title}<br>![clean]({_rel(row.clean_image, out)})"]
             for model in models:
                 o = by_model.get(model)
                 cells.append(
-                    f"![adversarial]({_rel(o['images']['adversarial'], out)})<br>"
-                    f"clean: {o['clean']}<br>adversarial: {o['adversarial']}"
+                    f"![adversarial]({_rel(o.images.adversarial, out)})<br>"
+                    f"clean: {o.clean}<br>adversarial: {o.adversarial}"
                     if o
                     else "–"
                 )
@@ -211,7 +212,7 @@ def _markdown(report: Report, out: Path) -> str:
 
 
 def _gallery_models(gallery: list[GalleryRow]) -> list[str]:
-    return sorted({o["model"] for row in gallery for o in row.outputs})
+    return sorted({o.model for row in gallery for o in row.outputs})
 
 
 def _rel(path, out: Path) -> str:
@@ -292,25 +293,29 @@ def _html(report: Report) -> str:
         ]
         parts.append("</section>")
     if report.gallery:
-        models = _gallery_models(report.gallery)
-        parts.append("<section id='gallery'><h2>Gallery</h2><table class='gallery'><tr>")
-        parts += ["<th>image</th>", *[f"<th>{esc(m)}</th>" for m in models], "</tr>"]
-        for row in report.gallery:
-            by_model = {o["model"]: o for o in row.outputs}
-            cells = [
-                f"<td>{esc(row.title)}<img alt='clean' src='{_data_uri(row.clean_image)}'></td>"
-            ]
-            for model in models:
-                o = by_model.get(model)
-                cells.append(
-                    "<td>"
-                    f"<img alt='adversarial' src='{_data_uri(o['images']['adversarial'])}'>"
-                    f"clean: <q>{esc(o['clean'])}</q><br>"
-                    f"adversarial: <q>{esc(o['adversarial'])}</q></td>"
-                    if o
-                    else "<td>–</td>"
-                )
-            parts.append("<tr>" + "".join(cells) + "</tr>")
-        parts.append("</table></section>")
+        parts += _html_gallery(report.gallery)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _html_gallery(gallery: list[GalleryRow]) -> list[str]:
+    """The gallery as a table: one row per image, attack and ε, a column per model."""
+    esc = html.escape
+    models = _gallery_models(gallery)
+    parts = ["<section id='gallery'><h2>Gallery</h2><table class='gallery'><tr>"]
+    parts += ["<th>image</th>", *[f"<th>{esc(m)}</th>" for m in models], "</tr>"]
+    for row in gallery:
+        by_model = {o.model: o for o in row.outputs}
+        cells = [f"<td>{esc(row.title)}<img alt='clean' src='{_data_uri(row.clean_image)}'></td>"]
+        for model in models:
+            o = by_model.get(model)
+            cells.append(
+                "<td>"
+                f"<img alt='adversarial' src='{_data_uri(o.images.adversarial)}'>"
+                f"clean: <q>{esc(o.clean)}</q><br>"
+                f"adversarial: <q>{esc(o.adversarial)}</q></td>"
+                if o
+                else "<td>–</td>"
+            )
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    return [*parts, "</table></section>"]

@@ -20,37 +20,58 @@ With a single seed both are the identity (and the standard deviation is absent).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from statistics import fmean, stdev
+from typing import Any
 
 from prsl.report.plots import headline_metric
+from prsl.results import Comparison, RunRecord, records
 
 _CELL = ("model", "baseline", "task", "attack", "eps", "reference", "metric")
 
 
-def collapse_seeds(comparisons: list[dict]) -> list[dict]:
+class SeedComparison(Comparison):
+    """One cell's comparison gathered over its seeds: the mean ``difference``, its standard
+    deviation across seeds, and each seed's outcome (see the module docstring)."""
+
+    seeds: int
+    difference_sd: float | None = None
+    seed_outcomes: dict[str, str] | None = None
+
+
+def gathered(comparisons: list[Comparison]) -> list[SeedComparison]:
     """One comparison per cell, gathered over the seeds (see the module docstring)."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+    groups: dict[tuple, list[Comparison]] = defaultdict(list)
     for comparison in comparisons:
-        groups[tuple(comparison[k] for k in _CELL)].append(comparison)
+        groups[tuple(getattr(comparison, k) for k in _CELL)].append(comparison)
     collapsed = []
     for found in groups.values():
+        first = found[0].model_dump()
         if len(found) == 1:
-            collapsed.append(found[0] | {"seeds": 1})
+            collapsed.append(SeedComparison(**first, seeds=1))
             continue
-        outcomes = {c["outcome"] for c in found}
-        differences = [c["difference"] for c in found]
+        outcomes = {c.outcome for c in found}
+        differences = [c.difference for c in found]
+        first |= {
+            "difference": fmean(differences),
+            "outcome": outcomes.pop() if len(outcomes) == 1 else "none",
+        }
         collapsed.append(
-            found[0]
-            | {
-                "seeds": len(found),
-                "difference": fmean(differences),
-                "difference_sd": stdev(differences),
-                "outcome": outcomes.pop() if len(outcomes) == 1 else "none",
-                "seed_outcomes": {str(c.get("seed")): c["outcome"] for c in found},
-            }
+            SeedComparison(
+                **first,
+                seeds=len(found),
+                difference_sd=stdev(differences),
+                seed_outcomes={str(c.seed): c.outcome for c in found},
+            )
         )
     return collapsed
+
+
+def collapse_seeds(comparisons: Iterable[Comparison | Mapping[str, Any]]) -> list[dict]:
+    """:func:`gathered`, in the JSON form of ``results.json``'s comparisons: a dict each, with
+    ``seeds`` (and over several seeds ``difference_sd`` and ``seed_outcomes``) added."""
+    return [c.as_json() for c in gathered(records(Comparison, comparisons, "comparisons"))]
 
 
 @dataclass(frozen=True)
@@ -63,23 +84,22 @@ class Spread:
     seeds: int
 
 
-def seed_spread(runs: list[dict]) -> dict[tuple, Spread]:
+def seed_spread(runs: Iterable[RunRecord | Mapping[str, Any]]) -> dict[tuple, Spread]:
     """``{(model, task, attack, eps, reference): Spread}`` for cells run with several seeds."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for run in runs:
-        if "seed" in run:
-            key = (run["model"], run["task"], run["attack"], run["eps"], run["reference"])
-            groups[key].append(run)
+    groups: dict[tuple, list[RunRecord]] = defaultdict(list)
+    for run in records(RunRecord, runs, "runs"):
+        if run.seed is not None:
+            groups[(run.model, run.task, run.attack, run.eps, run.reference)].append(run)
     spread = {}
     for key, found in groups.items():
         metric = headline_metric(key[1], found)
-        if metric is None or len({r["seed"] for r in found}) < 2:
+        if metric is None or len({r.seed for r in found}) < 2:
             continue
-        values = [r["degradation"][metric] for r in found]
+        values = [r.degradation[metric] for r in found]
         spread[key] = Spread(metric, fmean(values), stdev(values), len(values))
     return spread
 
 
-def seed_count(runs: list[dict]) -> int:
+def seed_count(runs: list[RunRecord]) -> int:
     """How many training seeds the runs come from (1 when none is recorded)."""
-    return max(1, len({r["seed"] for r in runs if "seed" in r}))
+    return max(1, len({r.seed for r in runs if r.seed is not None}))

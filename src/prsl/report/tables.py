@@ -9,9 +9,12 @@ real: the comparisons say that).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from prsl.report.plots import headline_metric
-from prsl.report.seeds import seed_spread
-from prsl.results import model_label, run_eps_text, seeded_label
+from prsl.report.seeds import Spread, seed_spread
+from prsl.results import Comparison, RunRecord, records
 
 
 def _interval_text(bounds: list[float] | None) -> str:
@@ -36,64 +39,68 @@ SEED_COLUMNS = ["seed", "Δ across seeds"]
 """Added to the compact table when the results come from several training seeds."""
 
 
-def compact_table(runs: list[dict], comparisons: list[dict]) -> tuple[list[str], list[list[str]]]:
+def compact_table(
+    runs: Iterable[RunRecord | Mapping[str, Any]],
+    comparisons: Iterable[Comparison | Mapping[str, Any]],
+) -> tuple[list[str], list[list[str]]]:
     """One row per model x attack x ε (x seed) against the model's clean output: the headline
     metric, its degradation and interval, the comparison with the baseline; with several seeds
-    also the seed and the degradation's mean ± sd across seeds."""
-    compared = {
-        (
-            c["model"],
-            c["task"],
-            c["attack"],
-            c["eps"],
-            c["reference"],
-            c["metric"],
-            c.get("seed"),
-        ): c
-        for c in comparisons
-    }
-    baselines = {(c["baseline"], c["task"]) for c in comparisons}
+    also the seed and the degradation's mean ± sd across seeds. Records may be given in their
+    JSON form (dicts), which is validated."""
+    runs = records(RunRecord, runs, "runs")
+    given = records(Comparison, comparisons, "comparisons")
+    compared = {_cell(c, c.reference, c.metric): c for c in given}
+    baselines = {(c.baseline, c.task) for c in given}
     spread = seed_spread(runs)
     header = COMPACT_HEADER + (SEED_COLUMNS if spread else [])
     rows = []
     shown: set[tuple] = set()
-    own = [r for r in runs if r["reference"] == "clean"]
-    order = lambda r: (r["task"], r["attack"], r["eps"], model_label(r), r.get("seed", 0))  # noqa: E731
-    for run in sorted(own, key=order):
-        metric = headline_metric(run["task"], [run])
+    own = [r for r in runs if r.reference == "clean"]
+    for run in sorted(own, key=lambda r: (r.task, r.attack, r.eps, r.label, r.seed or 0)):
+        metric = headline_metric(run.task, [run])
         if metric is None:
             continue
-        bounds = run.get("intervals", {}).get("degradation", {}).get(metric)
-        key = (run["model"], run["task"], run["attack"], run["eps"], "clean", metric)
-        c = compared.get((*key, run.get("seed")))
-        if c is not None:
-            versus = f"{c['difference']:+.4f} vs {c['baseline']}"
-        else:
-            versus = "baseline" if (run["model"], run["task"]) in baselines else "–"
-        row = [
-            run["task"],
-            run["attack"],
-            run_eps_text(run),
-            model_label(run),
-            metric,
-            f"{run['clean'][metric]:.4f}",
-            f"{run['adversarial'][metric]:.4f}",
-            f"{run['degradation'][metric]:+.4f}",
-            _interval_text(bounds),
-            versus,
-            _interval_text(c["interval"]) if c else "–",
-            OUTCOME_TEXT[c["outcome"]] if c else "–",
-        ]
+        comparison = compared.get(_cell(run, "clean", metric))
+        row = _compact_row(run, metric, comparison, (run.model, run.task) in baselines)
         if spread:
-            group = (run["model"], run["task"], run["attack"], run["eps"], "clean")
-            across = spread.get(group)
-            text = f"{across.mean:+.4f} ± {across.sd:.4f} ({across.seeds} seeds)" if across else "–"
+            group = (run.model, run.task, run.attack, run.eps, "clean")
             # once per group of seeds, on its first row: the same figure on every row reads as
             # a per-seed value
-            row += [str(run.get("seed", "–")), "" if group in shown else text]
+            text = "" if group in shown else _spread_text(spread.get(group))
+            row += [str(run.seed if run.seed is not None else "–"), text]
             shown.add(group)
         rows.append(row)
     return header, rows
+
+
+def _cell(record: RunRecord | Comparison, reference: str, metric: str) -> tuple:
+    return (record.model, record.task, record.attack, record.eps, reference, metric, record.seed)
+
+
+def _compact_row(run: RunRecord, metric: str, c: Comparison | None, is_baseline: bool) -> list[str]:
+    """A run's headline numbers and its comparison with the baseline, if any."""
+    if c is not None:
+        versus = f"{c.difference:+.4f} vs {c.baseline}"
+    else:
+        versus = "baseline" if is_baseline else "–"
+    return [
+        run.task,
+        run.attack,
+        run.eps_text,
+        run.label,
+        metric,
+        f"{run.clean[metric]:.4f}",
+        f"{run.adversarial[metric]:.4f}",
+        f"{run.degradation[metric]:+.4f}",
+        _interval_text(run.interval("degradation", metric)),
+        versus,
+        _interval_text(c.interval) if c else "–",
+        OUTCOME_TEXT[c.outcome] if c else "–",
+    ]
+
+
+def _spread_text(across: Spread | None) -> str:
+    return f"{across.mean:+.4f} ± {across.sd:.4f} ({across.seeds} seeds)" if across else "–"
 
 
 MODEL_HEADER = [
@@ -105,28 +112,28 @@ MODEL_HEADER = [
 ]
 
 
-def model_rows(runs: list[dict]) -> list[list[str]]:
+def model_rows(runs: list[RunRecord]) -> list[list[str]]:
     """One row per model (and seed): how it was trained and what that cost, so models can be
     compared at equal steps and at equal compute. Empty when no run carries the cost."""
-    seen: dict[tuple, dict] = {}
+    seen: dict[tuple, RunRecord] = {}
     for run in runs:
-        seen.setdefault((model_label(run), run.get("seed")), run)
-    if not any("train_steps" in run for run in seen.values()):
+        seen.setdefault((run.label, run.seed), run)
+    if not any(run.train_steps is not None for run in seen.values()):
         return []
     rows = []
     for (label, seed), run in sorted(seen.items(), key=lambda item: (item[0][0], item[0][1] or 0)):
-        seconds = run.get("train_device_seconds")
-        adversarial = run.get("train_adversarial")
-        recipe = run["loss"] + (f" + {adversarial['attack']} AT" if adversarial else "")
-        if run.get("train_started_from"):  # its steps and seconds include that model's
-            recipe += f", from {run['train_started_from']}"
+        seconds = run.train_device_seconds
+        adversarial = run.train_adversarial
+        recipe = run.loss + (f" + {adversarial.attack} AT" if adversarial else "")
+        if run.train_started_from:  # its steps and seconds include that model's
+            recipe += f", from {run.train_started_from}"
         rows.append(
             [
                 label + (f" (seed {seed})" if seed is not None else ""),
                 recipe,
-                str(run.get("train_steps", "–")),
+                str(run.train_steps if run.train_steps is not None else "–"),
                 f"{seconds:.1f}" if seconds is not None else "–",
-                run.get("train_device", "–"),
+                run.train_device or "–",
             ]
         )
     return rows
@@ -139,33 +146,34 @@ OUTCOME_TEXT = {
 }
 
 
-def table_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
+def table_rows(runs: Iterable[RunRecord | Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: ε, metric, then clean / adversarial / Δ per model; a best that one model
-    alone holds marked **."""
-    models = sorted({seeded_label(r) for r in runs})
+    alone holds marked **. Runs may be given in their JSON form (dicts), which is validated."""
+    runs = records(RunRecord, runs, "runs")
+    models = sorted({r.seeded_label for r in runs})
     header = ["ε", "metric"] + [f"{m} {p}" for m in models for p in ("clean", "adv", "Δ")]
-    by = {(seeded_label(r), r["eps"]): r for r in runs}
+    by = {(r.seeded_label, r.eps): r for r in runs}
     rows = []
-    for eps in sorted({r["eps"] for r in runs}):
-        metrics = sorted({m for r in runs if r["eps"] == eps for m in r["clean"]})
+    for eps in sorted({r.eps for r in runs}):
+        metrics = sorted({m for r in runs if r.eps == eps for m in r.clean})
         for metric in metrics:
             cells = {m: by.get((m, eps)) for m in models}
             present = [c for c in cells.values() if c is not None]
-            advs = [c["adversarial"][metric] for c in present]
-            degs = [c["degradation"][metric] for c in present]
+            advs = [c.adversarial[metric] for c in present]
+            degs = [c.degradation[metric] for c in present]
             best_adv, best_deg = max(advs), min(degs)
             # a best shared by several models marks none: an exact tie is not a winner
             adv_unique, deg_unique = advs.count(best_adv) == 1, degs.count(best_deg) == 1
-            row = [run_eps_text(present[0]), metric]
+            row = [present[0].eps_text, metric]
             for m in models:
                 run = cells[m]
                 if run is None:
                     row += ["–"] * 3
                     continue
-                adv, deg = run["adversarial"][metric], run["degradation"][metric]
+                adv, deg = run.adversarial[metric], run.degradation[metric]
                 mark = len(present) > 1
                 row += [
-                    f"{run['clean'][metric]:.4f}",
+                    f"{run.clean[metric]:.4f}",
                     _bold(f"{adv:.4f}", mark and adv_unique and adv == best_adv),
                     _bold(f"{deg:+.4f}", mark and deg_unique and deg == best_deg),
                 ]

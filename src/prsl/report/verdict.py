@@ -11,12 +11,15 @@ effect from noise.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from prsl.report.plots import headline_metric
-from prsl.report.seeds import collapse_seeds
-from prsl.results import OUTCOMES
+from prsl.report.seeds import SeedComparison, gathered
+from prsl.results import OUTCOMES, Comparison, RunRecord, records
 
 NO_BASELINE = (
     "No comparison in these results: only one model was evaluated with each set of items, or no "
@@ -28,13 +31,6 @@ NO_INTERVALS = (
     "`bootstrap.resamples: 0`): rerun `prsl evaluate` on the same output_dir with "
     "`bootstrap.resamples` above 0 (default 1000); the predictions are reused."
 )
-
-
-def _pair(comparison: dict) -> str:
-    return (
-        f"{comparison['model']} ({comparison['loss']}) vs {comparison['baseline']} "
-        f"({comparison['baseline_loss']})"
-    )
 
 
 @dataclass(frozen=True)
@@ -53,20 +49,33 @@ class Cost:
         return f"{mean}{self.seconds:.1f} device-seconds and {self.steps:g} steps{start}"
 
 
-def _training_cost(model: str, task: str, runs: list[dict]) -> Cost | None:
+class _Trained(BaseModel):
+    """What :func:`_training_cost` reads of a run (a :class:`RunRecord`, or any part of one)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    model: str
+    task: str
+    seed: int | None = None
+    train_device_seconds: float | None = None
+    train_steps: int | None = None
+    train_started_from: str | None = None
+
+
+def _training_cost(
+    model: str, task: str, runs: Iterable[RunRecord | Mapping[str, Any]]
+) -> Cost | None:
     """A model's training cost in ``task``; None when any of its seeds lacks one (a mean of
     some seeds would pass for all of them)."""
     per_seed: dict[Any, tuple[float, int, str | None] | None] = {}
-    for run in runs:
-        if run["model"] != model or run["task"] != task:
+    for run in map(_Trained.model_validate, runs):
+        if run.model != model or run.task != task:
             continue
-        known = "train_device_seconds" in run and "train_steps" in run
+        known = run.train_device_seconds is not None and run.train_steps is not None
         cost = (
-            (run["train_device_seconds"], run["train_steps"], run.get("train_started_from"))
-            if known
-            else None
+            (run.train_device_seconds, run.train_steps, run.train_started_from) if known else None
         )
-        per_seed.setdefault(run.get("seed"), cost)
+        per_seed.setdefault(run.seed, cost)
     costs = list(per_seed.values())
     if not costs or any(c is None for c in costs):
         return None
@@ -79,11 +88,11 @@ def _training_cost(model: str, task: str, runs: list[dict]) -> Cost | None:
     )
 
 
-def _cost_line(pair: str, comparison: dict, runs: list[dict]) -> list[str]:
+def _cost_line(pair: str, comparison: Comparison, runs: list[RunRecord]) -> list[str]:
     """What each side's training cost, so "degrades less" is read at its price."""
-    task = comparison["task"]
-    mine = _training_cost(comparison["model"], task, runs)
-    theirs = _training_cost(comparison["baseline"], task, runs)
+    task = comparison.task
+    mine = _training_cost(comparison.model, task, runs)
+    theirs = _training_cost(comparison.baseline, task, runs)
     if mine is None or theirs is None or theirs.seconds <= 0 or theirs.steps <= 0:
         return []
     return [
@@ -93,8 +102,8 @@ def _cost_line(pair: str, comparison: dict, runs: list[dict]) -> list[str]:
     ]
 
 
-def _counts(found: list[dict]) -> str:
-    tally = Counter(c["outcome"] for c in found)
+def _counts(found: list[SeedComparison]) -> str:
+    tally = Counter(c.outcome for c in found)
     less, more, none = (tally[o] for o in OUTCOMES)
     cells = "cell" if len(found) == 1 else "cells"
     return (
@@ -103,49 +112,65 @@ def _counts(found: list[dict]) -> str:
     )
 
 
-def verdict_lines(comparisons: list[dict], runs: list[dict], level: float | None) -> list[str]:
+def verdict_lines(
+    comparisons: Iterable[Comparison | Mapping[str, Any]],
+    runs: Iterable[RunRecord | Mapping[str, Any]],
+    level: float | None,
+) -> list[str]:
     """The verdict, per model pair and task: on the headline metric over every attack, ε and
-    reference, then over every metric, then on the headline metric per attack and reference."""
-    if not comparisons:
-        has_intervals = any("intervals" in r for r in runs)
+    reference, then over every metric, then on the headline metric per attack and reference.
+    Records may be given in their JSON form (dicts), which is validated."""
+    runs = records(RunRecord, runs, "runs")
+    compared = gathered(records(Comparison, comparisons, "comparisons"))
+    if not compared:
+        has_intervals = any(r.intervals is not None for r in runs)
         return [NO_BASELINE if has_intervals or not runs else NO_INTERVALS]
     method = f"{level:.0%} paired bootstrap" if level is not None else "paired bootstrap"
-    comparisons = collapse_seeds(comparisons)
-    seeds = max(c["seeds"] for c in comparisons)
+    seeds = max(c.seeds for c in compared)
     if seeds > 1:
         method += (
             f" within each of {seeds} training seeds; a cell counts only when every seed agrees"
         )
-    pairs: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for comparison in comparisons:
-        pairs[(_pair(comparison), comparison["task"])].append(comparison)
-    cells = len(comparisons)
-    level_text = f"{level:.0%}" if level is not None else "the intervals'"
-    chance = (1 - level) * cells if level is not None else None
-    expected = f" (about {chance:.0f} of them)" if chance is not None and chance >= 1 else ""
-    caveat = (
-        f"Read the counts above knowing that {cells} cells were compared: when nothing differs, "
-        f"about {1 - level:.0%} of cells{expected} still show a difference at the {level_text} "
-        "level by chance alone, so a count near that is no evidence."
-        if level is not None
-        else f"{cells} cells compared; no level recorded for their intervals."
-    )
+    pairs: dict[tuple[str, str], list[SeedComparison]] = defaultdict(list)
+    for comparison in compared:
+        pairs[(comparison.pair, comparison.task)].append(comparison)
     lines = []
     for (pair, task), found in pairs.items():
-        metric = headline_metric(task, runs)
-        headline = [c for c in found if c["metric"] == metric]
-        if headline:
-            lines.append(
-                f"{pair}, {task}, {metric}: {_counts(headline)} ({method}; a cell is one "
-                "attack, ε and reference)."
-            )
-        lines.append(f"{pair}, {task}, every metric: {_counts(found)}.")
-        groups: dict[tuple, list[dict]] = defaultdict(list)
-        for c in headline:
-            groups[(c["attack"], c["reference"])].append(c)
-        for (attack, reference), cells in sorted(groups.items()):
-            lines.append(
-                f"{pair}, {task}, {metric}, {attack}, reference {reference}: {_counts(cells)}."
-            )
-        lines += _cost_line(pair, found[0], runs)
-    return [*lines, caveat]
+        lines += _pair_lines(pair, task, found, runs, method)
+    return [*lines, _caveat(len(compared), level)]
+
+
+def _pair_lines(
+    pair: str, task: str, found: list[SeedComparison], runs: list[RunRecord], method: str
+) -> list[str]:
+    """One model pair in one task: the headline metric, every metric, each attack, the cost."""
+    lines = []
+    metric = headline_metric(task, runs)
+    headline = [c for c in found if c.metric == metric]
+    if headline:
+        lines.append(
+            f"{pair}, {task}, {metric}: {_counts(headline)} ({method}; a cell is one "
+            "attack, ε and reference)."
+        )
+    lines.append(f"{pair}, {task}, every metric: {_counts(found)}.")
+    groups: dict[tuple, list[SeedComparison]] = defaultdict(list)
+    for c in headline:
+        groups[(c.attack, c.reference)].append(c)
+    for (attack, reference), cells in sorted(groups.items()):
+        lines.append(
+            f"{pair}, {task}, {metric}, {attack}, reference {reference}: {_counts(cells)}."
+        )
+    return lines + _cost_line(pair, found[0], runs)
+
+
+def _caveat(cells: int, level: float | None) -> str:
+    """How many of the cells chance alone would show as different."""
+    if level is None:
+        return f"{cells} cells compared; no level recorded for their intervals."
+    chance = (1 - level) * cells
+    expected = f" (about {chance:.0f} of them)" if chance >= 1 else ""
+    return (
+        f"Read the counts above knowing that {cells} cells were compared: when nothing differs, "
+        f"about {1 - level:.0%} of cells{expected} still show a difference at the {level:.0%} "
+        "level by chance alone, so a count near that is no evidence."
+    )
