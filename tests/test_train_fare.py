@@ -123,6 +123,16 @@ def test_bad_fare_settings_are_refused_when_loaded(train, message):
         TrainConfig(**train)
 
 
+def test_fare_parameters_are_the_attack_s_typed_fields():
+    fare = FareConfig(eps="4/255", steps=2, alpha="1/255")
+    assert (fare.eps, fare.steps, fare.alpha) == (4 / 255, 2, 1 / 255)
+    assert fare.built.name == "pgd" and fare.built.norm == "linf"
+    assert fare.model_dump() == {"eps": 4 / 255, "steps": 2, "alpha": 1 / 255}
+    for bad in ({"steps": True}, {"steps": 2.0}, {"alpha": 0}, {"eps": "a/b"}):
+        with pytest.raises((ValueError, InvalidInput), match=f"{next(iter(bad))} must be"):
+            FareConfig(**bad)
+
+
 def test_fare_under_sharded_training_is_refused_naming_the_launch_that_works():
     from accelerate.utils import DistributedType
 
@@ -154,3 +164,4 @@ def test_a_bad_fare_setting_is_one_line_naming_the_field(tmp_path, setting, line
     assert result.exit_code == 2
     (printed,) = result.output.strip().splitlines()
     assert printed.startswith(line) and not out.exists()
+
