@@ -165,3 +165,13 @@ def test_a_bad_fare_setting_is_one_line_naming_the_field(tmp_path, setting, line
     (printed,) = result.output.strip().splitlines()
     assert printed.startswith(line) and not out.exists()
 
+
+def test_the_logged_throughput_counts_what_the_objective_trains_on():
+    from prsl.train.log import describe
+    from prsl.train.objectives import AdversarialTokenLoss, FareObjective, TokenLoss
+
+    assert FareObjective.unit == "images"
+    assert TokenLoss.unit == AdversarialTokenLoss.unit == "tokens"
+    stats = {"loss": 0.5, "ce": 0.0, "regularizer": 0.0, "tokens_per_s": 1234.0}
+    assert describe(stats, "images") == "FARE distance 0.5000 1,234 images/s"
+    assert describe(stats).endswith(" 1,234 tok/s")
