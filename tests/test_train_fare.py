@@ -133,6 +133,13 @@ def test_fare_parameters_are_the_attack_s_typed_fields():
             FareConfig(**bad)
 
 
+def test_unset_fare_parameters_run_at_the_documented_defaults():
+    fare = TrainConfig(fare={}).fare
+    assert fare.built.eps == fare.eps == 4 / 255 and fare.built.steps == fare.steps == 10
+    assert fare.model_dump() == {"eps": 4 / 255, "steps": 10, "alpha": 1 / 255}
+    assert FareConfig(eps=2 / 255).model_dump()["alpha"] == 0.5 / 255
+
+
 def test_fare_under_sharded_training_is_refused_naming_the_launch_that_works():
     from accelerate.utils import DistributedType
 

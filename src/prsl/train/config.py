@@ -224,8 +224,10 @@ class FareConfig(Strict):
         unknown = sorted(set(data) - set(FARE_PARAMETERS))
         if unknown:
             raise ValueError(f"takes eps, steps and alpha, not {', '.join(unknown)}")
-        # the section's own path names it: errors name the field alone (train.fare: eps ...)
-        built = parse_attack(data, default="pgd", fixed={"norm": "linf"}, owner="")
+        # unset ones take this section's defaults (ε 4/255, not the attack's 8/255); the
+        # section's own path names it: errors name the field alone (train.fare: eps ...)
+        defaults = {key: cls.model_fields[key].default for key in FARE_PARAMETERS}
+        built = parse_attack(defaults | data, default="pgd", fixed={"norm": "linf"}, owner="")
         return {**data, "built": built}
 
     @model_serializer(mode="plain")
