@@ -179,3 +179,64 @@ def test_an_attack_spec_is_only_what_a_config_can_say():
     spec = AttackSpec.model_validate({"name": "pgd", "eps": ["2/255", 0.5], "norm": "l2"})
     assert [a.eps for a in spec.attacks] == spec.eps == [2 / 255, 0.5]
     assert spec.model_dump() == {"name": "pgd", "eps": [2 / 255, 0.5], "norm": "l2"}
+
+
+# --- the one parser of the flat attack specs configs write ---------------------------------------
+
+
+def test_one_parser_builds_every_flat_attack_spec():
+    from prsl.attacks import PGD, parse_attack, parse_attacks
+
+    spec = {"name": "pgd", "eps": "4/255", "steps": 2, "label": "PGD-2"}
+    built = parse_attack(spec, reserved=("label",))
+    assert built == PGD(eps=4 / 255, steps=2) == get_attack("pgd", eps="4/255", steps=2)
+    assert parse_attack({"attack": "bim"}, name_key="attack", default="pgd").name == "bim"
+    assert parse_attack({}, default="pgd", fixed={"norm": "l2"}).norm == "l2"
+    assert parse_attack({"norm": "l2"}, default="pgd", fixed={"norm": "linf"}).norm == "linf"
+    grid = parse_attacks({"name": "fgsm", "eps": ["2/255", 0.5]})
+    assert [a.eps for a in grid] == [2 / 255, 0.5] and {a.name for a in grid} == {"fgsm"}
+    assert [a.eps for a in parse_attacks({"name": "bim", "eps": 0.1})] == [0.1]
+    assert [a.eps for a in parse_attacks({"name": "bim"})] == [8 / 255]  # the attack's default
+
+
+@pytest.mark.parametrize(
+    ("data", "options", "message"),
+    [
+        ({"name": 3}, {}, "^name must be an attack name, got 3$"),
+        ({"attack": ["pgd"]}, {"name_key": "attack"}, "^attack must be an attack name"),
+        ({"name": "bimm"}, {}, "^unknown attack 'bimm'; choose one of: fgsm, bim"),
+        ({"name": "pgd", "nrom": 1}, {}, "^attack 'pgd' does not take 'nrom'; its parameters"),
+        ({"name": "pgd", "label": "x"}, {}, "^attack 'pgd' does not take 'label'"),
+        ({"name": "pgd", "eps": -1}, {}, r"^attack 'pgd': eps must be a finite number >= 0"),
+        ({"name": "pgd", "eps": -1}, {"owner": ""}, r"^eps must be a finite number >= 0"),
+        ({"name": "pgd", "eps": 2}, {"owner": ""}, r"^eps must be in \[0, 1\] for an L∞ ball"),
+        ({"eps": 0.1, "steps": 0}, {"owner": "train.x"}, "^train.x: steps must be an integer"),
+    ],
+)
+def test_the_parser_names_the_spec_and_the_field_once(data, options, message):
+    from prsl.attacks import parse_attack
+
+    with pytest.raises(InvalidInput, match=message) as caught:
+        parse_attack(data, **options)
+    assert "attack 'pgd': attack 'pgd'" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("eps", "message"),
+    [([], "attack 'bim': eps is empty"), ([0.1, None], "attack 'bim': an evaluation grid needs")],
+)
+def test_a_grid_needs_a_finite_eps_for_every_cell(eps, message):
+    from prsl.attacks import parse_attacks
+
+    with pytest.raises(InvalidInput, match=message):
+        parse_attacks({"name": "bim", "eps": eps})
+
+
+def test_build_is_the_constructor_with_the_owner_its_errors_name():
+    from prsl.attacks import PGD
+
+    assert PGD.build({"eps": "8/255"}) == PGD(eps=8 / 255)
+    with pytest.raises(InvalidInput, match="^attack 'pgd': steps must be"):
+        PGD.build({"steps": 0})
+    with pytest.raises(InvalidInput, match="^steps must be"):
+        PGD.build({"steps": 0}, owner="")

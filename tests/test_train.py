@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 import prsl.train.checkpoint
 import prsl.train.loop
+import prsl.train.objectives
 from interrupting import Killed, die_after_saving
 from prsl.cli import app
 from prsl.config import DataConfig, load_config
@@ -497,13 +498,13 @@ def test_teacher_forcing_pads_labels_with_eos_only_when_asked():
 
 def test_pad_labels_eos_counts_every_padded_position_in_training(tmp_path, monkeypatch):
     counted = []
-    original = prsl.train.loop.counted_tokens
+    original = prsl.train.objectives.counted_tokens
 
     def spy(labels):
         counted.append((int(original(labels)), labels.numel()))
         return original(labels)
 
-    monkeypatch.setattr(prsl.train.loop, "counted_tokens", spy)
+    monkeypatch.setattr(prsl.train.objectives, "counted_tokens", spy)
     finetune(tiny_config(tmp_path / "plain", n=8, max_steps=2))
     assert all(n < size for n, size in counted)  # padding is left out by default
     counted.clear()

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import prsl.train.adversarial
-import prsl.train.loop
+import prsl.train.objectives
 import vlm_builders
 from interrupting import Killed, die_after_saving
 from prsl.config import DataConfig, load_config
@@ -72,7 +72,7 @@ def test_adversarial_training_changes_the_update_and_crafts_inside_the_ball(tmp_
         seen.append((pixels.clone(), mixed, chosen))
         return mixed, chosen
 
-    monkeypatch.setattr(prsl.train.loop, "adversarial_mix", spy)
+    monkeypatch.setattr(prsl.train.objectives, "adversarial_mix", spy)
     half = {"attack": "pgd", "eps": EPS, "steps": 2, "fraction": 0.5}
     finetune(config(tmp_path / "adv", half), progress=False)
     assert len(seen) == 4  # one micro-batch per step

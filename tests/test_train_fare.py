@@ -123,6 +123,23 @@ def test_bad_fare_settings_are_refused_when_loaded(train, message):
         TrainConfig(**train)
 
 
+def test_fare_parameters_are_the_attack_s_typed_fields():
+    fare = FareConfig(eps="4/255", steps=2, alpha="1/255")
+    assert (fare.eps, fare.steps, fare.alpha) == (4 / 255, 2, 1 / 255)
+    assert fare.built.name == "pgd" and fare.built.norm == "linf"
+    assert fare.model_dump() == {"eps": 4 / 255, "steps": 2, "alpha": 1 / 255}
+    for bad in ({"steps": True}, {"steps": 2.0}, {"alpha": 0}, {"eps": "a/b"}):
+        with pytest.raises((ValueError, InvalidInput), match=f"{next(iter(bad))} must be"):
+            FareConfig(**bad)
+
+
+def test_unset_fare_parameters_run_at_the_documented_defaults():
+    fare = TrainConfig(fare={}).fare
+    assert fare.built.eps == fare.eps == 4 / 255 and fare.built.steps == fare.steps == 10
+    assert fare.model_dump() == {"eps": 4 / 255, "steps": 10, "alpha": 1 / 255}
+    assert FareConfig(eps=2 / 255).model_dump()["alpha"] == 0.5 / 255
+
+
 def test_fare_under_sharded_training_is_refused_naming_the_launch_that_works():
     from accelerate.utils import DistributedType
 
@@ -154,3 +171,14 @@ def test_a_bad_fare_setting_is_one_line_naming_the_field(tmp_path, setting, line
     assert result.exit_code == 2
     (printed,) = result.output.strip().splitlines()
     assert printed.startswith(line) and not out.exists()
+
+
+def test_the_logged_throughput_counts_what_the_objective_trains_on():
+    from prsl.train.log import describe
+    from prsl.train.objectives import AdversarialTokenLoss, FareObjective, TokenLoss
+
+    assert FareObjective.unit == "images"
+    assert TokenLoss.unit == AdversarialTokenLoss.unit == "tokens"
+    stats = {"loss": 0.5, "ce": 0.0, "regularizer": 0.0, "tokens_per_s": 1234.0}
+    assert describe(stats, "images") == "FARE distance 0.5000 1,234 images/s"
+    assert describe(stats).endswith(" 1,234 tok/s")

@@ -3,11 +3,14 @@
 Each attack is a typed parameter object that runs when called (``PGD(eps=8/255)(images,
 loss_fn)``, or ``get_attack("pgd", eps=...)``), with a functional form beside it (``fgsm``,
 ``bim``, ``pgd``, ``mifgsm``, ``apgd``, ``cw_l2``, ``square``), and task wrappers that build the
-loss from a captioning / VQA adapter. Nothing here knows about models, losses or data: the
-only contract is ``loss_fn(images (B, 3, H, W)) -> losses (B,)``. Every attack returns images
-inside its ε-ball and [0, 1]; with ``record_every_step=True`` an ``AttackResult(final, steps)``.
+loss from a captioning / VQA adapter. Configs write an attack flat (``{name: pgd, eps: 8/255}``)
+and build it through one parser, ``parse_attack`` / ``parse_attacks``. Nothing here knows about
+models, losses or data: the only contract is ``loss_fn(images (B, 3, H, W)) -> losses (B,)``.
+Every attack returns images inside its ε-ball and [0, 1]; with ``record_every_step=True`` an
+``AttackResult(final, steps)``.
 """
 
+from prsl.attacks._checks import Eps, Steps, StepSize
 from prsl.attacks.apgd import APGD, apgd, apgd_checkpoints
 from prsl.attacks.base import DEFAULT_EPS, Attack, AttackResult, LossFn
 from prsl.attacks.bim import BIM, bim
@@ -23,6 +26,8 @@ from prsl.attacks.registry import (
     attack_parameters,
     get_attack,
     paper_attack,
+    parse_attack,
+    parse_attacks,
 )
 from prsl.attacks.square import Square, square, square_fraction
 from prsl.attacks.tasks import (
@@ -42,6 +47,7 @@ __all__ = [
     "CLIP_STD",
     "CW",
     "DEFAULT_EPS",
+    "Eps",
     "FGSM",
     "MIFGSM",
     "PAPER_PRESETS",
@@ -52,6 +58,8 @@ __all__ = [
     "BallConstraint",
     "LossFn",
     "Square",
+    "StepSize",
+    "Steps",
     "SupportsLoss",
     "apgd",
     "apgd_checkpoints",
@@ -66,6 +74,8 @@ __all__ = [
     "jpeg_roundtrip",
     "mifgsm",
     "paper_attack",
+    "parse_attack",
+    "parse_attacks",
     "parse_eps",
     "pgd",
     "square",

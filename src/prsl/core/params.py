@@ -15,8 +15,9 @@ After that it is frozen, so what was validated is what runs and what is recorded
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo
 
@@ -168,6 +169,9 @@ def describe_errors(
     return "; ".join(problems)
 
 
+P = TypeVar("P", bound="Params")
+
+
 class Params(BaseModel):
     """Frozen, strict, closed: a validated set of parameters (see the module docstring).
 
@@ -187,12 +191,24 @@ class Params(BaseModel):
     name: ClassVar[str] = ""
 
     def __init__(self, **data: Any) -> None:
+        self._validate(data, type(self).owner())
+
+    def _validate(self, data: dict[str, Any], owner: str) -> None:
         try:
             super().__init__(**data)
         except ValidationError as err:
             raise InvalidInput(
-                describe_errors(err, self.owner(), type(self).parameter_names())
+                describe_errors(err, owner or None, type(self).parameter_names())
             ) from None
+
+    @classmethod
+    def build(cls: type[P], data: Mapping[str, Any], *, owner: str | None = None) -> P:
+        """``cls(**data)``, its failure naming ``owner``: by default the object
+        (``attack 'pgd': eps must be ...``); ``""`` names only the field (``eps must be
+        ...``), for a config section whose own path already says what the object is."""
+        built = cls.__new__(cls)
+        built._validate(dict(data), cls.owner() if owner is None else owner)
+        return built
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any) -> Params:  # type: ignore[override]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_serializer, model_validator
 
-from prsl.attacks import Attack, attack_class
+from prsl.attacks import Attack, parse_attacks
 from prsl.config import DataConfig, Strict
 from prsl.core.errors import InvalidInput
 from prsl.core.pixels import levels_text
@@ -60,24 +60,9 @@ class AttackSpec(Strict):
                 "'attacks' is not a field of an attack spec: write the attack's parameters "
                 "beside its name, e.g. {name: pgd, eps: [8/255], steps: 20}"
             )
-        name = data.get("name", cls.model_fields["name"].default)
-        if not isinstance(name, str):
-            raise ValueError(f"name must be an attack name, got {name!r}")
-        params = {k: v for k, v in data.items() if k not in _SPEC_FIELDS}
-        try:
-            kind = attack_class(name)
-            given = data.get("eps", kind.model_fields["eps"].default)
-            eps = given if isinstance(given, list) else [given]
-            if not eps:
-                raise InvalidInput(f"attack {name!r}: eps is empty; give at least one value")
-            if any(e is None for e in eps):
-                raise InvalidInput(
-                    f"attack {name!r}: an evaluation grid needs a finite ε for every cell (for "
-                    "cw an L2 budget in pixel units, e.g. eps: [0.5, 1.0])"
-                )
-            attacks = [kind(**params, eps=e) for e in eps]
-        except InvalidInput as err:
-            raise ValueError(str(err)) from None
+        default = cls.model_fields["name"].default
+        attacks = parse_attacks(data, default=default, reserved=_SPEC_FIELDS)
+        name = data.get("name", default)
         label = data.get("label")
         if isinstance(label, str) and TRANSFER_MARK in label:
             raise ValueError(

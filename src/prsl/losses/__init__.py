@@ -25,6 +25,6 @@ __all__, __getattr__, __dir__ = lazy_exports(
         ],
         "prsl": ["PRSL", "prsl_loss", "prsl_terms"],
         "registry": ["LOSSES", "build_loss", "get_loss", "loss_class", "loss_parameters"],
-        "trainer": ["hf_loss"],
+        "hf_trainer": ["hf_loss"],
     },
 )

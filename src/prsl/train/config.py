@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from prsl.attacks import Attack, get_attack
+from prsl.attacks import Attack, Eps, Steps, StepSize, parse_attack
 from prsl.config import DataConfig, Strict
 from prsl.core.errors import InvalidInput
 from prsl.losses import Loss, build_loss
@@ -143,21 +143,6 @@ class LossConfig(Strict):
         return params.given()
 
 
-def _validated_attack(name: str, params: dict[str, Any], shown_as: str | None = None) -> Attack:
-    """The registered attack, its parameter errors as a config's (``shown_as`` names it in
-    them when the config is not called after the attack; ``""`` leaves the name to the
-    config's field)."""
-    try:
-        return get_attack(name, **params)
-    except InvalidInput as err:
-        message = str(err)
-        if shown_as == "":  # the config's own field names it: no attack name at all
-            message = message.replace(f"attack {name!r}: ", "")
-        elif shown_as:
-            message = message.replace(f"attack {name!r}", shown_as)
-        raise ValueError(message) from None
-
-
 class AdversarialConfig(Strict):
     """Adversarial fine-tuning (Madry-style): examples crafted on the fly against the model as it
     is at that step, untargeted on their ground-truth text, by any registered attack.
@@ -186,11 +171,9 @@ class AdversarialConfig(Strict):
     def _build(cls, data: Any) -> Any:
         if not isinstance(data, dict) or "built" in data:
             return data
-        name = data.get("attack", cls.model_fields["attack"].default)
-        if not isinstance(name, str):
-            raise ValueError(f"attack must be an attack name, got {name!r}")
-        params = {k: v for k, v in data.items() if k not in ("attack", "fraction")}
-        built = _validated_attack(name, params)
+        default = cls.model_fields["attack"].default
+        built = parse_attack(data, name_key="attack", default=default, reserved=("fraction",))
+        name = built.name
         if getattr(built, "record_every_step", False):
             raise ValueError(
                 "record_every_step is for evaluations: training keeps the final images"
@@ -208,6 +191,10 @@ class AdversarialConfig(Strict):
         return {"attack": self.attack, "fraction": self.fraction, **self.built.recorded()}
 
 
+FARE_PARAMETERS = ("eps", "steps", "alpha")
+FARE_EPS = "L∞ radius of the PGD perturbation, in pixel units (``4/255``)."
+
+
 class FareConfig(Strict):
     """FARE (Schlarmann et al. 2024): unsupervised adversarial fine-tuning of the vision encoder.
 
@@ -222,12 +209,9 @@ class FareConfig(Strict):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    eps: float | str = 4 / 255
-    """L∞ radius of the PGD perturbation, in pixel units (``4/255``)."""
-    steps: int = Field(10, ge=1)
-    """PGD steps per batch."""
-    alpha: float | str | None = None
-    """PGD step size in pixel units (None: ε/4)."""
+    eps: Eps = Field(4 / 255, description=FARE_EPS)
+    steps: Steps = Field(10, description="PGD steps per batch.")
+    alpha: StepSize = Field(None, description="PGD step size in pixel units (None: ε/4).")
     built: Attack
     """The PGD attack as validated from ``eps``, ``steps``, ``alpha`` (not written in a
     config)."""
@@ -237,17 +221,19 @@ class FareConfig(Strict):
     def _build(cls, data: Any) -> Any:
         if not isinstance(data, dict) or "built" in data:
             return data
-        params = {k: data[k] for k in ("eps", "steps", "alpha") if k in data}
-        unknown = sorted(set(data) - {"eps", "steps", "alpha"})
+        unknown = sorted(set(data) - set(FARE_PARAMETERS))
         if unknown:
             raise ValueError(f"takes eps, steps and alpha, not {', '.join(unknown)}")
-        built = _validated_attack("pgd", params | {"norm": "linf"}, shown_as="")
+        # unset ones take this section's defaults (ε 4/255, not the attack's 8/255); the
+        # section's own path names it: errors name the field alone (train.fare: eps ...)
+        defaults = {key: cls.model_fields[key].default for key in FARE_PARAMETERS}
+        built = parse_attack(defaults | data, default="pgd", fixed={"norm": "linf"}, owner="")
         return {**data, "built": built}
 
     @model_serializer(mode="plain")
     def _flat(self) -> dict[str, Any]:
         attack = self.built.recorded()
-        return {"eps": attack["eps"], "steps": attack["steps"], "alpha": attack["alpha"]}
+        return {key: attack[key] for key in FARE_PARAMETERS}
 
 
 class TrainConfig(Strict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
+from typing import Literal
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -20,8 +21,13 @@ LOG_FILE = "train_log.csv"
 TENSORBOARD = "tensorboard"
 
 
-def describe(stats: dict) -> str:
-    if stats.get("fare"):  # FARE: the loss is the embedding distance, the throughput images/s
+Unit = Literal["tokens", "images"]
+"""What the objective's throughput counts (``tokens_per_s`` in the logs, either way)."""
+
+
+def describe(stats: dict, unit: Unit = "tokens") -> str:
+    """A step's stats in one line, its throughput in the objective's ``unit``."""
+    if unit == "images":  # FARE: the loss is the embedding distance, no CE or regulariser
         return f"FARE distance {stats['loss']:.4f} {stats['tokens_per_s']:,.0f} images/s"
     return (
         f"loss {stats['loss']:.4f} (ce {stats['ce']:.4f}, reg {stats['regularizer']:.4g}) "
@@ -64,8 +70,10 @@ class MetricLog:
         tensorboard: bool,
         start_step: int,
         console: Progress | None = None,
+        unit: Unit = "tokens",
     ) -> None:
         self.enabled = enabled
+        self.unit = unit
         self.console = console.console if console is not None else None
         self.writer = None
         if not enabled:
@@ -96,7 +104,7 @@ class MetricLog:
             return
         self.csv.writerow(stats)
         self.handle.flush()
-        line = f"step {stats['step']}/{total_steps} {describe(stats)} lr {stats['lr']:.3g}"
+        line = f"step {stats['step']}/{total_steps} {self.describe(stats)} lr {stats['lr']:.3g}"
         if self.console is not None:
             self.console.print(line, highlight=False, markup=False)
         else:
@@ -104,6 +112,9 @@ class MetricLog:
         if self.writer is not None:
             for key in ("loss", "ce", "regularizer", "lr", "tokens_per_s"):
                 self.writer.add_scalar(f"train/{key}", stats[key], stats["step"])
+
+    def describe(self, stats: dict) -> str:
+        return describe(stats, self.unit)
 
     def close(self) -> None:
         if self.enabled:

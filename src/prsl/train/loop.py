@@ -5,16 +5,15 @@ Built on ``accelerate``: the same code runs on CPU, one GPU, or under ``accelera
 (seed, epoch), checkpoints hold model, optimiser, scheduler, RNG and data position, so
 ``resume=True`` continues exactly where a run stopped and reaches the same weights.
 
-Loss scaling across processes: every process computes its token CE as a sum divided by the
-number of counted tokens in the *global* micro-batch (gathered), times the number of processes,
-so DDP's gradient averaging yields exactly the single-process mean. Label-smoothed CE is a mean
-as a whole and is scaled the same way. The PRSL/DRSL regulariser is a sum over positions (the
-authors' form); each process sums over its own positions and the regulariser's log-softmax spans
-that process's positions, as it spans one micro-batch under gradient accumulation.
+Each optimizer step reads its micro-batches and hands them to the run's objective
+(:mod:`prsl.train.objectives`: the loss on the target tokens, adversarially mixed or not, or
+FARE's), which owns their forward and backward, the scaling across processes and the step's
+stats; then the gradient is clipped and the optimizer steps.
 
 Logs (main process): a progress bar with the loss, CE, regulariser and throughput; a console line
 every ``log_every`` steps; ``train_log.csv``; TensorBoard scalars with ``train.tensorboard``.
-Logged values are averaged over processes; throughput counts the target tokens of all of them.
+Logged values are averaged over processes; throughput counts the target tokens (FARE: the
+images) of all of them.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import logging
 import shutil
 import signal
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -49,7 +48,6 @@ from prsl.data import (
     training_samples,
     unique_skips,
 )
-from prsl.losses import TermsLoss, counted_tokens, token_share
 from prsl.models import HFAdapter, LabelPadding
 from prsl.provenance import (
     TRAIN_INFO,
@@ -64,7 +62,6 @@ from prsl.provenance import (
 )
 from prsl.provenance.models import FINAL
 from prsl.provenance.settings import SETTINGS
-from prsl.train.adversarial import adversarial_mix, mixing_seed
 from prsl.train.checkpoint import (
     CHECKPOINT_PATTERN,
     checkpoint_step,
@@ -74,22 +71,15 @@ from prsl.train.checkpoint import (
     set_rng_state,
 )
 from prsl.train.config import RESUMABLE_CHANGES, FinetuneConfig
-from prsl.train.fare import (
-    FARE,
-    check_fare,
-    fare_distances,
-    fare_seed,
-    prepare_fare,
-    sum_gradients,
-)
+from prsl.train.fare import FARE, check_fare
 from prsl.train.interrupt import EXIT_CODES, StopRequests
-from prsl.train.log import (
-    LOG_FILE,
-    TENSORBOARD,
-    MetricLog,
-    describe,
-    progress_bar,
-    require_tensorboard,
+from prsl.train.log import LOG_FILE, TENSORBOARD, MetricLog, progress_bar, require_tensorboard
+from prsl.train.objectives import (
+    MicroBatch,
+    Objective,
+    Stats,
+    build_objective,
+    prepare_objective,
 )
 from prsl.train.schedule import step_groups, steps_per_epoch
 from prsl.train.start_model import BASE, build_adapter
@@ -134,13 +124,12 @@ class Session:
     wrapped: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    criterion: TermsLoss
     samples: list[Sample]
     total_steps: int
     params: list[torch.nn.Parameter]
+    objective: Objective
+    """What the steps minimise: the loss on the tokens (adversarially or not), or FARE's."""
     skipped: dict[str, Skipped] = field(default_factory=dict)
-    reference: torch.nn.Module | None = None
-    """FARE's frozen original vision encoder; None when not training with FARE."""
     started: StartedFrom | None = None
     """The prsl-trained model the run starts from, if any: its cost counts in the run's."""
 
@@ -394,9 +383,8 @@ def start_session(
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch(
         len(samples), cfg.train.batch_size, cfg.train.grad_accum
     )
-    # FARE trains the vision encoder only, towards a frozen copy of it taken here, before any
-    # checkpoint is restored: the original, also when resuming
-    reference = prepare_fare(adapter) if cfg.train.fare else None
+    # FARE: the frozen original encoder, taken before the trainable parameters are collected
+    reference = prepare_objective(cfg, adapter)
     params = [p for p in adapter.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=True
@@ -409,7 +397,7 @@ def start_session(
     )
     wrapped, optimizer, scheduler = accelerator.prepare(adapter.model, optimizer, scheduler)
     adapter.set_forward_module(wrapped)
-    criterion = TermsLoss(cfg.loss.params)
+    objective = build_objective(cfg, accelerator, adapter, wrapped, params, reference)
     return Session(
         cfg,
         out,
@@ -418,11 +406,10 @@ def start_session(
         wrapped,
         optimizer,
         scheduler,
-        criterion,
         samples,
         total_steps,
         params,
-        reference=reference,
+        objective,
         started=started_from(cfg.model.name_or_path),
     )
 
@@ -447,38 +434,18 @@ def train_until_done(
         cfg.train.tensorboard,
         position.step,
         bar if progress else None,
+        unit=session.objective.unit,
     )
     saved = position.step if resumed else None
     session.wrapped.train()
     task = bar.add_task("fine-tuning", total=session.total_steps, completed=position.step)
-    order = step_groups(
-        len(session.samples),
-        cfg.train.batch_size,
-        cfg.train.grad_accum,
-        cfg.train.seed,
-        position.epoch,
-        position.in_epoch,
-    )
-    budget = cfg.train.max_device_seconds
-    base = session.started.device_seconds if session.started else 0.0
-    world = accelerator.num_processes
-
-    def spent(at: Position) -> bool:
-        return budget is not None and base + at.device_seconds >= budget
-
-    def stop_at(at: Position) -> None:
-        accelerator.print(
-            f"stopping at step {at.step}: the budget of {budget:g} device-seconds is spent "
-            "(train.max_device_seconds)"
-        )
-
     try:
         with bar:
-            for epoch, step_in_epoch, group in order:
+            for epoch, step_in_epoch, group in remaining_steps(session, position):
                 if position.step >= session.total_steps:
                     break
-                if spent(position):  # a resumed run whose budget was spent before it stopped
-                    stop_at(position)
+                if spent(session, position):  # a resumed run whose budget was spent before
+                    budget_spent(session, position)
                     break
                 started = time.perf_counter()
                 stats = optimizer_step(session, group, position.step)
@@ -487,35 +454,15 @@ def train_until_done(
                     if accelerator.is_main_process:
                         log.warning("a batch held no readable image: no optimizer step was taken")
                     continue
-                took = time.perf_counter() - started
-                if budget is not None and world > 1:  # one clock for all, so all stop together
-                    took = accelerator.reduce(torch.tensor(took, device=accelerator.device), "max")
-                    took = float(took)
-                position = Position(
-                    position.step + 1,
-                    epoch,
-                    step_in_epoch + 1,
-                    position.seconds + took,
-                    position.device_seconds + took * world,
-                )
-                stopping = spent(position)
-                tokens = stats.pop("tokens")
-                stats |= {
-                    "step": position.step,
-                    "epoch": epoch,
-                    "lr": session.scheduler.get_last_lr()[0],
-                    "tokens_per_s": tokens / took,
-                }
-                result.history.append(stats)
-                last = position.step == session.total_steps or stopping
-                if position.step % cfg.train.log_every == 0 or last:
-                    logger.write(stats, session.total_steps)
-                bar.update(task, completed=position.step, description=describe(stats))
+                position, took = step_taken(session, position, epoch, step_in_epoch, started)
+                stopping = spent(session, position)
+                stats = log_step(session, result, logger, stats, position, epoch, took, stopping)
+                bar.update(task, completed=position.step, description=logger.describe(stats))
                 if cfg.train.save_every and position.step % cfg.train.save_every == 0:
                     save(session, position)
                     saved = position.step
                 if stopping:
-                    stop_at(position)
+                    budget_spent(session, position)
                     bar.update(task, total=position.step)  # done: no time left to estimate
                     break
                 signum = stops.signal() if stops is not None else None
@@ -526,6 +473,79 @@ def train_until_done(
     finally:
         logger.close()
     return position
+
+
+def remaining_steps(session: Session, position: Position) -> Iterator[tuple[int, int, list]]:
+    """(epoch, step within it, the step's micro-batches) from ``position`` on."""
+    train = session.cfg.train
+    return step_groups(
+        len(session.samples),
+        train.batch_size,
+        train.grad_accum,
+        train.seed,
+        position.epoch,
+        position.in_epoch,
+    )
+
+
+def spent(session: Session, at: Position) -> bool:
+    """Whether the model's device-seconds at ``at`` reach ``train.max_device_seconds``."""
+    budget = session.cfg.train.max_device_seconds
+    base = session.started.device_seconds if session.started else 0.0
+    return budget is not None and base + at.device_seconds >= budget
+
+
+def budget_spent(session: Session, at: Position) -> None:
+    session.accelerator.print(
+        f"stopping at step {at.step}: the budget of {session.cfg.train.max_device_seconds:g} "
+        "device-seconds is spent (train.max_device_seconds)"
+    )
+
+
+def step_taken(
+    session: Session, position: Position, epoch: int, step_in_epoch: int, started: float
+) -> tuple[Position, float]:
+    """The position after the step begun at ``started`` (``time.perf_counter``) in ``epoch``,
+    and the seconds it took."""
+    accelerator, world = session.accelerator, session.accelerator.num_processes
+    took = time.perf_counter() - started
+    if session.cfg.train.max_device_seconds is not None and world > 1:
+        # one clock for all, so all stop together
+        took = float(accelerator.reduce(torch.tensor(took, device=accelerator.device), "max"))
+    after = Position(
+        position.step + 1,
+        epoch,
+        step_in_epoch + 1,
+        position.seconds + took,
+        position.device_seconds + took * world,
+    )
+    return after, took
+
+
+def log_step(
+    session: Session,
+    result: TrainResult,
+    logger: MetricLog,
+    stats: dict[str, Any],
+    position: Position,
+    epoch: int,
+    took: float,
+    stopping: bool,
+) -> dict[str, Any]:
+    """The step's stats with its position, learning rate and throughput (in the objective's
+    unit), kept in the history and logged every ``log_every`` steps and at the last."""
+    count = stats.pop("count")
+    stats |= {
+        "step": position.step,
+        "epoch": epoch,
+        "lr": session.scheduler.get_last_lr()[0],
+        "tokens_per_s": count / took,
+    }
+    result.history.append(stats)
+    last = position.step == session.total_steps or stopping
+    if position.step % session.cfg.train.log_every == 0 or last:
+        logger.write(stats, session.total_steps)
+    return stats
 
 
 def stopped_by_signal(
@@ -619,84 +639,62 @@ def restore(session: Session) -> Position:
 def optimizer_step(
     session: Session, group: list[list[int]], step: int = 0
 ) -> dict[str, Any] | None:
-    """One optimizer step: forward/backward over its micro-batches, clip, step; returns the
-    averaged stats, or None when no image of the step could be read (then nothing is done).
-
-    Each micro-batch's CE is a mean over its counted tokens (of every process), and the step
-    averages the micro-batches, as one large batch of equal micro-batches would. The stats are
-    those of the objective the gradient follows, over all processes: that CE (and a mean-type
-    loss), and the regulariser summed over the processes.
-    """
-    accelerator = session.accelerator
-    parts = torch.zeros(3, dtype=torch.float64)  # this process's part of loss, CE, regulariser
-    tokens = 0
-    rank, world = accelerator.process_index, accelerator.num_processes
-    for i, indices in enumerate(group):
-        mine = indices[rank::world] if world > 1 else indices
-        batch = [session.samples[j] for j in mine]
-        adapter = session.adapter
-        pixels, kept, skipped = load_batch(batch, adapter.pixel_size, adapter.prepare_images)
-        for item in skipped:
-            if session.skipped.setdefault(item.identity, item) is item:
-                log.warning("skipping unreadable image %s: %s", item.path, item.reason)
-        counts = 1.0
-        if pixels is None:
-            if world == 1:
-                continue
-            # Nothing readable here (or the micro-batch ran out before this process): every
-            # process must still join the gradient all-reduce and the token count, or the others
-            # wait forever. A forward on blank images, weighted 0, does that and changes nothing.
-            kept = batch or [session.samples[indices[0]]]
-            pixels = torch.zeros(len(kept), 3, *session.adapter.pixel_size)
-            counts = 0.0
-        pixels = pixels.to(accelerator.device)
-        texts, prompts = [s.text for s in kept], batch_prompts(kept)
-        adversarial = session.cfg.train.adversarial
-        if adversarial is not None and counts:  # attacked against the model as it is now
-            seed = mixing_seed(session.cfg.train.seed, step, i, rank)
-            with accelerator.autocast():
-                pixels, _ = adversarial_mix(adapter, pixels, texts, prompts, adversarial, seed)
-        if session.reference is not None:  # FARE: the encoder's objective, no text at all
-            first = mine[0] if mine else indices[0]
-            seed = fare_seed(session.cfg.train.seed, step, first)
-            draws = torch.Generator(device=pixels.device).manual_seed(seed)
-            with accelerator.autocast():
-                distances = fare_distances(
-                    adapter, session.reference, pixels, session.cfg.train.fare, draws
-                )
-            local = torch.tensor(len(kept) * counts, device=accelerator.device)
-            everywhere = accelerator.reduce(local.clone(), reduction="sum") if world > 1 else local
-            share = distances.sum() * counts / everywhere  # of the mean over every process
-            accelerator.backward(share / len(group))
-            parts += torch.tensor([share.item(), 0.0, 0.0], dtype=torch.float64)
-            tokens += int(everywhere)  # images: FARE has no target tokens
+    """One optimizer step: the objective's forward and backward over the step's micro-batches,
+    clip, step; returns the step's stats (:meth:`Stats.averaged`, over every process), or None
+    when no image of the step could be read (then nothing is done)."""
+    objective = session.objective
+    stats = Stats()
+    for index in range(len(group)):
+        batch = micro_batch(session, group, index, step)
+        if batch is None:  # nothing readable, and no other process waits for this one
             continue
-        sync = nullcontext() if i == len(group) - 1 else accelerator.no_sync(session.wrapped)
-        with sync, accelerator.autocast():
-            logits, labels = session.adapter.logits_and_labels(pixels, texts, prompts)
-            terms = session.criterion.terms(logits, labels)
-            local = counted_tokens(labels) * int(counts)
-            everywhere = accelerator.reduce(local.detach().clone(), reduction="sum")
-            scaled = session.criterion.rescaled(terms, token_share(local, everywhere))
-            # DDP averages gradients over processes: scale up by their number.
-            accelerator.backward(scaled.loss * (counts * world / len(group)))
-        parts += torch.stack(list(scaled)).detach().double().cpu() * counts
-        tokens += int(everywhere)
-    if world > 1:
-        parts = accelerator.reduce(parts.to(accelerator.device), reduction="sum").cpu()
-        if session.reference is not None:
-            sum_gradients(session.params)
-    if tokens == 0:  # every image of the step unreadable, on every process (tokens is global)
+        stats += objective.micro_step(batch)
+    stats = objective.reduce(stats)
+    if stats.count == 0:  # every image of the step unreadable, on every process (count is global)
         session.optimizer.zero_grad(set_to_none=True)
         return None
     if session.cfg.train.max_grad_norm:
-        accelerator.clip_grad_norm_(session.params, session.cfg.train.max_grad_norm)
+        session.accelerator.clip_grad_norm_(session.params, session.cfg.train.max_grad_norm)
     session.optimizer.step()
     session.scheduler.step()
     session.optimizer.zero_grad(set_to_none=True)
-    loss, ce, regularizer = (parts / len(group)).tolist()
-    stats = {"loss": loss, "ce": ce, "regularizer": regularizer, "tokens": tokens}
-    return stats | ({"fare": True} if session.reference is not None else {})
+    return stats.averaged(len(group))
+
+
+def micro_batch(
+    session: Session, group: list[list[int]], index: int, step: int
+) -> MicroBatch | None:
+    """This process's share of the step's micro-batch ``index``, its images read (an unreadable
+    one is warned about once and left out); None when none could be read in a single process."""
+    accelerator, adapter = session.accelerator, session.adapter
+    rank, world = accelerator.process_index, accelerator.num_processes
+    indices = group[index]
+    mine = indices[rank::world] if world > 1 else indices
+    batch = [session.samples[j] for j in mine]
+    pixels, kept, skipped = load_batch(batch, adapter.pixel_size, adapter.prepare_images)
+    for item in skipped:
+        if session.skipped.setdefault(item.identity, item) is item:
+            log.warning("skipping unreadable image %s: %s", item.path, item.reason)
+    weight = 1.0
+    if pixels is None:
+        if world == 1:
+            return None
+        # Nothing readable here (or the micro-batch ran out before this process): every
+        # process must still join the gradient all-reduce and the token count, or the others
+        # wait forever. A forward on blank images, weighted 0, does that and changes nothing.
+        kept = batch or [session.samples[indices[0]]]
+        pixels = torch.zeros(len(kept), 3, *adapter.pixel_size)
+        weight = 0.0
+    return MicroBatch(
+        pixels=pixels.to(accelerator.device),
+        texts=[s.text for s in kept],
+        prompts=batch_prompts(kept),
+        weight=weight,
+        step=step,
+        index=index,
+        of=len(group),
+        first_item=mine[0] if mine else indices[0],
+    )
 
 
 def save(session: Session, position: Position) -> None:
