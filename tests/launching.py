@@ -63,11 +63,20 @@ def descendants(pid: int) -> list[int]:
 
 
 def gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (a zombie has: its files, and so its locks, are closed)."""
+    """Whether every thread of ``pid`` has exited. A zombie's files, and so its locks, are
+    closed, but a killed leader thread turns zombie before the other threads of its process
+    have exited, and they hold the files until they do: every thread must be a zombie."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return True
+    for task in tasks:
+        try:
+            if (task / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                return False
+        except OSError:
+            continue
+    return True
 
 
 def kill_tree(pid: int, timeout: float = 30.0) -> None:

@@ -25,6 +25,7 @@ from interrupting import Killed, die_after_saving
 from launching import environment
 from prsl.cli import app
 from prsl.config import load_config
+from prsl.core import lock
 from prsl.core.lock import LOCK_FILE, FolderBusy, hold
 from prsl.data import read_dataset
 from prsl.evaluate import PREDICTIONS, read_predictions
@@ -286,6 +287,19 @@ def test_a_killed_holder_leaves_no_stale_lock(holder):
             assert time.time() < deadline
             time.sleep(0.1)
     assert not (folder / LOCK_FILE).exists()
+
+
+def test_only_a_dead_holder_is_waited_for_and_only_briefly():
+    """A killed process turns zombie before its other threads have exited, and they hold its
+    lock until they do: a run finding the lock held by a dead pid waits for it (up to DYING_S)
+    instead of refusing in a dead run's name; a live holder is refused at once."""
+    began = time.monotonic()
+    dead = str(subprocess.Popen([sys.executable, "-c", "pass"]).pid)
+    time.sleep(0.5)  # exited (a zombie until reaped, or gone)
+    assert lock._dying(dead, began)
+    assert not lock._dying(dead, began - lock.DYING_S - 1)  # waited long enough: refuse
+    assert not lock._dying(str(os.getpid()), began)  # a live holder: refuse at once
+    assert not lock._dying("unknown", began)
 
 
 def test_the_same_process_may_hold_a_folder_twice_and_a_lock_leaves_nothing(tmp_path):

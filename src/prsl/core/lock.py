@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".prsl.lock"
 POLL_S = 0.2
 """How often a waiting run looks again (a blocking flock could not say whom it waits for)."""
+DYING_S = 10.0
+"""How long a run waits for a holder that is already dead to let go: a killed process's lock is
+released only once all its threads have exited, which takes a moment on a busy machine."""
 
 _held: dict[Path, int] = {}
 """Folders this process holds, with how many times it entered each (reentrancy)."""
@@ -77,14 +80,14 @@ def _created(folder: Path) -> list[Path]:
 def _acquire(folder: Path, what: str, wait: bool) -> int:
     """A file descriptor holding the lock of ``folder``."""
     path = folder / LOCK_FILE
-    said = False
+    said, started = False, time.monotonic()
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            if not wait:
+            if not wait and not _dying(holder(folder), started):
                 raise FolderBusy(busy_message(folder, what, holder(folder))) from None
             if not said:
                 log.warning("waiting for prsl run %s to finish with %s", holder(folder), folder)
@@ -102,6 +105,18 @@ def _acquire(folder: Path, what: str, wait: bool) -> int:
             os.write(fd, f"{os.getpid()}\n".encode())
             return fd
         os.close(fd)
+
+
+def _dying(pid: str, since: float) -> bool:
+    """Whether the recorded holder has exited or been killed (no such process, or a zombie) and
+    ``DYING_S`` has not passed since ``since``: its lock is about to go."""
+    if time.monotonic() - since > DYING_S or not pid.isdigit():
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return Path("/proc/self").exists()  # no such process (where /proc can tell)
+    return state in ("Z", "X")
 
 
 def _release(folder: Path, fd: int, made: list[Path]) -> None:
