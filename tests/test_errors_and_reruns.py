@@ -234,6 +234,14 @@ def test_fewer_images_or_another_attack_reuse_what_fits_and_report_what_was_aske
     assert set(crafted) == {"bim"}  # only the new cell was attacked
     runs = json.loads((evaluated / RESULTS).read_text())["runs"]
     assert {(r["attack"], r["steps"]) for r in runs} == {("fgsm", 1), ("bim", 2)}
+    assert "does not ask for" not in output  # every cell it holds is in the results
+
+    # back to the first grid: the bim cell's predictions stay, and the run says they are left out
+    result, output = run("evaluate", "-m", tiny, *sets(*SHAPES, f"output_dir={evaluated}"))
+    assert result.exit_code == 0, output
+    assert "also holds predictions of 1 cell(s) this run does not ask for (bim eps=" in output
+    runs = json.loads((evaluated / RESULTS).read_text())["runs"]
+    assert {r["attack"] for r in runs} == {"fgsm"}
 
 
 def test_a_model_retrained_in_place_is_not_taken_for_the_old_one(evaluated, tiny, texts):
@@ -281,6 +289,28 @@ def test_prsl_attack_is_as_careful_and_names_files_after_their_items(tmp_path, t
         "attack", "-m", tiny, "--out", str(out), "--overwrite", *sets(*data, "attacks.0.steps=3")
     )
     assert forced.exit_code == 0, output and "wrote 1 adversarial image(s)" in output
+
+
+def test_a_folder_of_another_command_is_refused_even_with_overwrite(evaluated, tiny, tmp_path):
+    """``prsl attack`` into an evaluation's folder (or an evaluation into a fine-tune's) would
+    replace the folder's record and write beside another command's output: refused, before
+    ``--overwrite`` discards anything, with advice that fits."""
+    before = snapshot(evaluated)
+    for extra in ((), ("--overwrite",)):
+        result, output = run("attack", "-m", tiny, "--out", str(evaluated), *extra, *sets(*SHAPES))
+        one_line_error(result, output, "holds the output of `prsl evaluate`, not of `prsl attack`")
+        assert "choose another output folder" in output and "rerun" not in output
+        assert snapshot(evaluated) == before
+    tuned = tmp_path / "tuned"
+    result, output = run("finetune", *sets(*TUNE, f"train.output_dir={tuned}"))
+    assert result.exit_code == 0, output
+    before = snapshot(tuned)
+    for extra in ((), ("--overwrite",)):
+        result, output = run("evaluate", "-m", tiny, *extra, *sets(*SHAPES, f"output_dir={tuned}"))
+        one_line_error(
+            result, output, "holds the output of `prsl finetune`, not of `prsl evaluate`"
+        )
+        assert snapshot(tuned) == before
 
 
 # ------------------------------------------------------------------ 3. --resume
@@ -758,19 +788,33 @@ def test_a_collapsed_model_is_said_first_and_its_checks_give_the_true_reason(
     monkeypatch.setattr(evaluate_loop, "generate", lambda _, pixels, *a: [collapsed] * len(pixels))
     out = tmp_path / "eval"
     grid = "attacks=[{name: pgd, eps: [2/255, 4/255], steps: 1}]"
+    five = ["data.name=shapes", "data.options={n: 5, seed: 2}", "n_images=5", "max_new_tokens=4"]
     result, output = run(
-        "evaluate", "-m", tiny, *sets(*SHAPES[:4], "metrics=[CIDEr]", grid, f"output_dir={out}")
+        "evaluate", "-m", tiny, *sets(*five, "metrics=[CIDEr]", grid, f"output_dir={out}")
     )
     assert result.exit_code == 0, output
-    said = 'is degenerate (3 of 3 clean outputs are the same text ("a green a green a green")'
+    said = 'is degenerate (5 of 5 clean outputs are the same text ("a green a green a green")'
     assert said in output and "its clean CIDEr against its own output is 0)" in output
     runs = json.loads((out / RESULTS).read_text())["runs"]
-    assert all("3 of 3 clean outputs" in r["degenerate"] for r in runs)
+    assert all("5 of 5 clean outputs" in r["degenerate"] for r in runs)
 
     result, output = run("report", str(out), "--out", str(tmp_path / "report"))
     assert result.exit_code == 0, output
     md = (tmp_path / "report" / "report.md").read_text()
     assert said in md and md.index(said) < md.index("## Verdict")
-    assert "not checked for tiny (pretrained): it is degenerate (3 of 3" in md
+    assert "not checked for tiny (pretrained): it is degenerate (5 of 5" in md
     assert "several ε" not in md and "No sign of masking found" not in md
     assert "No check could run" in md
+
+
+def test_too_few_items_judge_no_model_degenerate(tmp_path, tiny, monkeypatch):
+    """On one item CIDEr is 0 whatever the output says, and a few equal outputs prove little:
+    below DEGENERATE_MIN_ITEMS nothing is called degenerate."""
+    monkeypatch.setattr(evaluate_loop, "generate", lambda _, pixels, *a: ["a green"] * len(pixels))
+    out = tmp_path / "eval"
+    result, output = run(
+        "evaluate", "-m", tiny, *sets(*SHAPES[:4], "metrics=[CIDEr]", f"output_dir={out}")
+    )
+    assert result.exit_code == 0, output
+    assert "degenerate" not in output
+    assert not any(r.get("degenerate") for r in json.loads((out / RESULTS).read_text())["runs"])

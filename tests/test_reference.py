@@ -154,6 +154,14 @@ def test_every_readme_section_an_error_points_to_exists():
     assert named <= headings(), sorted(named - headings())
 
 
+def test_every_link_inside_the_readme_finds_its_heading():
+    """``[text](#anchor)``: GitHub's anchor of some heading (lower case, punctuation dropped,
+    spaces as hyphens)."""
+    anchors = {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings()}
+    linked = set(re.findall(r"\]\(#([^)]+)\)", README))
+    assert linked and linked <= anchors, sorted(linked - anchors)
+
+
 def test_the_bring_your_own_vlm_section_covers_a_local_vlm():
     section = README.split("## Bring your own VLM")[1].split("\n## ")[0]
     for needed in (

@@ -567,6 +567,9 @@ def _shared(sources: Mapping[str, Meta]) -> dict[str, Any]:
 
 DEGENERATE_SHARE = 0.9
 """A model is degenerate when this share of its clean outputs or more are one text (or empty)."""
+DEGENERATE_MIN_ITEMS = 5
+"""Fewer items than this judge no model degenerate: two equal outputs of two prove little, and
+CIDEr is 0 on a single item whatever it says (its document frequencies leave no weight)."""
 
 
 def degenerate_reason(clean_outputs: Sequence[str]) -> str | None:
@@ -577,7 +580,7 @@ def degenerate_reason(clean_outputs: Sequence[str]) -> str | None:
     green" to every image). :func:`floor_reason` adds the other sign, read from the scores.
     """
     texts = [" ".join(text.split()) for text in clean_outputs]
-    if len(texts) < 2:
+    if len(texts) < DEGENERATE_MIN_ITEMS:
         return None
     text, count = Counter(texts).most_common(1)[0]
     if count < DEGENERATE_SHARE * len(texts):
@@ -592,7 +595,7 @@ def floor_reason(run: RunRecord) -> str | None:
     """For a run scored against the model's own clean output: its clean headline score at the
     metric's floor (0), which no working model reaches against itself (CIDEr is 0 when every
     output shares every n-gram, one text for every image)."""
-    if run.reference != "clean":
+    if run.reference != "clean" or run.n_images < DEGENERATE_MIN_ITEMS:
         return None
     metric = next((m for m in HEADLINE[run.task] if m in run.clean), None)
     if metric is None or run.clean[metric] > 0:

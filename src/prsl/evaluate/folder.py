@@ -30,6 +30,7 @@ from prsl.core.paths import check_output_dir
 from prsl.evaluate.config import EvalConfig
 from prsl.evaluate.processes import close_processes
 from prsl.provenance import check_settings, write_settings
+from prsl.provenance.settings import check_owner
 
 T = TypeVar("T")
 
@@ -82,6 +83,7 @@ class OutputFolder:
     ) -> T:
         """What ``read`` finds finished in the folder (read by every process), once the folder
         is known to hold results of these settings or none; ``overwrite``: discarded first."""
+        check_owner(self.path, self.command)  # before --overwrite discards anything
         if overwrite and state.is_main_process:
             self.discard(self.path)
         state.wait_for_everyone()

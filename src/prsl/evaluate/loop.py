@@ -76,7 +76,7 @@ from prsl.models import VLMAdapter, check_model_source, load_adapter
 from prsl.provenance import ModelRef, model_refs
 from prsl.provenance.items import item_digests
 from prsl.provenance.models import model_identity
-from prsl.provenance.settings import SETTINGS
+from prsl.provenance.settings import SETTINGS, read_settings
 from prsl.results import (
     RESULTS,
     Meta,
@@ -138,6 +138,7 @@ def run_in_folder(
 ) -> dict:
     """The evaluation proper, its folder held: resume or start, run the grid, score."""
     state = run.state
+    earlier = recorded_cells(folder.path) - set(folder.settings.get("cells", {}))
     ledger = folder.resume(
         state,
         lambda: Ledger.read(folder.path, state.process_index),
@@ -145,6 +146,17 @@ def run_in_folder(
         has_results=lambda found: bool(found.rows),
     )
     ledger.before_first_write = folder.record
+    if earlier and not overwrite and state.is_main_process:
+        shown = ", ".join(sorted(earlier)[:3]) + (
+            f", +{len(earlier) - 3} more" if len(earlier) > 3 else ""
+        )
+        log.warning(
+            "evaluation: %s also holds predictions of %d cell(s) this run does not ask for (%s): "
+            "they are kept, and results.json holds this run's cells only",
+            folder.path,
+            len(earlier),
+            shown,
+        )
     skips = SkipTally(run.split.skipped)
     keys = run_grid(run, ledger, skips, progress)
     state.wait_for_everyone()
@@ -154,6 +166,13 @@ def run_in_folder(
     if not state.is_main_process:
         return {}
     return score_and_write(run, keys, skipped, scorer).as_json()
+
+
+def recorded_cells(folder: Path) -> set[str]:
+    """The cells (attack and ε) whose predictions the folder's record describes."""
+    record = read_settings(folder) or {}
+    cells = record.get("settings", {}).get("cells", {}) if record.get("command") == COMMAND else {}
+    return set(cells) if isinstance(cells, dict) else set()
 
 
 @dataclass(frozen=True)

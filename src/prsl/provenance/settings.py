@@ -157,6 +157,17 @@ def read_settings(folder: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def check_owner(folder: Path, command: str) -> None:
+    """Refuse a folder whose record is another command's: its files are not this command's to
+    resume, overwrite or discard, whatever this command's own files there say."""
+    record = read_settings(folder)
+    if record is not None and record.get("command") not in (None, command):
+        raise RunConflict(
+            f"{folder} holds the output of `prsl {record['command']}`, not of `prsl {command}`",
+            "choose another output folder (--overwrite discards only this command's own output)",
+        )
+
+
 def check_settings(
     folder: Path,
     command: str,
@@ -172,15 +183,10 @@ def check_settings(
     Returns True when the folder holds results computed with these settings (a resume), False
     when there is nothing to reuse. ``fix`` ends the message: what the user can do instead.
     """
+    check_owner(folder, command)
     record = read_settings(folder)
     if record is None or not has_results:
         return False
-    if record.get("command") != command:
-        raise RunConflict(
-            f"{folder} holds the results of `prsl {record.get('command')}`, not of "
-            f"`prsl {command}`",
-            fix,
-        )
     found = differences(
         record.get("settings", {}), settings, may_change=may_change, may_grow=may_grow
     )

@@ -61,7 +61,7 @@ from prsl.provenance import (
     write_training_record,
 )
 from prsl.provenance.models import FINAL
-from prsl.provenance.settings import SETTINGS
+from prsl.provenance.settings import SETTINGS, check_owner
 from prsl.train.checkpoint import (
     CHECKPOINT_PATTERN,
     checkpoint_step,
@@ -183,6 +183,7 @@ def train_in_folder(
     progress: bool,
 ) -> TrainResult:
     """The run proper, its folder held."""
+    check_owner(out, COMMAND)  # before --overwrite discards anything
     if overwrite and accelerator.is_main_process:
         discard_run(out)
     accelerator.wait_for_everyone()
