@@ -40,7 +40,7 @@ def ce_loss(model: nn.Module, labels: torch.Tensor):
     return lambda x: nn.functional.cross_entropy(model(x), labels, reduction="none")
 
 
-def batch(seed: int, size: int, side: int, on_grid: bool):
+def batch(seed: int, size: int, side: int, on_grid: bool = False):
     gen = torch.Generator().manual_seed(seed)
     images = torch.rand(size, 3, side, side, generator=gen)
     if on_grid:

@@ -16,18 +16,9 @@ from torch import nn
 
 from prsl.attacks import apgd, get_attack, pgd, square
 from prsl.attacks.constraint import BallConstraint, per_example_norm
-from test_attacks_properties import CLASSES, MODEL, ce_loss
+from test_attacks_properties import MODEL, batch, ce_loss
 
 FEW = settings(max_examples=25, deadline=None)
-
-
-def batch(seed: int, size: int, side: int, on_grid: bool = False):
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.rand(size, 3, side, side, generator=gen)
-    if on_grid:
-        images = (images * 255).round() / 255
-    labels = torch.randint(0, CLASSES, (size,), generator=gen)
-    return images, labels
 
 
 def seeded(seed: int) -> torch.Generator:

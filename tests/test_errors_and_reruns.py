@@ -29,6 +29,7 @@ from prsl.models import build_tiny_captioner
 from prsl.provenance import TrainingRecord, write_training_record
 from prsl.results import RESULTS, eps_text
 from prsl.train import FinetuneConfig
+from test_locks_and_signals import sweep_config
 
 SHAPES = [
     "data.name=shapes",
@@ -724,25 +725,7 @@ def test_prsl_attack_overwrite_removes_its_old_images(tmp_path, tiny):
 
 
 def test_a_sweep_conflict_gives_advice_a_sweep_can_follow(tmp_path):
-    sweep = {
-        "output_dir": str(tmp_path / "sweep"),
-        "finetune": {
-            "data": {"name": "shapes", "options": {"n": 8, "seed": 0}},
-            "model": {"tiny": {"hidden": 16, "layers": 1, "heads": 2}},
-            "loss": {"name": "prsl", "params": {"k": 2}},
-            "train": {"max_steps": 1, "batch_size": 4},
-        },
-        "evaluate": {
-            "data": {"name": "shapes", "options": {"n": 2, "seed": 3}},
-            "attacks": [{"name": "fgsm", "eps": ["4/255"]}],
-            "n_images": 2,
-            "max_new_tokens": 3,
-            "metrics": ["VQA-acc"],
-            "gallery": 0,
-        },
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(json.dumps(sweep))
+    path = sweep_config(tmp_path, tmp_path / "sweep")
     assert run("sweep", "--config", str(path))[0].exit_code == 0
     result, output = run("sweep", "--config", str(path), "--set", "finetune.train.lr=1e-3")
     one_line_error(result, output, "train.lr: 5e-05 -> 0.001")

@@ -29,7 +29,7 @@ from prsl.attacks._checks import (
     Steps,
 )
 from prsl.attacks.base import DEFAULT_EPS, Attack, finish
-from prsl.attacks.constraint import BallConstraint, expand, loss_and_grad
+from prsl.attacks.constraint import BallConstraint, expand, keep_better, loss_and_grad
 from prsl.core.lazy import lazy_import
 
 torch = lazy_import("torch", globals())
@@ -89,16 +89,10 @@ class APGD(Attack):
 
     def run(self, images, loss_fn, generator):
         constraint = BallConstraint(images, self.eps, self.norm, self.quantize, self.jpeg_quality)
-        best, best_loss, best_history = self._attempt(constraint, loss_fn, generator)
+        kept = self._attempt(constraint, loss_fn, generator)
         for _ in range(self.restarts - 1):
-            final, loss, history = self._attempt(constraint, loss_fn, generator)
-            better = loss > best_loss
-            best_loss = torch.where(better, loss, best_loss)
-            keep = expand(better, final)
-            best = torch.where(keep, final, best)
-            best_history = [
-                torch.where(keep, new, old) for new, old in zip(history, best_history, strict=True)
-            ]
+            kept = keep_better(kept, self._attempt(constraint, loss_fn, generator))
+        best, _, best_history = kept
         return finish(best, best_history, self.record_every_step)
 
     def _attempt(

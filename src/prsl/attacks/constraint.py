@@ -44,6 +44,22 @@ def expand(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
+def keep_better(
+    best: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]],
+    new: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Of two restarts, each ``(final images, their loss (B,), recorded iterates)``, per example
+    the one with the higher loss (ties keep ``best``): how PGD and APGD merge their restarts."""
+    (images, loss, history), (new_images, new_loss, new_history) = best, new
+    better = new_loss > loss
+    keep = expand(better, new_images)
+    return (
+        torch.where(keep, new_images, images),
+        torch.where(better, new_loss, loss),
+        [torch.where(keep, n, o) for n, o in zip(new_history, history, strict=True)],
+    )
+
+
 def jpeg_roundtrip(images: torch.Tensor, quality: int) -> torch.Tensor:
     """Encode each image as an in-memory JPEG of ``quality`` and decode it (the authors' loop)."""
     decoded = []

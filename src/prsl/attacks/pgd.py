@@ -26,7 +26,7 @@ from prsl.attacks._checks import (
     StepSize,
 )
 from prsl.attacks.base import DEFAULT_EPS, Attack, finish
-from prsl.attacks.constraint import BallConstraint, evaluate_losses, expand
+from prsl.attacks.constraint import BallConstraint, evaluate_losses, keep_better
 from prsl.core.lazy import lazy_import
 
 torch = lazy_import("torch", globals())
@@ -94,17 +94,11 @@ class PGD(Attack):
 
         best, best_history = attempt()
         if self.restarts > 1:
-            best_losses = evaluate_losses(loss_fn, best)
-        for _ in range(self.restarts - 1):
-            final, history = attempt()
-            losses = evaluate_losses(loss_fn, final)
-            better = losses > best_losses
-            best_losses = torch.where(better, losses, best_losses)
-            keep = expand(better, final)
-            best = torch.where(keep, final, best)
-            best_history = [
-                torch.where(keep, new, old) for new, old in zip(history, best_history, strict=True)
-            ]
+            kept = (best, evaluate_losses(loss_fn, best), best_history)
+            for _ in range(self.restarts - 1):
+                final, history = attempt()
+                kept = keep_better(kept, (final, evaluate_losses(loss_fn, final), history))
+            best, _, best_history = kept
         return finish(best, best_history, self.record_every_step)
 
 
