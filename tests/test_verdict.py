@@ -97,6 +97,17 @@ def test_a_real_difference_is_counted_with_its_direction() -> None:
     assert "95% paired bootstrap" in lines[0]
 
 
+def test_a_pair_with_a_degenerate_side_says_so_on_its_line() -> None:
+    adversarial = np.tile([0.0, 1.0], 20)
+    runs, (comparison,) = _compared(adversarial, adversarial.copy())
+    fields = [r.fields for r in runs]
+    (line, *_) = verdict_lines([comparison], fields, 0.95)
+    assert "degenerate" not in line
+    fields[0]["degenerate"] = "40 of 40 clean outputs are the same text"  # the baseline, CE
+    (line, *_) = verdict_lines([comparison], fields, 0.95)
+    assert line.endswith("But tiny-ce (ce) is degenerate (see above): these counts say nothing.")
+
+
 def test_the_verdict_states_each_sides_training_cost() -> None:
     """A defense that degrades less at twice the compute is read at that price."""
     runs, (comparison,) = _compared(np.zeros(30), np.ones(30), n=30)

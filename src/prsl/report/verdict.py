@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from prsl.report.plots import headline_metric
 from prsl.report.seeds import SeedComparison, gathered
-from prsl.results import OUTCOMES, Comparison, RunRecord, records
+from prsl.results import OUTCOMES, Comparison, RunRecord, degenerate_models, records
 
 NO_BASELINE = (
     "No comparison in these results: only one model was evaluated with each set of items, or no "
@@ -150,7 +150,7 @@ def _pair_lines(
     if headline:
         lines.append(
             f"{pair}, {task}, {metric}: {_counts(headline)} ({method}; a cell is one "
-            "attack, ε and reference)."
+            f"attack, ε and reference).{_degenerate_caveat(found[0], task, runs)}"
         )
     lines.append(f"{pair}, {task}, every metric: {_counts(found)}.")
     groups: dict[tuple, list[SeedComparison]] = defaultdict(list)
@@ -161,6 +161,25 @@ def _pair_lines(
             f"{pair}, {task}, {metric}, {attack}, reference {reference}: {_counts(cells)}."
         )
     return lines + _cost_line(pair, found[0], runs)
+
+
+def _degenerate_caveat(comparison: Comparison, task: str, runs: list[RunRecord]) -> str:
+    """A warning on the pair's line when either side is degenerate (said first in the report):
+    its counts then say nothing about robustness."""
+    collapsed = {
+        label.split(" seed ")[0] for label in degenerate_models(r for r in runs if r.task == task)
+    }
+    named = [
+        label
+        for label in (
+            f"{comparison.model} ({comparison.loss})",
+            f"{comparison.baseline} ({comparison.baseline_loss})",
+        )
+        if label in collapsed
+    ]
+    if not named:
+        return ""
+    return f" But {' and '.join(named)} is degenerate (see above): these counts say nothing."
 
 
 def _caveat(cells: int, level: float | None) -> str:
