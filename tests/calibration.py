@@ -109,20 +109,10 @@ def captioner_study(seed: int) -> dict[str, float]:
 def adversarial_study(seed: int) -> dict[str, float]:
     """What test_train_adversarial's CE-AT vs CE claim rests on, for one training seed."""
     import test_train_adversarial as t
-    from shapes_training import train_shapes_captioner
 
     with tempfile.TemporaryDirectory() as folder:
-        start = Path(folder) / "start"
-        train_shapes_captioner().save(start)
-        runs = t.train_and_attack(Path(folder), seed, start)
-    return {
-        "ce_degradation": runs[("ce", "clean")]["degradation"]["BLEU-4"],
-        "at_degradation": runs[("ce-at", "clean")]["degradation"]["BLEU-4"],
-        "difference": runs[("ce", "clean")]["degradation"]["BLEU-4"]
-        - runs[("ce-at", "clean")]["degradation"]["BLEU-4"],
-        "quality_ratio": runs[("ce-at", "ground_truth")]["clean"]["CIDEr"]
-        / max(runs[("ce", "ground_truth")]["clean"]["CIDEr"], 1e-9),
-    }
+        (row,) = t.study(Path(folder), [seed])
+    return {k: v for k, v in row.items() if k != "seed"}
 
 
 STUDIES = {"captioner": captioner_study, "adversarial": adversarial_study}

@@ -10,12 +10,16 @@ the model as it is, and nothing else about the run changes.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import background
 import prsl.train.adversarial
 import prsl.train.objectives
 import vlm_builders
@@ -213,24 +217,51 @@ def train_and_attack(out: Path, seed: int, start: Path) -> dict[tuple[str, str],
     return {(r["model"], r["reference"]): r for r in results["runs"]}
 
 
+def figures(runs: dict[tuple[str, str], dict]) -> dict[str, float]:
+    """What the claim rests on, for one seed: CE's BLEU-4 degradation minus CE-AT's, and
+    CE-AT's clean ground-truth CIDEr over CE's."""
+    ce, at = runs[("ce", "clean")], runs[("ce-at", "clean")]
+    return {
+        "ce_degradation": ce["degradation"]["BLEU-4"],
+        "at_degradation": at["degradation"]["BLEU-4"],
+        "difference": ce["degradation"]["BLEU-4"] - at["degradation"]["BLEU-4"],
+        "quality_ratio": runs[("ce-at", "ground_truth")]["clean"]["CIDEr"]
+        / max(runs[("ce", "ground_truth")]["clean"]["CIDEr"], 1e-9),
+    }
+
+
+def study(out: Path, seeds: list[int]) -> list[dict]:
+    """The trained captioner (``shapes_training.train_shapes_captioner``, the session's model),
+    then CE and CE-AT continued from it and attacked, per seed."""
+    from shapes_training import train_shapes_captioner
+
+    start = out / "start"
+    train_shapes_captioner().save(start)
+    return [{"seed": s, **figures(train_and_attack(out / f"at{s}", s, start))} for s in seeds]
+
+
+AT_STUDY = background.Job(
+    "ce-at-study",
+    "at_study",
+    lambda folder: [sys.executable, __file__, str(folder), *map(str, AT_SEEDS)],
+)
+BACKGROUND = [AT_STUDY]
+"""The study runs in a child process started with the session (tests/background.py)."""
+
+
 @pytest.fixture(scope="module")
-def saved_captioner(trained_captioner, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("captioner")
-    trained_captioner.save(folder)
-    return folder
+def at_study() -> list[dict]:
+    done = background.outcome(AT_STUDY)
+    found = done.folder / "study.json"
+    assert done.returncode == 0 and found.is_file(), done.output[-4000:]
+    return json.loads(found.read_text())
 
 
-def test_ce_at_degrades_less_than_ce_under_pgd_and_still_captions(
-    tmp_path_factory, saved_captioner
-):
-    differences = []
-    for seed in AT_SEEDS:
-        runs = train_and_attack(tmp_path_factory.mktemp(f"at{seed}"), seed, saved_captioner)
-        ce, at = runs[("ce", "clean")], runs[("ce-at", "clean")]
-        differences.append(ce["degradation"]["BLEU-4"] - at["degradation"]["BLEU-4"])
-        ce_quality = runs[("ce", "ground_truth")]["clean"]["CIDEr"]
-        at_quality = runs[("ce-at", "ground_truth")]["clean"]["CIDEr"]
-        assert at_quality >= QUALITY_FLOOR * ce_quality, (seed, at_quality, ce_quality)
+def test_ce_at_degrades_less_than_ce_under_pgd_and_still_captions(at_study):
+    assert [row["seed"] for row in at_study] == list(AT_SEEDS)
+    for row in at_study:
+        assert row["quality_ratio"] >= QUALITY_FLOOR, row  # no collapse
+    differences = [row["difference"] for row in at_study]
     assert sum(differences) / len(differences) > AT_MARGIN, differences
 
 
@@ -286,3 +317,12 @@ def test_adversarial_lora_fine_tuning_of_a_chat_vlm_keeps_its_frozen_tower(tmp_p
     assert tower and all(torch.equal(start[k], after[k]) for k in tower)
     projector = [k for k in after if "multi_modal_projector" in k]
     assert any(not torch.equal(start[k], after[k]) for k in projector)
+
+
+if (
+    __name__ == "__main__"
+):  # the CE-AT study as a child: python test_train_adversarial.py OUT SEED...
+    torch.set_num_threads(int(os.environ.get("PRSL_TEST_THREADS", "1")))
+    folder = Path(sys.argv[1])
+    rows = study(folder, [int(seed) for seed in sys.argv[2:]])
+    (folder / "study.json").write_text(json.dumps(rows))
