@@ -187,6 +187,9 @@ def test_apgd_restarts_record_the_steps_of_the_restart_kept():
     with torch.no_grad():
         recorded = torch.stack([loss_fn(x) for x in steps]).max(dim=0).values
         assert (loss_fn(final) >= recorded - 1e-6).all()  # the best iterate of that restart
+    # ... and it is one of them, per example: steps of another restart would not hold it
+    for i in range(len(images)):
+        assert any(torch.equal(final[i], step[i]) for step in steps), i
     for step in steps:
         assert (step - images).abs().max() <= 0.1 + 1e-6
 

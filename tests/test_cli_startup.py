@@ -41,11 +41,14 @@ def run_in_fresh_interpreter(*args: str) -> dict:
     [
         (["finetune", "--set", "train.lrr=1"], "train.lrr"),
         (["evaluate", "--set", "n_imagez=3"], "n_imagez"),
-        (["attack", "-m", "x", "--set", "attacks.0.steps=0"], "steps"),
+        (["attack", "-m", "x", "--set", "attacks.0.steps=0"], "steps must be an integer >= 1"),
         (["sweep", "--set", "gridd={}"], "gridd"),
         (["finetune", "--set", "data.options={directory: x}"], "directory"),
         (["finetune", "--set", "loss.params.k=0"], "k must be"),
-        (["finetune", "--set", "train.adversarial={attack: pgd, norm: l3}"], "norm"),
+        (
+            ["finetune", "--set", "train.adversarial={attack: pgd, norm: l3}"],
+            "norm must be one of 'linf', 'l2'",
+        ),
         (["evaluate", "--set", "attacks.0.norm=l2"], "does not take 'norm'"),
     ],
 )

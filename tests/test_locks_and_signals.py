@@ -294,12 +294,15 @@ def test_only_a_dead_holder_is_waited_for_and_only_briefly():
     lock until they do: a run finding the lock held by a dead pid waits for it (up to DYING_S)
     instead of refusing in a dead run's name; a live holder is refused at once."""
     began = time.monotonic()
-    dead = str(subprocess.Popen([sys.executable, "-c", "pass"]).pid)
-    time.sleep(0.5)  # exited (a zombie until reaped, or gone)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, left a zombie
+    dead = str(child.pid)
     assert lock._dying(dead, began)
     assert not lock._dying(dead, began - lock.DYING_S - 1)  # waited long enough: refuse
     assert not lock._dying(str(os.getpid()), began)  # a live holder: refuse at once
     assert not lock._dying("unknown", began)
+    child.wait()
+    assert lock._dying(dead, began)  # reaped: no such process
 
 
 def test_the_same_process_may_hold_a_folder_twice_and_a_lock_leaves_nothing(tmp_path):
@@ -382,6 +385,22 @@ def test_a_checkpoint_that_cannot_be_written_says_how_many_steps_are_lost(tmp_pa
     assert result.exit_code == 130, output
     assert "could not be written" in output and "the 2 step(s) of this run are lost" in output
     assert "start over" in output and "--resume" not in output
+
+
+def test_a_signal_during_the_last_step_lets_the_run_end_complete(tmp_path, monkeypatch):
+    """After the last step there is nothing to resume: the run writes its final model."""
+    import prsl.train.interrupt
+    import prsl.train.loop
+
+    class SignalAfterEveryStep(prsl.train.interrupt.StopRequests):
+        def signal(self):
+            return signal.SIGINT
+
+    monkeypatch.setattr(prsl.train.loop, "StopRequests", SignalAfterEveryStep)
+    out = tmp_path / "run"
+    result, output = run("finetune", *sets(*TUNE, "train.max_steps=1", f"train.output_dir={out}"))
+    assert result.exit_code == 0, output
+    assert (out / "final" / "model.safetensors").is_file()
 
 
 # ------------------------------------------------------------------ finetune's advice

@@ -160,11 +160,12 @@ def test_the_settings_record_holds_the_attack_as_it_runs(tmp_path):
 # then both are attacked with PGD-10 at 8/255 on 48 held-out images, against each model's own
 # clean captions. Starting both from one model leaves the adversarial examples as the only
 # difference, so one seed's outcome is far less of a draw than two models trained from scratch.
-# Measured with ``tests/calibration.py adversarial`` (seeds 0-2 with AVX-512, with AVX2 only and
-# with no SIMD, one thread): CE's BLEU-4 degradation minus CE-AT's was 0.04-0.25 per seed, its
-# mean over the three seeds 0.20 (AVX-512), 0.15 (AVX2) and 0.09 (no SIMD); CE-AT's clean
-# ground-truth CIDEr was 0.91-1.15 times CE's. Before (two models trained from scratch per seed)
-# one seed's difference was 0.06 on one CPU, and "less for every seed" failed on another.
+# Measured with ``tests/calibration.py adversarial`` (seeds 0-2 with AVX-512 on one and two
+# threads, with AVX2 only and with no SIMD): CE's BLEU-4 degradation minus CE-AT's was 0.04-0.25
+# per seed, its mean over the three seeds 0.20 and 0.16 (AVX-512, 1 and 2 threads), 0.15 (AVX2)
+# and 0.09 (no SIMD); CE-AT's clean ground-truth CIDEr was 0.91-1.15 times CE's. Before (two
+# models trained from scratch per seed) one seed's difference was 0.06 on one CPU, and "less for
+# every seed" failed on another.
 CONTINUE_STEPS = 100
 AT_SEEDS = (0, 1, 2)
 AT_MARGIN = 0.03

@@ -11,7 +11,6 @@ checks that too): ``python -m prsl.reference`` prints it.
 
 from __future__ import annotations
 
-import math
 import re
 import types
 import typing
@@ -25,6 +24,7 @@ from prsl.attacks import ATTACKS
 from prsl.config import DataConfig
 from prsl.core.errors import InvalidInput
 from prsl.core.params import Domain, Params
+from prsl.core.pixels import levels_text
 from prsl.data.hf import COLUMN_ROLES
 from prsl.data.registry import READERS, REQUIRED, reader_options
 from prsl.evaluate import AttackSpec, EvalConfig
@@ -134,10 +134,7 @@ def value_text(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        levels = value * 255
-        if not value.is_integer() and math.isclose(levels, round(levels), abs_tol=1e-9):
-            return f"{round(levels)}/255"
-        return f"{value:g}"
+        return levels_text(value)
     if isinstance(value, int | str):
         return str(value)
     if isinstance(value, list | tuple):

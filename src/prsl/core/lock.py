@@ -124,7 +124,12 @@ def _release(folder: Path, fd: int, made: list[Path]) -> None:
         (folder / LOCK_FILE).unlink(missing_ok=True)  # still held: nobody holds a new one yet
     finally:
         os.close(fd)
-    for empty in made:  # what the lock created, if the run wrote nothing there
+    _remove_empty(made)
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the folders the lock created (innermost first), as long as nothing was written."""
+    for empty in made:
         try:
             empty.rmdir()
         except OSError:
@@ -152,23 +157,31 @@ def hold(
     processes = getattr(state, "num_processes", 1)
     # without a state, a launched process is told its rank by the launcher (torchrun)
     main = getattr(state, "is_main_process", os.environ.get("RANK", "0") == "0")
-    fd, made, refused = None, [], None
-    if main:
-        try:
-            made = _created(folder)
-            fd = _acquire(folder, what, wait)
-        except FolderBusy as err:
-            refused = str(err)
-            for empty in made:
-                try:
-                    empty.rmdir()
-                except OSError:
-                    break
-    if processes > 1:  # every process of the launch stops, or none does
-        from accelerate.utils import broadcast_object_list
+    made = _created(folder) if main else []
+    fd, refused, said = None, None, False
+    while True:
+        # One process waits on the lock alone; the processes of a launch try together, round by
+        # round, so that no collective is left open (and times out) while the holder works.
+        busy = None
+        if main:
+            try:
+                fd = _acquire(folder, what, wait and processes == 1)
+            except FolderBusy as err:
+                busy = err
+        refused = str(busy) if busy is not None and not wait else None
+        still = busy is not None and wait
+        if processes > 1:  # every process of the launch stops, waits or goes on, or none does
+            from accelerate.utils import broadcast_object_list
 
-        refused = broadcast_object_list([refused])[0]
+            refused, still = broadcast_object_list([refused, still])
+        if not still:
+            break
+        if busy is not None and not said:
+            log.warning("waiting for prsl run %s to finish with %s", holder(folder), folder)
+            said = True
+        time.sleep(POLL_S)
     if refused is not None:
+        _remove_empty(made)
         raise FolderBusy(refused)
     _held[key] = 1  # on every process of a launch, so all of them nest alike
     try:

@@ -46,7 +46,6 @@ from prsl.provenance.models import model_identity
 from prsl.provenance.settings import SETTINGS
 
 CAPTION_SHARDS = ShardFiles("captions")
-CAPTIONS = CAPTION_SHARDS.first
 METADATA = "metadata.csv"
 METADATA_COLUMNS = (
     "file_name",

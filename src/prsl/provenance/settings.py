@@ -160,7 +160,10 @@ def read_settings(folder: Path) -> dict[str, Any] | None:
 def check_owner(folder: Path, command: str) -> None:
     """Refuse a folder whose record is another command's: its files are not this command's to
     resume, overwrite or discard, whatever this command's own files there say."""
-    record = read_settings(folder)
+    _refuse_another_owner(folder, read_settings(folder), command)
+
+
+def _refuse_another_owner(folder: Path, record: dict[str, Any] | None, command: str) -> None:
     if record is not None and record.get("command") not in (None, command):
         raise RunConflict(
             f"{folder} holds the output of `prsl {record['command']}`, not of `prsl {command}`",
@@ -183,8 +186,8 @@ def check_settings(
     Returns True when the folder holds results computed with these settings (a resume), False
     when there is nothing to reuse. ``fix`` ends the message: what the user can do instead.
     """
-    check_owner(folder, command)
     record = read_settings(folder)
+    _refuse_another_owner(folder, record, command)
     if record is None or not has_results:
         return False
     found = differences(

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from prsl.report.plots import headline_metric
 from prsl.report.seeds import SeedComparison, gathered
-from prsl.results import OUTCOMES, Comparison, RunRecord, degenerate_models, records
+from prsl.results import OUTCOMES, Comparison, RunRecord, floor_reason, records
 
 NO_BASELINE = (
     "No comparison in these results: only one model was evaluated with each set of items, or no "
@@ -134,14 +134,20 @@ def verdict_lines(
     pairs: dict[tuple[str, str], list[SeedComparison]] = defaultdict(list)
     for comparison in compared:
         pairs[(comparison.pair, comparison.task)].append(comparison)
+    collapsed = {(r.task, r.label) for r in runs if r.degenerate or floor_reason(r)}
     lines = []
     for (pair, task), found in pairs.items():
-        lines += _pair_lines(pair, task, found, runs, method)
+        lines += _pair_lines(pair, task, found, runs, method, collapsed)
     return [*lines, _caveat(len(compared), level)]
 
 
 def _pair_lines(
-    pair: str, task: str, found: list[SeedComparison], runs: list[RunRecord], method: str
+    pair: str,
+    task: str,
+    found: list[SeedComparison],
+    runs: list[RunRecord],
+    method: str,
+    collapsed: set[tuple[str, str]],
 ) -> list[str]:
     """One model pair in one task: the headline metric, every metric, each attack, the cost."""
     lines = []
@@ -150,7 +156,7 @@ def _pair_lines(
     if headline:
         lines.append(
             f"{pair}, {task}, {metric}: {_counts(headline)} ({method}; a cell is one "
-            f"attack, ε and reference).{_degenerate_caveat(found[0], task, runs)}"
+            f"attack, ε and reference).{_degenerate_caveat(found[0], collapsed)}"
         )
     lines.append(f"{pair}, {task}, every metric: {_counts(found)}.")
     groups: dict[tuple, list[SeedComparison]] = defaultdict(list)
@@ -163,19 +169,16 @@ def _pair_lines(
     return lines + _cost_line(pair, found[0], runs)
 
 
-def _degenerate_caveat(comparison: Comparison, task: str, runs: list[RunRecord]) -> str:
+def _degenerate_caveat(comparison: Comparison, collapsed: set[tuple[str, str]]) -> str:
     """A warning on the pair's line when either side is degenerate (said first in the report):
-    its counts then say nothing about robustness."""
-    collapsed = {
-        label.split(" seed ")[0] for label in degenerate_models(r for r in runs if r.task == task)
-    }
+    its counts then say nothing about robustness. ``collapsed``: (task, model label) pairs."""
     named = [
         label
         for label in (
             f"{comparison.model} ({comparison.loss})",
             f"{comparison.baseline} ({comparison.baseline_loss})",
         )
-        if label in collapsed
+        if (comparison.task, label) in collapsed
     ]
     if not named:
         return ""

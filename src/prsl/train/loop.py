@@ -164,13 +164,14 @@ def finetune(
     if cfg.train.fare is not None:
         check_fare(cfg.model, accelerator.distributed_type)
     check_output_dir(out, "train.output_dir")
-    try:
-        with hold(out, "train.output_dir", wait=wait, state=accelerator):
+    with hold(out, "train.output_dir", wait=wait, state=accelerator):
+        # Ctrl-C while waiting for the folder is not this run's: only once it is held
+        try:
             return train_in_folder(cfg, out, split, accelerator, resume, overwrite, progress)
-    except Interrupted:
-        raise
-    except KeyboardInterrupt as err:  # before the steps, or a second signal during them
-        raise interrupted_outside_steps(out, getattr(err, "code", 130)) from None
+        except Interrupted:
+            raise
+        except KeyboardInterrupt as err:  # before the steps, or a second signal during them
+            raise interrupted_outside_steps(out, getattr(err, "code", 130)) from None
 
 
 def train_in_folder(
@@ -422,7 +423,7 @@ def train_until_done(
     *,
     resumed: bool,
     progress: bool,
-    stops: StopRequests | None = None,
+    stops: StopRequests,
 ) -> Position:
     """Optimizer steps from ``position`` to the last, logged, checkpointed every ``save_every``
     steps and at the end; returns the final position. A signal noted by ``stops`` ends the run
@@ -466,8 +467,10 @@ def train_until_done(
                     budget_spent(session, position)
                     bar.update(task, total=position.step)  # done: no time left to estimate
                     break
-                signum = stops.signal() if stops is not None else None
-                if signum is not None:  # the steps so far are saved as save_every would save them
+                signum = stops.signal()
+                # the steps so far are saved as save_every would save them; after the last step
+                # the run ends complete instead (the signal waits for the final model)
+                if signum is not None and position.step < session.total_steps:
                     raise stopped_by_signal(session, position, saved, signum)
         if saved != position.step:
             save(session, position)
