@@ -1,8 +1,9 @@
 """Robustness evaluation: generate on clean and adversarial images, score, compute degradation.
 
 For every model x attack x ε the loop generates the clean output, attacks the images
-(untargeted, on the model's own clean output, the paper's protocol, or on the ground truth),
-generates again, and appends one row per item to ``predictions.jsonl`` as it goes. A rerun
+(untargeted, on the model's own clean output, the paper's protocol, or on the ground truth; or
+once per reference or per target, :mod:`prsl.evaluate.aims`), generates again, and appends one
+row per item to ``predictions.jsonl`` as it goes. A rerun
 with the same settings skips every (model, attack, ε, item) already there, so an interrupted run
 resumes where it stopped; one with other settings is refused, naming the fields (see
 :mod:`prsl.provenance.settings`), and so is one whose items changed on disk (an edited caption,
@@ -11,8 +12,9 @@ a replaced image). Scores come at the end from the predictions file alone.
 What a rerun may change without a conflict: models and attacks may be added or left out
 (``models`` and ``cells`` grow), and ``n_images``, ``batch_size``, ``metrics`` and ``gallery``
 are free, because the results are always computed from the rows of the current models, cells
-and first ``n_images`` items. Anything the rows depend on (data, attack parameters,
-``max_new_tokens``, ``attack_target``, ``seed``, a model's files) must stay the same.
+and first ``n_images`` items. Anything the rows depend on (data, attack parameters and an
+attack's ``reference`` or ``targets``, ``max_new_tokens``, ``attack_target``, ``seed``, a
+model's files) must stay the same; ``keywords`` are free.
 """
 
 from __future__ import annotations
