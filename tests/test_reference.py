@@ -93,7 +93,7 @@ def test_config_show_evaluate_lists_every_field_with_type_default_and_descriptio
         assert f"\n  {name}: " in result.output, name
     assert "  n_images: int, ≥ 1 = 32\n" in result.output
     assert "  max_new_tokens: int, ≥ 1 = 20\n" in result.output
-    assert 'attack_target: "clean" | "ground_truth" = clean' in result.output
+    assert 'attack_target: "clean" | "ground_truth" | "each_ground_truth" = clean' in result.output
     assert "[bootstrap]" in result.output and "[attacks[]]" in result.output
 
 

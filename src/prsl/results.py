@@ -13,7 +13,12 @@ load (:func:`read_results`); its JSON form is :meth:`Results.as_json`::
                "cell": {grid key: value}?, "train_steps": int?, "train_device_seconds": float?,
                "train_device": str?, "train_started_from": str?,
                "train_adversarial": {"attack", "fraction", ...}?,
-               "per_step": [{metric: value}, ...]?, "degenerate": why?}],
+               "per_step": [{metric: value}, ...]?, "degenerate": why?,
+               "attack_reference"?, "targets"?, "ensemble": {"over", "runs", "chosen_by",
+               "wins"}?, "target_success": {"match", "rate", "interval"?, "pairs", "succeeded",
+               "already", "per_target"}?, "iterations": {"criterion", "keywords"?,
+               "max_steps", "pairs", "succeeded", "censored", "already", "first_success",
+               "quartiles"}?}],
      "comparisons": [{"model", "baseline", "loss", "baseline_loss", "task", "attack", "eps",
                       "norm", "reference", "metric", "n_items", "difference", "interval",
                       "p_value", "outcome": "less"|"more"|"none", "seed"?}]?,
@@ -33,8 +38,11 @@ seeds are merged; ``cell`` the sweep cell a run comes from. ``train_steps`` and
 ``train_device_seconds`` are what the model's training cost in all: with the prsl-trained model
 it started from, named in ``train_started_from``, when there is one (FARE on a CE model).
 ``degenerate`` is set on every run of a model whose clean outputs say nothing (see
-:func:`degenerate_reason`), and says why. ``meta`` is open: what the report reads of it is
-typed (:class:`Meta`), the rest kept as written.
+:func:`degenerate_reason`), and says why. ``ensemble`` (a cell that ran its attack once per
+reference or target and kept each item's lowest-scoring run), ``target_success`` and
+``iterations`` are described on their records (:class:`Ensemble`, :class:`TargetSuccess`,
+:class:`IterationsToSuccess`); a run carries them on both of its references' rows. ``meta``
+is open: what the report reads of it is typed (:class:`Meta`), the rest kept as written.
 """
 
 from __future__ import annotations
@@ -126,6 +134,63 @@ class AdversarialTraining(BaseModel):
     attack: StrictStr
 
 
+class Ensemble(Record):
+    """A cell that ran its attack several times per item (``each_ground_truth`` or targets)
+    and kept, per item, the run whose output scored lowest against the ground truth."""
+
+    over: Literal["each_ground_truth", "targets"]
+    runs: StrictInt
+    """Attack runs made, over every item (items may have different numbers of references)."""
+    chosen_by: StrictStr
+    """The metric, against the ground truth, the lowest-scoring run was kept by."""
+    wins: dict[str, StrictInt]
+    """How many items kept each run: ``reference 1``, ``reference 2``... or each target."""
+
+
+class TargetSuccess(Record):
+    """A targeted attack's success over its (item, target) pairs: the target in the output
+    (``contains``, case-insensitive) or, for VQA, equal to it once both are normalised
+    (``exact``). ``interval``: paired bootstrap over the items, an item's pairs kept together.
+    ``already``: of the successful pairs, those whose clean output held the target too (no
+    attack needed)."""
+
+    match: Literal["contains", "exact"]
+    rate: Number
+    interval: Bounds | None = None
+    pairs: StrictInt
+    succeeded: StrictInt
+    already: StrictInt
+    per_target: dict[str, Number]
+
+
+class IterationsToSuccess(Record):
+    """Steps until an attack first succeeds, over its (item, run) pairs, from the outputs
+    recorded after every step: the output ``changed`` from the clean one, the ``keywords``
+    the clean output held all ``vanished``, or the ``target_appeared``.
+
+    Pairs that never succeed within ``max_steps`` are ``censored``, not counted as
+    ``max_steps``; pairs already successful on the clean image (a target it already says,
+    keywords it never said) are ``already`` and left out. ``quartiles`` are the 25th, 50th and
+    75th percentiles in steps, censored pairs counted as later than any step: the smallest step
+    by which that share of the pairs had succeeded, None when it never was."""
+
+    criterion: Literal["changed", "keywords_vanished", "target_appeared"]
+    keywords: list[StrictStr] | None = None
+    max_steps: StrictInt
+    pairs: StrictInt
+    succeeded: StrictInt
+    censored: StrictInt
+    already: StrictInt
+    first_success: list[StrictInt]
+    """How many pairs first succeed after step 1, 2, ... ``max_steps``."""
+    quartiles: list[StrictInt | None]
+
+    @property
+    def share(self) -> float | None:
+        """The share of the pairs that succeeded within ``max_steps``."""
+        return self.succeeded / self.pairs if self.pairs else None
+
+
 class RunRecord(Record):
     """One run: a model under one attack at one ε, scored against one reference."""
 
@@ -155,6 +220,12 @@ class RunRecord(Record):
     intervals: dict[str, dict[str, Bounds]] | None = None
     cell: dict[str, Any] | None = None
     seed: StrictInt | None = None
+    attack_reference: StrictStr | None = None
+    """What the untargeted attack aimed at when its spec said (else ``meta.attack_target``)."""
+    targets: list[StrictStr] | None = None
+    ensemble: Ensemble | None = None
+    target_success: TargetSuccess | None = None
+    iterations: IterationsToSuccess | None = None
 
     @field_validator("task")
     @classmethod
@@ -350,6 +421,9 @@ _FIELDS = {
     name
     for kind in (
         RunRecord,
+        Ensemble,
+        TargetSuccess,
+        IterationsToSuccess,
         Comparison,
         GalleryEntry,
         GalleryImages,

@@ -32,10 +32,11 @@ from prsl.data import (
     load_batch,
     save_image,
 )
-from prsl.evaluate.config import EvalConfig
-from prsl.evaluate.crafting import attack_texts, craft, generate, instructed
+from prsl.evaluate.aims import cell_aims, reference_of
+from prsl.evaluate.config import EACH_GROUND_TRUTH, EvalConfig
+from prsl.evaluate.crafting import craft, generate, instructed
 from prsl.evaluate.folder import OutputFolder, generation_settings
-from prsl.evaluate.grid import Cell
+from prsl.evaluate.grid import Cell, spec_aims
 from prsl.evaluate.items import SkipTally, read_evaluation_data
 from prsl.evaluate.processes import processes
 from prsl.evaluate.shards import ShardFiles, assigned_batches, drop_torn_tail
@@ -100,7 +101,12 @@ def attack_to_files(
     state = processes()
     spec = cfg.attacks[0]
     attack = spec.attacks[0].replace(quantize="uint8")
-    cell = Cell(spec.result_name, attack.eps, attack)
+    cell = Cell(spec.result_name, attack.eps, attack, None, *spec_aims(spec))
+    if len(cell.targets) > 1 or reference_of(cell, cfg.attack_target) == EACH_GROUND_TRUTH:
+        raise InvalidInput(
+            f"prsl attack saves one image per item, and attack {cell.name!r} runs once per "
+            "target or reference: give it one target, or reference clean or ground_truth"
+        )
     (ref,) = model_refs([model])
     split = read_evaluation_data(cfg)
     settings = attack_settings(cfg, ref, split, cell)
@@ -169,8 +175,8 @@ def attack_batch(job: AttackJob, todo: list[Sample]) -> list[dict]:
         return []
     prompts = batch_prompts(kept)
     clean = generate(adapter, pixels, prompts, cfg.max_new_tokens)
-    texts = attack_texts(cfg.attack_target, clean, kept)
-    adv, _ = craft(cell, pixels, adapter, texts, prompts, cfg.seed)
+    (aim,) = cell_aims(cell, cfg.attack_target, clean, kept, cfg.vqa_protocol)
+    adv, _ = craft(cell, pixels, adapter, aim.texts, prompts, cfg.seed, targeted=aim.targeted)
     adversarial = generate(adapter, adv, prompts, cfg.max_new_tokens)
     records = []
     for i, sample in enumerate(kept):

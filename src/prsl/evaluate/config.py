@@ -21,9 +21,25 @@ from prsl.metrics.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, MIN_RESAMPL
 from prsl.metrics.scorer import resolve_metrics
 from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol
 
-_SPEC_FIELDS = ("name", "label", "eps", "transfer")
+_SPEC_FIELDS = ("name", "label", "eps", "transfer", "reference", "targets", "keywords")
 TRANSFER_MARK = "@"
 """``bim@surrogate``: the result name of an attack crafted on the surrogate."""
+Reference = Literal["clean", "ground_truth", "each_ground_truth"]
+"""What an untargeted attack pushes the output away from (see :class:`AttackSpec`)."""
+EACH_GROUND_TRUTH = "each_ground_truth"
+
+
+def _texts(values: list[str], what: str) -> list[str]:
+    """A list of non-empty, distinct texts, or the one-line reason it is not."""
+    if not values:
+        raise ValueError(f"{what} is empty: give at least one text, or leave {what} out")
+    blank = [i for i, text in enumerate(values) if not text.strip()]
+    if blank:
+        raise ValueError(f"{what}[{blank[0]}] is an empty text: every entry must say something")
+    twice = next((text for i, text in enumerate(values) if text in values[:i]), None)
+    if twice is not None:
+        raise ValueError(f"{what} lists {twice!r} twice: give each text once")
+    return values
 
 
 class AttackSpec(Strict):
@@ -32,6 +48,8 @@ class AttackSpec(Strict):
     ``label`` names it in the results (default: ``name``); two specs of the same attack, e.g.
     BIM-10 and BIM-50, need different labels. ``attacks`` holds the validated attack, one per ε.
     ``transfer: false`` leaves it out of the attacks crafted again on the ``surrogate``.
+    ``reference``, ``targets`` and ``keywords`` say what the attack aims at and when it counts
+    as a success (README, "Targets, references and iterations to success").
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -49,6 +67,17 @@ class AttackSpec(Strict):
     """The attack validated once per ε (built from the spec; not written in a config)."""
     transfer: bool = True
     """Also craft it on the ``surrogate`` and score those images (gradient attacks only)."""
+    reference: Reference | None = None
+    """What the untargeted attack pushes away from: ``clean`` (the model's own output),
+    ``ground_truth`` (the first reference) or ``each_ground_truth`` (one run per distinct
+    reference, the lowest-scoring output kept per item); None: the evaluation's
+    ``attack_target``."""
+    targets: list[str] | None = None
+    """Target texts: the attack drives the output toward each in turn (one run per target);
+    the results add the success rate (the target in the output). None: untargeted."""
+    keywords: list[str] | None = None
+    """With ``record_every_step``: the results count the steps until none of these words
+    is left in the output (None: the evaluation's ``keywords``)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -69,7 +98,35 @@ class AttackSpec(Strict):
                 f"label {label!r} may not contain {TRANSFER_MARK!r}: it marks transferred attacks"
             )
         spec = {"name": name, "label": label, "eps": [a.eps for a in attacks], "attacks": attacks}
-        return spec | ({"transfer": data["transfer"]} if "transfer" in data else {})
+        return spec | {key: data[key] for key in _SPEC_FIELDS[3:] if key in data}
+
+    @model_validator(mode="after")
+    def _aims(self) -> AttackSpec:
+        if self.targets is not None:
+            _texts(self.targets, "targets")
+            if self.reference is not None:
+                raise ValueError(
+                    f"attack {self.result_name!r} has both targets and reference: a targeted "
+                    "attack drives the output toward its targets; drop one of them"
+                )
+            if self.keywords is not None:
+                raise ValueError(
+                    f"attack {self.result_name!r} has both targets and keywords: its success is "
+                    "the target appearing; drop keywords"
+                )
+        if self.keywords is not None:
+            _texts(self.keywords, "keywords")
+            if not self.records_steps:
+                raise ValueError(
+                    f"attack {self.result_name!r} has keywords but records no steps: counting "
+                    "the steps until they vanish needs record_every_step: true"
+                )
+        return self
+
+    @property
+    def records_steps(self) -> bool:
+        """Whether the attack records its output after every step (``record_every_step``)."""
+        return bool(getattr(self.attacks[0], "record_every_step", False))
 
     @model_serializer(mode="plain")
     def _flat(self) -> dict[str, Any]:
@@ -77,7 +134,12 @@ class AttackSpec(Strict):
         params = {k: v for k, v in self.attacks[0].given().items() if k != "eps"}
         label = {"label": self.label} if self.label is not None else {}
         transfer = {} if self.transfer else {"transfer": False}
-        return {"name": self.name, **label, "eps": list(self.eps), **transfer, **params}
+        aims = {
+            key: value
+            for key in ("reference", "targets", "keywords")
+            if (value := getattr(self, key)) is not None
+        }
+        return {"name": self.name, **label, "eps": list(self.eps), **transfer, **aims, **params}
 
     @property
     def result_name(self) -> str:
@@ -162,9 +224,14 @@ class EvalConfig(Strict):
     ``evalai`` (EvalAI / lmms-eval); see ``prsl.metrics.vqa``."""
     caption_prompt: str | None = None
     """The captioning instruction of chat VLMs (None: each model's own, as saved with it)."""
-    attack_target: Literal["clean", "ground_truth"] = "clean"
+    attack_target: Reference = "clean"
     """What the untargeted attacks push the output away from: the model's own clean
-    output (the paper's protocol) or the ground-truth text."""
+    output (the paper's protocol), the first ground-truth text, or each distinct ground-truth
+    text in turn (``each_ground_truth``); an attack's ``reference`` overrides it."""
+    keywords: list[str] | None = None
+    """Words whose vanishing from the output counts as success for every untargeted attack
+    with ``record_every_step`` (its own ``keywords`` aside): the results count the steps until
+    none is left. None: success is the output changing."""
     gallery: int = Field(6, ge=0)
     """Clean/adversarial image pairs kept per model, attack and ε for the report."""
     seed: int = Field(0, ge=0)
@@ -196,6 +263,13 @@ class EvalConfig(Strict):
                         "give one of them a distinct `label`"
                     )
                 seen.add((spec.result_name, eps))
+        if self.keywords is not None:
+            _texts(self.keywords, "keywords")
+            if not any(s.records_steps and s.targets is None for s in self.attacks):
+                raise ValueError(
+                    "keywords are counted on the outputs after every step, and no untargeted "
+                    "attack records them: add record_every_step: true to one, or drop keywords"
+                )
         return self
 
     def precision(self) -> dict[str, str]:

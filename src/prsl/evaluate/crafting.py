@@ -6,7 +6,6 @@ import torch
 
 from prsl.attacks import AttackResult, craft_on_surrogate
 from prsl.core.errors import InvalidInput
-from prsl.data import Sample
 from prsl.evaluate.config import EvalConfig
 from prsl.evaluate.grid import Cell
 from prsl.models import VLMAdapter
@@ -55,12 +54,6 @@ def generate_steps(
     return outputs
 
 
-def attack_texts(target: str, own_clean: list[str], samples: list[Sample]) -> list[str]:
-    """What the untargeted attack pushes away from: the crafter's own clean output (the
-    paper's protocol) or the ground truth."""
-    return own_clean if target == "clean" else [s.text for s in samples]
-
-
 def craft(
     cell: Cell,
     pixels: torch.Tensor,
@@ -68,15 +61,20 @@ def craft(
     texts: list[str],
     prompts: list[str] | None,
     seed: int,
+    *,
+    targeted: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """The cell's attack on ``crafter`` (the evaluated model, or the surrogate for a transfer
     cell): adversarial pixels and, when the attack records them, the images after every step.
+    ``targeted``: drive the output toward ``texts`` instead of away from them.
 
     A generator seeded with ``seed`` drives any random draw, so a rerun crafts the same images.
     """
     pixels = pixels.to(crafter.device)
     generator = torch.Generator(device=pixels.device).manual_seed(seed)
-    result = craft_on_surrogate(cell.attack, pixels, crafter, texts, prompts, generator=generator)
+    result = craft_on_surrogate(
+        cell.attack, pixels, crafter, texts, prompts, targeted=targeted, generator=generator
+    )
     if isinstance(result, AttackResult):
         return result.final, result.steps
     return result, None

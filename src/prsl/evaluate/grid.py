@@ -19,6 +19,12 @@ class Cell:
     attack: Attack
     white_box: str | None = None
     """For a transferred cell, the name of the same attack crafted on the evaluated model."""
+    reference: str | None = None
+    """The spec's ``reference`` (None: the evaluation's ``attack_target``)."""
+    targets: tuple[str, ...] = ()
+    """The spec's target texts (empty: untargeted)."""
+    keywords: tuple[str, ...] = ()
+    """The spec's ``keywords`` (empty: the evaluation's)."""
 
     @property
     def transfer(self) -> bool:
@@ -30,9 +36,22 @@ class Cell:
         """Names the cell in the run's settings record (the exact ε, not a rounding)."""
         return f"{self.name} eps={self.eps!r}"
 
+    @property
+    def targeted(self) -> bool:
+        return bool(self.targets)
+
     def recorded(self) -> dict:
-        """What the results depend on: the attack's name and every parameter as it runs."""
-        return {"attack": self.attack.name, "transfer": self.transfer, **self.attack.recorded()}
+        """What the predictions depend on: the attack's name, every parameter as it runs, and
+        what it aims at when the spec says (absent otherwise, so older records still match).
+        Keywords are not: they only change how the results read the predictions."""
+        aims = {"reference": self.reference} if self.reference is not None else {}
+        aims |= {"targets": list(self.targets)} if self.targets else {}
+        return {
+            "attack": self.attack.name,
+            "transfer": self.transfer,
+            **aims,
+            **self.attack.recorded(),
+        }
 
 
 def grid_cells(specs: list[AttackSpec], surrogate: ModelRef | None) -> list[Cell]:
@@ -46,13 +65,24 @@ def grid_cells(specs: list[AttackSpec], surrogate: ModelRef | None) -> list[Cell
         for spec in specs
         for eps, attack in zip(spec.eps, spec.attacks, strict=True)
     ]
-    cells = [Cell(spec.result_name, eps, attack) for spec, eps, attack in pairs]
+    cells = [
+        Cell(spec.result_name, eps, attack, None, *spec_aims(spec)) for spec, eps, attack in pairs
+    ]
     if surrogate is not None:
         cells += [
             Cell(
-                f"{spec.result_name}{TRANSFER_MARK}{surrogate.name}", eps, attack, spec.result_name
+                f"{spec.result_name}{TRANSFER_MARK}{surrogate.name}",
+                eps,
+                attack,
+                spec.result_name,
+                *spec_aims(spec),
             )
             for spec, eps, attack in pairs
             if spec.transfer and attack.uses_gradients
         ]
     return cells
+
+
+def spec_aims(spec: AttackSpec) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
+    """A spec's reference, targets and keywords as a :class:`Cell` holds them."""
+    return spec.reference, tuple(spec.targets or ()), tuple(spec.keywords or ())

@@ -50,8 +50,25 @@ class RunKey:
 
 
 @dataclass
+class AttackRun:
+    """One of several runs of a cell's attack on an item (targets, ``each_ground_truth``): the
+    text it aimed at and what it produced."""
+
+    aim: str
+    adversarial: str
+    linf: float
+    per_step: list[str] | None = None
+    gallery: dict[str, str] | None = None
+
+
+@dataclass
 class Prediction:
-    """One row: the clean and adversarial output of one model for one item under one cell."""
+    """One row: the clean and adversarial output of one model for one item under one cell.
+
+    A cell that runs its attack several times per item keeps every run in ``runs``; its
+    ``adversarial``, ``linf``, ``per_step`` and ``gallery`` are then those of the first run
+    until the results choose the run with the lowest score (``chosen``, never written; see
+    :mod:`prsl.evaluate.ensemble`)."""
 
     model: str  # display name when written
     model_path: str  # location: what the row is keyed by
@@ -67,6 +84,8 @@ class Prediction:
     linf: float
     per_step: list[str] | None = None
     gallery: dict[str, str] | None = None
+    runs: list[AttackRun] | None = None
+    chosen: int | None = None
 
     @property
     def run_key(self) -> RunKey:
@@ -74,6 +93,8 @@ class Prediction:
 
     def as_json(self) -> str:
         row = {k: v for k, v in asdict(self).items() if v is not None or k == "question"}
+        if self.runs is not None:
+            row["runs"] = [{k: v for k, v in run.items() if v is not None} for run in row["runs"]]
         return json.dumps(row)
 
     @classmethod
@@ -82,7 +103,10 @@ class Prediction:
         if "model_path" not in row:
             return None
         names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in row.items() if k in names})
+        fields = {k: v for k, v in row.items() if k in names}
+        if fields.get("runs") is not None:
+            fields["runs"] = [AttackRun(**run) for run in fields["runs"]]
+        return cls(**fields)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Robustness evaluation: generate on clean and adversarial images, score, compute degradation.
 
 For every model x attack x ε the loop generates the clean output, attacks the images
-(untargeted, on the model's own clean output, the paper's protocol, or on the ground truth),
-generates again, and appends one row per item to ``predictions.jsonl`` as it goes. A rerun
+(untargeted, on the model's own clean output, the paper's protocol, or on the ground truth; or
+once per reference or per target, :mod:`prsl.evaluate.aims`), generates again, and appends one
+row per item to ``predictions.jsonl`` as it goes. A rerun
 with the same settings skips every (model, attack, ε, item) already there, so an interrupted run
 resumes where it stopped; one with other settings is refused, naming the fields (see
 :mod:`prsl.provenance.settings`), and so is one whose items changed on disk (an edited caption,
@@ -11,14 +12,16 @@ a replaced image). Scores come at the end from the predictions file alone.
 What a rerun may change without a conflict: models and attacks may be added or left out
 (``models`` and ``cells`` grow), and ``n_images``, ``batch_size``, ``metrics`` and ``gallery``
 are free, because the results are always computed from the rows of the current models, cells
-and first ``n_images`` items. Anything the rows depend on (data, attack parameters,
-``max_new_tokens``, ``attack_target``, ``seed``, a model's files) must stay the same.
+and first ``n_images`` items. Anything the rows depend on (data, attack parameters and an
+attack's ``reference`` or ``targets``, ``max_new_tokens``, ``attack_target``, ``seed``, a
+model's files) must stay the same; ``keywords`` are free.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,15 +42,16 @@ from prsl.data import (
     skip_summary,
     unique_skips,
 )
+from prsl.evaluate.aims import Aim, cell_aims, check_references, runs_several
 from prsl.evaluate.config import EvalConfig
 from prsl.evaluate.crafting import (
     STEP_BATCHES,
-    attack_texts,
     craft,
     generate,
     generate_steps,
     instructed,
 )
+from prsl.evaluate.ensemble import choose_runs, selection_metric
 from prsl.evaluate.folder import OutputFolder, generation_settings
 from prsl.evaluate.gallery import GALLERY, gallery_rows, save_pair
 from prsl.evaluate.grid import Cell, grid_cells
@@ -55,11 +59,13 @@ from prsl.evaluate.items import SkipTally, read_evaluation_data
 from prsl.evaluate.ledger import (
     PREDICTION_SHARDS,
     PREDICTIONS,
+    AttackRun,
     Ledger,
     Prediction,
     RunKey,
     ShardWatch,
 )
+from prsl.evaluate.outcomes import add_outcomes
 from prsl.evaluate.processes import processes
 from prsl.evaluate.scoring import results_meta, score_predictions
 from prsl.evaluate.shards import assigned_batches
@@ -125,6 +131,7 @@ def evaluate(
     baseline = choose_baseline(models, cfg.baseline)  # a wrong name fails before any work
     cells = grid_cells(cfg.attacks, surrogate)
     split = read_evaluation_data(cfg)
+    check_references(cfg, split)
     settings = evaluation_settings(cfg, models, surrogate, cells, split)
     folder = OutputFolder(out, "output_dir", COMMAND, settings, discard_results, FIX, GROWING)
     run = Run(cfg, state, models, surrogate, cells, split, baseline)
@@ -195,21 +202,35 @@ def score_and_write(
     cfg, models, cells, split = run.cfg, run.models, run.cells, run.split
     out = Path(cfg.output_dir)
     rows = Ledger.read(out).selected({m.location for m in models}, cells, keys)
-    scored, bertscore = score_predictions(
-        rows,
-        task=split.task,
-        models=models,
-        cells=cells,
-        metrics=cfg.metrics,
-        scorer=scorer,
-        vqa_protocol=cfg.vqa_protocol,
-    )
+    chosen_by = selection_metric(cfg.metrics, split.task)
+    # A Scorer made here is closed (its METEOR JVM stopped) once scored; a caller's stays open.
+    with Scorer() if scorer is None else nullcontext(scorer) as active:
+        rows = choose_runs(rows, active, chosen_by, cfg.vqa_protocol)
+        scored, bertscore = score_predictions(
+            rows,
+            task=split.task,
+            models=models,
+            cells=cells,
+            metrics=cfg.metrics,
+            scorer=active,
+            vqa_protocol=cfg.vqa_protocol,
+        )
     comparisons: list[dict] = []
     boot = cfg.bootstrap
+    resamples = None
     if boot.resamples > 0 and scored:
         resamples = Resamples(boot, cfg.seed if boot.seed is None else boot.seed)
         add_intervals(scored, resamples)
         comparisons = compare(scored, run.baseline, resamples)
+    add_outcomes(
+        scored,
+        rows,
+        cells,
+        keywords=cfg.keywords,
+        protocol=cfg.vqa_protocol,
+        metric=chosen_by,
+        resamples=resamples,
+    )
     write_item_scores(out / ITEM_SCORES, scored)
     results = Results(
         runs=[scored_run.record for scored_run in scored],
@@ -383,13 +404,27 @@ class ModelJob:
 
 @dataclass
 class Outputs:
-    """One batch's images and outputs under one cell."""
+    """One run of a cell's attack on (part of) a batch: its items' places in the batch, their
+    images and outputs."""
 
+    items: list[int]
+    aims: list[str]
     clean_pixels: torch.Tensor
     adversarial_pixels: torch.Tensor
-    clean: list[str]
     adversarial: list[str]
     per_step: list[list[str]] | None
+
+    def run(self, i: int) -> AttackRun | None:
+        """Item ``i`` of the batch in this run (None when the run left it out)."""
+        if i not in self.items:
+            return None
+        at = self.items.index(i)
+        return AttackRun(
+            aim=self.aims[at],
+            adversarial=self.adversarial[at],
+            linf=float((self.adversarial_pixels[at] - self.clean_pixels[at]).abs().max()),
+            per_step=[texts[at] for texts in self.per_step] if self.per_step else None,
+        )
 
 
 def evaluate_batch(job: ModelJob, batch: list[Sample]) -> None:
@@ -403,50 +438,70 @@ def evaluate_batch(job: ModelJob, batch: list[Sample]) -> None:
     pixels = pixels.to(job.adapter.device)
     prompts = batch_prompts(kept)
     clean = generate(job.adapter, pixels, prompts, cfg.max_new_tokens)
-    targets = {False: attack_texts(cfg.attack_target, clean, kept)}  # keyed by transfer
+    own = {False: clean}  # each crafter's clean output, keyed by transfer
     for cell in todo:
         crafter = job.surrogate if cell.transfer else job.adapter
         assert crafter is not None
-        if cell.transfer not in targets:  # the surrogate attacks its own clean output
-            own = generate(crafter, pixels, prompts, cfg.max_new_tokens)
-            targets[True] = attack_texts(cfg.attack_target, own, kept)
-        adv, steps = craft(cell, pixels, crafter, targets[cell.transfer], prompts, cfg.seed)
-        adv = adv.to(job.adapter.device)
-        adversarial = generate(job.adapter, adv, prompts, cfg.max_new_tokens)
+        if cell.transfer not in own:  # the surrogate attacks its own clean output
+            own[True] = generate(crafter, pixels, prompts, cfg.max_new_tokens)
+        aims = cell_aims(cell, cfg.attack_target, own[cell.transfer], kept, cfg.vqa_protocol)
+        runs = [run_aim(job, cell, crafter, pixels, prompts, aim) for aim in aims]
+        job.ledger.append(cell_rows(job, cell, kept, clean, runs))
+
+
+def run_aim(
+    job: ModelJob,
+    cell: Cell,
+    crafter: VLMAdapter,
+    pixels: torch.Tensor,
+    prompts: list[str] | None,
+    aim: Aim,
+) -> Outputs:
+    """One run of the cell's attack on the items of ``aim``, and the outputs it gives."""
+    cfg = job.cfg
+    part = pixels if len(aim.items) == pixels.shape[0] else pixels[aim.items]
+    asked = None if prompts is None else [prompts[i] for i in aim.items]
+    adv, steps = craft(cell, part, crafter, aim.texts, asked, cfg.seed, targeted=aim.targeted)
+    adv = adv.to(job.adapter.device)
+    adversarial = generate(job.adapter, adv, asked, cfg.max_new_tokens)
+    per_step = None
+    if steps:
         per_call = cfg.step_batch_size or STEP_BATCHES * cfg.batch_size
-        outputs = Outputs(
-            pixels,
-            adv,
-            clean,
-            adversarial,
-            generate_steps(
-                job.adapter,
-                [x.to(adv.device) for x in steps],
-                (adv, adversarial),
-                prompts,
-                cfg.max_new_tokens,
-                per_call,
-            )
-            if steps
-            else None,
+        moved = [x.to(adv.device) for x in steps]
+        per_step = generate_steps(
+            job.adapter, moved, (adv, adversarial), asked, cfg.max_new_tokens, per_call
         )
-        key = RunKey(job.model.location, cell.name, cell.eps)
-        rows: list[Prediction] = []
-        for i, sample in enumerate(kept):
-            if job.ledger.finished(key, sample.key):
-                continue
-            row = prediction(job, cell, sample, i, outputs)
-            pairs = sum(r.gallery is not None for r in rows)
-            if job.keeps_gallery and job.ledger.wants_pair(key, job.cfg.gallery - pairs):
-                stem = f"{job.model.name}-{job.model.tag}_{cell.key}_{sample.key}"
-                pair = outputs.clean_pixels[i], outputs.adversarial_pixels[i]
-                row.gallery = save_pair(job.out, stem, *pair)
-            rows.append(row)
-        job.ledger.append(rows)
+    return Outputs(aim.items, aim.texts, part, adv, adversarial, per_step)
 
 
-def prediction(job: ModelJob, cell: Cell, sample: Sample, i: int, outputs: Outputs) -> Prediction:
-    """The row of item ``i`` of the batch."""
+def cell_rows(
+    job: ModelJob, cell: Cell, kept: list[Sample], clean: list[str], runs: list[Outputs]
+) -> list[Prediction]:
+    """The rows of the batch's unfinished items under ``cell``, with their gallery pairs."""
+    key = RunKey(job.model.location, cell.name, cell.eps)
+    several = runs_several(cell, job.cfg.attack_target)
+    rows: list[Prediction] = []
+    for i, sample in enumerate(kept):
+        if job.ledger.finished(key, sample.key):
+            continue
+        found = [(outputs, run) for outputs in runs if (run := outputs.run(i)) is not None]
+        pairs = sum(r.gallery is not None for r in rows)
+        if job.keeps_gallery and job.ledger.wants_pair(key, job.cfg.gallery - pairs):
+            stem = f"{job.model.name}-{job.model.tag}_{cell.key}_{sample.key}"
+            for r, (outputs, run) in enumerate(found):
+                at = outputs.items.index(i)
+                pair = outputs.clean_pixels[at], outputs.adversarial_pixels[at]
+                run.gallery = save_pair(job.out, stem + (f"_run{r}" if several else ""), *pair)
+        item_runs = [run for _, run in found]
+        rows.append(prediction(job, cell, sample, clean[i], item_runs, several))
+    return rows
+
+
+def prediction(
+    job: ModelJob, cell: Cell, sample: Sample, clean: str, runs: list[AttackRun], several: bool
+) -> Prediction:
+    """The row of one item: its first run's output, and with ``several`` every run."""
+    first = runs[0]
     return Prediction(
         model=job.model.name,
         model_path=job.model.location,
@@ -457,10 +512,12 @@ def prediction(job: ModelJob, cell: Cell, sample: Sample, i: int, outputs: Outpu
         key=sample.key,
         question=sample.question,
         references=list(sample.references),
-        clean=outputs.clean[i],
-        adversarial=outputs.adversarial[i],
-        linf=float((outputs.adversarial_pixels[i] - outputs.clean_pixels[i]).abs().max()),
-        per_step=[captions[i] for captions in outputs.per_step] if outputs.per_step else None,
+        clean=clean,
+        adversarial=first.adversarial,
+        linf=first.linf,
+        per_step=first.per_step,
+        gallery=first.gallery,
+        runs=runs if several else None,
     )
 
 

@@ -11,7 +11,9 @@ model, so all of it is paired (:mod:`prsl.metrics.bootstrap`). Differences withi
 neither is float noise.
 
 The items' own scores, and the statistics the bootstrap resamples, are written to
-``item_scores.jsonl``, one line per model, attack, ε, reference and item.
+``item_scores.jsonl``, one line per model, attack, ε, reference and item (for a cell that ran
+its attack several times per item, also the run it kept, ``won``, and how many it had,
+``runs``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 
 from prsl.core.errors import InvalidInput
 from prsl.evaluate.config import BootstrapConfig
+from prsl.evaluate.ensemble import Choice
 from prsl.metrics.bootstrap import aligned, interval, p_value, resample_counts, resampled
 from prsl.metrics.scorer import CorpusScores
 from prsl.metrics.statistics import corpus_value
@@ -48,6 +51,8 @@ class ScoredRun:
     keys: tuple[str, ...]
     clean: CorpusScores
     adversarial: CorpusScores
+    choices: list[Choice | None] | None = None
+    """Per item of an ensemble cell, the run it kept (:mod:`prsl.evaluate.ensemble`)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.record, RunRecord):
@@ -233,5 +238,8 @@ def write_item_scores(path: Path, runs: list[ScoredRun]) -> None:
                         "adversarial": {m: run.adversarial.stats[m][i].tolist() for m in metrics},
                     },
                 }
+                choice = run.choices[i] if run.choices else None
+                if choice is not None:  # which run of an ensemble the item kept
+                    row |= choice.as_json()
                 sink.write(json.dumps(row) + "\n")
     os.replace(partial, path)

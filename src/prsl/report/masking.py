@@ -77,7 +77,8 @@ def _is_free(run: RunRecord) -> bool:
 
 
 def _is_white(run: RunRecord) -> bool:
-    return not run.transfer_of and not run.gradient_free
+    # a targeted attack aims at its targets, not at the score: what it leaves says nothing
+    return not run.transfer_of and not run.gradient_free and not run.targets
 
 
 def _where(run: RunRecord) -> str:

@@ -22,7 +22,16 @@ from prsl.data import Skipped, skip_summary
 from prsl.report.masking import masking_checks, masking_summary
 from prsl.report.plots import plot_headline, plot_vs_eps, plot_vs_iteration, plot_vs_parameter
 from prsl.report.seeds import seed_count
-from prsl.report.tables import MODEL_HEADER, compact_table, model_rows, table_rows
+from prsl.report.tables import (
+    ITERATIONS_HEADER,
+    MODEL_HEADER,
+    TARGETED_HEADER,
+    compact_table,
+    iteration_rows,
+    model_rows,
+    table_rows,
+    targeted_rows,
+)
 from prsl.report.verdict import verdict_lines
 from prsl.results import (
     GalleryEntry,
@@ -62,6 +71,8 @@ class Report:
     headline: Path | None
     compact: Table
     models: Table
+    attack_success: list[Table]
+    """Targeted success rates and iterations to success (tables without rows are not shown)."""
     notes: list[str]
     detailed: list[Table]
     masking_flags: list[str]
@@ -103,6 +114,10 @@ def _compose(title: str, loaded: Results, plots_dir: Path) -> Report:
         headline=plot_headline(runs, plots_dir, level),
         compact=Table("Summary", *compact_table(runs, loaded.comparisons)),
         models=Table("Models and their training cost", MODEL_HEADER, model_rows(runs)),
+        attack_success=[
+            Table("Targeted attacks: success rate", TARGETED_HEADER, targeted_rows(runs)),
+            Table("Iterations to success", ITERATIONS_HEADER, iteration_rows(runs)),
+        ],
         notes=_notes(meta, runs),
         detailed=detailed,
         masking_flags=flags,
@@ -182,6 +197,8 @@ def _markdown(report: Report, out: Path) -> str:
     lines += [f"## {report.compact.title}", "", *_md_table(report.compact)]
     if report.models.rows:
         lines += [f"### {report.models.title}", "", *_md_table(report.models)]
+    for table in (t for t in report.attack_success if t.rows):
+        lines += [f"### {table.title}", "", *_md_table(table)]
     lines += [f"> {n}" for n in report.notes] + [""]
     lines += ["## Detailed tables", ""]
     for table in report.detailed:
@@ -274,6 +291,8 @@ def _html(report: Report) -> str:
     parts += _html_table(report.compact)
     if report.models.rows:
         parts += [f"<h3>{esc(report.models.title)}</h3>", *_html_table(report.models)]
+    for table in (t for t in report.attack_success if t.rows):
+        parts += [f"<h3>{esc(table.title)}</h3>", *_html_table(table)]
     parts += [f"<p><i>{_inline(n)}</i></p>" for n in report.notes]
     parts += ["</section>", "<section id='detailed'><h2>Detailed tables</h2>"]
     for table in report.detailed:

@@ -139,6 +139,109 @@ def model_rows(runs: list[RunRecord]) -> list[list[str]]:
     return rows
 
 
+def _once_per_cell(runs: list[RunRecord], field: str) -> list[RunRecord]:
+    """One run per model, task, attack and ε (and seed) that carries ``field``: both
+    references' rows of a cell carry the same value."""
+    seen: dict[tuple, RunRecord] = {}
+    for run in runs:
+        if getattr(run, field) is not None:
+            seen.setdefault((run.task, run.attack, run.eps, run.seeded_label), run)
+    return [seen[key] for key in sorted(seen, key=lambda k: (k[0], k[1], k[2], k[3]))]
+
+
+TARGETED_HEADER = [
+    "task",
+    "attack",
+    "ε",
+    "model",
+    "targets",
+    "success",
+    "interval",
+    "pairs (item × target)",
+    "of them already on clean",
+]
+
+
+def targeted_rows(runs: Iterable[RunRecord | Mapping[str, Any]]) -> list[list[str]]:
+    """One row per targeted cell: its success rate over (item, target) pairs with its
+    interval, each target's own rate, and how many successes needed no attack."""
+    rows = []
+    for run in _once_per_cell(records(RunRecord, runs, "runs"), "target_success"):
+        success = run.target_success
+        assert success is not None
+        targets = "; ".join(f"{t!r} {rate:.0%}" for t, rate in success.per_target.items())
+        rows.append(
+            [
+                run.task,
+                run.attack,
+                run.eps_text,
+                run.seeded_label,
+                targets,
+                f"{success.rate:.1%} ({success.match})",
+                _rate_interval(success.interval),
+                str(success.pairs),
+                str(success.already),
+            ]
+        )
+    return rows
+
+
+def _rate_interval(bounds: list[float] | None) -> str:
+    return f"[{bounds[0]:.1%}, {bounds[1]:.1%}]" if bounds else "–"
+
+
+ITERATIONS_HEADER = [
+    "task",
+    "attack",
+    "ε",
+    "model",
+    "success means",
+    "succeeded",
+    "median steps",
+    "quartiles",
+    "censored",
+    "left out",
+]
+_CRITERIA = {
+    "changed": "output changed",
+    "keywords_vanished": "keywords gone",
+    "target_appeared": "target appeared",
+}
+
+
+def iteration_rows(runs: Iterable[RunRecord | Mapping[str, Any]]) -> list[list[str]]:
+    """One row per cell that recorded every step: how many steps its attack needed until
+    success (median and quartiles; "> N" where that share never succeeded within its N
+    steps), the share that did, and the pairs censored (never) or left out (already)."""
+    rows = []
+    for run in _once_per_cell(records(RunRecord, runs, "runs"), "iterations"):
+        found = run.iterations
+        assert found is not None
+        q1, median, q3 = (
+            str(q) if q is not None else f"> {found.max_steps}" for q in found.quartiles
+        )
+        share = found.share
+        means = _CRITERIA[found.criterion]
+        if found.keywords:
+            means += f" ({', '.join(found.keywords)})"
+        rows.append(
+            [
+                run.task,
+                run.attack,
+                run.eps_text,
+                run.seeded_label,
+                means,
+                f"{found.succeeded} of {found.pairs}"
+                + (f" ({share:.0%})" if share is not None else ""),
+                median,
+                f"{q1} – {q3}",
+                str(found.censored),
+                str(found.already),
+            ]
+        )
+    return rows
+
+
 OUTCOME_TEXT = {
     "less": "degrades less",
     "more": "degrades more",
