@@ -103,7 +103,7 @@ def tower_inputs(adapter) -> torch.Tensor:
 # ------------------------------------------------------------------------------- the swap
 
 
-@pytest.mark.parametrize("family", ["llava", "paligemma", "smolvlm"])
+@pytest.mark.parametrize("family", ["llava", "paligemma", "smolvlm", "idefics3"])
 def test_the_swapped_tower_computes_what_the_saved_tower_computes(saved, tmp_path, family):
     tower = standalone_tower(saved[family])
     tower.save_pretrained(tmp_path / "tower")  # SigLIP's saved pooling head is left out
@@ -231,6 +231,8 @@ def test_a_misfit_is_refused_from_the_configs_before_any_model_is_loaded(saved, 
         check_vision_tower(saved["qwen2_vl"], tmp_path / "folder")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         check_vision_tower(saved["llava"], tmp_path / "nowhere.pt")
+    with pytest.raises(InvalidInput, match="holds a 'llava' model, not a vision tower"):
+        check_vision_tower(saved["llava"], saved["paligemma"].parent / "llava")
     with pytest.raises(InvalidInput, match="tiny captioner has none"):
         load_config(FinetuneConfig, None, [f"model.vision_tower={tmp_path / 'folder'}"])
 

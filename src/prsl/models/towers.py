@@ -34,6 +34,8 @@ from prsl.models.pixels import pipeline_for, supported_model_types
 
 TOWER_FILES = (".safetensors", ".pt", ".pth", ".bin")
 """The suffixes of a state-dict file a tower may be given as."""
+TOWER_MODEL_TYPES = ("clip_vision_model", "clip", "siglip_vision_model", "siglip")
+"""The ``model_type`` of a tower folder: a CLIP / SigLIP vision model, or a whole one."""
 HF_PREFIX = "vision_model."
 """Where a whole CLIP / SigLIP model (or a tower saved by an older transformers) keeps it."""
 PATCHES = "embeddings.patch_embedding.weight"
@@ -96,10 +98,7 @@ def saved_shape(tower: Path) -> tuple[int, int] | None:
     """(width, patch size) of a tower from its config or file header alone (None: a pickle,
     which only loading can tell), for refusing a misfit before the VLM is loaded."""
     if tower.is_dir():
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(str(tower))
-        config = getattr(config, "vision_config", config)
+        config = _folder_config(tower)
         return int(config.hidden_size), int(config.patch_size)
     if tower.suffix != ".safetensors":
         return None
@@ -160,9 +159,26 @@ def read_tower(path: str | Path) -> Tower:
     return Tower(state, None, str(tower))
 
 
+def _folder_config(folder: Path) -> Any:
+    """The vision config of a tower folder, refused when the folder holds something else."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError) as err:
+        raise InvalidInput(f"vision tower folder {folder} cannot be read: {err}") from None
+    if config.model_type not in TOWER_MODEL_TYPES:
+        raise InvalidInput(
+            f"vision tower folder {folder} holds a {config.model_type!r} model, not a vision "
+            f"tower ({', '.join(TOWER_MODEL_TYPES)})"
+        )
+    return getattr(config, "vision_config", config)
+
+
 def _read_folder(folder: Path) -> Tower:
     from transformers import AutoModel  # transformers renames older checkpoints' keys on load
 
+    _folder_config(folder)
     try:
         model = AutoModel.from_pretrained(str(folder))
     except (OSError, ValueError, KeyError) as err:
