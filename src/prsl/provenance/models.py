@@ -143,6 +143,10 @@ def fingerprint(location: str, directory: Path | None) -> str:
     return digest.hexdigest()[:16]
 
 
+MISSING_TOWER = "missing"
+"""The fingerprint of a tower path that holds nothing (a settings record still compares)."""
+
+
 def tower_fingerprint(path: str | Path) -> str:
     """A short hash of a vision tower's files (a folder's config and weights, or one state-dict
     file: name, size, modification time): it changes whenever the tower is saved again."""
@@ -150,7 +154,7 @@ def tower_fingerprint(path: str | Path) -> str:
     if tower.is_dir():
         return fingerprint(str(tower), tower)
     if not tower.is_file():
-        return "missing"
+        return MISSING_TOWER
     stat = tower.stat()
     entry = f"{tower.name}:{stat.st_size}:{stat.st_mtime_ns}".encode()
     return hashlib.sha1(entry).hexdigest()[:16]
