@@ -52,6 +52,7 @@ _SEE = {
     (LossConfig, "params"): "see [losses](#losses)",
     (AttackSpec, "name"): "its parameters: see [attacks](#attacks)",
     (AdversarialConfig, "attack"): "its parameters: see [attacks](#attacks)",
+    (EvalConfig, "surrogate"): "a section as in `models[]`",
 }
 # a sweep's finetune and evaluate sections are the whole configs, listed under their command
 _WHOLE = {(SweepConfig, "finetune"): "finetune", (SweepConfig, "evaluate"): "evaluate"}
@@ -184,10 +185,14 @@ def section_tables(schema: type[BaseModel], title: str, defaults: Any) -> Iterat
         elif models:
             path = f"{title}.{name}" if title else name
             is_list = typing.get_origin(field.annotation) is list
-            kind = "list of sections" if is_list else kind
+            element = typing.get_args(field.annotation)[0] if is_list else None
+            only_sections = isinstance(element, type) and issubclass(element, BaseModel)
+            kind = "list of sections" if only_sections else kind
             if default is not REQUIRED and isinstance(default, dict):
                 shown = "see below"
             for model in models:
+                if any(model is known for known, _, _ in inner):
+                    continue  # one table per kind of section (a surrogate is a model entry)
                 below = (default[0] if default else {}) if is_list else default
                 inner.append((model, f"{path}[]" if is_list else path, below))
         rows.append(Row(name, kind + _bounds(field.metadata), shown, description))

@@ -202,6 +202,11 @@ class RunRecord(Record):
     train_device: StrictStr | None = None
     train_started_from: StrictStr | None = None
     train_adversarial: AdversarialTraining | None = None
+    vision_tower: StrictStr | None = None
+    """The vision tower swapped into the model for this evaluation (its resolved path); None:
+    the model's own."""
+    vision_tower_fingerprint: StrictStr | None = None
+    """That tower's files' fingerprint (name, size, modification time of each)."""
     task: StrictStr
     attack: StrictStr
     eps: Number

@@ -146,6 +146,34 @@ class AttackSpec(Strict):
         return self.label or self.name
 
 
+class ModelEntry(Strict):
+    """A model of an evaluation with a separately saved vision tower swapped in:
+    ``{path: /models/llava-1.5-7b-hf, vision_tower: /ckpt/fare_eps_2.pt}`` (a plain string is
+    the model as saved), evaluated as a model of its own and shown as
+    ``llava-1.5-7b-hf+fare_eps_2.pt``: the same model with and without the tower compare."""
+
+    path: str
+    """The model: a saved model folder or a hub id."""
+    vision_tower: str | None = None
+    """A vision tower whose weights replace the model's own: a Hugging Face CLIPVisionModel /
+    SiglipVisionModel folder, or an open_clip state dict (``.safetensors``, ``.pt``, ``.bin``);
+    position embeddings are resized when its resolution differs. None: the model's own."""
+
+
+ModelGiven = str | ModelEntry
+"""A model as an evaluation names it: a path or hub id, or one with a tower swapped in."""
+
+
+def model_path(given: ModelGiven) -> str:
+    """The saved model (folder or hub id) an entry names."""
+    return given if isinstance(given, str) else given.path
+
+
+def model_tower(given: ModelGiven) -> str | None:
+    """The vision tower an entry swaps in (None: the model's own)."""
+    return None if isinstance(given, str) else given.vision_tower
+
+
 class BootstrapConfig(Strict):
     """The paired bootstrap over items behind every interval and comparison of the results
     (``prsl.metrics.bootstrap``): ``resamples`` resamples (0: no intervals), ``level`` the
@@ -188,10 +216,11 @@ class EvalConfig(Strict):
     behind every interval and comparison (``resamples: 0`` turns it off).
     """
 
-    models: list[str] = Field(default_factory=list)
-    """The models to evaluate: saved model folders or hub ids (``prsl evaluate -m``
-    replaces the list)."""
-    surrogate: str | None = None
+    models: list[ModelGiven] = Field(default_factory=list)
+    """The models to evaluate: saved model folders or hub ids, or ``{path: ..., vision_tower:
+    ...}`` to swap a separately saved vision tower in (``prsl evaluate -m`` replaces the
+    list)."""
+    surrogate: ModelGiven | None = None
     """A model on which every gradient attack is crafted again and transferred (None:
     no transfer attacks)."""
     data: DataConfig = Field(default_factory=DataConfig)

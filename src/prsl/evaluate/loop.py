@@ -43,7 +43,7 @@ from prsl.data import (
     unique_skips,
 )
 from prsl.evaluate.aims import Aim, cell_aims, check_references, runs_several
-from prsl.evaluate.config import EvalConfig
+from prsl.evaluate.config import EvalConfig, model_path, model_tower
 from prsl.evaluate.crafting import (
     STEP_BATCHES,
     craft,
@@ -78,7 +78,7 @@ from prsl.evaluate.uncertainty import (
     write_item_scores,
 )
 from prsl.metrics import Scorer
-from prsl.models import VLMAdapter, check_model_source, load_adapter
+from prsl.models import VLMAdapter, check_model_source, check_vision_tower, load_adapter
 from prsl.provenance import ModelRef, model_refs
 from prsl.provenance.items import item_digests
 from prsl.provenance.models import model_identity
@@ -330,10 +330,14 @@ def run_grid(run: Run, ledger: Ledger, skips: SkipTally, progress: bool) -> set[
 
 
 def load_model(model: ModelRef, cfg: EvalConfig, device) -> VLMAdapter:
-    """The model on this process's device, or spread over the GPUs with ``device_map``."""
+    """The model on this process's device, or spread over the GPUs with ``device_map``, with
+    its vision tower swapped in when it names one."""
+    tower = model.vision_tower
     if cfg.device_map is not None:
-        return load_adapter(model.given, device_map=cfg.device_map, dtype=cfg.dtype)
-    return load_adapter(model.given, device=device, dtype=cfg.dtype)
+        return load_adapter(
+            model.given, device_map=cfg.device_map, dtype=cfg.dtype, vision_tower=tower
+        )
+    return load_adapter(model.given, device=device, dtype=cfg.dtype, vision_tower=tower)
 
 
 # ------------------------------------------------------------------------------- the steps
@@ -343,9 +347,12 @@ def resolve_models(cfg: EvalConfig) -> tuple[list[ModelRef], ModelRef | None]:
     """The evaluated models and the surrogate, each checked to exist and to be supported."""
     if not cfg.models:
         raise InvalidInput("no model to evaluate: give at least one model directory or hub id")
-    refs = model_refs([*cfg.models, *([cfg.surrogate] if cfg.surrogate else [])])
+    given = [*cfg.models, *([cfg.surrogate] if cfg.surrogate else [])]
+    refs = model_refs([model_path(g) for g in given], [model_tower(g) for g in given])
     for ref in refs:
         check_model_source(ref.given)
+        if ref.vision_tower is not None:
+            check_vision_tower(ref.given, ref.vision_tower)
     if cfg.surrogate:
         return refs[:-1], refs[-1]
     return refs, None

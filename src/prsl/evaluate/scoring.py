@@ -49,6 +49,8 @@ class _Run:
             train_device=cost.get("train_device"),
             train_started_from=cost.get("train_started_from"),
             train_adversarial=cost.get("train_adversarial"),
+            vision_tower=ref.vision_tower,
+            vision_tower_fingerprint=ref.vision_tower_fingerprint,
             task=task,
             attack=self.key.attack,
             eps=self.key.eps,

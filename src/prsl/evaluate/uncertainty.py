@@ -105,7 +105,9 @@ def choose_baseline(models: list[ModelRef], given: str | None) -> ModelRef | Non
         return next((m for m in models if m.loss == "ce"), None)
     as_path = str(Path(given).expanduser().resolve()) if Path(given).expanduser().exists() else None
     for model in models:
-        if given in (model.given, model.location, model.name) or as_path == model.location:
+        # a model's path names it without a tower; with one, its location or shown name does
+        path = model.given if model.vision_tower is None else None
+        if given in (path, model.location, model.name) or as_path == model.location:
             return model
     names = ", ".join(m.name for m in models)
     raise InvalidInput(f"baseline {given!r} is not one of the evaluated models: {names}")

@@ -17,6 +17,7 @@ from prsl.models.registry import (
     adapter_class,
     check_model_source,
     check_vision_encoder,
+    check_vision_tower,
     detect_family,
     load_adapter,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "build_word_tokenizer",
     "check_model_source",
     "check_vision_encoder",
+    "check_vision_tower",
     "detect_family",
     "freeze_for_finetune",
     "load_adapter",

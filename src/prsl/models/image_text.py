@@ -29,6 +29,7 @@ from prsl.models.pixels import (
     pipeline_for,
 )
 from prsl.models.processors import image_only_processors, load_processor
+from prsl.models.towers import check_swappable, read_tower, swap_weights
 
 FINETUNE_MODES = ("lora", "lora+projector", "full")
 
@@ -95,6 +96,14 @@ class ImageTextAdapter(HFAdapter):
             raise InvalidInput(f"this {model.config.model_type!r} model has no {name!r}")
         self._vision_tower = (model, found[0])
         return found[0]
+
+    def swap_vision_tower(self, path: str | Path) -> None:
+        """Replace the vision tower's weights by a separately saved tower's (a CLIP / SigLIP
+        folder or an open_clip state dict: :mod:`prsl.models.towers`)."""
+        config = self.model.config
+        check_swappable(config.model_type)
+        tower = read_tower(path)
+        swap_weights(self.vision_encoder(), tower, config.vision_config, config.model_type)
 
     def image_features(
         self, pixels: torch.Tensor, encoder: torch.nn.Module | None = None

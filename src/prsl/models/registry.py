@@ -19,6 +19,13 @@ from prsl.models.blip2 import Blip2Adapter
 from prsl.models.hf import ADAPTER_INFO, HFAdapter
 from prsl.models.image_text import ImageTextAdapter
 from prsl.models.pixels import check_separable_vision, supported_model_types
+from prsl.models.towers import (
+    check_swappable,
+    check_tower_path,
+    check_width_and_patch,
+    saved_shape,
+    swappable_model_types,
+)
 from prsl.models.ved import VisionEncoderDecoderAdapter
 
 ADAPTER_FAMILIES: dict[str, type[HFAdapter]] = {
@@ -162,6 +169,31 @@ def check_vision_encoder(
         check_separable_vision(config.model_type)
 
 
+def check_vision_tower(
+    dir_or_hub_id: str | Path,
+    tower: str | Path,
+    family: str | None = None,
+    trust_remote_code: bool = False,
+) -> None:
+    """Refuse, from the configs and file headers alone, a vision tower that cannot swap into
+    this model: another family, a tower holding its projector (Qwen-VL), a missing file, or
+    another width or patch size. Before the model's weights are loaded."""
+    family = check_model_source(dir_or_hub_id, family, trust_remote_code)
+    path = check_tower_path(tower)
+    if family != ImageTextAdapter.family:
+        raise InvalidInput(
+            f"vision_tower swaps the CLIP / SigLIP tower of an image-text-to-text VLM "
+            f"({', '.join(swappable_model_types())}); {dir_or_hub_id} is a "
+            f"{family} model"
+        )
+    source, _ = _config_source(dir_or_hub_id)
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    check_swappable(config.model_type)
+    shape = saved_shape(path)
+    if shape is not None:
+        check_width_and_patch(str(path), shape, config.vision_config, config.model_type)
+
+
 def load_adapter(
     dir_or_hub_id: str | Path,
     family: str | None = None,
@@ -169,14 +201,19 @@ def load_adapter(
     dtype: torch.dtype | str | None = None,
     trust_remote_code: bool = False,
     device_map: str | None = None,
+    vision_tower: str | Path | None = None,
 ) -> HFAdapter:
     """Load a saved adapter directory or a hub id (e.g. ``nlpconnect/vit-gpt2-image-captioning``).
 
     ``dtype`` is a torch dtype or its name; ``device`` where the model is moved after loading,
     or ``device_map="auto"`` to spread a model too large for one GPU over all of them.
     A directory written by ``adapter.save`` also restores its VQA prompt template.
+    ``vision_tower``: a separately saved tower whose weights replace the model's own
+    (:mod:`prsl.models.towers`).
     """
     dtype = _resolve_dtype(dtype)
+    if vision_tower is not None:
+        check_vision_tower(dir_or_hub_id, vision_tower, family, trust_remote_code)
     cls = adapter_class(check_model_source(dir_or_hub_id, family, trust_remote_code))
     source, local = _config_source(dir_or_hub_id)
     options = {}
@@ -184,7 +221,7 @@ def load_adapter(
         options = json.loads((local / ADAPTER_INFO).read_text())
         options.pop("family", None)
     try:
-        return cls.from_pretrained(
+        adapter = cls.from_pretrained(
             source,
             device=device,
             dtype=dtype,
@@ -198,3 +235,7 @@ def load_adapter(
                 f"could not load model folder {local} (damaged or incomplete files?): {_cause(err)}"
             ) from None
         raise _load_error(source, err) from err
+    if vision_tower is not None:
+        assert isinstance(adapter, ImageTextAdapter)  # check_vision_tower refused the others
+        adapter.swap_vision_tower(vision_tower)
+    return adapter

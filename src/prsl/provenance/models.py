@@ -6,6 +6,10 @@ shortest tail of its path that no other model of the run shares (``run/final`` s
 ``run``; ``a/run/final`` and ``b/run/final`` as ``a/run`` and ``b/run``), so two folders with the
 same name can never be mixed up. Its *fingerprint* changes when its files are rewritten, so a
 model retrained in place is not taken for the one evaluated before.
+
+A model may come with a separately saved vision tower swapped in (``vision_tower``): it is then
+another model, located at both paths and shown as ``llava+fare.pt``, and the tower's files are
+fingerprinted like a model's, so a tower rewritten in place is not taken for the old one.
 """
 
 from __future__ import annotations
@@ -65,6 +69,11 @@ class TrainingRecord(BaseModel):
     """None in records written before prsl measured it."""
     adversarial: dict[str, Any] | None = None
     """The adversarial fine-tuning setting (``train.adversarial``), as it ran; None: none."""
+    vision_tower: str | None = None
+    """The separately saved vision tower the run swapped into its model before training (the
+    saved model holds it), as a resolved path; None: the model's own."""
+    vision_tower_fingerprint: str | None = None
+    """That tower's files' fingerprint when the run started."""
     config: dict[str, Any] = {}
     skipped: list[dict[str, Any]] = []
 
@@ -98,6 +107,10 @@ class ModelRef:
     """What its fine-tune cost, from the record: ``train_steps`` and ``train_device_seconds``
     (in all: with the model it started from, named in ``train_started_from``), ``train_device``;
     empty for a model prsl did not fine-tune (or an older record)."""
+    vision_tower: str | None = None
+    """The resolved path of the vision tower swapped into the model; None: its own."""
+    vision_tower_fingerprint: str | None = None
+    """That tower's :func:`tower_fingerprint`."""
 
     @property
     def tag(self) -> str:
@@ -130,6 +143,27 @@ def fingerprint(location: str, directory: Path | None) -> str:
     return digest.hexdigest()[:16]
 
 
+MISSING_TOWER = "missing"
+"""The fingerprint of a tower path that holds nothing (a settings record still compares)."""
+
+
+def tower_fingerprint(path: str | Path) -> str:
+    """A short hash of a vision tower's files (a folder's config and weights, or one state-dict
+    file: name, size, modification time): it changes whenever the tower is saved again."""
+    tower = Path(path).expanduser()
+    if tower.is_dir():
+        return fingerprint(str(tower), tower)
+    if not tower.is_file():
+        return MISSING_TOWER
+    stat = tower.stat()
+    entry = f"{tower.name}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+    return hashlib.sha1(entry).hexdigest()[:16]
+
+
+TOWER_JOIN = " with vision tower "
+"""Between a model's location and its swapped-in tower's, in the location of the pair."""
+
+
 def _tails(location: str) -> list[str]:
     """Path components, last first, with the ``final`` folder of a fine-tuning run left out."""
     parts = [p for p in Path(location).parts if p not in ("/", "")]
@@ -153,27 +187,43 @@ def display_names(locations: list[str]) -> list[str]:
             depth[i] += 1
 
 
-def model_refs(given: list[str]) -> list[ModelRef]:
-    """The models of a run, each with a unique display name; the same model twice is an error."""
+def _shown(locations: list[str]) -> dict[str, str]:
+    """Each distinct location's display name."""
+    distinct = list(dict.fromkeys(locations))
+    return dict(zip(distinct, display_names(distinct), strict=True))
+
+
+def model_refs(given: list[str], towers: list[str | None] | None = None) -> list[ModelRef]:
+    """The models of a run, each with a unique display name; the same model twice is an error.
+    ``towers``: per model, a vision tower swapped into it (None: its own)."""
+    towers = towers or [None] * len(given)
     located = [_location(g) for g in given]
-    locations = [loc for loc, _ in located]
+    tower_at = [_location(t)[0] if t is not None else None for t in towers]
+    locations = [
+        loc if tower is None else loc + TOWER_JOIN + tower
+        for (loc, _), tower in zip(located, tower_at, strict=True)
+    ]
     repeated = [loc for loc, n in Counter(locations).items() if n > 1]
     if repeated:
         raise InvalidInput(f"model {repeated[0]} is given twice: name each model once")
+    names = _shown([loc for loc, _ in located])
+    tower_names = _shown([t for t in tower_at if t is not None])
     refs = []
-    for text, (location, directory), name in zip(
-        given, located, display_names(locations), strict=True
+    for text, (base, directory), location, tower in zip(
+        given, located, locations, tower_at, strict=True
     ):
         record = read_training_record(directory) if directory is not None else None
         refs.append(
             ModelRef(
                 text,
                 location,
-                name,
-                fingerprint(location, directory),
+                names[base] if tower is None else f"{names[base]}+{tower_names[tower]}",
+                fingerprint(base, directory),
                 record.loss if record else PRETRAINED,
                 record.loss_params if record else {},
                 training_cost(record),
+                tower,
+                tower_fingerprint(tower) if tower is not None else None,
             )
         )
     return refs
@@ -197,5 +247,9 @@ def training_cost(record: TrainingRecord | None) -> dict[str, Any]:
 
 
 def model_identity(ref: ModelRef) -> dict[str, Any]:
-    """What a settings record keeps of a model: enough to see that it changed."""
-    return {"fingerprint": ref.fingerprint, "loss": ref.loss, "loss_params": ref.loss_params}
+    """What a settings record keeps of a model: enough to see that it changed (the swapped-in
+    tower's fingerprint too, when there is one)."""
+    identity = {"fingerprint": ref.fingerprint, "loss": ref.loss, "loss_params": ref.loss_params}
+    if ref.vision_tower is not None:
+        identity["vision_tower_fingerprint"] = ref.vision_tower_fingerprint
+    return identity

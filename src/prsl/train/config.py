@@ -89,9 +89,19 @@ class ModelConfig(Strict):
     trust_remote_code: bool = False
     """Let ``from_pretrained`` run the model repository's own code (only for models
     that need it, and only from a source you trust)."""
+    vision_tower: str | None = None
+    """A separately saved vision tower whose weights replace the model's own before training
+    (a Hugging Face CLIPVisionModel / SiglipVisionModel folder, or an open_clip state dict:
+    ``.safetensors``, ``.pt``, ``.bin``); position embeddings are resized when its resolution
+    differs. The saved model holds it. None: the model's own."""
 
     @model_validator(mode="after")
     def _family_fits(self) -> ModelConfig:
+        if self.vision_tower is not None and self.name_or_path == TINY:
+            raise ValueError(
+                "vision_tower swaps the CLIP / SigLIP tower of an image-text-to-text VLM; the "
+                "tiny captioner has none: set model.name_or_path or drop vision_tower"
+            )
         if self.family is None:
             return self
         from prsl.models import VisionEncoderDecoderAdapter, adapter_class
@@ -318,4 +328,8 @@ class FinetuneConfig(Strict):
         tree = self.model_dump()
         tree["train"].pop("output_dir")
         tree["loss"]["params"] = self.loss.params.recorded()
+        if self.model.vision_tower is not None:  # a tower rewritten in place is another start
+            from prsl.provenance.models import tower_fingerprint
+
+            tree["model"]["vision_tower_fingerprint"] = tower_fingerprint(self.model.vision_tower)
         return tree

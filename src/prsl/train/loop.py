@@ -48,7 +48,7 @@ from prsl.data import (
     training_samples,
     unique_skips,
 )
-from prsl.models import HFAdapter, LabelPadding
+from prsl.models import HFAdapter, LabelPadding, check_vision_tower
 from prsl.provenance import (
     TRAIN_INFO,
     Compute,
@@ -60,7 +60,7 @@ from prsl.provenance import (
     write_settings,
     write_training_record,
 )
-from prsl.provenance.models import FINAL
+from prsl.provenance.models import FINAL, tower_fingerprint
 from prsl.provenance.settings import SETTINGS, check_owner
 from prsl.train.checkpoint import (
     CHECKPOINT_PATTERN,
@@ -163,6 +163,13 @@ def finetune(
     accelerator = make_accelerator(cfg)
     if cfg.train.fare is not None:
         check_fare(cfg.model, accelerator.distributed_type)
+    if cfg.model.vision_tower is not None:
+        check_vision_tower(
+            cfg.model.name_or_path,
+            cfg.model.vision_tower,
+            cfg.model.family,
+            cfg.model.trust_remote_code,
+        )
     check_output_dir(out, "train.output_dir")
     with hold(out, "train.output_dir", wait=wait, state=accelerator):
         # Ctrl-C while waiting for the folder is not this run's: only once it is held
@@ -744,6 +751,16 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
+def swapped_tower(tower: str | None) -> dict[str, str]:
+    """What the training record says of the vision tower swapped in: where it came from."""
+    if tower is None:
+        return {}
+    return {
+        "vision_tower": str(Path(tower).expanduser().resolve()),
+        "vision_tower_fingerprint": tower_fingerprint(tower),
+    }
+
+
 def save_final_model(session: Session, position: Position, result: TrainResult) -> None:
     """The trained model in ``final/``, with the record of how it was trained beside it."""
     cfg = session.cfg
@@ -767,6 +784,7 @@ def save_final_model(session: Session, position: Position, result: TrainResult) 
             started_from=start.name if start else None,
         ),
         adversarial=cfg.train.adversarial.model_dump() if cfg.train.adversarial else None,
+        **swapped_tower(cfg.model.vision_tower),
         config=cfg.model_dump(),
         skipped=[s.as_dict() for s in result.skipped],
     )

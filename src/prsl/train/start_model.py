@@ -74,6 +74,7 @@ def build_adapter(
             model_cfg.name_or_path,
             family=model_cfg.family,
             trust_remote_code=model_cfg.trust_remote_code,
+            vision_tower=model_cfg.vision_tower,
         )
         if isinstance(adapter, ImageTextAdapter) and model_cfg.caption_prompt is not None:
             adapter.caption_prompt = model_cfg.caption_prompt
