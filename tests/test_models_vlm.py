@@ -224,6 +224,8 @@ def test_finetune_and_evaluate_run_from_the_command_line(saved, tmp_path):
         ("paligemma", "pretrained", "vqa"),
     }
     assert {r["steps"] for r in results["runs"]} == {3}
+    own = {"caption_prompt": "caption en", "vqa_template": "answer en {question}"}
+    assert results["meta"]["prompts"] == {"run": own, "paligemma": own}  # as each model was asked
 
 
 # ------------------------------------------------------------------------------- FARE

@@ -33,7 +33,7 @@ from prsl.data import (
     save_image,
 )
 from prsl.evaluate.config import EvalConfig
-from prsl.evaluate.crafting import attack_texts, craft, generate, instructed
+from prsl.evaluate.crafting import attack_texts, craft, generate, instructed, used_prompts
 from prsl.evaluate.folder import OutputFolder, generation_settings
 from prsl.evaluate.grid import Cell
 from prsl.evaluate.items import SkipTally, read_evaluation_data
@@ -131,7 +131,7 @@ def attack_settings(cfg: EvalConfig, ref: ModelRef, split: DatasetSplit, cell: C
     """What the images and records of ``prsl attack`` depend on."""
     return {
         "items": item_digests(evaluation_samples(split, str)[: cfg.n_images]),
-        "model": {ref.location: model_identity(ref)},
+        "model": {ref.location: {**model_identity(ref), "prompts": used_prompts(cfg, ref)}},
         "attack": cell.recorded(),
         **generation_settings(cfg),
     }

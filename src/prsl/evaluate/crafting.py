@@ -9,7 +9,7 @@ from prsl.core.errors import InvalidInput
 from prsl.data import Sample
 from prsl.evaluate.config import EvalConfig
 from prsl.evaluate.grid import Cell
-from prsl.models import VLMAdapter
+from prsl.models import VLMAdapter, model_prompts
 from prsl.provenance import ModelRef
 
 
@@ -80,6 +80,15 @@ def craft(
     if isinstance(result, AttackResult):
         return result.final, result.steps
     return result, None
+
+
+def used_prompts(cfg: EvalConfig, model: ModelRef) -> dict[str, str]:
+    """The prompts this evaluation gives the model (its own, with the config's caption_prompt
+    instead of its own where set), read before it is loaded: what the results record."""
+    prompts = model_prompts(model.given)
+    if cfg.caption_prompt is not None and "caption_prompt" in prompts:
+        prompts["caption_prompt"] = cfg.caption_prompt
+    return prompts
 
 
 def instructed(adapter: VLMAdapter, cfg: EvalConfig, model: ModelRef) -> VLMAdapter:
