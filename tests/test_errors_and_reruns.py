@@ -8,6 +8,7 @@ Where a Python caller meets the same mistake it gets a typed exception with the 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import huggingface_hub
@@ -25,7 +26,7 @@ from prsl.core.pixels import levels_text
 from prsl.data import read_dataset
 from prsl.evaluate import PREDICTIONS, EvalConfig, evaluate, read_predictions
 from prsl.metrics.coco import ptb_tokenize
-from prsl.models import build_tiny_captioner
+from prsl.models import ADAPTER_INFO, build_tiny_captioner
 from prsl.provenance import TrainingRecord, write_training_record
 from prsl.results import RESULTS, eps_text
 from prsl.train import FinetuneConfig
@@ -160,6 +161,24 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_field(evaluated, tiny
     one_line_error(result, output, named)
     assert "--overwrite" in output
     assert snapshot(evaluated) == before  # nothing lost, nothing added
+
+
+def test_a_rerun_after_the_models_prompts_changed_is_refused(tmp_path, tiny):
+    """The same weights asked with another prompt (a prompt saved beside the model edited, or
+    an architecture's default changed by an upgrade) give other predictions: results.json
+    names the prompts each model was given, and a rerun into the folder is refused."""
+    model = Path(shutil.copytree(tiny, tmp_path / "model"))
+    out = tmp_path / "eval"
+    result, output = run("evaluate", "-m", str(model), *sets(*SHAPES, f"output_dir={out}"))
+    assert result.exit_code == 0, output
+    saved = json.loads((model / ADAPTER_INFO).read_text())
+    meta = json.loads((out / RESULTS).read_text())["meta"]
+    assert meta["prompts"] == {"model": {"vqa_template": saved["vqa_template"]}}
+    (model / ADAPTER_INFO).write_text(json.dumps({**saved, "vqa_template": "Q: {question} A:"}))
+    before = snapshot(out)
+    result, output = run("evaluate", "-m", str(model), *sets(*SHAPES, f"output_dir={out}"))
+    one_line_error(result, output, "prompts.vqa_template:")
+    assert snapshot(out) == before
 
 
 def test_a_refusal_is_one_short_line_with_eps_in_grey_levels(tmp_path, tiny):

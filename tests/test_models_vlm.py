@@ -28,6 +28,7 @@ from prsl.core.errors import InvalidInput
 from prsl.data import evaluation_samples, load_batch, read_dataset
 from prsl.losses import get_loss
 from prsl.models import ImageTextAdapter, build_tiny_captioner, load_adapter
+from prsl.models.pixels import NativeResolution
 from prsl.models.processors import load_processor
 from prsl.train import FinetuneConfig, finetune
 
@@ -55,13 +56,12 @@ def processor_inputs(adapter: ImageTextAdapter, folder: Path, images, prompts):
     """What the Hugging Face processor gives for these images and rendered prompts."""
     processor = load_processor(str(folder))
     height, width = adapter.pixel_size
-    if adapter.model.config.model_type.startswith("qwen"):  # prsl fixes Qwen's input size
+    if isinstance(adapter.pipeline, NativeResolution):  # prsl fixes the input size
         images = [image.resize((width, height), 3) for image in images]
     processor.tokenizer.padding_side = "left"
     texts = [adapter.render(p) for p in prompts]
     options = adapter.pipeline.processor_options
-    if "do_image_splitting" in options:  # Idefics3 takes a list of images per text
-        images = [[image] for image in images]
+    images = [[image] for image in images]  # one image per text
     return processor(images=images, text=texts, padding=True, return_tensors="pt", **options)
 
 
@@ -80,6 +80,8 @@ def test_the_pixel_pipeline_is_the_processor(saved, family):
     for prompt in (adapter.caption_prompt, adapter.vqa_prompt("what colour is the circle?")):
         single = processor_inputs(adapter, saved[family], photos[:1], [prompt])
         assert adapter.prefix_ids(prompt) == single["input_ids"][0].tolist()
+        for name, value in adapter.pipeline.generation_inputs(single["input_ids"]).items():
+            assert torch.equal(value, single[name]), name  # token types: Gemma 3, Qwen-VL
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -136,7 +138,16 @@ def train_config(folder: Path, out: Path, loss: str, mode: str, steps: int = 8) 
 
 
 @pytest.mark.parametrize(
-    ("family", "loss"), [("llava", "ce"), ("qwen2_vl", "prsl"), ("smolvlm", "prsl")]
+    ("family", "loss"),
+    [
+        ("llava", "ce"),
+        ("qwen2_vl", "prsl"),
+        ("smolvlm", "prsl"),
+        ("gemma3", "ce"),
+        ("qwen3_vl", "prsl"),
+        ("qwen3_vl_moe", "ce"),
+        ("mistral3", "prsl"),
+    ],
 )
 def test_lora_steps_lower_the_loss_and_the_saved_model_answers_the_same(
     saved, tmp_path, family, loss
@@ -213,11 +224,13 @@ def test_finetune_and_evaluate_run_from_the_command_line(saved, tmp_path):
         ("paligemma", "pretrained", "vqa"),
     }
     assert {r["steps"] for r in results["runs"]} == {3}
+    own = {"caption_prompt": "caption en", "vqa_template": "answer en {question}"}
+    assert results["meta"]["prompts"] == {"run": own, "paligemma": own}  # as each model was asked
 
 
 # ------------------------------------------------------------------------------- FARE
 
-SEPARABLE = ("llava", "paligemma", "smolvlm")
+SEPARABLE = ("llava", "paligemma", "smolvlm", "gemma3", "mistral3")
 
 
 @pytest.mark.parametrize("family", SEPARABLE)
@@ -227,13 +240,19 @@ def test_fare_pulls_on_exactly_what_the_projector_reads(saved, family):
     adapter.model.eval()
     pixels = adapter.prepare_images([vlm_builders.photo(), vlm_builders.photo(seed=2)])
     features = adapter.image_features(pixels)
+    assert features.shape[0] == 2  # one row per image: FARE's distance is per image
     projector = adapter.model.get_submodule(f"model.{adapter.pipeline.projector}")
-    own = adapter.model.get_image_features(**adapter._image_inputs(pixels)).pooler_output
+    inputs = adapter._image_inputs(pixels)
+    own = adapter.model.get_image_features(**inputs).pooler_output
     own = torch.stack(list(own)) if isinstance(own, list | tuple) else own
-    assert torch.equal(projector(features).reshape(own.shape), own)
+    if "image_sizes" in inputs:  # Mistral 3's merger reads the patches of a packed batch
+        projected = projector(features.flatten(0, 1), inputs["image_sizes"])
+    else:
+        projected = projector(features)
+    assert torch.equal(projected.reshape(own.shape), own)
 
 
-@pytest.mark.parametrize("family", ["llava", "paligemma"])
+@pytest.mark.parametrize("family", ["llava", "paligemma", "gemma3", "mistral3"])
 def test_fare_trains_the_vision_tower_alone_and_the_model_evaluates_unchanged(
     saved, tmp_path, family
 ):
@@ -259,15 +278,19 @@ def test_fare_trains_the_vision_tower_alone_and_the_model_evaluates_unchanged(
     assert robust.generate(robust.prepare_images([vlm_builders.photo()]), max_new_tokens=3)
 
 
-def test_fare_on_a_tower_holding_its_projector_is_refused_naming_the_supported(saved, tmp_path):
-    adapter = load_adapter(saved["qwen2_vl"])
-    with pytest.raises(InvalidInput, match="inside its vision tower.*llava, paligemma"):
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_fare_on_a_tower_holding_its_projector_is_refused_naming_the_supported(
+    saved, tmp_path, family
+):
+    adapter = load_adapter(saved[family])
+    separable = "gemma3, idefics3, llava, mistral3, paligemma, smolvlm"
+    with pytest.raises(InvalidInput, match=f"inside its vision tower.*{separable}$"):
         adapter.vision_encoder()
     out = tmp_path / "fare"
     cfg = load_config(
         FinetuneConfig,
         None,
-        [f"model.name_or_path={saved['qwen2_vl']}", "train.fare={}", f"train.output_dir={out}"],
+        [f"model.name_or_path={saved[family]}", "train.fare={}", f"train.output_dir={out}"],
     )
     with pytest.raises(InvalidInput, match="inside its vision tower"):
         finetune(cfg, progress=False)
@@ -281,7 +304,8 @@ def test_a_dynamically_tiling_model_is_refused_naming_what_is_supported(tmp_path
     from transformers import LlavaNextConfig
 
     LlavaNextConfig().save_pretrained(tmp_path)
-    with pytest.raises(InvalidInput, match="tiles each image into a grid.*llava, paligemma"):
+    supported = "llava, mistral3, paligemma"
+    with pytest.raises(InvalidInput, match=f"tiles each image into a grid.*{supported}"):
         load_adapter(tmp_path)
 
 
@@ -304,6 +328,9 @@ def test_a_prompt_template_without_the_image_is_refused(saved, tmp_path):
         ("qwen2_vl", (50, 84), "multiples of 28"),
         ("qwen2_vl", (280, 280), "height\\*width <="),
         ("llava", (64, 64), "takes 32x32 images"),
+        ("qwen3_vl", (56, 84), "multiples of 32"),
+        ("mistral3", (40, 48), "multiples of 16"),
+        ("mistral3", (32, 80), "no longer than 64"),
     ],
 )
 def test_an_image_size_the_processor_cannot_produce_is_refused(saved, family, size, message):

@@ -19,9 +19,24 @@ from tokenizers import processors as post
 from transformers import GenerationConfig, PreTrainedTokenizerFast
 
 from prsl.data import read_dataset
+from prsl.models.pixels import LMMS_EVAL_CAPTION, LMMS_EVAL_VQA, Pixtral
 from prsl.models.processors import image_only_processors
 
-FAMILIES = ("llava", "paligemma", "qwen2_vl", "qwen2_5_vl", "smolvlm", "idefics3")
+FAMILIES = (
+    "llava",
+    "paligemma",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "smolvlm",
+    "idefics3",
+    "gemma3",
+    "qwen3_vl",
+    "qwen3_vl_moe",
+    "mistral3",
+)
+PIXTRAL_VQA = Pixtral.vqa_template.format(question="")
+"""Mistral's long VQA instruction, which its tokenizer learns whole (its other prompts are in
+:func:`corpus`)."""
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
@@ -35,8 +50,8 @@ def corpus() -> list[str]:
         *(ex.question for ex in vqa),
         *(answer for ex in vqa for answer in set(ex.answers)),
         "USER: What is shown in the image? ASSISTANT: A red circle.",
-        "Describe the image in one short sentence.",
-        "Answer with one word.",
+        LMMS_EVAL_CAPTION,
+        LMMS_EVAL_VQA.format(question=""),
         "caption en\nA photo of a red circle.",
         "answer en what colour is it?\nred",
         "system\nYou are a helpful assistant.",
@@ -46,7 +61,9 @@ def corpus() -> list[str]:
     ]
 
 
-def byte_bpe(specials: list[str], vocab: int = 400, qwen: bool = False) -> Tokenizer:
+def byte_bpe(
+    specials: list[str], vocab: int = 400, qwen: bool = False, extra: list[str] = ()
+) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     if qwen:
         split = (
@@ -69,7 +86,7 @@ def byte_bpe(specials: list[str], vocab: int = 400, qwen: bool = False) -> Token
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(corpus(), trainer=trainer)
+    tokenizer.train_from_iterator([*corpus(), *extra], trainer=trainer)
     return tokenizer
 
 
@@ -430,6 +447,281 @@ def idefics3(version: str = "idefics3", side: int = 32, patch: int = 8, scale: i
     return model, processor
 
 
+# ------------------------------------------------------------------------------- Qwen3-VL
+
+QWEN3_TEMPLATE = (  # Qwen3-VL's own: no default system turn
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def qwen3(version: str = "qwen3_vl", size: tuple[int, int] = (64, 96)):
+    """Qwen3-VL (or its MoE sibling): patch 16, merge 2, mean / std 0.5, DeepStack features
+    from both vision layers into the first two language layers, interleaved M-RoPE."""
+    from transformers import Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    image_only_processors()
+    if version == "qwen3_vl":
+        from transformers import Qwen3VLConfig as Config
+        from transformers import Qwen3VLForConditionalGeneration as Model
+
+        text = {"intermediate_size": 128}
+    else:
+        from transformers import Qwen3VLMoeConfig as Config
+        from transformers import Qwen3VLMoeForConditionalGeneration as Model
+
+        text = {"moe_intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=byte_bpe(QWEN_SPECIALS, qwen=True),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=QWEN_SPECIALS[1:],
+        chat_template=QWEN3_TEMPLATE,
+    )
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIALS}
+    images = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 16},
+        patch_size=16,
+        merge_size=2,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    processor = Qwen3VLProcessor(
+        image_processor=images, tokenizer=tokenizer, chat_template=QWEN3_TEMPLATE
+    )
+    config = Config(
+        text_config={
+            **text,
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "max_position_embeddings": 1024,
+            "initializer_range": 0.2,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [2, 3, 3],
+                "mrope_interleaved": True,
+            },
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "out_hidden_size": 64,
+            "num_position_embeddings": 16,
+            "deepstack_visual_indexes": [0, 1],
+            "initializer_range": 0.2,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    model = Model(config)
+    _finish(model, tokenizer, [ids["<|im_end|>"], ids["<|endoftext|>"]])
+    return model, processor, size
+
+
+# ------------------------------------------------------------------------------- Gemma 3
+
+GEMMA_SPECIALS = [
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<unk>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
+]
+GEMMA_TEMPLATE = (  # Gemma 3's turns, the image as <start_of_image>, text trimmed
+    "{{ bos_token }}{% for message in messages %}"
+    "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}{% endfor %}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def gemma3(side: int = 32, patch: int = 8, tokens: int = 4):
+    """Gemma 3: SigLIP, average-pooled to ``tokens`` soft tokens; a sliding-window layer (window
+    8, shorter than every prompt) then a global one."""
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3Processor,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=byte_bpe(GEMMA_SPECIALS),
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={
+            "image_token": "<image_soft_token>",
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+        },
+        chat_template=GEMMA_TEMPLATE,
+    )
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in GEMMA_SPECIALS}
+    images = Gemma3ImageProcessorPil(
+        size={"height": side, "width": side}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    processor = Gemma3Processor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        image_seq_length=tokens,
+        chat_template=GEMMA_TEMPLATE,
+    )
+    config = Gemma3Config(
+        vision_config=SiglipVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=side,
+            patch_size=patch,
+            vision_use_head=False,
+            initializer_range=0.5,
+        ),
+        text_config=Gemma3TextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+            max_position_embeddings=512,
+            initializer_range=0.05,
+            bos_token_id=ids["<bos>"],
+            eos_token_id=ids["<eos>"],
+            pad_token_id=ids["<pad>"],
+        ),
+        mm_tokens_per_image=tokens,
+        boi_token_index=ids["<start_of_image>"],
+        eoi_token_index=ids["<end_of_image>"],
+        image_token_index=ids["<image_soft_token>"],
+        initializer_range=0.05,
+    )
+    model = Gemma3ForConditionalGeneration(config)
+    with torch.no_grad():  # initialised to zeros, which would hide the image from the model
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=2.0)
+    _finish(model, tokenizer, [ids["<end_of_turn>"], ids["<eos>"]])
+    return model, processor
+
+
+# ------------------------------------------------------------------------------- Mistral 3
+
+MISTRAL_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]
+MISTRAL_SPECIALS += ["[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+MISTRAL_TEMPLATE = (  # Mistral Small 3.1's user turns, the image as [IMG]
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}[INST]"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}[IMG]"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}[/INST]"
+    "{% else %}{{ message['content'][0]['text'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def mistral3(size: tuple[int, int] = (32, 48), patch: int = 8, merge: int = 2):
+    """Mistral 3: a Pixtral tower (2-D RoPE, images packed block by block), its patch merger
+    over ``merge``-square blocks, a Mistral language model; rows of [IMG] ended by [IMG_BREAK],
+    the last by [IMG_END]."""
+    from transformers import (
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        MistralConfig,
+        PixtralVisionConfig,
+    )
+    from transformers.models.pixtral.image_processing_pil_pixtral import (
+        PixtralImageProcessorPil,
+    )
+
+    from prsl.models.processors import pixtral_processor
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=byte_bpe(MISTRAL_SPECIALS, extra=[PIXTRAL_VQA]),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<unk>",
+        chat_template=MISTRAL_TEMPLATE,
+    )
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in MISTRAL_SPECIALS}
+    images = PixtralImageProcessorPil(
+        size={"longest_edge": 64}, patch_size={"height": patch, "width": patch}
+    )
+    processor = pixtral_processor()(
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=patch,
+        spatial_merge_size=merge,
+        chat_template=MISTRAL_TEMPLATE,
+    )
+    config = Mistral3Config(
+        vision_config=PixtralVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            head_dim=16,
+            image_size=64,
+            patch_size=patch,
+            initializer_range=0.2,
+        ),
+        text_config=MistralConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=1024,
+            sliding_window=None,
+            initializer_range=0.2,
+            bos_token_id=ids["<s>"],
+            eos_token_id=ids["</s>"],
+            pad_token_id=ids["<unk>"],
+        ),
+        image_token_index=ids["[IMG]"],
+        spatial_merge_size=merge,
+        vision_feature_layer=-1,
+        tie_word_embeddings=False,
+    )
+    model = Mistral3ForConditionalGeneration(config)
+    _finish(model, tokenizer, [ids["</s>"]])
+    return model, processor, size
+
+
 # ------------------------------------------------------------------------------- saving
 
 
@@ -444,8 +736,16 @@ def build(family: str, folder: Path, seed: int = 0) -> Path:
     elif family in ("qwen2_vl", "qwen2_5_vl"):
         model, processor, size = qwen(family)
         info = size
+    elif family in ("qwen3_vl", "qwen3_vl_moe"):
+        model, processor, size = qwen3(family)
+        info = size
     elif family in ("smolvlm", "idefics3"):
         model, processor = idefics3(family)
+    elif family == "gemma3":
+        model, processor = gemma3()
+    elif family == "mistral3":
+        model, processor, size = mistral3()
+        info = size
     else:
         raise ValueError(f"no builder for {family!r}")
     folder = Path(folder)

@@ -34,7 +34,7 @@ from prsl.data import (
 )
 from prsl.evaluate.aims import cell_aims, reference_of
 from prsl.evaluate.config import EACH_GROUND_TRUTH, EvalConfig
-from prsl.evaluate.crafting import craft, generate, instructed
+from prsl.evaluate.crafting import craft, generate, instructed, used_prompts
 from prsl.evaluate.folder import OutputFolder, generation_settings
 from prsl.evaluate.grid import Cell, spec_aims
 from prsl.evaluate.items import SkipTally, read_evaluation_data
@@ -137,7 +137,7 @@ def attack_settings(cfg: EvalConfig, ref: ModelRef, split: DatasetSplit, cell: C
     """What the images and records of ``prsl attack`` depend on."""
     return {
         "items": item_digests(evaluation_samples(split, str)[: cfg.n_images]),
-        "model": {ref.location: model_identity(ref)},
+        "model": {ref.location: {**model_identity(ref), "prompts": used_prompts(cfg, ref)}},
         "attack": cell.recorded(),
         **generation_settings(cfg),
     }

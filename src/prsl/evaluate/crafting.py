@@ -8,7 +8,7 @@ from prsl.attacks import AttackResult, craft_on_surrogate
 from prsl.core.errors import InvalidInput
 from prsl.evaluate.config import EvalConfig
 from prsl.evaluate.grid import Cell
-from prsl.models import VLMAdapter
+from prsl.models import VLMAdapter, model_prompts
 from prsl.provenance import ModelRef
 
 
@@ -78,6 +78,15 @@ def craft(
     if isinstance(result, AttackResult):
         return result.final, result.steps
     return result, None
+
+
+def used_prompts(cfg: EvalConfig, model: ModelRef) -> dict[str, str]:
+    """The prompts this evaluation gives the model (its own, with the config's caption_prompt
+    instead of its own where set), read before it is loaded: what the results record."""
+    prompts = model_prompts(model.given)
+    if cfg.caption_prompt is not None and "caption_prompt" in prompts:
+        prompts["caption_prompt"] = cfg.caption_prompt
+    return prompts
 
 
 def instructed(adapter: VLMAdapter, cfg: EvalConfig, model: ModelRef) -> VLMAdapter:

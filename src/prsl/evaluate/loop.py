@@ -50,6 +50,7 @@ from prsl.evaluate.crafting import (
     generate,
     generate_steps,
     instructed,
+    used_prompts,
 )
 from prsl.evaluate.ensemble import choose_runs, selection_metric
 from prsl.evaluate.folder import OutputFolder, generation_settings
@@ -132,9 +133,11 @@ def evaluate(
     cells = grid_cells(cfg.attacks, surrogate)
     split = read_evaluation_data(cfg)
     check_references(cfg, split)
-    settings = evaluation_settings(cfg, models, surrogate, cells, split)
+    every = [*models, *([surrogate] if surrogate is not None else [])]
+    prompts = {ref.location: used_prompts(cfg, ref) for ref in every}
+    settings = evaluation_settings(cfg, models, surrogate, cells, split, prompts)
     folder = OutputFolder(out, "output_dir", COMMAND, settings, discard_results, FIX, GROWING)
-    run = Run(cfg, state, models, surrogate, cells, split, baseline)
+    run = Run(cfg, state, models, surrogate, cells, split, baseline, prompts)
     with folder.held(state, wait=wait):
         results = run_in_folder(run, folder, scorer, overwrite=overwrite, progress=progress)
     return results
@@ -193,6 +196,8 @@ class Run:
     cells: list[Cell]
     split: DatasetSplit
     baseline: ModelRef | None
+    prompts: dict[str, dict[str, str]]
+    """Each model's prompts, by location (``used_prompts``)."""
 
 
 def score_and_write(
@@ -260,6 +265,7 @@ def evaluation_meta(run: Run, bertscore: str, skipped: list[Skipped]) -> Meta:
         seed=cfg.seed,
         bertscore_model=bertscore,
         models={m.name: m.location for m in run.models},
+        prompts={m.name: run.prompts[m.location] for m in run.models},
         dataset=cfg.data.model_dump(),
         surrogate=surrogate.location if surrogate is not None else None,
         processes=run.state.num_processes,
@@ -364,14 +370,19 @@ def evaluation_settings(
     surrogate: ModelRef | None,
     cells: list[Cell],
     split: DatasetSplit,
+    prompts: dict[str, dict[str, str]],
 ) -> dict:
     """What the rows of ``predictions.jsonl`` depend on (see the module docstring)."""
+
+    def identity(ref: ModelRef) -> dict:
+        return {**model_identity(ref), "prompts": prompts[ref.location]}
+
     return {
         "items": item_digests(evaluation_samples(split, str)),
         **generation_settings(cfg),
-        "surrogate": model_identity(surrogate) if surrogate is not None else None,
+        "surrogate": identity(surrogate) if surrogate is not None else None,
         "cells": {cell.key: cell.recorded() for cell in cells},
-        "models": {ref.location: model_identity(ref) for ref in models},
+        "models": {ref.location: identity(ref) for ref in models},
     }
 
 

@@ -1,9 +1,10 @@
 """Vision-language models behind one adapter interface (pixels in [0, 1] in, logits/text out).
 
 Families: ``vision-encoder-decoder`` (ViT-GPT2 and the tiny from-scratch captioner), ``blip2``
-(BLIP-2 with OPT) and ``image-text-to-text`` (LLaVA-1.5, PaliGemma, Qwen2-VL / Qwen2.5-VL,
-SmolVLM / Idefics3, through their differentiable pixel pipelines). Load any of them with
-:func:`load_adapter`, which picks the family from the config's ``model_type``.
+(BLIP-2 with OPT) and ``image-text-to-text`` (LLaVA-1.5, PaliGemma, Gemma 3, Qwen2-VL /
+Qwen2.5-VL / Qwen3-VL, Mistral 3, SmolVLM / Idefics3, through their differentiable pixel
+pipelines). Load any of them with :func:`load_adapter`, which picks the family from the config's
+``model_type``.
 """
 
 from prsl.models.base import VLMAdapter
@@ -20,6 +21,7 @@ from prsl.models.registry import (
     check_vision_tower,
     detect_family,
     load_adapter,
+    model_prompts,
 )
 from prsl.models.tiny import build_tiny_captioner, build_word_tokenizer
 from prsl.models.ved import VisionEncoderDecoderAdapter
@@ -44,6 +46,7 @@ __all__ = [
     "freeze_for_finetune",
     "load_adapter",
     "lora_merged_state_dict",
+    "model_prompts",
     "register",
     "supported_model_types",
 ]

@@ -1,5 +1,6 @@
 """Any Hugging Face image-text-to-text VLM behind the adapter interface: LLaVA-1.5, PaliGemma,
-Qwen2-VL / Qwen2.5-VL, SmolVLM / Idefics3 (the architectures :mod:`prsl.models.pixels` covers).
+Gemma 3, Qwen2-VL / Qwen2.5-VL / Qwen3-VL (and its MoE sibling), Mistral 3, SmolVLM / Idefics3
+(the architectures :mod:`prsl.models.pixels` covers).
 
 The model comes from ``AutoModelForImageTextToText``, its processor from ``AutoProcessor``.
 Images reach the model through the architecture's differentiable pixel pipeline, so attacks

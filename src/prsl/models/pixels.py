@@ -31,6 +31,10 @@ from prsl.core.pixels import Normalisation
 from prsl.models.geometry import InputGeometry, check_pixels, fixed_size, size_field
 
 _PIPELINES: dict[str, type[PixelPipeline]] = {}
+LMMS_EVAL_CAPTION = "Provide a one-sentence caption for the provided image."
+"""The captioning prompt of lmms-eval's COCO, Flickr30k and NoCaps tasks, for every model."""
+LMMS_EVAL_VQA = "{question}\nAnswer the question using a single word or phrase."
+"""LLaVA-1.5's short-answer VQA prompt, which lmms-eval's VQAv2 task gives every model."""
 LANGUAGE_MODEL = r".*\.(language_model|text_model)\..*"
 """Where the language model sits in every supported architecture (a regex on module paths)."""
 
@@ -85,8 +89,8 @@ class PixelPipeline:
 
     model_types: ClassVar[tuple[str, ...]] = ()
     chat: ClassVar[bool] = True
-    caption_prompt: ClassVar[str] = "Describe the image in one short sentence."
-    vqa_template: ClassVar[str] = "{question} Answer with one word."
+    caption_prompt: ClassVar[str] = LMMS_EVAL_CAPTION
+    vqa_template: ClassVar[str] = LMMS_EVAL_VQA
     answer_space: ClassVar[bool] = True
     projector: ClassVar[str] = "multi_modal_projector"
     vision_tower: ClassVar[str] = "vision_tower"
@@ -94,6 +98,9 @@ class PixelPipeline:
     """Whether the vision tower stops where the projector starts (what FARE fine-tunes)."""
     processor_options: ClassVar[dict[str, Any]] = {}
     """Keyword arguments every processor call gets (Idefics3: no image splitting)."""
+    image_token_types: ClassVar[str | None] = None
+    """The text-side input that marks the image tokens (1) among the others (0), where the
+    model reads one: Qwen-VL's M-RoPE, Gemma 3's bidirectional attention over an image."""
 
     def __init__(self, processor: Any, config: Any, image_size: tuple[int, int] | None = None):
         self.processor = processor
@@ -139,7 +146,11 @@ class PixelPipeline:
     def prepare(self, images: list[Image.Image]) -> torch.Tensor:
         """The processor's own resize / crop to the input size, as pixels in [0, 1] (no grad)."""
         out = self.image_processor(
-            images, do_rescale=False, do_normalize=False, return_tensors="pt"
+            images,
+            do_rescale=False,
+            do_normalize=False,
+            return_tensors="pt",
+            **self.processor_options,
         )["pixel_values"]
         return out.float().div(255.0).clamp(0.0, 1.0).contiguous()
 
@@ -158,12 +169,15 @@ class PixelPipeline:
         return prompt
 
     def text_inputs(self, ids: torch.Tensor, prefix_lengths: list[int]) -> dict[str, torch.Tensor]:
-        """Extra text-side inputs of a teacher-forcing batch (PaliGemma's token types)."""
-        return {}
+        """Extra text-side inputs of a teacher-forcing batch (PaliGemma's token types; the
+        image tokens marked, where ``image_token_types`` names the input)."""
+        return self.generation_inputs(ids)
 
     def generation_inputs(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra text-side inputs of a generation batch."""
-        return {}
+        if self.image_token_types is None:
+            return {}
+        return {self.image_token_types: (ids == int(self.config.image_token_id)).long()}
 
     def vision_features(self, tower: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """What the projector reads from the vision tower (B, N, D) for these ``model_inputs``
@@ -182,11 +196,15 @@ class Llava(PixelPipeline):
         """The CLIP layer(s) the projector reads (``vision_feature_layer``, the penultimate in
         LLaVA-1.5), without the CLS token under the ``default`` select strategy."""
         hidden = tower(pixel_values=inputs["pixel_values"], output_hidden_states=True).hidden_states
-        layers = self.config.vision_feature_layer
-        chosen = [hidden[i] for i in ([layers] if isinstance(layers, int) else layers)]
+        chosen = feature_layers(hidden, self.config.vision_feature_layer)
         if self.config.vision_feature_select_strategy == "default":
             chosen = [h[:, 1:] for h in chosen]
         return torch.cat(chosen, dim=-1)
+
+
+def feature_layers(hidden: tuple[torch.Tensor, ...], layers: int | list[int]) -> list[torch.Tensor]:
+    """The hidden states a projector reads: ``vision_feature_layer``, one index or several."""
+    return [hidden[i] for i in ([layers] if isinstance(layers, int) else layers)]
 
 
 @register("paligemma")
@@ -217,6 +235,20 @@ class PaliGemma(PixelPipeline):
         return {"token_type_ids": torch.zeros_like(ids)}
 
 
+@register("gemma3")
+class Gemma3(PixelPipeline):
+    """Gemma 3: SigLIP's plain resize to a fixed square, rescaled to [-1, 1]. The image tokens
+    attend to each other both ways (token types 1 on them, in training and generation alike).
+    Pan-and-scan (extra crops of a long image) stays off, as in the processor's default."""
+
+    answer_space = False  # the model turn starts on a new line
+    processor_options: ClassVar[dict[str, Any]] = {"do_pan_and_scan": False}
+    image_token_types = "token_type_ids"
+
+    def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.normalised(pixels)}
+
+
 def _pixel_budget(processor: Any) -> tuple[int, int]:
     """(min, max) pixels per image of a Qwen2-VL image processor; transformers 5 keeps them in
     ``size`` as ``shortest_edge`` / ``longest_edge`` (pixel counts, despite the names)."""
@@ -238,19 +270,38 @@ QWEN_DEFAULT_SIDE = 448
 """The fixed side of a Qwen2-VL input when none is given: 16 x 16 merged tokens, 256 in all."""
 
 
-@register("qwen2_vl", "qwen2_5_vl")
-class QwenVL(PixelPipeline):
+class NativeResolution(PixelPipeline):
+    """A model that takes images at their own size in multiples of a patch (Qwen-VL, Pixtral):
+    here one fixed size, chosen in :meth:`input_size`, that the processor's own resize leaves
+    alone, so :meth:`prepare` is a plain resize to it with the processor's resampling."""
+
+    def prepare(self, images: list[Image.Image]) -> torch.Tensor:
+        height, width = self.size
+        resample = Image.Resampling(int(self.image_processor.resample))
+        arrays = [
+            np.asarray(image.resize((width, height), resample), dtype=np.uint8)
+            if image.size != (width, height)
+            else np.asarray(image, dtype=np.uint8)
+            for image in images
+        ]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0)
+
+
+@register("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+class QwenVL(NativeResolution):
     """Qwen2-VL and Qwen2.5-VL: native-resolution patches, here at one fixed size.
 
     The size is a multiple of ``patch_size * merge_size`` within the processor's pixel budget,
     so its ``smart_resize`` leaves it alone; each image is repeated ``temporal_patch_size``
     times (a still frame) and flattened into ``(grid_h * grid_w, C * T * p * p)`` rows, merge
     blocks of ``merge_size x merge_size`` patches consecutive, with ``image_grid_thw`` per
-    image. Both versions preprocess alike (2.5 differs inside its vision tower only).
+    image. Every version preprocesses alike (2.5 and 3 differ inside the model only: Qwen3-VL
+    adds the tower's DeepStack features to the first language layers; its processor differs
+    in patch size, 16, and mean / std, 0.5, both read from the image processor).
     """
 
-    caption_prompt = "Describe the image in one short sentence."
     answer_space = False  # the assistant turn starts on a new line
+    image_token_types = "mm_token_type_ids"  # where M-RoPE gives image tokens 2-D positions
     projector = "visual.merger"
     vision_tower = "visual"
     separable_vision = False  # the merger (projector) sits inside the vision tower
@@ -274,17 +325,6 @@ class QwenVL(PixelPipeline):
             )
         return height, width
 
-    def prepare(self, images: list[Image.Image]) -> torch.Tensor:
-        """A bicubic resize to the fixed size (where the processor's own resize is a no-op)."""
-        height, width = self.size
-        arrays = [
-            np.asarray(image.resize((width, height), Image.Resampling.BICUBIC), dtype=np.uint8)
-            if image.size != (width, height)
-            else np.asarray(image, dtype=np.uint8)
-            for image in images
-        ]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0)
-
     def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         processor = self.image_processor
         patch, merge = int(processor.patch_size), int(processor.merge_size)
@@ -299,14 +339,66 @@ class QwenVL(PixelPipeline):
         grid = torch.tensor([[1, grid_h, grid_w]] * batch, device=pixels.device)
         return {"pixel_values": flat, "image_grid_thw": grid}
 
-    def _image_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        return (ids == int(self.config.image_token_id)).long()
 
-    def text_inputs(self, ids: torch.Tensor, prefix_lengths: list[int]) -> dict[str, torch.Tensor]:
-        return {"mm_token_type_ids": self._image_tokens(ids)}
+PIXTRAL_DEFAULT_SIDE = 448
+"""The fixed side of a Mistral 3 input when none is given: 16 x 16 merged tokens at patch 14."""
 
-    def generation_inputs(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"mm_token_type_ids": self._image_tokens(ids)}
+
+@register("mistral3")
+class Pixtral(NativeResolution):
+    """Mistral 3 (Pixtral's vision): variable resolution, here at one fixed size.
+
+    The processor scales an image down to fit within ``longest_edge`` and rounds each side up
+    to a multiple of ``patch_size * spatial_merge_size``; a size that is such a multiple within
+    ``longest_edge`` it leaves alone. The pixels are normalised as they are, with their
+    ``image_sizes``; the vision tower packs the images of a batch into one sequence, attended
+    block by block, and the projector merges ``spatial_merge_size``-square blocks of patches.
+    The VQA prompt is the one Mistral's own evaluation (mistral-evals) gives for VQAv2.
+    """
+
+    vqa_template = (
+        "{question}\n"
+        "- Answer the question using a single word, number, or short phrase. Use as few words "
+        "as possible.\n"
+        "- If the answer is a number, report it as a number, i.e. 2, not Two, and only include "
+        "the number without any unit.\n"
+        "- If the question is Yes/No, answer with Yes/No, and nothing else (no likely, unknown, "
+        "etc.).\n"
+        "- You cannot answer that the question is unanswerable. You must answer."
+    )
+    answer_space = False  # the answer follows [/INST] directly
+
+    def input_size(self, requested: tuple[int, int] | None) -> tuple[int, int]:
+        size = self.image_processor.size
+        longest = size_field(size, "longest_edge") or min(fixed_size(size) or (0, 0))
+        factor = int(self.processor.patch_size) * int(self.processor.spatial_merge_size)
+        if not longest:
+            raise InvalidInput(f"cannot read longest_edge from this mistral3 processor ({size!r})")
+        if requested is None:
+            side = max(factor, min(PIXTRAL_DEFAULT_SIDE, int(longest)) // factor * factor)
+            requested = (side, side)
+        height, width = (int(v) for v in requested)
+        if height % factor or width % factor or max(height, width) > longest:
+            raise InvalidInput(
+                f"image_size {requested} cannot be produced by this mistral3 processor: it needs "
+                f"multiples of {factor} (patch {self.processor.patch_size} x merge "
+                f"{self.processor.spatial_merge_size}) no longer than {longest}"
+            )
+        return height, width
+
+    def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = self.normalised(pixels)
+        sizes = torch.tensor([list(self.size)] * pixels.shape[0], device=pixels.device)
+        return {"pixel_values": values, "image_sizes": sizes}
+
+    def vision_features(self, tower: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The Pixtral layer(s) the projector reads (``vision_feature_layer``), one row per image
+        (the tower packs a batch into one sequence; every image has the same size here)."""
+        out = tower(
+            inputs["pixel_values"], image_sizes=inputs["image_sizes"], output_hidden_states=True
+        )
+        chosen = torch.cat(feature_layers(out.hidden_states, self.config.vision_feature_layer), -1)
+        return chosen.reshape(inputs["pixel_values"].shape[0], -1, chosen.shape[-1])
 
 
 @register("idefics3", "smolvlm")

@@ -1,23 +1,29 @@
 """Loading a model's processor, with the workarounds transformers 5 needs without torchvision.
 
-Qwen2-VL's and Qwen2.5-VL's processors list a video processor among their parts, and that
-video processor needs torchvision, which prsl does not depend on: building, saving or loading
-the processor then fails even for images alone (huggingface/transformers#48558). Images never
-use the video processor, so where torchvision is missing it is left out of those processors'
-parts. SmolVLM's processor cannot be built at all without torchvision (and ``num2words``); its
-images are laid out exactly as by ``Idefics3Processor``, which is built from the same tokenizer,
-image processor and chat template instead.
+Qwen2-VL's, Qwen2.5-VL's and Qwen3-VL's processors list a video processor among their parts,
+and that video processor needs torchvision, which prsl does not depend on: building, saving or
+loading the processor then fails even for images alone (huggingface/transformers#48558). Images
+never use the video processor, so where torchvision is missing it is left out of those
+processors' parts. SmolVLM's processor cannot be built at all without torchvision (and
+``num2words``); its images are laid out exactly as by ``Idefics3Processor``, which is built from
+the same tokenizer, image processor and chat template instead. Pixtral's processor (Mistral 3's)
+is declared to need torchvision only because its module imports one function, the output size
+of a resize, from the torchvision image processor's module; the PIL image processor's module
+defines the same function, and where torchvision is missing it stands in for that import.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoProcessor, ProcessorMixin
 
-_IMAGE_ONLY = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
+_IMAGE_ONLY = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor", "Qwen3VLProcessor")
+_PIXTRAL_SIZES = "transformers.models.pixtral.image_processing_pixtral"
 
 
 def _without_video(cls: type) -> None:
@@ -43,6 +49,21 @@ def image_only_processors() -> None:
             _without_video(cls)
 
 
+def pixtral_processor() -> type:
+    """``PixtralProcessor``, importable where torchvision is missing too (module docstring)."""
+    from transformers.utils import is_torchvision_available
+
+    if not is_torchvision_available() and _PIXTRAL_SIZES not in sys.modules:
+        from transformers.models.pixtral import image_processing_pil_pixtral as pil
+
+        stand_in = types.ModuleType(_PIXTRAL_SIZES)
+        stand_in.get_resize_output_image_size = pil.get_resize_output_image_size
+        sys.modules[_PIXTRAL_SIZES] = stand_in
+    from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+
+    return PixtralProcessor
+
+
 def _processor_settings(source: str, **options: Any) -> dict[str, Any]:
     from transformers.utils import cached_file
 
@@ -66,6 +87,8 @@ def load_processor(source: str, **options: Any) -> Any:
         return AutoProcessor.from_pretrained(source, **options)
     except (ImportError, OSError, AttributeError) as err:
         settings = _processor_settings(source, **options)
+        if settings.get("processor_class") == "PixtralProcessor":
+            return pixtral_processor().from_pretrained(source, **options)
         if settings.get("processor_class") != "SmolVLMProcessor":
             raise
         from transformers import AutoImageProcessor, AutoTokenizer, Idefics3Processor

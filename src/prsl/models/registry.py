@@ -18,7 +18,7 @@ from prsl.core.errors import InvalidInput, MissingInput
 from prsl.models.blip2 import Blip2Adapter
 from prsl.models.hf import ADAPTER_INFO, HFAdapter
 from prsl.models.image_text import ImageTextAdapter
-from prsl.models.pixels import check_separable_vision, supported_model_types
+from prsl.models.pixels import check_separable_vision, pipeline_for, supported_model_types
 from prsl.models.towers import (
     check_swappable,
     check_tower_path,
@@ -194,6 +194,32 @@ def check_vision_tower(
         check_width_and_patch(str(path), shape, config.vision_config, config.model_type)
 
 
+def _saved_options(local: Path | None) -> dict:
+    """The adapter options ``adapter.save`` wrote beside a model (prompts, input size), if any."""
+    if local is None or not (local / ADAPTER_INFO).is_file():
+        return {}
+    options = json.loads((local / ADAPTER_INFO).read_text())
+    options.pop("family", None)
+    return options
+
+
+def model_prompts(
+    dir_or_hub_id: str | Path, family: str | None = None, trust_remote_code: bool = False
+) -> dict[str, str]:
+    """The prompts a model takes once loaded, read without its weights: ``vqa_template``, and
+    ``caption_prompt`` for a chat VLM; those saved beside it, else its architecture's own."""
+    family = check_model_source(dir_or_hub_id, family, trust_remote_code)
+    source, local = _config_source(dir_or_hub_id)
+    cls = adapter_class(family)
+    prompts = {"vqa_template": cls.default_vqa_template}
+    if cls is ImageTextAdapter:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        kind = pipeline_for(config.model_type)
+        prompts = {"caption_prompt": kind.caption_prompt, "vqa_template": kind.vqa_template}
+    saved = _saved_options(local)
+    return {name: saved.get(name) or default for name, default in prompts.items()}
+
+
 def load_adapter(
     dir_or_hub_id: str | Path,
     family: str | None = None,
@@ -216,10 +242,7 @@ def load_adapter(
         check_vision_tower(dir_or_hub_id, vision_tower, family, trust_remote_code)
     cls = adapter_class(check_model_source(dir_or_hub_id, family, trust_remote_code))
     source, local = _config_source(dir_or_hub_id)
-    options = {}
-    if local is not None and (local / ADAPTER_INFO).is_file():
-        options = json.loads((local / ADAPTER_INFO).read_text())
-        options.pop("family", None)
+    options = _saved_options(local)
     try:
         adapter = cls.from_pretrained(
             source,
