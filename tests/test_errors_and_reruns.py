@@ -820,3 +820,20 @@ def test_too_few_items_judge_no_model_degenerate(tmp_path, tiny, monkeypatch):
     assert result.exit_code == 0, output
     assert "degenerate" not in output
     assert not any(r.get("degenerate") for r in json.loads((out / RESULTS).read_text())["runs"])
+
+
+def test_resume_after_the_models_prompts_changed_is_refused(tmp_path, tiny):
+    """Fine-tuning a saved model records the prompts it trains with (its own, or its
+    architecture's defaults): resuming after they changed (a prompt saved beside the model
+    edited, or a default changed by an upgrade) would mix two prompts in one run."""
+    model = Path(shutil.copytree(tiny, tmp_path / "model"))
+    out = tmp_path / "run"
+    tune = [*TUNE, f"train.output_dir={out}", f"model.name_or_path={model}"]
+    result, output = run("finetune", *sets(*tune))
+    assert result.exit_code == 0, output
+    saved = json.loads((model / ADAPTER_INFO).read_text())
+    (model / ADAPTER_INFO).write_text(json.dumps({**saved, "vqa_template": "Q: {question} A:"}))
+    before = snapshot(out)
+    result, output = run("finetune", "--resume", *sets(*tune))
+    one_line_error(result, output, "model.prompts.vqa_template:")
+    assert snapshot(out) == before

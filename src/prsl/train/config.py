@@ -95,6 +95,16 @@ class ModelConfig(Strict):
     ``.safetensors``, ``.pt``, ``.bin``); position embeddings are resized when its resolution
     differs. The saved model holds it. None: the model's own."""
 
+    def prompts(self) -> dict[str, str]:
+        """The prompts the model trains with, read without its weights: its own (saved with it,
+        else its architecture's defaults), with ``caption_prompt`` instead where set."""
+        from prsl.models import model_prompts
+
+        prompts = model_prompts(self.name_or_path, self.family, self.trust_remote_code)
+        if self.caption_prompt is not None and "caption_prompt" in prompts:
+            prompts["caption_prompt"] = self.caption_prompt
+        return prompts
+
     @model_validator(mode="after")
     def _family_fits(self) -> ModelConfig:
         if self.vision_tower is not None and self.name_or_path == TINY:
@@ -328,6 +338,8 @@ class FinetuneConfig(Strict):
         tree = self.model_dump()
         tree["train"].pop("output_dir")
         tree["loss"]["params"] = self.loss.params.recorded()
+        if self.model.name_or_path != TINY:  # the prompts trained on, defaults included
+            tree["model"]["prompts"] = self.model.prompts()
         if self.model.vision_tower is not None:  # a tower rewritten in place is another start
             from prsl.provenance.models import tower_fingerprint
 
