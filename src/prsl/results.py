@@ -155,6 +155,10 @@ class RunRecord(Record):
     intervals: dict[str, dict[str, Bounds]] | None = None
     cell: dict[str, Any] | None = None
     seed: StrictInt | None = None
+    cascade_skipped: StrictInt | None = None
+    """Items of this attack the cascade skipped (``worst_case.stop_below``): they were already
+    at or below the threshold; ``n_images`` counts only those it ran on, which every score of
+    the row is over."""
 
     @field_validator("task")
     @classmethod

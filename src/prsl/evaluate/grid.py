@@ -3,10 +3,10 @@ transferred."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prsl.attacks import Attack
-from prsl.evaluate.config import TRANSFER_MARK, AttackSpec
+from prsl.evaluate.config import START_CLEAN, START_WORST, TRANSFER_MARK, AttackSpec, Start
 from prsl.provenance import ModelRef
 
 
@@ -19,6 +19,12 @@ class Cell:
     attack: Attack
     white_box: str | None = None
     """For a transferred cell, the name of the same attack crafted on the evaluated model."""
+    start: Start = START_CLEAN
+    """Where its attack starts (``AttackSpec.start``)."""
+    dtype: str | None = None
+    """The dtype the crafting model computes in (None: the evaluation's)."""
+    follows: tuple[str, ...] = ()
+    """For ``start: worst_case``, the cells before it at its ε whose images it may start from."""
 
     @property
     def transfer(self) -> bool:
@@ -30,9 +36,28 @@ class Cell:
         """Names the cell in the run's settings record (the exact ε, not a rounding)."""
         return f"{self.name} eps={self.eps!r}"
 
+    @property
+    def group(self) -> tuple[float, str]:
+        """The cells one worst case is taken over: the same ε and ball norm."""
+        return (self.eps, self.attack.ball_norm)
+
+    def crafting(self) -> dict:
+        """How it is crafted beyond the attack's parameters, as given (empty by default)."""
+        start = {"start": self.start} if self.start != START_CLEAN else {}
+        dtype = {"dtype": self.dtype} if self.dtype is not None else {}
+        return start | dtype
+
     def recorded(self) -> dict:
-        """What the results depend on: the attack's name and every parameter as it runs."""
-        return {"attack": self.attack.name, "transfer": self.transfer, **self.attack.recorded()}
+        """What the results depend on: the attack's name and every parameter as it runs (with
+        where it starts: after which cells, for a start at the worst case so far)."""
+        follows = {"follows": list(self.follows)} if self.start == START_WORST else {}
+        return {
+            "attack": self.attack.name,
+            "transfer": self.transfer,
+            **self.attack.recorded(),
+            **self.crafting(),
+            **follows,
+        }
 
 
 def grid_cells(specs: list[AttackSpec], surrogate: ModelRef | None) -> list[Cell]:
@@ -46,13 +71,26 @@ def grid_cells(specs: list[AttackSpec], surrogate: ModelRef | None) -> list[Cell
         for spec in specs
         for eps, attack in zip(spec.eps, spec.attacks, strict=True)
     ]
-    cells = [Cell(spec.result_name, eps, attack) for spec, eps, attack in pairs]
+    cells = [
+        Cell(spec.result_name, eps, attack, start=spec.start, dtype=spec.dtype)
+        for spec, eps, attack in pairs
+    ]
     if surrogate is not None:
         cells += [
             Cell(
-                f"{spec.result_name}{TRANSFER_MARK}{surrogate.name}", eps, attack, spec.result_name
+                f"{spec.result_name}{TRANSFER_MARK}{surrogate.name}",
+                eps,
+                attack,
+                spec.result_name,
+                start=spec.start,
+                dtype=spec.dtype,
             )
             for spec, eps, attack in pairs
             if spec.transfer and attack.uses_gradients
         ]
-    return cells
+    return [
+        replace(cell, follows=tuple(c.name for c in cells[:i] if c.group == cell.group))
+        if cell.start == START_WORST
+        else cell
+        for i, cell in enumerate(cells)
+    ]

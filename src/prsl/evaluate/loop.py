@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from accelerate.utils import gather_object
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from prsl.core.errors import InvalidInput
+from prsl.core.pixels import levels_text
 from prsl.data import (
     DatasetSplit,
     Sample,
@@ -39,7 +41,8 @@ from prsl.data import (
     skip_summary,
     unique_skips,
 )
-from prsl.evaluate.config import EvalConfig
+from prsl.evaluate.cascade import Judge, Judged, WorstSoFar
+from prsl.evaluate.config import START_WORST, EvalConfig
 from prsl.evaluate.crafting import (
     STEP_BATCHES,
     attack_texts,
@@ -71,7 +74,8 @@ from prsl.evaluate.uncertainty import (
     compare,
     write_item_scores,
 )
-from prsl.metrics import Scorer
+from prsl.metrics import CAPTION_METRICS, VQA_METRICS, Scorer
+from prsl.metrics.statistics import CORPUS_METRICS
 from prsl.models import VLMAdapter, check_model_source, load_adapter
 from prsl.provenance import ModelRef, model_refs
 from prsl.provenance.items import item_digests
@@ -125,6 +129,8 @@ def evaluate(
     baseline = choose_baseline(models, cfg.baseline)  # a wrong name fails before any work
     cells = grid_cells(cfg.attacks, surrogate)
     split = read_evaluation_data(cfg)
+    if cfg.worst_case is not None:  # the metric must be one this task computes
+        cfg.worst_case.metric_for(split.task, task_metrics(cfg, split.task), cfg.judged_in_run)
     settings = evaluation_settings(cfg, models, surrogate, cells, split)
     folder = OutputFolder(out, "output_dir", COMMAND, settings, discard_results, FIX, GROWING)
     run = Run(cfg, state, models, surrogate, cells, split, baseline)
@@ -158,14 +164,19 @@ def run_in_folder(
             shown,
         )
     skips = SkipTally(run.split.skipped)
-    keys = run_grid(run, ledger, skips, progress)
-    state.wait_for_everyone()
-    skipped = unique_skips(
-        [Skipped(**s) for s in gather_object([s.as_dict() for s in skips.values()])]
-    )
-    if not state.is_main_process:
-        return {}
-    return score_and_write(run, keys, skipped, scorer).as_json()
+    own = Scorer() if scorer is None and run.cfg.judged_in_run else None
+    try:  # one Scorer judges during the run and scores at the end: its JVM and caches stay
+        keys = run_grid(run, ledger, skips, progress, scorer or own)
+        state.wait_for_everyone()
+        skipped = unique_skips(
+            [Skipped(**s) for s in gather_object([s.as_dict() for s in skips.values()])]
+        )
+        if not state.is_main_process:
+            return {}
+        return score_and_write(run, keys, skipped, scorer or own).as_json()
+    finally:
+        if own is not None:
+            own.close()
 
 
 def recorded_cells(folder: Path) -> set[str]:
@@ -203,6 +214,7 @@ def score_and_write(
         metrics=cfg.metrics,
         scorer=scorer,
         vqa_protocol=cfg.vqa_protocol,
+        worst_case=cfg.worst_case,
     )
     comparisons: list[dict] = []
     boot = cfg.bootstrap
@@ -215,17 +227,54 @@ def score_and_write(
         runs=[scored_run.record for scored_run in scored],
         comparisons=comparisons,
         gallery=gallery_rows(rows, models, cells),
-        meta=evaluation_meta(run, bertscore, skipped),
+        meta=evaluation_meta(run, bertscore, skipped, cascade_skips(run, rows)),
     )
     write_results(out / RESULTS, results)
     warn_of(run, results, skipped)
     return results
 
 
-def evaluation_meta(run: Run, bertscore: str, skipped: list[Skipped]) -> Meta:
+def cascade_skips(run: Run, rows: list[Prediction]) -> list[dict] | None:
+    """Per model and cell, how many items the cascade skipped (None without a cascade); each
+    count is logged."""
+    wc = run.cfg.worst_case
+    if wc is None or wc.stop_below is None:
+        return None
+    names = {m.location: m.name for m in run.models}
+    metric = wc.metric_for(run.split.task, task_metrics(run.cfg, run.split.task), False)
+    counts = Counter((r.model_path, r.attack, r.eps) for r in rows if not r.attacked)
+    found = []
+    for model in run.models:
+        for cell in run.cells:
+            n = counts[(model.location, cell.name, cell.eps)]
+            found.append(
+                {"model": names[model.location], "attack": cell.name, "eps": cell.eps, "skipped": n}
+            )
+            if n:
+                log.info(
+                    "evaluation: %s, %s at ε=%s: the cascade skipped %d item(s) already at or "
+                    "below %s=%g",
+                    model.name,
+                    cell.name,
+                    levels_text(cell.eps),
+                    n,
+                    metric,
+                    wc.stop_below,
+                )
+    return found
+
+
+def evaluation_meta(
+    run: Run, bertscore: str, skipped: list[Skipped], cascade: list[dict] | None = None
+) -> Meta:
     """The ``meta`` of an evaluation's ``results.json``: how it was run, on which items."""
     cfg, split, boot, surrogate = run.cfg, run.split, run.cfg.bootstrap, run.surrogate
+    worst = {}
+    if cfg.worst_case is not None:
+        metric = cfg.worst_case.metric_for(split.task, task_metrics(cfg, split.task), False)
+        worst = {"worst_case": cfg.worst_case.model_dump() | {"metric": metric, "skipped": cascade}}
     return results_meta(
+        **worst,
         bootstrap={
             "resamples": boot.resamples,
             "level": boot.level,
@@ -274,9 +323,12 @@ def warn_of(run: Run, results: Results, skipped: list[Skipped]) -> None:
         )
 
 
-def run_grid(run: Run, ledger: Ledger, skips: SkipTally, progress: bool) -> set[str]:
+def run_grid(
+    run: Run, ledger: Ledger, skips: SkipTally, progress: bool, scorer: Scorer | None
+) -> set[str]:
     """This process's share of the grid: every ``world``-th batch of every model; returns the
-    item keys of the run. The first process shows the whole run's progress."""
+    item keys of the run. The first process shows the whole run's progress. ``scorer`` judges
+    outputs during the run (a cascade; see :mod:`prsl.evaluate.cascade`)."""
     cfg, state, models, surrogate, cells = run.cfg, run.state, run.models, run.surrogate, run.cells
     rank, world, device = state.process_index, state.num_processes, state.device
     out = Path(cfg.output_dir)
@@ -294,6 +346,7 @@ def run_grid(run: Run, ledger: Ledger, skips: SkipTally, progress: bool) -> set[
                 samples = evaluation_samples(run.split, adapter.vqa_prompt)
                 keys |= {s.key for s in samples}
                 job = ModelJob(cfg, model, adapter, crafter, cells, ledger, skips, out, rank == 0)
+                job.judge = judge(run, samples, scorer)
                 if not bar.live.is_started:
                     bar.start()
                 task = bar.add_task(model.name, total=len(samples))
@@ -306,6 +359,21 @@ def run_grid(run: Run, ledger: Ledger, skips: SkipTally, progress: bool) -> set[
         finally:
             bar.stop()
     return keys
+
+
+def judge(run: Run, samples: list[Sample], scorer: Scorer | None) -> Judge | None:
+    """What scores a model's outputs during the run, when the run needs it."""
+    cfg, task = run.cfg, run.split.task
+    if cfg.worst_case is None or not cfg.judged_in_run or scorer is None:
+        return None
+    metric = cfg.worst_case.metric_for(task, task_metrics(cfg, task), judged_in_run=True)
+    resolved = cfg.worst_case.model_copy(update={"metric": metric})
+    return Judge(resolved, scorer, task, cfg.vqa_protocol, samples)
+
+
+def task_metrics(cfg: EvalConfig, task: str) -> list[str]:
+    """The metrics the results of ``task`` hold."""
+    return list(cfg.metrics or (VQA_METRICS if task == "vqa" else CAPTION_METRICS))
 
 
 def load_model(model: ModelRef, cfg: EvalConfig, device) -> VLMAdapter:
@@ -344,7 +412,21 @@ def evaluation_settings(
         "surrogate": model_identity(surrogate) if surrogate is not None else None,
         "cells": {cell.key: cell.recorded() for cell in cells},
         "models": {ref.location: model_identity(ref) for ref in models},
+        **cascade_settings(cfg, split),
     }
+
+
+def cascade_settings(cfg: EvalConfig, split: DatasetSplit) -> dict:
+    """What the skipped rows of a cascade depend on (nothing without one, so the records of
+    other runs still match): the judge's metric, reference and threshold, and for a metric
+    whose item scores depend on the corpus (CIDEr) the number of items it was judged among."""
+    wc = cfg.worst_case
+    if wc is None or wc.stop_below is None:
+        return {}
+    metric = wc.metric_for(split.task, task_metrics(cfg, split.task), judged_in_run=True)
+    corpus = {"items": len(split.examples)} if metric in CORPUS_METRICS else {}
+    judged = {"metric": metric, "reference": wc.reference, "stop_below": wc.stop_below}
+    return {"cascade": judged | corpus}
 
 
 def discard_results(out: Path) -> None:
@@ -379,6 +461,8 @@ class ModelJob:
     out: Path
     keeps_gallery: bool = True
     """Only the first process saves gallery pairs, so their number stays as asked."""
+    judge: Judge | None = None
+    """Scores outputs during the run: set for a cascade or a ``start: worst_case`` cell."""
 
 
 @dataclass
@@ -392,6 +476,18 @@ class Outputs:
     per_step: list[list[str]] | None
 
 
+@dataclass
+class BatchWork:
+    """One batch's clean images, prompts and outputs, and what its attacks push away from."""
+
+    pixels: torch.Tensor
+    samples: list[Sample]
+    prompts: list[str] | None
+    clean: list[str]
+    targets: dict[bool, list[str]]
+    """Keyed by transfer: the evaluated model's, or the surrogate's, attacked texts."""
+
+
 def evaluate_batch(job: ModelJob, batch: list[Sample]) -> None:
     """Generate clean, craft every unfinished cell, generate adversarial, append the rows."""
     pixels, kept, skipped = load_batch(batch, job.adapter.pixel_size, job.adapter.prepare_images)
@@ -403,46 +499,126 @@ def evaluate_batch(job: ModelJob, batch: list[Sample]) -> None:
     pixels = pixels.to(job.adapter.device)
     prompts = batch_prompts(kept)
     clean = generate(job.adapter, pixels, prompts, cfg.max_new_tokens)
-    targets = {False: attack_texts(cfg.attack_target, clean, kept)}  # keyed by transfer
-    for cell in todo:
-        crafter = job.surrogate if cell.transfer else job.adapter
-        assert crafter is not None
-        if cell.transfer not in targets:  # the surrogate attacks its own clean output
-            own = generate(crafter, pixels, prompts, cfg.max_new_tokens)
-            targets[True] = attack_texts(cfg.attack_target, own, kept)
-        adv, steps = craft(cell, pixels, crafter, targets[cell.transfer], prompts, cfg.seed)
-        adv = adv.to(job.adapter.device)
-        adversarial = generate(job.adapter, adv, prompts, cfg.max_new_tokens)
-        per_call = cfg.step_batch_size or STEP_BATCHES * cfg.batch_size
-        outputs = Outputs(
-            pixels,
-            adv,
-            clean,
-            adversarial,
-            generate_steps(
-                job.adapter,
-                [x.to(adv.device) for x in steps],
-                (adv, adversarial),
-                prompts,
-                cfg.max_new_tokens,
-                per_call,
-            )
-            if steps
-            else None,
+    targets = {False: attack_texts(cfg.attack_target, clean, kept)}
+    work = BatchWork(pixels, kept, prompts, clean, targets)
+    if job.judge is None:
+        for cell in todo:
+            run_cell(job, work, cell, list(range(len(kept))))
+        return
+    worst = WorstSoFar(job.cells, job.judge)
+    for cell in job.cells:  # every cell: a finished one's outputs still count for the rest
+        cascade_cell(job, work, cell, worst)
+
+
+def run_cell(
+    job: ModelJob,
+    work: BatchWork,
+    cell: Cell,
+    chosen: list[int],
+    start: torch.Tensor | None = None,
+) -> Outputs:
+    """Craft the cell on the ``chosen`` items of the batch, generate, append their rows."""
+    cfg = job.cfg
+    crafter = job.surrogate if cell.transfer else job.adapter
+    assert crafter is not None
+    if cell.transfer not in work.targets:  # the surrogate attacks its own clean output
+        own = generate(crafter, work.pixels, work.prompts, cfg.max_new_tokens)
+        work.targets[True] = attack_texts(cfg.attack_target, own, work.samples)
+    whole = len(chosen) == len(work.samples)
+    pixels = work.pixels if whole else work.pixels[chosen]
+    prompts = None if work.prompts is None else [work.prompts[i] for i in chosen]
+    texts = [work.targets[cell.transfer][i] for i in chosen]
+    adv, steps = craft(cell, pixels, crafter, texts, prompts, cfg.seed, start=start)
+    adv = adv.to(job.adapter.device)
+    adversarial = generate(job.adapter, adv, prompts, cfg.max_new_tokens)
+    per_call = cfg.step_batch_size or STEP_BATCHES * cfg.batch_size
+    outputs = Outputs(
+        pixels,
+        adv,
+        [work.clean[i] for i in chosen],
+        adversarial,
+        generate_steps(
+            job.adapter,
+            [x.to(adv.device) for x in steps],
+            (adv, adversarial),
+            prompts,
+            cfg.max_new_tokens,
+            per_call,
         )
-        key = RunKey(job.model.location, cell.name, cell.eps)
-        rows: list[Prediction] = []
-        for i, sample in enumerate(kept):
-            if job.ledger.finished(key, sample.key):
-                continue
-            row = prediction(job, cell, sample, i, outputs)
-            pairs = sum(r.gallery is not None for r in rows)
-            if job.keeps_gallery and job.ledger.wants_pair(key, job.cfg.gallery - pairs):
-                stem = f"{job.model.name}-{job.model.tag}_{cell.key}_{sample.key}"
-                pair = outputs.clean_pixels[i], outputs.adversarial_pixels[i]
-                row.gallery = save_pair(job.out, stem, *pair)
-            rows.append(row)
-        job.ledger.append(rows)
+        if steps
+        else None,
+    )
+    append_rows(job, cell, [work.samples[i] for i in chosen], outputs)
+    return outputs
+
+
+def append_rows(job: ModelJob, cell: Cell, samples: list[Sample], outputs: Outputs) -> None:
+    """The rows of the items that lack one, with gallery pairs while the cell wants them."""
+    key = RunKey(job.model.location, cell.name, cell.eps)
+    rows: list[Prediction] = []
+    for i, sample in enumerate(samples):
+        if job.ledger.finished(key, sample.key):
+            continue
+        row = prediction(job, cell, sample, i, outputs)
+        pairs = sum(r.gallery is not None for r in rows)
+        if job.keeps_gallery and job.ledger.wants_pair(key, job.cfg.gallery - pairs):
+            stem = f"{job.model.name}-{job.model.tag}_{cell.key}_{sample.key}"
+            pair = outputs.clean_pixels[i], outputs.adversarial_pixels[i]
+            row.gallery = save_pair(job.out, stem, *pair)
+        rows.append(row)
+    job.ledger.append(rows)
+
+
+def cascade_cell(job: ModelJob, work: BatchWork, cell: Cell, worst: WorstSoFar) -> None:
+    """One cell of a cascade: items already at or below ``stop_below`` in its group get a
+    skipped row; the others are attacked (from their worst image so far for ``start:
+    worst_case``) unless the ledger holds their rows, and their outputs are judged."""
+    assert job.judge is not None
+    key = RunKey(job.model.location, cell.name, cell.eps)
+    keys = [s.key for s in work.samples]
+    active, skipped = [], []
+    for i, item in enumerate(keys):
+        after = worst.stopped(cell, item)
+        if after is None:
+            active.append(i)
+        elif not job.ledger.finished(key, item):
+            skipped.append(skipped_row(job, cell, work.samples[i], work.clean[i], after))
+    job.ledger.append(skipped)
+    if not active:
+        return
+    found = [job.ledger.row(key, keys[i]) for i in active]
+    images = worst.keeps_images(cell)
+    if all(row is not None for row in found) and not images:  # finished: judge what it wrote
+        done = [(i, row) for i, row in zip(active, found, strict=True) if row and row.attacked]
+        samples = [work.samples[i] for i, _ in done]
+        outputs = [row.adversarial for _, row in done]
+        worst.note(Judged(cell, samples, [work.clean[i] for i, _ in done], outputs, None))
+        return
+    chosen = [keys[i] for i in active]
+    start = worst.start(cell, chosen, work.pixels[active]) if cell.start == START_WORST else None
+    outputs = run_cell(job, work, cell, active, start)  # a resumed start crafts its sources again
+    samples = [work.samples[i] for i in active]
+    kept = outputs.adversarial_pixels if images else None
+    worst.note(Judged(cell, samples, outputs.clean, outputs.adversarial, kept))
+
+
+def skipped_row(job: ModelJob, cell: Cell, sample: Sample, clean: str, after: str) -> Prediction:
+    """The row of an item the cascade skipped: its clean output, no adversarial one."""
+    return Prediction(
+        model=job.model.name,
+        model_path=job.model.location,
+        loss=job.model.loss,
+        attack=cell.name,
+        eps=cell.eps,
+        steps=0,
+        key=sample.key,
+        question=sample.question,
+        references=list(sample.references),
+        clean=clean,
+        adversarial="",
+        linf=0.0,
+        skipped_after=after,
+    )
 
 
 def prediction(job: ModelJob, cell: Cell, sample: Sample, i: int, outputs: Outputs) -> Prediction:
