@@ -130,10 +130,11 @@ class WorstSoFar:
         worst, stop = self._of(cell, key), self.judge.stop_below
         return worst.cell if stop is not None and worst.score <= stop else None
 
-    def keeps_images(self, cell: Cell) -> bool:
-        """Whether a later cell of the group starts from the worst images."""
+    def keeps_images(self, cell: Cell, todo: list[Cell]) -> bool:
+        """Whether a later cell of the group still to run (in ``todo``) starts from the worst
+        images."""
         later = self.cells[self.cells.index(cell) + 1 :]
-        return any(c.start == START_WORST and c.group == cell.group for c in later)
+        return any(c.start == START_WORST and c.group == cell.group and c in todo for c in later)
 
     def note(self, judged: Judged) -> None:
         """Take a cell's outputs into account (judged when a later cell needs them)."""

@@ -153,7 +153,8 @@ class BootstrapConfig(Strict):
 
 
 class WorstCaseConfig(Strict):
-    """The per-item worst case over the grid's attacks, and the cascade (``prsl.evaluate.worst``).
+    """The per-item worst case over the grid's attacks, and the cascade (``prsl.evaluate.cascade``,
+    ``prsl.evaluate.worst_case``).
 
     For every model, ε (and ball norm) and reference, each item keeps the adversarial output
     with the lowest ``metric`` over every attack cell of the grid at that ε, transferred ones

@@ -507,7 +507,7 @@ def evaluate_batch(job: ModelJob, batch: list[Sample]) -> None:
         return
     worst = WorstSoFar(job.cells, job.judge)
     for cell in job.cells:  # every cell: a finished one's outputs still count for the rest
-        cascade_cell(job, work, cell, worst)
+        cascade_cell(job, work, cell, worst, todo)
 
 
 def run_cell(
@@ -569,7 +569,9 @@ def append_rows(job: ModelJob, cell: Cell, samples: list[Sample], outputs: Outpu
     job.ledger.append(rows)
 
 
-def cascade_cell(job: ModelJob, work: BatchWork, cell: Cell, worst: WorstSoFar) -> None:
+def cascade_cell(
+    job: ModelJob, work: BatchWork, cell: Cell, worst: WorstSoFar, todo: list[Cell]
+) -> None:
     """One cell of a cascade: items already at or below ``stop_below`` in its group get a
     skipped row; the others are attacked (from their worst image so far for ``start:
     worst_case``) unless the ledger holds their rows, and their outputs are judged."""
@@ -587,7 +589,7 @@ def cascade_cell(job: ModelJob, work: BatchWork, cell: Cell, worst: WorstSoFar) 
     if not active:
         return
     found = [job.ledger.row(key, keys[i]) for i in active]
-    images = worst.keeps_images(cell)
+    images = worst.keeps_images(cell, todo)
     if all(row is not None for row in found) and not images:  # finished: judge what it wrote
         done = [(i, row) for i, row in zip(active, found, strict=True) if row and row.attacked]
         samples = [work.samples[i] for i, _ in done]
