@@ -231,6 +231,10 @@ class RunRecord(Record):
     ensemble: Ensemble | None = None
     target_success: TargetSuccess | None = None
     iterations: IterationsToSuccess | None = None
+    cascade_skipped: StrictInt | None = None
+    """Items of this attack the cascade skipped (``worst_case.stop_below``): they were already
+    at or below the threshold; ``n_images`` counts only those it ran on, which every score of
+    the row is over."""
 
     @field_validator("task")
     @classmethod

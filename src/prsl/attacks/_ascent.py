@@ -49,12 +49,15 @@ def ascend(
     return current, history
 
 
-def signed_ascent(attack: Any, images: torch.Tensor, loss_fn: LossFn) -> Any:
+def signed_ascent(
+    attack: Any, images: torch.Tensor, loss_fn: LossFn, start: torch.Tensor | None = None
+) -> Any:
     """Run BIM (or FGSM, its single step of size ε): ``attack.iterations`` L∞ sign steps of
-    ``attack.step_size`` from the clean images, with the attack's 8-bit / JPEG options."""
+    ``attack.step_size`` from the clean images (or ``start``, a point of their ball), with the
+    attack's 8-bit / JPEG options."""
     constraint = BallConstraint(images, attack.eps, "linf", attack.quantize, attack.jpeg_quality)
     final, history = ascend(
-        images,
+        images if start is None else start,
         loss_fn,
         constraint,
         steps=attack.iterations,

@@ -8,6 +8,7 @@ losses are checked when the attack runs, before the first forward pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -16,6 +17,9 @@ from prsl.core.lazy import lazy_import
 from prsl.core.params import choice, integer, real
 
 torch = lazy_import("torch", globals())
+
+LossFn = Callable[["torch.Tensor"], "torch.Tensor"]
+"""``loss_fn(images (B, 3, H, W)) -> per-example losses (B,)``, to be MAXIMISED."""
 
 NORMS = ("linf", "l2")
 QUANTIZE = ("uint8",)

@@ -73,6 +73,7 @@ class APGD(Attack):
     """
 
     name: ClassVar[str] = "apgd"
+    takes_start: ClassVar[bool] = True
 
     eps: Eps = DEFAULT_EPS
     steps: Steps = 10
@@ -87,23 +88,24 @@ class APGD(Attack):
         """Gradient steps in all: ``steps`` from each of the ``restarts`` random starts."""
         return self.steps * self.restarts
 
-    def run(self, images, loss_fn, generator):
+    def run(self, images, loss_fn, generator, start=None):
         constraint = BallConstraint(images, self.eps, self.norm, self.quantize, self.jpeg_quality)
-        kept = self._attempt(constraint, loss_fn, generator)
+        kept = self._attempt(constraint, loss_fn, generator, start)
         for _ in range(self.restarts - 1):
             kept = keep_better(kept, self._attempt(constraint, loss_fn, generator))
         best, _, best_history = kept
         return finish(best, best_history, self.record_every_step)
 
     def _attempt(
-        self, constraint: BallConstraint, loss_fn, generator
+        self, constraint: BallConstraint, loss_fn, generator, start=None
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """One APGD run from a fresh random start: its best iterate, that iterate's loss (as
-        the run measured it, with the gradient) and, if asked, every iterate."""
+        """One APGD run from a fresh random start (or ``start``, a point of the ball): its best
+        iterate, that iterate's loss (as the run measured it, with the gradient) and, if
+        asked, every iterate."""
         checkpoints = set(apgd_checkpoints(self.steps))
         direction = steepest_step(1.0, self.norm)
 
-        current = constraint.random_start(generator)
+        current = constraint.random_start(generator) if start is None else start
         previous = current
         loss, grad = loss_and_grad(loss_fn, current)
         best, best_loss, best_grad = current, loss, grad

@@ -15,19 +15,15 @@ so ``final, steps = attack(...)`` and ``result.final`` both work.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 from pydantic import model_validator
 
-from prsl.attacks._checks import check_generator, check_images
+from prsl.attacks._checks import LossFn, check_generator, check_images
 from prsl.core.lazy import lazy_import
 from prsl.core.params import Params
 
 torch = lazy_import("torch", globals())
-
-LossFn = Callable[["torch.Tensor"], "torch.Tensor"]
-"""``loss_fn(images (B, 3, H, W)) -> per-example losses (B,)``, to be MAXIMISED."""
 
 DEFAULT_EPS = 8 / 255
 """The usual L∞ budget for images in [0, 1]; every attack's default ε."""
@@ -56,6 +52,8 @@ class Attack(Params):
     """False for a score-based attack (Square): it cannot be fooled by masked gradients."""
     uses_success: ClassVar[bool] = False
     """True for an attack whose call takes ``success_fn`` (C&W's search over c needs one)."""
+    takes_start: ClassVar[bool] = False
+    """True for an attack that steps from a point and so can begin at a given ``start``."""
 
     @property
     def ball_norm(self) -> str:
@@ -94,13 +92,34 @@ class Attack(Params):
         return fields
 
     def __call__(
-        self, images: torch.Tensor, loss_fn: LossFn, *, generator: torch.Generator | None = None
+        self,
+        images: torch.Tensor,
+        loss_fn: LossFn,
+        *,
+        generator: torch.Generator | None = None,
+        start: torch.Tensor | None = None,
     ) -> torch.Tensor | AttackResult:
         """Adversarial examples for ``images`` against ``loss_fn``; ``generator`` seeds any
-        random draw (random starts, Square's squares) and must live on the images' device."""
+        random draw (random starts, Square's squares) and must live on the images' device.
+
+        ``start`` (attacks with :attr:`takes_start`): where the first run begins instead of the
+        clean images or a random start, e.g. an earlier attack's images. It is projected into
+        the ball around ``images`` first, and every step is projected around ``images``: the
+        threat model is always the clean images' ball. Further restarts start at random."""
         check_generator(generator)
         check_images(images)
-        return self.run(images, loss_fn, generator)
+        if start is None:
+            return self.run(images, loss_fn, generator)
+        if not self.takes_start:
+            raise ValueError(f"{self.name} does not step from a point: it takes no start")
+        if start.shape != images.shape:
+            raise ValueError(
+                f"start must have the images' shape {tuple(images.shape)}; got {tuple(start.shape)}"
+            )
+        from prsl.attacks.constraint import BallConstraint  # it imports this module
+
+        inside = BallConstraint(images, getattr(self, "eps", 0.0), self.ball_norm).project(start)
+        return self.run(images, loss_fn, generator, start=inside)
 
     def run(
         self, images: torch.Tensor, loss_fn: LossFn, generator: torch.Generator | None

@@ -17,6 +17,7 @@ class BIM(Attack):
     """BIM: ``steps`` L∞ steps of size α from the clean images; returns the last iterate."""
 
     name: ClassVar[str] = "bim"
+    takes_start: ClassVar[bool] = True
 
     eps: Eps = DEFAULT_EPS
     alpha: StepSize = None
@@ -25,8 +26,8 @@ class BIM(Attack):
     record_every_step: RecordEveryStep = False
     jpeg_quality: JpegQuality = None
 
-    def run(self, images, loss_fn, generator):
-        return signed_ascent(self, images, loss_fn)
+    def run(self, images, loss_fn, generator, start=None):
+        return signed_ascent(self, images, loss_fn, start)
 
 
 def bim(images, loss_fn, *, generator=None, **params):

@@ -22,8 +22,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from prsl.attacks._checks import check_losses
-from prsl.attacks.base import LossFn
+from prsl.attacks._checks import LossFn, check_losses
 from prsl.core.errors import InvalidInput
 from prsl.core.lazy import lazy_import
 from prsl.core.pixels import LEVELS, to_uint8

@@ -13,14 +13,15 @@ class FGSM(Attack):
     """FGSM: x + ε·sign(∇loss), projected onto [0, 1] (and the 8-bit grid / JPEG when asked)."""
 
     name: ClassVar[str] = "fgsm"
+    takes_start: ClassVar[bool] = True
 
     eps: Eps = DEFAULT_EPS
     quantize: Quantize = None
     record_every_step: RecordEveryStep = False
     jpeg_quality: JpegQuality = None
 
-    def run(self, images, loss_fn, generator):
-        return signed_ascent(self, images, loss_fn)
+    def run(self, images, loss_fn, generator, start=None):
+        return signed_ascent(self, images, loss_fn, start)
 
 
 def fgsm(images, loss_fn, *, generator=None, **params):

@@ -39,6 +39,7 @@ class MIFGSM(Attack):
     """MI-FGSM: momentum iterative FGSM (L∞) from the clean images; returns the last iterate."""
 
     name: ClassVar[str] = "mifgsm"
+    takes_start: ClassVar[bool] = True
 
     eps: Eps = DEFAULT_EPS
     alpha: StepSize = None
@@ -48,11 +49,12 @@ class MIFGSM(Attack):
     record_every_step: RecordEveryStep = False
     jpeg_quality: JpegQuality = None
 
-    def run(self, images, loss_fn, generator):
+    def run(self, images, loss_fn, generator, start=None):
         constraint = BallConstraint(images, self.eps, "linf", self.quantize, self.jpeg_quality)
         step = _MomentumStep(self.step_size, self.decay)
+        first = images if start is None else start
         final, history = ascend(
-            images, loss_fn, constraint, steps=self.steps, step=step, record=self.record_every_step
+            first, loss_fn, constraint, steps=self.steps, step=step, record=self.record_every_step
         )
         return finish(final, history, self.record_every_step)
 

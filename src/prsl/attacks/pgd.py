@@ -40,6 +40,7 @@ class PGD(Attack):
     """
 
     name: ClassVar[str] = "pgd"
+    takes_start: ClassVar[bool] = True
 
     eps: Eps = DEFAULT_EPS
     alpha: StepSize = None
@@ -73,18 +74,19 @@ class PGD(Attack):
             )
         return self
 
-    def run(self, images, loss_fn, generator):
+    def run(self, images, loss_fn, generator, start=None):
         constraint = BallConstraint(images, self.eps, self.norm, self.quantize, self.jpeg_quality)
         step = steepest_step(self.step_size, self.norm)
 
-        def attempt() -> tuple[torch.Tensor, list[torch.Tensor]]:
-            start = (
-                constraint.random_start(generator, l2_radius="eps_u")
-                if self.random_start
-                else images.detach()
-            )
+        def attempt(given: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            if given is not None:  # a start given by the caller, already inside the ball
+                first = given
+            elif self.random_start:
+                first = constraint.random_start(generator, l2_radius="eps_u")
+            else:
+                first = images.detach()
             return ascend(
-                start,
+                first,
                 loss_fn,
                 constraint,
                 steps=self.steps,
@@ -92,7 +94,7 @@ class PGD(Attack):
                 record=self.record_every_step,
             )
 
-        best, best_history = attempt()
+        best, best_history = attempt(start)
         if self.restarts > 1:
             kept = (best, evaluate_losses(loss_fn, best), best_history)
             for _ in range(self.restarts - 1):

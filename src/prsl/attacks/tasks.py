@@ -162,6 +162,7 @@ def craft_on_surrogate(
     *,
     targeted: bool = False,
     generator: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor | AttackResult:
     """Adversarial images crafted on ``surrogate``, to be scored on another (target) model.
 
@@ -169,7 +170,8 @@ def craft_on_surrogate(
     masking) rather than its vulnerability. Images crafted on an independent surrogate do not
     rely on the target's gradients, so if they fool the target more than white-box ones do, the
     white-box numbers are masked. ``texts`` are the surrogate's targets (its clean output or the
-    ground truth; with ``targeted=True`` the texts to steer toward). Returns what the attack
+    ground truth; with ``targeted=True`` the texts to steer toward). ``start``: where the attack
+    begins (attacks that take one; see :meth:`Attack.__call__`). Returns what the attack
     returns (an :class:`AttackResult` with ``record_every_step``).
     """
     make = targeted_loss if targeted else untargeted_loss
@@ -182,5 +184,7 @@ def craft_on_surrogate(
         )
     # never the target's gradients: the loss is the surrogate's; the model's state is set once
     # for the whole attack, not on every loss call
+    if start is not None:
+        judged["start"] = start
     with attack_mode(surrogate):
         return attack(images, make(surrogate, texts, prompts), generator=generator, **judged)

@@ -19,14 +19,33 @@ from prsl.core.errors import InvalidInput
 from prsl.core.pixels import levels_text
 from prsl.metrics.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, MIN_RESAMPLES
 from prsl.metrics.scorer import resolve_metrics
+from prsl.metrics.statistics import CORPUS_METRICS
 from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol
+from prsl.results import HEADLINE
 
-_SPEC_FIELDS = ("name", "label", "eps", "transfer", "reference", "targets", "keywords")
+_SPEC_FIELDS = (
+    "name",
+    "label",
+    "eps",
+    "transfer",
+    "reference",
+    "targets",
+    "keywords",
+    "start",
+    "dtype",
+)
 TRANSFER_MARK = "@"
 """``bim@surrogate``: the result name of an attack crafted on the surrogate."""
 Reference = Literal["clean", "ground_truth", "each_ground_truth"]
 """What an untargeted attack pushes the output away from (see :class:`AttackSpec`)."""
 EACH_GROUND_TRUTH = "each_ground_truth"
+WORST_CASE = "worst-case"
+"""The result name of the per-item worst case over the grid's attacks at one ε
+(``EvalConfig.worst_case``); no attack may be labelled so."""
+START_CLEAN = "clean"
+START_WORST = "worst_case"
+Start = Literal["clean", "worst_case"]
+Dtype = Literal["float32", "bfloat16", "float16"]
 
 
 def _texts(values: list[str], what: str) -> list[str]:
@@ -78,6 +97,16 @@ class AttackSpec(Strict):
     keywords: list[str] | None = None
     """With ``record_every_step``: the results count the steps until none of these words
     is left in the output (None: the evaluation's ``keywords``)."""
+    start: Start = START_CLEAN
+    """Where the attack starts: ``clean`` (the clean image, or the attack's own random start
+    in the ball) or ``worst_case``: each item's worst adversarial image so far at this ε (by
+    ``worst_case.metric``; the clean image where no earlier attack ran on it), the ε-ball
+    still centred on the clean image. Needs ``worst_case`` and an attack that steps from a
+    point (fgsm, bim, pgd, mifgsm, apgd)."""
+    dtype: Dtype | None = None
+    """The dtype the model crafts this attack in (None: the evaluation's ``dtype``), e.g.
+    ``float32`` for a refinement pass after a bfloat16 run; generation stays in the
+    evaluation's dtype, so every row's outputs come from the same model."""
 
     @model_validator(mode="before")
     @classmethod
@@ -97,6 +126,8 @@ class AttackSpec(Strict):
             raise ValueError(
                 f"label {label!r} may not contain {TRANSFER_MARK!r}: it marks transferred attacks"
             )
+        if label == WORST_CASE:
+            raise ValueError(f"label {WORST_CASE!r} names the grid's worst case: choose another")
         spec = {"name": name, "label": label, "eps": [a.eps for a in attacks], "attacks": attacks}
         return spec | {key: data[key] for key in _SPEC_FIELDS[3:] if key in data}
 
@@ -128,6 +159,15 @@ class AttackSpec(Strict):
         """Whether the attack records its output after every step (``record_every_step``)."""
         return bool(getattr(self.attacks[0], "record_every_step", False))
 
+    @model_validator(mode="after")
+    def _startable(self) -> AttackSpec:
+        if self.start == START_WORST and not self.attacks[0].takes_start:
+            raise ValueError(
+                f"start: {START_WORST} needs an attack that steps from a point (fgsm, bim, pgd, "
+                f"mifgsm, apgd); {self.name} does not"
+            )
+        return self
+
     @model_serializer(mode="plain")
     def _flat(self) -> dict[str, Any]:
         """The spec as a YAML file would say it: name, label, the ε list, the given parameters."""
@@ -139,7 +179,18 @@ class AttackSpec(Strict):
             for key in ("reference", "targets", "keywords")
             if (value := getattr(self, key)) is not None
         }
-        return {"name": self.name, **label, "eps": list(self.eps), **transfer, **aims, **params}
+        start = {} if self.start == START_CLEAN else {"start": self.start}
+        dtype = {} if self.dtype is None else {"dtype": self.dtype}
+        return {
+            "name": self.name,
+            **label,
+            "eps": list(self.eps),
+            **transfer,
+            **aims,
+            **start,
+            **dtype,
+            **params,
+        }
 
     @property
     def result_name(self) -> str:
@@ -200,6 +251,62 @@ class BootstrapConfig(Strict):
                 f"{DEFAULT_RESAMPLES}), or 0 for no intervals"
             )
         return self
+
+
+class WorstCaseConfig(Strict):
+    """The per-item worst case over the grid's attacks, and the cascade (``prsl.evaluate.cascade``,
+    ``prsl.evaluate.worst_case``).
+
+    For every model, ε (and ball norm) and reference, each item keeps the adversarial output
+    with the lowest ``metric`` over every attack cell of the grid at that ε, transferred ones
+    (``attack@surrogate``) included: they are attacks too. The chosen outputs are reported as
+    the attack ``worst-case``, every metric recomputed on them, with intervals and comparisons
+    like any attack. ``stop_below`` makes the attacks a cascade (in the grid's order): an item
+    whose ``metric`` against ``reference`` is at or below it after an attack skips the rest of
+    the attacks at that ε; each skipped cell is recorded, and an attack's own row then covers
+    only the items it ran on.
+    """
+
+    metric: str | None = None
+    """The per-item score the worst case minimises: any metric the evaluation computes (None:
+    the task's headline, CIDEr for captions, VQA-acc for VQA). CIDEr-D takes its document
+    frequencies from the references of all the model's items, so an item's score does not
+    depend on which attacks the other items met."""
+    stop_below: float | None = None
+    """Skip the remaining attacks at an ε for an item whose score is at or below this (None:
+    every attack runs on every item). RobustVLM: CIDEr 10 on COCO, 2 on Flickr30k (its CIDEr
+    is x100: 0.1 and 0.02 here); VQA accuracy 0."""
+    reference: Literal["ground_truth", "clean"] = "ground_truth"
+    """What the cascade (and a ``start: worst_case`` attack) judges an output against during
+    the run: the ground truth (RobustVLM) or the model's own clean output. The ``worst-case``
+    rows of the results are chosen for each reference against that reference."""
+
+    @model_validator(mode="after")
+    def _known(self) -> WorstCaseConfig:
+        if self.metric is not None:
+            try:
+                resolve_metrics([self.metric])
+            except InvalidInput as err:
+                raise ValueError(f"metric: {err}") from None
+        return self
+
+    def metric_for(self, task: str, metrics: list[str], judged_in_run: bool) -> str:
+        """The metric for ``task`` given the evaluation's ``metrics``; one line naming the fix
+        when it is not computed, or when the run would have to judge with CIDEr against the
+        clean outputs (its frequencies need every item's clean output, known at the end)."""
+        metric = self.metric or HEADLINE[task][0]
+        if metric not in metrics:
+            raise InvalidInput(
+                f"worst_case.metric {metric!r} is not computed for this {task} data (metrics: "
+                f"{', '.join(metrics)}): set worst_case.metric to one of them"
+            )
+        if judged_in_run and metric in CORPUS_METRICS and self.reference == "clean":
+            raise InvalidInput(
+                f"worst_case: {metric} against the model's clean outputs takes its document "
+                "frequencies from every item's clean output, unknown until the run ends, so the "
+                "cascade cannot judge with it: use reference: ground_truth or another metric"
+            )
+        return metric
 
 
 class EvalConfig(Strict):
@@ -270,6 +377,9 @@ class EvalConfig(Strict):
     None: the first model trained with CE, when there is one."""
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     """The paired bootstrap behind every interval and comparison."""
+    worst_case: WorstCaseConfig | None = None
+    """The per-item worst case over the grid's attacks at each ε, reported as the attack
+    ``worst-case``, and with ``stop_below`` the cascade (None: off)."""
 
     @model_validator(mode="after")
     def _checks(self) -> EvalConfig:
@@ -299,7 +409,30 @@ class EvalConfig(Strict):
                     "keywords are counted on the outputs after every step, and no untargeted "
                     "attack records them: add record_every_step: true to one, or drop keywords"
                 )
+        self._check_worst_case()
         return self
+
+    def _check_worst_case(self) -> None:
+        wc = self.worst_case
+        starts = [s.result_name for s in self.attacks if s.start == START_WORST]
+        if wc is None:
+            if starts:
+                raise ValueError(
+                    f"attack {starts[0]!r} has start: {START_WORST}, which needs worst_case "
+                    "(e.g. worst_case: {metric: CIDEr})"
+                )
+            return
+        if self.metrics is not None and wc.metric is not None and wc.metric not in self.metrics:
+            raise ValueError(
+                f"worst_case.metric {wc.metric!r} is not among metrics {self.metrics}: add it"
+            )
+
+    @property
+    def judged_in_run(self) -> bool:
+        """Whether outputs are scored during the run: a cascade, or a start at the worst case."""
+        wc = self.worst_case
+        starts = any(s.start == START_WORST for s in self.attacks)
+        return wc is not None and (wc.stop_below is not None or starts)
 
     def precision(self) -> dict[str, str]:
         """The ``dtype`` as settings records and results keep it: only when given, so the

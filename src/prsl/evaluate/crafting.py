@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from prsl.attacks import AttackResult, craft_on_surrogate
@@ -63,18 +66,30 @@ def craft(
     seed: int,
     *,
     targeted: bool = False,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """The cell's attack on ``crafter`` (the evaluated model, or the surrogate for a transfer
     cell): adversarial pixels and, when the attack records them, the images after every step.
-    ``targeted``: drive the output toward ``texts`` instead of away from them.
+    ``targeted``: drive the output toward ``texts`` instead of away from them. ``start``: where
+    the attack begins (a ``start: worst_case`` cell), its ball still centred on ``pixels``; the
+    model computes in the cell's ``dtype`` while it crafts.
 
     A generator seeded with ``seed`` drives any random draw, so a rerun crafts the same images.
     """
     pixels = pixels.to(crafter.device)
+    start = None if start is None else start.to(crafter.device)
     generator = torch.Generator(device=pixels.device).manual_seed(seed)
-    result = craft_on_surrogate(
-        cell.attack, pixels, crafter, texts, prompts, targeted=targeted, generator=generator
-    )
+    with computing_in(crafter, cell.dtype):
+        result = craft_on_surrogate(
+            cell.attack,
+            pixels,
+            crafter,
+            texts,
+            prompts,
+            targeted=targeted,
+            generator=generator,
+            start=start,
+        )
     if isinstance(result, AttackResult):
         return result.final, result.steps
     return result, None
@@ -87,6 +102,39 @@ def used_prompts(cfg: EvalConfig, model: ModelRef) -> dict[str, str]:
     if cfg.caption_prompt is not None and "caption_prompt" in prompts:
         prompts["caption_prompt"] = cfg.caption_prompt
     return prompts
+
+
+@contextmanager
+def computing_in(adapter: VLMAdapter, dtype: str | None) -> Iterator[None]:
+    """The adapter's model computes in ``dtype`` for the block (None: as loaded), then every
+    floating weight and buffer is back in its own dtype, bit for bit: a bfloat16 or float16
+    weight goes to float32 and back exactly; a cast that loses precision keeps the original.
+    Why in place: reloading a VLM takes minutes; RobustVLM reloads it for its fp32 pass."""
+    module = getattr(adapter, "model", None)
+    if dtype is None or not isinstance(module, torch.nn.Module):
+        yield
+        return
+    wanted = getattr(torch, dtype)
+    tensors = [
+        t
+        for t in (*module.parameters(), *module.buffers())
+        if t.is_floating_point() and t.dtype != wanted
+    ]
+    # a widening cast is undone exactly by casting back, so only a narrowing one keeps a copy
+    saved = [(t, t.dtype if _widens(t.dtype, wanted) else t.data) for t in tensors]
+    for t in tensors:
+        t.data = t.data.to(wanted)
+    try:
+        yield
+    finally:
+        for t, original in saved:
+            t.data = t.data.to(original) if isinstance(original, torch.dtype) else original
+
+
+def _widens(dtype: torch.dtype, wanted: torch.dtype) -> bool:
+    """Whether every value of ``dtype`` is exactly a value of ``wanted`` (and back)."""
+    halves = (torch.bfloat16, torch.float16)
+    return wanted in (torch.float32, torch.float64) and (dtype in halves or dtype == torch.float32)
 
 
 def instructed(adapter: VLMAdapter, cfg: EvalConfig, model: ModelRef) -> VLMAdapter:

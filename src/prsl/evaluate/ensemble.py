@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from prsl.evaluate.config import WorstCaseConfig
 from prsl.evaluate.ledger import AttackRun, Prediction, RunKey
 from prsl.metrics import Scorer
 from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol
@@ -28,9 +29,15 @@ RUN_LABEL = "reference {}"
 """How ``each_ground_truth`` runs are named in the results: by their reference's place."""
 
 
-def selection_metric(metrics: list[str] | None, task: str) -> str:
-    """The metric an item's lowest-scoring run is chosen by: the evaluation's first metric, or
-    the task's headline metric (CIDEr, VQA accuracy) when ``metrics`` is left to the default."""
+def selection_metric(
+    metrics: list[str] | None, task: str, worst_case: WorstCaseConfig | None = None
+) -> str:
+    """The metric an item's lowest-scoring run is chosen by: the worst case's, when the
+    evaluation takes one (so a run chosen here is the one the worst case would pick), else the
+    evaluation's first metric, or the task's headline metric (CIDEr, VQA accuracy) when
+    ``metrics`` is left to the default."""
+    if worst_case is not None:  # its metric defaults to the headline too
+        return worst_case.metric or HEADLINE[task][0]
     return metrics[0] if metrics else HEADLINE[task][0]
 
 

@@ -86,6 +86,15 @@ class Prediction:
     gallery: dict[str, str] | None = None
     runs: list[AttackRun] | None = None
     chosen: int | None = None
+    skipped_after: str | None = None
+    """Set on a row the cascade skipped (``worst_case.stop_below``): the attack after which the
+    item's score was at or below the threshold. Such a row holds the clean output and no
+    adversarial one (``adversarial`` is empty and is never scored)."""
+
+    @property
+    def attacked(self) -> bool:
+        """The cell ran on the item (the row is not a cascade skip)."""
+        return self.skipped_after is None
 
     @property
     def run_key(self) -> RunKey:
@@ -119,7 +128,7 @@ class Ledger:
 
     path: Path
     rows: list[Prediction] = field(default_factory=list)
-    done: set[tuple[RunKey, str]] = field(default_factory=set)
+    done: dict[tuple[RunKey, str], Prediction] = field(default_factory=dict)
     pairs: Counter = field(default_factory=Counter)
     per_model: Counter = field(default_factory=Counter)
     before_first_write: Callable[[], None] | None = None
@@ -140,7 +149,7 @@ class Ledger:
         if (row.run_key, row.key) in self.done:  # a row twice (two runs wrote one folder):
             return  # the first counts, so the results count each item once
         self.rows.append(row)
-        self.done.add((row.run_key, row.key))
+        self.done[(row.run_key, row.key)] = row
         self.per_model[row.model_path] += 1
         if row.gallery is not None:
             self.pairs[row.run_key] += 1
@@ -151,6 +160,14 @@ class Ledger:
 
     def finished(self, key: RunKey, item: str) -> bool:
         return (key, item) in self.done
+
+    def row(self, key: RunKey, item: str) -> Prediction | None:
+        """The row of a cell and item, when the ledger holds one."""
+        return self.done.get((key, item))
+
+    def skips(self) -> Counter:
+        """Items the cascade skipped, per (attack, ε) cell name pair, over every model."""
+        return Counter((r.attack, r.eps) for r in self.rows if not r.attacked)
 
     def unfinished(self, model: str, cells: list[Cell], samples: Iterable[Sample]) -> list[Cell]:
         """The cells some of ``samples`` still lack for ``model`` (a location)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from accelerate.utils import gather_object
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from prsl.core.errors import InvalidInput
+from prsl.core.pixels import levels_text
 from prsl.data import (
     DatasetSplit,
     Sample,
@@ -43,7 +45,8 @@ from prsl.data import (
     unique_skips,
 )
 from prsl.evaluate.aims import Aim, cell_aims, check_references, runs_several
-from prsl.evaluate.config import EvalConfig, model_path, model_tower
+from prsl.evaluate.cascade import Judge, Judged, WorstSoFar
+from prsl.evaluate.config import START_WORST, EvalConfig, model_path, model_tower
 from prsl.evaluate.crafting import (
     STEP_BATCHES,
     craft,
@@ -78,7 +81,8 @@ from prsl.evaluate.uncertainty import (
     compare,
     write_item_scores,
 )
-from prsl.metrics import Scorer
+from prsl.metrics import CAPTION_METRICS, VQA_METRICS, Scorer
+from prsl.metrics.statistics import CORPUS_METRICS
 from prsl.models import VLMAdapter, check_model_source, check_vision_tower, load_adapter
 from prsl.provenance import ModelRef, model_refs
 from prsl.provenance.items import item_digests
@@ -133,6 +137,8 @@ def evaluate(
     cells = grid_cells(cfg.attacks, surrogate)
     split = read_evaluation_data(cfg)
     check_references(cfg, split)
+    if cfg.worst_case is not None:  # the metric must be one this task computes
+        cfg.worst_case.metric_for(split.task, task_metrics(cfg, split.task), cfg.judged_in_run)
     every = [*models, *([surrogate] if surrogate is not None else [])]
     prompts = {ref.location: used_prompts(cfg, ref) for ref in every}
     settings = evaluation_settings(cfg, models, surrogate, cells, split, prompts)
@@ -168,14 +174,19 @@ def run_in_folder(
             shown,
         )
     skips = SkipTally(run.split.skipped)
-    keys = run_grid(run, ledger, skips, progress)
-    state.wait_for_everyone()
-    skipped = unique_skips(
-        [Skipped(**s) for s in gather_object([s.as_dict() for s in skips.values()])]
-    )
-    if not state.is_main_process:
-        return {}
-    return score_and_write(run, keys, skipped, scorer).as_json()
+    own = Scorer() if scorer is None and run.cfg.judged_in_run else None
+    try:  # one Scorer judges during the run and scores at the end: its JVM and caches stay
+        keys = run_grid(run, ledger, skips, progress, scorer or own)
+        state.wait_for_everyone()
+        skipped = unique_skips(
+            [Skipped(**s) for s in gather_object([s.as_dict() for s in skips.values()])]
+        )
+        if not state.is_main_process:
+            return {}
+        return score_and_write(run, keys, skipped, scorer or own).as_json()
+    finally:
+        if own is not None:
+            own.close()
 
 
 def recorded_cells(folder: Path) -> set[str]:
@@ -207,7 +218,7 @@ def score_and_write(
     cfg, models, cells, split = run.cfg, run.models, run.cells, run.split
     out = Path(cfg.output_dir)
     rows = Ledger.read(out).selected({m.location for m in models}, cells, keys)
-    chosen_by = selection_metric(cfg.metrics, split.task)
+    chosen_by = selection_metric(cfg.metrics, split.task, cfg.worst_case)
     # A Scorer made here is closed (its METEOR JVM stopped) once scored; a caller's stays open.
     with Scorer() if scorer is None else nullcontext(scorer) as active:
         rows = choose_runs(rows, active, chosen_by, cfg.vqa_protocol)
@@ -219,6 +230,7 @@ def score_and_write(
             metrics=cfg.metrics,
             scorer=active,
             vqa_protocol=cfg.vqa_protocol,
+            worst_case=cfg.worst_case,
         )
     comparisons: list[dict] = []
     boot = cfg.bootstrap
@@ -241,17 +253,54 @@ def score_and_write(
         runs=[scored_run.record for scored_run in scored],
         comparisons=comparisons,
         gallery=gallery_rows(rows, models, cells),
-        meta=evaluation_meta(run, bertscore, skipped),
+        meta=evaluation_meta(run, bertscore, skipped, cascade_skips(run, rows)),
     )
     write_results(out / RESULTS, results)
     warn_of(run, results, skipped)
     return results
 
 
-def evaluation_meta(run: Run, bertscore: str, skipped: list[Skipped]) -> Meta:
+def cascade_skips(run: Run, rows: list[Prediction]) -> list[dict] | None:
+    """Per model and cell, how many items the cascade skipped (None without a cascade); each
+    count is logged."""
+    wc = run.cfg.worst_case
+    if wc is None or wc.stop_below is None:
+        return None
+    names = {m.location: m.name for m in run.models}
+    metric = wc.metric_for(run.split.task, task_metrics(run.cfg, run.split.task), False)
+    counts = Counter((r.model_path, r.attack, r.eps) for r in rows if not r.attacked)
+    found = []
+    for model in run.models:
+        for cell in run.cells:
+            n = counts[(model.location, cell.name, cell.eps)]
+            found.append(
+                {"model": names[model.location], "attack": cell.name, "eps": cell.eps, "skipped": n}
+            )
+            if n:
+                log.info(
+                    "evaluation: %s, %s at ε=%s: the cascade skipped %d item(s) already at or "
+                    "below %s=%g",
+                    model.name,
+                    cell.name,
+                    levels_text(cell.eps),
+                    n,
+                    metric,
+                    wc.stop_below,
+                )
+    return found
+
+
+def evaluation_meta(
+    run: Run, bertscore: str, skipped: list[Skipped], cascade: list[dict] | None = None
+) -> Meta:
     """The ``meta`` of an evaluation's ``results.json``: how it was run, on which items."""
     cfg, split, boot, surrogate = run.cfg, run.split, run.cfg.bootstrap, run.surrogate
+    worst = {}
+    if cfg.worst_case is not None:
+        metric = cfg.worst_case.metric_for(split.task, task_metrics(cfg, split.task), False)
+        worst = {"worst_case": cfg.worst_case.model_dump() | {"metric": metric, "skipped": cascade}}
     return results_meta(
+        **worst,
         bootstrap={
             "resamples": boot.resamples,
             "level": boot.level,
@@ -301,9 +350,12 @@ def warn_of(run: Run, results: Results, skipped: list[Skipped]) -> None:
         )
 
 
-def run_grid(run: Run, ledger: Ledger, skips: SkipTally, progress: bool) -> set[str]:
+def run_grid(
+    run: Run, ledger: Ledger, skips: SkipTally, progress: bool, scorer: Scorer | None
+) -> set[str]:
     """This process's share of the grid: every ``world``-th batch of every model; returns the
-    item keys of the run. The first process shows the whole run's progress."""
+    item keys of the run. The first process shows the whole run's progress. ``scorer`` judges
+    outputs during the run (a cascade; see :mod:`prsl.evaluate.cascade`)."""
     cfg, state, models, surrogate, cells = run.cfg, run.state, run.models, run.surrogate, run.cells
     rank, world, device = state.process_index, state.num_processes, state.device
     out = Path(cfg.output_dir)
@@ -321,6 +373,7 @@ def run_grid(run: Run, ledger: Ledger, skips: SkipTally, progress: bool) -> set[
                 samples = evaluation_samples(run.split, adapter.vqa_prompt)
                 keys |= {s.key for s in samples}
                 job = ModelJob(cfg, model, adapter, crafter, cells, ledger, skips, out, rank == 0)
+                job.judge = judge(run, samples, scorer)
                 if not bar.live.is_started:
                     bar.start()
                 task = bar.add_task(model.name, total=len(samples))
@@ -333,6 +386,21 @@ def run_grid(run: Run, ledger: Ledger, skips: SkipTally, progress: bool) -> set[
         finally:
             bar.stop()
     return keys
+
+
+def judge(run: Run, samples: list[Sample], scorer: Scorer | None) -> Judge | None:
+    """What scores a model's outputs during the run, when the run needs it."""
+    cfg, task = run.cfg, run.split.task
+    if cfg.worst_case is None or not cfg.judged_in_run or scorer is None:
+        return None
+    metric = cfg.worst_case.metric_for(task, task_metrics(cfg, task), judged_in_run=True)
+    resolved = cfg.worst_case.model_copy(update={"metric": metric})
+    return Judge(resolved, scorer, task, cfg.vqa_protocol, samples)
+
+
+def task_metrics(cfg: EvalConfig, task: str) -> list[str]:
+    """The metrics the results of ``task`` hold."""
+    return list(cfg.metrics or (VQA_METRICS if task == "vqa" else CAPTION_METRICS))
 
 
 def load_model(model: ModelRef, cfg: EvalConfig, device) -> VLMAdapter:
@@ -383,7 +451,21 @@ def evaluation_settings(
         "surrogate": identity(surrogate) if surrogate is not None else None,
         "cells": {cell.key: cell.recorded() for cell in cells},
         "models": {ref.location: identity(ref) for ref in models},
+        **cascade_settings(cfg, split),
     }
+
+
+def cascade_settings(cfg: EvalConfig, split: DatasetSplit) -> dict:
+    """What the skipped rows of a cascade depend on (nothing without one, so the records of
+    other runs still match): the judge's metric, reference and threshold, and for a metric
+    whose item scores depend on the corpus (CIDEr) the number of items it was judged among."""
+    wc = cfg.worst_case
+    if wc is None or wc.stop_below is None:
+        return {}
+    metric = wc.metric_for(split.task, task_metrics(cfg, split.task), judged_in_run=True)
+    corpus = {"items": len(split.examples)} if metric in CORPUS_METRICS else {}
+    judged = {"metric": metric, "reference": wc.reference, "stop_below": wc.stop_below}
+    return {"cascade": judged | corpus}
 
 
 def discard_results(out: Path) -> None:
@@ -418,6 +500,8 @@ class ModelJob:
     out: Path
     keeps_gallery: bool = True
     """Only the first process saves gallery pairs, so their number stays as asked."""
+    judge: Judge | None = None
+    """Scores outputs during the run: set for a cascade or a ``start: worst_case`` cell."""
 
 
 @dataclass
@@ -445,6 +529,18 @@ class Outputs:
         )
 
 
+@dataclass
+class BatchWork:
+    """One batch's clean images, prompts and outputs, and what its attacks push away from."""
+
+    pixels: torch.Tensor
+    samples: list[Sample]
+    prompts: list[str] | None
+    clean: list[str]
+    own: dict[bool, list[str]]
+    """Keyed by transfer: the evaluated model's, or the surrogate's, clean outputs."""
+
+
 def evaluate_batch(job: ModelJob, batch: list[Sample]) -> None:
     """Generate clean, craft every unfinished cell, generate adversarial, append the rows."""
     pixels, kept, skipped = load_batch(batch, job.adapter.pixel_size, job.adapter.prepare_images)
@@ -456,15 +552,39 @@ def evaluate_batch(job: ModelJob, batch: list[Sample]) -> None:
     pixels = pixels.to(job.adapter.device)
     prompts = batch_prompts(kept)
     clean = generate(job.adapter, pixels, prompts, cfg.max_new_tokens)
-    own = {False: clean}  # each crafter's clean output, keyed by transfer
-    for cell in todo:
-        crafter = job.surrogate if cell.transfer else job.adapter
-        assert crafter is not None
-        if cell.transfer not in own:  # the surrogate attacks its own clean output
-            own[True] = generate(crafter, pixels, prompts, cfg.max_new_tokens)
-        aims = cell_aims(cell, cfg.attack_target, own[cell.transfer], kept, cfg.vqa_protocol)
-        runs = [run_aim(job, cell, crafter, pixels, prompts, aim) for aim in aims]
-        job.ledger.append(cell_rows(job, cell, kept, clean, runs))
+    work = BatchWork(pixels, kept, prompts, clean, {False: clean})
+    if job.judge is None:
+        for cell in todo:
+            run_cell(job, work, cell, list(range(len(kept))))
+        return
+    worst = WorstSoFar(job.cells, job.judge)
+    for cell in job.cells:  # every cell: a finished one's outputs still count for the rest
+        cascade_cell(job, work, cell, worst, todo)
+
+
+def run_cell(
+    job: ModelJob,
+    work: BatchWork,
+    cell: Cell,
+    chosen: list[int],
+    start: torch.Tensor | None = None,
+) -> list[Outputs]:
+    """Craft the cell on the ``chosen`` items of the batch (once per aim: several for targets
+    or ``each_ground_truth``), generate, append their rows; the runs' outputs, their items
+    counted among ``chosen``."""
+    cfg = job.cfg
+    crafter = job.surrogate if cell.transfer else job.adapter
+    assert crafter is not None
+    if cell.transfer not in work.own:  # the surrogate attacks its own clean output
+        work.own[True] = generate(crafter, work.pixels, work.prompts, cfg.max_new_tokens)
+    samples = [work.samples[i] for i in chosen]
+    own = [work.own[cell.transfer][i] for i in chosen]
+    aims = cell_aims(cell, cfg.attack_target, own, samples, cfg.vqa_protocol)
+    pixels = work.pixels if len(chosen) == len(work.samples) else work.pixels[chosen]
+    prompts = None if work.prompts is None else [work.prompts[i] for i in chosen]
+    runs = [run_aim(job, cell, crafter, pixels, prompts, aim, start) for aim in aims]
+    job.ledger.append(cell_rows(job, cell, samples, [work.clean[i] for i in chosen], runs))
+    return runs
 
 
 def run_aim(
@@ -474,12 +594,18 @@ def run_aim(
     pixels: torch.Tensor,
     prompts: list[str] | None,
     aim: Aim,
+    start: torch.Tensor | None = None,
 ) -> Outputs:
-    """One run of the cell's attack on the items of ``aim``, and the outputs it gives."""
+    """One run of the cell's attack on the items of ``aim`` (from ``start``, its images for
+    every item of ``pixels``, when given), and the outputs it gives."""
     cfg = job.cfg
-    part = pixels if len(aim.items) == pixels.shape[0] else pixels[aim.items]
+    whole = len(aim.items) == pixels.shape[0]
+    part = pixels if whole else pixels[aim.items]
+    begin = None if start is None else (start if whole else start[aim.items])
     asked = None if prompts is None else [prompts[i] for i in aim.items]
-    adv, steps = craft(cell, part, crafter, aim.texts, asked, cfg.seed, targeted=aim.targeted)
+    adv, steps = craft(
+        cell, part, crafter, aim.texts, asked, cfg.seed, targeted=aim.targeted, start=begin
+    )
     adv = adv.to(job.adapter.device)
     adversarial = generate(job.adapter, adv, asked, cfg.max_new_tokens)
     per_step = None
@@ -490,6 +616,76 @@ def run_aim(
             job.adapter, moved, (adv, adversarial), asked, cfg.max_new_tokens, per_call
         )
     return Outputs(aim.items, aim.texts, part, adv, adversarial, per_step)
+
+
+def cascade_cell(
+    job: ModelJob, work: BatchWork, cell: Cell, worst: WorstSoFar, todo: list[Cell]
+) -> None:
+    """One cell of a cascade: items already at or below ``stop_below`` in its group get a
+    skipped row; the others are attacked (from their worst image so far for ``start:
+    worst_case``) unless the ledger holds their rows, and their outputs (every run's) are
+    judged."""
+    assert job.judge is not None
+    key = RunKey(job.model.location, cell.name, cell.eps)
+    keys = [s.key for s in work.samples]
+    active, skipped = [], []
+    for i, item in enumerate(keys):
+        after = worst.stopped(cell, item)
+        if after is None:
+            active.append(i)
+        elif not job.ledger.finished(key, item):
+            skipped.append(skipped_row(job, cell, work.samples[i], work.clean[i], after))
+    job.ledger.append(skipped)
+    if not active:
+        return
+    found = [job.ledger.row(key, keys[i]) for i in active]
+    images = worst.keeps_images(cell, todo)
+    if all(row is not None for row in found) and not images:  # finished: judge what it wrote
+        done = [(i, row) for i, row in zip(active, found, strict=True) if row and row.attacked]
+        note_written(worst, cell, work, done)
+        return
+    chosen = [keys[i] for i in active]
+    start = worst.start(cell, chosen, work.pixels[active]) if cell.start == START_WORST else None
+    runs = run_cell(job, work, cell, active, start)  # a resumed start crafts its sources again
+    for outputs in runs:
+        at = [active[i] for i in outputs.items]
+        kept = outputs.adversarial_pixels if images else None
+        samples = [work.samples[i] for i in at]
+        clean = [work.clean[i] for i in at]
+        worst.note(Judged(cell, samples, clean, outputs.adversarial, kept))
+
+
+def note_written(
+    worst: WorstSoFar, cell: Cell, work: BatchWork, done: list[tuple[int, Prediction]]
+) -> None:
+    """Judge the outputs a finished cell wrote: every run of a row that holds several."""
+    outputs = [
+        [r.adversarial for r in row.runs] if row.runs else [row.adversarial] for _, row in done
+    ]
+    for r in range(max((len(o) for o in outputs), default=0)):
+        having = [(i, o[r]) for (i, _), o in zip(done, outputs, strict=True) if len(o) > r]
+        samples = [work.samples[i] for i, _ in having]
+        clean = [work.clean[i] for i, _ in having]
+        worst.note(Judged(cell, samples, clean, [text for _, text in having], None))
+
+
+def skipped_row(job: ModelJob, cell: Cell, sample: Sample, clean: str, after: str) -> Prediction:
+    """The row of an item the cascade skipped: its clean output, no adversarial one."""
+    return Prediction(
+        model=job.model.name,
+        model_path=job.model.location,
+        loss=job.model.loss,
+        attack=cell.name,
+        eps=cell.eps,
+        steps=0,
+        key=sample.key,
+        question=sample.question,
+        references=list(sample.references),
+        clean=clean,
+        adversarial="",
+        linf=0.0,
+        skipped_after=after,
+    )
 
 
 def cell_rows(

@@ -15,11 +15,14 @@ from dataclasses import dataclass
 
 import prsl
 from prsl.data import ANSWER_COPIES
+from prsl.evaluate.config import WorstCaseConfig
 from prsl.evaluate.grid import Cell
 from prsl.evaluate.ledger import Prediction, RunKey
 from prsl.evaluate.uncertainty import ScoredRun
+from prsl.evaluate.worst_case import Candidate, worst_case_runs
 from prsl.metrics import CAPTION_METRICS, VQA_METRICS, Scorer
 from prsl.metrics.scorer import CorpusScores
+from prsl.metrics.statistics import corpus_value
 from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol, normalize_answer
 from prsl.provenance import ModelRef
 from prsl.results import Meta, RunRecord, degenerate_reason, floor_reason
@@ -27,14 +30,27 @@ from prsl.results import Meta, RunRecord, degenerate_reason, floor_reason
 
 @dataclass(frozen=True)
 class _Run:
-    """A results row in the making: what names it, and which of the batch's corpora it needs."""
+    """A results row in the making: what names it, and which of the batch's corpora it needs.
+
+    The corpora hold every item of the model (``items``); ``ran`` the positions of those the
+    cell ran on, all of them but where a cascade skipped some."""
 
     model: ModelRef
     cell: Cell
     key: RunKey
     reference: str
     corpora: range
-    keys: tuple[str, ...]
+    items: tuple[str, ...]
+    ran: tuple[int, ...]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The items the row is over: those the cell ran on."""
+        return tuple(self.items[i] for i in self.ran)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.items) - len(self.ran)
 
     def record(self, task: str, scores: list[CorpusScores]) -> RunRecord:
         """The row, from its corpora's scores: clean, adversarial, then one per attack step."""
@@ -56,8 +72,8 @@ class _Run:
             eps=self.key.eps,
             steps=attack.iterations,
             norm=attack.ball_norm,
-            attack_params=attack.recorded(),
-            n_images=len(self.keys),
+            attack_params=attack.recorded() | self.cell.crafting(),
+            n_images=len(self.ran),
             reference=self.reference,
             gradient_free=not attack.uses_gradients,
             transfer_of=self.cell.white_box,
@@ -65,7 +81,17 @@ class _Run:
             adversarial=dict(adversarial),
             degradation={m: clean[m] - adversarial[m] for m in clean},
             per_step=[dict(step) for step in per_step] or None,
+            cascade_skipped=self.skipped or None,
         )
+
+    def within(self, scores: CorpusScores) -> CorpusScores:
+        """A corpus scored over every item, restricted to the items the cell ran on (each
+        metric's value recomputed from their statistics)."""
+        if len(self.ran) == len(self.items):
+            return scores
+        ran = list(self.ran)
+        stats = {m: s[ran] for m, s in scores.stats.items()}
+        return CorpusScores({m: corpus_value(m, s) for m, s in stats.items()}, stats)
 
 
 def self_reference(
@@ -88,20 +114,31 @@ def score_predictions(
     metrics: list[str] | None,
     scorer: Scorer | None,
     vqa_protocol: VQAProtocol = DEFAULT_VQA_PROTOCOL,
+    worst_case: WorstCaseConfig | None = None,
 ) -> tuple[list[ScoredRun], str]:
-    """The ``runs`` of results.json, in model / attack / ε order, each with the items'
-    statistics it was computed from; and the BERTScore model."""
+    """The ``runs`` of results.json, in model / attack / ε order (each model's worst-case rows
+    after its attacks), each with the items' statistics it was computed from; and the
+    BERTScore model."""
     names = metrics or list(VQA_METRICS if task == "vqa" else CAPTION_METRICS)
     runs, corpora, clean_of = _plan(rows, task, models, cells, vqa_protocol)
     # A Scorer made here is closed (its METEOR JVM stopped) once scored; a caller's stays open.
     with Scorer() if scorer is None else nullcontext(scorer) as active:
         scores = active.score_items(corpora, names, vqa_protocol=vqa_protocol) if corpora else []
         bertscore = active.bertscore_description()
-    finished = []
+    finished, candidates = [], []
     for run in runs:
-        clean, adversarial, *per_step = (scores[i] for i in run.corpora)
+        full = [scores[i] for i in run.corpora]
+        clean, adversarial, *per_step = (run.within(s) for s in full)
         record = run.record(task, [clean, adversarial, *per_step])
         finished.append(ScoredRun(record, run.model, run.keys, clean, adversarial))
+        candidates.append(
+            Candidate(run.model, run.cell, run.reference, run.items, run.ran, *full[:2], record)
+        )
+    if worst_case is not None and candidates:
+        metric = worst_case.metric_for(task, names, judged_in_run=False)
+        finished += worst_case_runs(candidates, metric, worst_case.stop_below)
+    order = {ref.location: i for i, ref in enumerate(models)}
+    finished.sort(key=lambda run: order[run.model.location])  # stable: attacks, then worst
     mark_degenerate(finished, clean_of)
     return finished, bertscore
 
@@ -118,35 +155,49 @@ def _plan(
     vqa_protocol: VQAProtocol,
 ) -> tuple[list[_Run], list[Corpus], dict[str, dict[str, str]]]:
     """Every run to score with its corpora (clean, adversarial, then one per attack step, each
-    against both references) in one batch, and each model's clean output per item."""
+    against both references) in one batch, and each model's clean output per item.
+
+    Every corpus of a model holds all of its items, so that CIDEr-D's document frequencies (of
+    the references) are the same for every cell: the items a cascade skipped for a cell stand
+    in it with an empty candidate, and are dropped from its row afterwards (:meth:`_Run.within`).
+    """
     by_key: dict[RunKey, list[Prediction]] = defaultdict(list)
+    first_row: dict[str, dict[str, Prediction]] = defaultdict(dict)  # model -> item -> a row
     for row in rows:
-        by_key[row.run_key].append(row)
+        first_row[row.model_path].setdefault(row.key, row)
+        if row.attacked:
+            by_key[row.run_key].append(row)
     order = {ref.location: i for i, ref in enumerate(models)}
     cell_of = {(c.name, c.eps): c for c in cells}
     runs: list[_Run] = []
     corpora: list[Corpus] = []
-    clean_of: dict[str, dict[str, str]] = defaultdict(dict)  # model -> item -> clean output
+    clean_of: dict[str, dict[str, str]] = {
+        model: {item: r.clean for item, r in found.items()} for model, found in first_row.items()
+    }
     for key in sorted(by_key, key=lambda k: (order[k.model], k.attack, k.eps)):
-        items = sorted(by_key[key], key=lambda r: r.key)
-        for r in items:
-            clean_of[key.model].setdefault(r.key, r.clean)
+        base = first_row[key.model]
+        items = tuple(sorted(base))
+        ran_rows = {r.key: r for r in by_key[key]}
+        ran = tuple(i for i, item in enumerate(items) if item in ran_rows)
+        own = [ran_rows.get(k, base[k]) for k in items]  # the cell's own row where it ran
         references = {
-            "clean": [self_reference(r.clean, task, vqa_protocol) for r in items],
-            "ground_truth": [r.references for r in items],
+            "clean": [self_reference(r.clean, task, vqa_protocol) for r in own],
+            "ground_truth": [r.references for r in own],
         }
-        n_steps = len(items[0].per_step or [])
+        n_steps = len(next(iter(ran_rows.values())).per_step or [])
+        outputs = [
+            [r.clean for r in own],
+            [ran_rows[k].adversarial if k in ran_rows else "" for k in items],
+            *(
+                [(ran_rows[k].per_step or [])[t] if k in ran_rows else "" for k in items]
+                for t in range(n_steps)
+            ),
+        ]
         for reference, refs in references.items():
-            outputs = [
-                [r.clean for r in items],
-                [r.adversarial for r in items],
-                *([(r.per_step or [])[t] for r in items] for t in range(n_steps)),
-            ]
             first = len(corpora)
             corpora += [(candidates, refs) for candidates in outputs]
             ref, cell = models[order[key.model]], cell_of[(key.attack, key.eps)]
-            span, keys = range(first, len(corpora)), tuple(r.key for r in items)
-            runs.append(_Run(ref, cell, key, reference, span, keys))
+            runs.append(_Run(ref, cell, key, reference, range(first, len(corpora)), items, ran))
     return runs, corpora, clean_of
 
 

@@ -53,6 +53,8 @@ class ScoredRun:
     adversarial: CorpusScores
     choices: list[Choice | None] | None = None
     """Per item of an ensemble cell, the run it kept (:mod:`prsl.evaluate.ensemble`)."""
+    sources: tuple[str, ...] | None = None
+    """For a worst-case row, the attack each item's output comes from."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.record, RunRecord):
@@ -231,8 +233,10 @@ def write_item_scores(path: Path, runs: list[ScoredRun]) -> None:
             clean = {m: run.clean.item_scores(m) for m in metrics}
             adversarial = {m: run.adversarial.item_scores(m) for m in metrics}
             for i, key in enumerate(run.keys):
+                source = {"worst_of": run.sources[i]} if run.sources is not None else {}
                 row = identity | {
                     "key": key,
+                    **source,
                     "clean": {m: float(clean[m][i]) for m in metrics},
                     "adversarial": {m: float(adversarial[m][i]) for m in metrics},
                     "stats": {

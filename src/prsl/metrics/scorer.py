@@ -7,7 +7,7 @@ METEOR JVM), started on first use and reused, because evaluation scores many tim
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from statistics import fmean
 from types import TracebackType
@@ -29,6 +29,8 @@ from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol, mean_vqa_accurac
 CAPTION_METRICS = (*COCO_METRICS, "BERTScore")
 VQA_METRICS = ("VQA-acc",)
 ALL_METRICS = (*CAPTION_METRICS, *VQA_METRICS)
+TOKEN_CACHE_SIZE = 1_000_000
+"""Distinct texts whose PTB tokens one Scorer keeps (emptied when full)."""
 
 
 def resolve_metrics(metrics: Sequence[str] | None) -> list[str]:
@@ -117,6 +119,7 @@ class Scorer:
             bertscore_model, bertscore_num_layers, device=device, batch_size=bertscore_batch_size
         )
         self._meteor = MeteorProcess()
+        self._tokens: dict[str, str] = {}
 
     def bertscore_description(self) -> str:
         """Which BERTScore model and layer this Scorer reports, e.g. for a results file."""
@@ -195,7 +198,7 @@ class Scorer:
         tokens = None
         if coco_wanted:
             require_java()
-            tokens = ptb_tokenize(
+            tokens = self._tokenized(
                 text
                 for candidates, references in corpora
                 for text in (*candidates, *(r for refs in references for r in refs))
@@ -230,6 +233,20 @@ class Scorer:
                 CorpusScores({n: values[n] for n in names}, {n: stats[n] for n in names})
             )
         return results
+
+    def _tokenized(self, texts: Iterable[str]) -> dict[str, str]:
+        """The PTB tokens of ``texts``, the Java tokenizer started only for texts it has not
+        tokenised before (the tokens of a text do not depend on the others): an evaluation
+        that judges outputs during the run scores many small corpora sharing their
+        references, and each start of the tokenizer is a JVM (about a second)."""
+        wanted = list(dict.fromkeys(texts))
+        new = [t for t in wanted if t not in self._tokens]
+        if len(self._tokens) + len(new) > TOKEN_CACHE_SIZE:
+            self._tokens.clear()
+            new = wanted
+        if new:
+            self._tokens.update(ptb_tokenize(new))
+        return {t: self._tokens[t] for t in wanted}
 
     def close(self) -> None:
         """Stop the METEOR JVM; the Scorer stays usable and restarts it when needed."""

@@ -103,6 +103,11 @@ REDUCERS: Mapping[str, Reduce] = {
 }
 
 
+CORPUS_METRICS = frozenset({"CIDEr"})
+"""Metrics whose item score depends on the other items of the corpus: CIDEr-D weighs n-grams by
+document frequencies counted over every item's references (never over the candidates)."""
+
+
 def corpus_value(metric: str, stats: np.ndarray) -> float:
     """The corpus score of the items whose statistics are the rows of ``stats``."""
     stats = np.asarray(stats, dtype=np.float64)
