@@ -297,3 +297,42 @@ def test_an_empty_table_is_one_line_naming_it(tmp_path, form):
     assert len(errors) == 1, result.output  # (datasets' own progress bars aside)
     where = " in split 'test'" if form == "dict" else ""
     assert f"dataset '{path}' has 0 rows{where}" in " ".join(result.output.split())
+
+
+def test_data_files_reads_only_the_split_it_names(tmp_path):
+    """A hub-style folder whose other split cannot be read: without data_files datasets builds
+    every split (a hub repository is downloaded whole), with it only the named files."""
+    (tmp_path / "data").mkdir()
+    flickr30k(3).to_parquet(str(tmp_path / "data" / "val-00000-of-00001.parquet"))
+    (tmp_path / "data" / "test-00000-of-00001.parquet").write_bytes(b"not parquet")
+    split = read_dataset(
+        "hf", path=str(tmp_path), split="val", data_files="data/val-*", preset="flickr30k"
+    )
+    assert [e.image_id for e in split.examples] == ["100", "101", "102"]
+    with pytest.raises(Exception):  # noqa: B017 (whatever datasets raises on the broken split)
+        read_dataset("hf", path=str(tmp_path), split="val", preset="flickr30k")
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"test": flickr30k(2)}).save_to_disk(str(saved))
+    with pytest.raises(InvalidInput, match="save_to_disk folder: leave data_files out"):
+        read_dataset("hf", path=str(saved), data_files="data/*", preset="flickr30k")
+
+
+def test_vizwiz_and_ok_vqa_presets_keep_unanswerable_and_the_question_id(tmp_path):
+    """lmms-lab/VizWiz-VQA and lmms-lab/OK-VQA: ten answer strings, a string question_id, no
+    image id (the item's id stands for it)."""
+    answers = ["unanswerable"] * 6 + ["blue", "blue", "navy", "unanswerable"]
+    for preset, extra in (("vizwiz", "category"), ("ok-vqa", "question_type")):
+        path = tmp_path / f"{preset}.parquet"
+        datasets.Dataset.from_dict(
+            {
+                "question_id": ["VizWiz_val_00000001.jpg", "q2"],
+                "image": pictures(2),
+                "question": ["What colour is this?", "Which?"],
+                "answers": [answers, ["a"] * 10],
+                extra: ["other", "other"],
+            }
+        ).cast_column("image", datasets.Image()).to_parquet(str(path))
+        split = read_dataset("hf", path=str(path), preset=preset)
+        first = split.examples[0]
+        assert split.task == "vqa" and first.answers == tuple(answers)
+        assert first.image_id == first.question_id == "VizWiz_val_00000001.jpg"

@@ -1,9 +1,11 @@
-"""VQAv2 soft accuracy under the ``official`` and ``evalai`` protocols (prsl.metrics.vqa).
+"""VQAv2 soft accuracy under the ``official``, ``evalai`` and ``openflamingo`` protocols
+(prsl.metrics.vqa).
 
 Parity: each protocol is checked on random answers against a line-by-line transcription, in
 this file, of the script it follows (the VQA challenge's ``vqaEval.py``; lmms-eval's
-``vqav2_process_results`` with EvalAI's answer processor), so any rewording of their rules in
-the library shows up as a mismatch. Pure Python, no Java.
+``vqav2_process_results`` with EvalAI's answer processor; OpenFlamingo's
+``postprocess_vqa_generation`` and ``VQAEval`` as RobustVLM runs them), so any rewording of their
+rules in the library shows up as a mismatch. Pure Python, no Java.
 """
 
 from __future__ import annotations
@@ -81,6 +83,21 @@ def evalai_script(answer, humans):
     return _script_accuracy(res_ans, humans)
 
 
+_OPENFLAMINGO = (re.compile(r"(\d)(\,)(\d)"), re.compile(r"(?!<=\d)(\.)(?!\d)"))
+
+
+def openflamingo_script(answer, humans):
+    """RobustVLM's postprocess_vqa_generation, then OpenFlamingo's VQAEval.evaluate() for one
+    question: every human answer normalised, agreeing or not."""
+    answer = re.split("Question|Answer|Short", answer, maxsplit=1)[0]
+    answer = re.split(", ", answer, maxsplit=1)[0]
+    res_ans = answer.replace("\n", " ").replace("\t", " ").strip()
+    res_ans = _script_digit_article(_script_punctuation(res_ans, *_OPENFLAMINGO))
+    humans = [h.replace("\n", " ").replace("\t", " ").strip() for h in humans]
+    humans = [_script_digit_article(_script_punctuation(h, *_OPENFLAMINGO)) for h in humans]
+    return _script_accuracy(res_ans, humans)
+
+
 # Answers built from the pieces the rules act on, so random ones exercise every branch.
 PIECES = [
     "Two",
@@ -117,6 +134,10 @@ PIECES = [
     "'s",
     "what's",
     "whats",
+    ", ",
+    "Question",
+    "Short",
+    "Answer:",
 ]
 answers = st.lists(st.sampled_from(PIECES), max_size=5).map("".join)
 
@@ -133,6 +154,14 @@ def test_official_equals_the_script(answer, humans) -> None:
 @given(answers, st.lists(answers, min_size=10, max_size=10))
 def test_evalai_equals_lmms_eval(answer, humans) -> None:
     assert vqa_accuracy(answer, humans, "evalai") == pytest.approx(evalai_script(answer, humans))
+
+
+@settings(max_examples=400)
+@given(answers, st.lists(answers, min_size=10, max_size=10))
+def test_openflamingo_equals_robustvlm(answer, humans) -> None:
+    assert vqa_accuracy(answer, humans, "openflamingo") == pytest.approx(
+        openflamingo_script(answer, humans)
+    )
 
 
 @settings(max_examples=200)
@@ -222,6 +251,24 @@ def test_the_protocols_differ_where_the_scripts_do() -> None:
     assert vqa_accuracy("the dog", ["The dog"] * 5 + ["dog"] * 5, "official") == 1.0
     assert vqa_accuracy("the dog", ["The Dog"] * 5 + ["a cat"] * 5, "evalai") == 1.0
     assert vqa_accuracy("the dog", ["The Dog"] * 5 + ["a cat"] * 5, "official") == 0.0
+
+
+def test_openflamingo_worked_examples() -> None:
+    """Values by hand from RobustVLM's rules (its VQAEval normalises every human answer)."""
+    # Unanimous "two": official leaves the humans as written, so the model's "2" matches none;
+    # OpenFlamingo normalises them to "2", ten matches.
+    assert vqa_accuracy("2", ["two"] * 10, "official") == 0.0
+    assert vqa_accuracy("2", ["two"] * 10, "openflamingo") == 1.0
+    # The generated text is cut at the first ", " and before "Question"/"Answer"/"Short".
+    assert normalize_answer("Yes, it is.", "openflamingo") == "yes"
+    assert normalize_answer("red Question: what", "openflamingo") == "red"
+    assert normalize_answer("Yes, it is.", "official") == "yes it is"
+    # VizWiz: "unanswerable" is an answer like any other. Two of ten humans gave it: leaving
+    # out one of those two leaves 1 match (1/3), leaving out any of the 8 others leaves 2
+    # (2/3): (2 * 1/3 + 8 * 2/3) / 10 = 0.6.
+    vizwiz = ["unanswerable"] * 2 + ["blue"] * 8
+    assert vqa_accuracy("Unanswerable.", vizwiz, "openflamingo") == pytest.approx(0.6)
+    assert vqa_accuracy("unanswerable", ["unanswerable"] * 10, "openflamingo") == 1.0
 
 
 def test_unknown_protocol_is_refused() -> None:

@@ -12,7 +12,9 @@ records. ``columns`` names, for each role, the column that plays it:
 - ``id`` (optional): the item's id; ``image_id`` (optional, VQA).
 
 ``preset`` fills ``columns`` for a common hub layout, named after the dataset whose schema it
-follows (:data:`PRESETS`). Images are never decoded here: each record holds a
+follows (:data:`PRESETS`). ``data_files`` (a glob such as ``data/validation-*``) reads only those
+files of a hub repository or a local folder: ``datasets`` otherwise downloads every split of a
+repository to give one. Images are never decoded here: each record holds a
 :class:`~prsl.data.types.LazyImage` that reads its row when a batch needs it, so a split of any
 size stays small in memory. ``streaming: true`` reads a hub dataset without downloading it;
 its first ``n`` items' encoded images are kept in a temporary file as they stream past. Items
@@ -58,6 +60,12 @@ PRESETS: Mapping[str, Mapping[str, str]] = {
         "id": "question_id",
         "image_id": "image_id",
     },
+    # lmms-lab/VizWiz-VQA: question_id, image, question, answers (10 strings, "unanswerable"
+    # among them), category; no image id
+    "vizwiz": {"image": "image", "question": "question", "answers": "answers", "id": "question_id"},
+    # lmms-lab/OK-VQA: question_id, image, question, answers (10 strings), question_type,
+    # answer_type; no image id
+    "ok-vqa": {"image": "image", "question": "question", "answers": "answers", "id": "question_id"},
     # a `datasets` image folder: images beside a metadata.csv with file_name and text
     "imagefolder": {"image": "image", "caption": "text"},
 }
@@ -86,20 +94,22 @@ def read_hf(
     streaming: bool = False,
     n: int | None = None,
     shuffle_seed: int | None = None,
+    data_files: str | None = None,
     max_examples: int | None = None,
 ) -> DatasetSplit:
     """A ``datasets`` table as captioning or VQA records (see the module docstring).
 
     ``path`` is a hub id, a folder written by ``save_to_disk``, or a local file / folder of
     parquet, arrow, json, csv or images; ``name`` the hub config, ``split`` the split. ``n``
-    keeps the first ``n`` items (after a shuffle with ``shuffle_seed``).
+    keeps the first ``n`` items (after a shuffle with ``shuffle_seed``). ``data_files``: only
+    the files of ``split`` matching this glob, in a hub repository or a local folder.
     """
     check_max_examples(max_examples)
     if n is not None and n < 1:
         raise InvalidInput(f"n must be a positive int or None, got {n!r}")
-    mapping = _columns(columns, preset)
+    mapping = resolve_columns(columns, preset)
     task = "vqa" if "question" in mapping else "caption"
-    table = _load(path, name, split, streaming)
+    table = _load(path, name, split, streaming, data_files)
     # the first load of local files converts them to arrow (cached); arrow's allocator keeps the
     # memory that took (hundreds of MB for a large file) unless told to give it back
     import pyarrow  # datasets' own storage
@@ -124,7 +134,9 @@ def read_hf(
     return DatasetSplit(examples, skipped, task=task)
 
 
-def _columns(columns: dict[str, str] | None, preset: str | None) -> dict[str, str]:
+def resolve_columns(columns: dict[str, str] | None, preset: str | None) -> dict[str, str]:
+    """Each role's column, from ``preset`` with ``columns`` over it, checked for a usable set
+    (an image, and a caption or both question and answers); no data is opened."""
     if preset is not None and preset not in PRESETS:
         raise InvalidInput(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     mapping = {**(PRESETS[preset] if preset else {}), **(columns or {})}
@@ -141,12 +153,20 @@ def _columns(columns: dict[str, str] | None, preset: str | None) -> dict[str, st
     return mapping
 
 
-def _load(path: str, name: str | None, split: str, streaming: bool) -> Any:
+def _load(path: str, name: str | None, split: str, streaming: bool, data_files: str | None) -> Any:
     import datasets
 
     local = Path(path).expanduser()
+    saved = local.is_dir() and any((local / marker).is_file() for marker in SAVED_MARKERS)
+    if data_files is not None and (saved or local.is_file()):
+        raise InvalidInput(
+            f"data_files selects files of a hub repository or a folder of data files; {path!r} "
+            "is a single file or a save_to_disk folder: leave data_files out"
+        )
+    # a mapping, so the files keep the split's name (a bare glob would be read as "train")
+    files = {"data_files": {split: data_files}} if data_files is not None else {}
     try:
-        if local.is_dir() and any((local / marker).is_file() for marker in SAVED_MARKERS):
+        if saved:
             if _saved_empty(local):
                 raise InvalidInput(_empty(path, None))
             if _saved_empty(local / split):
@@ -164,9 +184,11 @@ def _load(path: str, name: str | None, split: str, streaming: bool) -> Any:
                 builder, data_files=str(local), split="train", streaming=streaming
             )
         elif local.exists():
-            table = datasets.load_dataset(str(local), name, split=split, streaming=streaming)
+            table = datasets.load_dataset(
+                str(local), name, split=split, streaming=streaming, **files
+            )
         else:
-            table = datasets.load_dataset(path, name, split=split, streaming=streaming)
+            table = datasets.load_dataset(path, name, split=split, streaming=streaming, **files)
     except (FileNotFoundError, ConnectionError) as err:
         cause = " ".join(str(err).split())[:300]
         raise MissingInput(

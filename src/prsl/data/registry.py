@@ -11,7 +11,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from prsl.core.errors import InvalidInput
 from prsl.data.captions import read_coco, read_flickr, read_imagefolder, read_karpathy
-from prsl.data.hf import read_hf
+from prsl.data.hf import PRESETS, read_hf
 from prsl.data.shapes import make_shapes_captions, make_shapes_vqa
 from prsl.data.types import DatasetSplit
 from prsl.data.vqa import read_vg, read_vqav2
@@ -79,11 +79,13 @@ OPTIONS: Mapping[str, Mapping[str, str]] = {
         "split": "The split to read.",
         "columns": "Each role's column: image, caption (captioning) or question and answers "
         "(VQA), optional id and image_id (see the column roles); over the preset's.",
-        "preset": "The columns of a common hub layout: flickr30k, coco-caption, vqav2, textvqa, "
-        "imagefolder.",
+        "preset": f"The columns of a common hub layout: {', '.join(PRESETS)}.",
         "streaming": "Read a hub dataset as it streams instead of downloading it whole.",
         "n": "Keep the first n items (after the shuffle, if any).",
         "shuffle_seed": "Shuffle the rows with this seed before taking n (None: no shuffle).",
+        "data_files": "Read only the files of the split matching this glob (data/validation-*), "
+        "of a hub repository or a local folder: datasets otherwise downloads every split of a "
+        "repository (None: every file of the split).",
     },
     "shapes": {**_SHAPES},
     "shapes-vqa": {

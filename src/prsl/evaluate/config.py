@@ -356,8 +356,9 @@ class EvalConfig(Strict):
     metrics: list[str] | None = None
     """Metric names (None: every captioning metric, or VQA accuracy for VQA data)."""
     vqa_protocol: VQAProtocol = DEFAULT_VQA_PROTOCOL
-    """How VQA accuracy normalises answers: ``official`` (the VQA challenge's script) or
-    ``evalai`` (EvalAI / lmms-eval); see ``prsl.metrics.vqa``."""
+    """How VQA accuracy normalises answers: ``official`` (the VQA challenge's script),
+    ``evalai`` (EvalAI / lmms-eval) or ``openflamingo`` (OpenFlamingo / RobustVLM); see
+    ``prsl.metrics.vqa``."""
     caption_prompt: str | None = None
     """The captioning instruction of chat VLMs (None: each model's own, as saved with it)."""
     attack_target: Reference = "clean"

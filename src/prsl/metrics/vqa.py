@@ -1,4 +1,4 @@
-"""VQAv2 soft accuracy under the two protocols in use: ``official`` and ``evalai``.
+"""VQAv2 soft accuracy under the protocols in use: ``official``, ``evalai`` and ``openflamingo``.
 
 The VQAv2 rule gives an answer full credit when at least three of the ten human annotators gave
 it: ``acc = min(1, #matching others / 3)``, averaged over the ten ways of leaving one annotator
@@ -18,6 +18,13 @@ which answers they normalise before comparing them:
   answer is lower-cased, loses commas and question marks, and is normalised; when the human
   answers disagree, both the humans' and the model's answers get the punctuation rule and the
   number/article/contraction rule again.
+- ``openflamingo``: OpenFlamingo's evaluation as RobustVLM (Schlarmann et al. 2024) runs it on
+  VQAv2, TextVQA, VizWiz and OK-VQA. The model's answer is first cut before the first
+  ``Question``, ``Answer`` or ``Short`` and before the first ``", "`` (its
+  ``postprocess_vqa_generation``); then the model's answer and every human answer, agreeing or
+  not, get the punctuation rule and the number/article/contraction rule (its ``VQAEval``, with
+  Python 3's Unicode digits). VizWiz's ``unanswerable`` is an answer like any other: a model
+  that says "Unanswerable." matches it.
 
 The script assumes ten answers. For ``n`` answers the leave-one-out average is kept and full
 credit needs ``min(3, n - 1)`` matching others, so ten answers give exactly the script's value and
@@ -31,8 +38,8 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
-VQAProtocol = Literal["official", "evalai"]
-VQA_PROTOCOLS: tuple[str, ...] = ("official", "evalai")
+VQAProtocol = Literal["official", "evalai", "openflamingo"]
+VQA_PROTOCOLS: tuple[str, ...] = ("official", "evalai", "openflamingo")
 DEFAULT_VQA_PROTOCOL: VQAProtocol = "official"
 
 # The scripts' single-character marks: deleted when they touch a space (or when the answer has
@@ -50,11 +57,17 @@ passes the flag as the count."""
 _PERIOD = {
     "official": re.compile(r"(?!<=\d)(\.)(?!\d)", re.ASCII),
     "evalai": re.compile(r"(?!<=\d)(\.)(?!\d)"),
+    "openflamingo": re.compile(r"(?!<=\d)(\.)(?!\d)"),
 }
 _THOUSANDS = {
     "official": re.compile(r"(\d)(\,)(\d)", re.ASCII),
     "evalai": re.compile(r"(?<=\d)(\,)+(?=\d)"),
+    "openflamingo": re.compile(r"(\d)(\,)(\d)"),
 }
+_CONTINUATION = re.compile("Question|Answer|Short")
+"""Where OpenFlamingo cuts a generated answer (the model going on to a next question)."""
+_CLAUSE = ", "
+"""OpenFlamingo also keeps only what comes before the first comma and space."""
 NUMBER_WORDS = {
     "none": "0",
     "zero": "0",
@@ -142,6 +155,8 @@ def normalize_answer(answer: str, protocol: VQAProtocol = DEFAULT_VQA_PROTOCOL) 
     _check(protocol)
     if protocol == "evalai":  # EvalAI's word_tokenize comes first
         answer = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    if protocol == "openflamingo":
+        answer = _CONTINUATION.split(answer, maxsplit=1)[0].split(_CLAUSE, 1)[0]
     return process_digit_article(process_punctuation(_one_line(answer), protocol))
 
 
@@ -155,6 +170,9 @@ def compared_answers(
         if len(set(humans)) > 1:
             humans = [process_punctuation(h, protocol) for h in humans]
         return mine, humans
+    if protocol == "openflamingo":
+        humans = [_one_line(h) for h in human_answers]
+        return mine, [process_digit_article(process_punctuation(h, protocol)) for h in humans]
     humans = [_one_line(h) for h in human_answers]
     if len(set(humans)) > 1:
         humans = [process_digit_article(process_punctuation(h, protocol)) for h in humans]
