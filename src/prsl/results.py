@@ -13,7 +13,7 @@ load (:func:`read_results`); its JSON form is :meth:`Results.as_json`::
                "cell": {grid key: value}?, "train_steps": int?, "train_device_seconds": float?,
                "train_device": str?, "train_started_from": str?,
                "train_adversarial": {"attack", "fraction", ...}?,
-               "per_step": [{metric: value}, ...]?, "degenerate": why?}],
+               "per_step": [{metric: value}, ...]?, "degenerate": why?, "unchanged": int?}],
      "comparisons": [{"model", "baseline", "loss", "baseline_loss", "task", "attack", "eps",
                       "norm", "reference", "metric", "n_items", "difference", "interval",
                       "p_value", "outcome": "less"|"more"|"none", "seed"?}]?,
@@ -33,7 +33,9 @@ seeds are merged; ``cell`` the sweep cell a run comes from. ``train_steps`` and
 ``train_device_seconds`` are what the model's training cost in all: with the prsl-trained model
 it started from, named in ``train_started_from``, when there is one (FARE on a CE model).
 ``degenerate`` is set on every run of a model whose clean outputs say nothing (see
-:func:`degenerate_reason`), and says why. ``meta`` is open: what the report reads of it is
+:func:`degenerate_reason`), and says why. ``unchanged`` is how many of the run's items kept their
+clean output under attack (:func:`same_output`): an attack that changes almost nothing measures
+almost nothing. ``meta`` is open: what the report reads of it is
 typed (:class:`Meta`), the rest kept as written.
 """
 
@@ -152,6 +154,7 @@ class RunRecord(Record):
     degradation: Scores
     per_step: list[Scores] | None = None
     degenerate: StrictStr | None = None
+    unchanged: StrictInt | None = None
     intervals: dict[str, dict[str, Bounds]] | None = None
     cell: dict[str, Any] | None = None
     seed: StrictInt | None = None
@@ -601,6 +604,12 @@ def floor_reason(run: RunRecord) -> str | None:
     if metric is None or run.clean[metric] > 0:
         return None
     return f"its clean {metric} against its own output is {run.clean[metric]:.4g}"
+
+
+def same_output(clean: str, adversarial: str) -> bool:
+    """Whether an attack left an item's output as it was: the two texts equal up to whitespace
+    (VQA answers are compared as the protocol normalises them, by the caller)."""
+    return " ".join(clean.split()) == " ".join(adversarial.split())
 
 
 def degenerate_models(runs: Iterable[RunRecord]) -> dict[str, str]:

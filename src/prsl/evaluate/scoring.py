@@ -22,7 +22,7 @@ from prsl.metrics import CAPTION_METRICS, VQA_METRICS, Scorer
 from prsl.metrics.scorer import CorpusScores
 from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol, normalize_answer
 from prsl.provenance import ModelRef
-from prsl.results import Meta, RunRecord, degenerate_reason, floor_reason
+from prsl.results import Meta, RunRecord, degenerate_reason, floor_reason, same_output
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class _Run:
     reference: str
     corpora: range
     keys: tuple[str, ...]
+    unchanged: int
 
     def record(self, task: str, scores: list[CorpusScores]) -> RunRecord:
         """The row, from its corpora's scores: clean, adversarial, then one per attack step."""
@@ -63,6 +64,7 @@ class _Run:
             adversarial=dict(adversarial),
             degradation={m: clean[m] - adversarial[m] for m in clean},
             per_step=[dict(step) for step in per_step] or None,
+            unchanged=self.unchanged,
         )
 
 
@@ -134,6 +136,7 @@ def _plan(
             "ground_truth": [r.references for r in items],
         }
         n_steps = len(items[0].per_step or [])
+        unchanged = sum(_unchanged(r, task, vqa_protocol) for r in items)
         for reference, refs in references.items():
             outputs = [
                 [r.clean for r in items],
@@ -144,8 +147,17 @@ def _plan(
             corpora += [(candidates, refs) for candidates in outputs]
             ref, cell = models[order[key.model]], cell_of[(key.attack, key.eps)]
             span, keys = range(first, len(corpora)), tuple(r.key for r in items)
-            runs.append(_Run(ref, cell, key, reference, span, keys))
+            runs.append(_Run(ref, cell, key, reference, span, keys, unchanged))
     return runs, corpora, clean_of
+
+
+def _unchanged(row: Prediction, task: str, vqa_protocol: VQAProtocol) -> bool:
+    """Whether the attack left the item's output as it was (VQA answers as the protocol
+    normalises them: the same answer however written is unchanged)."""
+    if task == "vqa":
+        normal = (normalize_answer(t, vqa_protocol) for t in (row.clean, row.adversarial))
+        return same_output(*normal)
+    return same_output(row.clean, row.adversarial)
 
 
 def mark_degenerate(runs: list[ScoredRun], clean_of: dict[str, dict[str, str]]) -> None:
