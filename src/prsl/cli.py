@@ -307,6 +307,7 @@ def sweep(config: ConfigOpt = None, set_: SetOpt = None, wait: WaitOpt = False) 
     with hold(out, "output_dir", wait=wait):  # the sweep and its report, one after the other
         run_sweep(cfg, wait=wait)
         paths = write_report([out / RESULTS], out, title="prsl sweep")
+    say("answer:", paths["answer"])
     say("report:", str(paths["html"]), "bold green")
 
 
