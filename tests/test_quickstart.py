@@ -210,6 +210,7 @@ def test_defenses_end_to_end_compare_four_models_at_their_cost(quickstart_run):
         assert any(not torch.equal(before[k], after[k]) for k in encoder)
         assert all(torch.equal(before[k], after[k]) for k in after if k not in encoder)
     report = (out / "report.md").read_text()
-    assert "### Models and their training cost" in report
+    assert "### Models and their training" in report
+    assert "one measurement per model. A timing on a shared" in report
     costs = [line for line in report.splitlines() if ", training cost: " in line]
     assert len(costs) == 2 * len(DEFENSES), costs
