@@ -38,13 +38,14 @@ class FieldTable:
 
 
 def success_text(run: RunRecord) -> str | None:
-    """A targeted run's success rate (the target found in the output) with its interval, or
-    None. The one place that reads it: untargeted runs, and results written before targeted
-    attacks, carry none, and then nothing shows."""
-    rate = getattr(run, "success_rate", None)
+    """A targeted run's success rate (its ``target_success``: the target in the output) with
+    its interval, or None. The one place that reads it: untargeted runs, and results written
+    before targeted attacks (a record without the field), carry none, and then nothing shows."""
+    success = getattr(run, "target_success", None)
+    rate = getattr(success, "rate", None)
     if not isinstance(rate, int | float):
         return None
-    bounds = (run.intervals or {}).get("success_rate", {}).get("success_rate")
+    bounds = getattr(success, "interval", None)
     interval = f" [{bounds[0]:.0%}, {bounds[1]:.0%}]" if bounds else ""
     return f"target hit {rate:.0%}{interval}"
 
