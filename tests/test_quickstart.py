@@ -6,8 +6,9 @@ attacks them with BIM and PGD at three ε, white-box and transferred from the su
 Square, scores with paired-bootstrap intervals and reports. The checks are what a user relies on:
 every promised run is there with finite numbers and intervals, every model is compared with CE at
 its training cost, the attacks really do damage, and the HTML report renders with the answer
-first: verdict and headline figure, summary table, then the detailed tables, the masking checks
-and the gallery grid. ``--defenses`` adds models to the plain quickstart and changes nothing else
+first: the one sentence, the field's tables, the figures, then the details (the verdict per
+pair, the comparison and detailed tables, the masking checks) and a gallery grid per task.
+``--defenses`` adds models to the plain quickstart and changes nothing else
 (``test_defenses_train_ce_at_and_fare_beside_ce_and_prsl``), so one run covers both.
 """
 
@@ -95,31 +96,40 @@ def test_attacks_do_damage(quickstart_run):
 
 
 def test_report_leads_with_the_answer_and_checks_masking(quickstart_run, render_html):
-    out, _ = quickstart_run
+    out, printed = quickstart_run
     markdown = (out / "report.md").read_text()
-    verdict = markdown.split("## Verdict")[1].split("## Summary")[0]
+    answer = markdown.splitlines()[0]
+    # CE, PRSL, CE-AT and FARE in both tasks: pooled by recipe, 48 cells each against CE
+    assert answer.startswith("Against CE, PRSL is more robust in "), answer
+    assert "CE-AT is more robust in " in answer and "FARE is more robust in " in answer
+    assert "of 48 cells" in answer and "expected by chance at the 95% level" in answer
+    assert f"answer: {answer}" in " ".join(printed.split())
+    verdict = markdown.split("### The answer in detail")[1].split("### Comparisons")[0]
     for model, loss in (("prsl", "prsl"), ("ce-at", "ce"), ("fare", "fare")):
         line = f"caption-{model} ({loss}) vs caption-ce (ce), caption, CIDEr: degrades less in"
         assert line in verdict, verdict
     assert "95% paired bootstrap" in verdict
     page = render_html(out / "report.html")
     dom = page.dom
+    first, scores = dom.index('id="answer"'), dom.index('id="scores"')
     headline, summary = dom.index('id="headline"'), dom.index('id="summary"')
     detailed, masking = dom.index('id="detailed"'), dom.index('id="masking"')
-    gallery = dom.index('id="gallery"')
-    assert headline < summary < detailed < masking < gallery
+    gallery = dom.index('id="gallery-caption"')
+    assert first < scores < headline < summary < detailed < masking < gallery
+    assert dom.index('id="gallery-caption"') < dom.index('id="gallery-vqa"')
     # the detailed tables, collapsed: 2 tasks x 4 attacks (bim, pgd, square, bim@) x 2 references
     assert dom.count("<details>") == 2 * 4 * 2
     # 2 tasks x 4 models x 3 ε
     assert "transfer vs white-box: 24 transferred cell(s) checked" in dom
     assert "gradient-free vs gradient-based: 24 Square cell(s) checked" in dom
-    # the gallery is a grid: one row per image, attack and ε; a column per model
+    # the gallery is a grid per task: one row per image, attack and ε; a column per model
     grid = dom[gallery:]
-    header = "".join(f"<th>caption-{m}</th>" for m in sorted(("ce", *DEFENSES)))
-    assert header in grid.replace("\n", "")
+    for task in ("caption", "vqa"):
+        header = "".join(f"<th>{task}-{m}</th>" for m in sorted(("ce", *DEFENSES)))
+        assert header in grid.replace("\n", "")
     plots = len(list((out / "plots").glob("*.png")))
     adversarial = len(list(out.glob("eval-*/gallery/*adv*.png")))
-    rows = grid.count("<tr>") - 1
+    rows = grid.count("<tr>") - 2  # a header row per task
     assert plots >= 5 and adversarial > 0
     assert dom.count("<img") == plots + rows + adversarial  # one clean image per row
     for colour in MATPLOTLIB_LINE_COLOURS:
@@ -200,6 +210,7 @@ def test_defenses_end_to_end_compare_four_models_at_their_cost(quickstart_run):
         assert any(not torch.equal(before[k], after[k]) for k in encoder)
         assert all(torch.equal(before[k], after[k]) for k in after if k not in encoder)
     report = (out / "report.md").read_text()
-    assert "### Models and their training cost" in report
+    assert "### Models and their training" in report
+    assert "one measurement per model. A timing on a shared" in report
     costs = [line for line in report.splitlines() if ", training cost: " in line]
     assert len(costs) == 2 * len(DEFENSES), costs

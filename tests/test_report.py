@@ -3,7 +3,9 @@ value marked, the answer first, HTML without markdown."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -69,11 +71,13 @@ def test_report_files_tables_and_marking(tmp_path):
     results = _results(tmp_path, prsl_adv=0.6)
     paths = write_report([results], tmp_path / "report")
     md = paths["markdown"].read_text()
-    assert "### caption — bim — reference: clean" in md
-    # PRSL keeps more under attack here: its adversarial score and degradation are marked.
-    assert "| 8/255 | CIDEr | 0.9000 | 0.3000 | +0.6000 | 0.8800 | **0.6000** | **+0.2800** |" in md
-    # ... but these results carry no intervals, so no verdict is drawn from the marks
-    assert "These results carry no intervals" in md.split("## Summary")[0]
+    assert "#### caption — bim — reference: clean" in md
+    # PRSL keeps more under attack here, but with no comparison nothing says the difference is
+    # real: no number is bold for being the higher one
+    assert "| 8/255 | CIDEr | 0.9000 | 0.3000 | +0.6000 | 0.8800 | 0.6000 | +0.2800 |" in md
+    assert "**" not in md
+    # ... and these results carry no intervals, so the answer says so, first
+    assert md.splitlines()[0].startswith("No answer: these results carry no intervals")
     assert "MiniLM-L6" in md
     # the headline, score vs ε per reference (2), score vs iteration per reference (2)
     assert len(paths["plots"]) == 1 + 2 + 2
@@ -82,17 +86,22 @@ def test_report_files_tables_and_marking(tmp_path):
     assert "a blue circle" in html and "<table>" in html
 
 
-def test_the_report_leads_with_the_answer_and_has_no_markdown_in_html(tmp_path):
+def test_the_report_answers_first_then_scores_plots_and_details(tmp_path):
     paths = write_report([_results(tmp_path, prsl_adv=0.6)], tmp_path / "report")
     md = paths["markdown"].read_text()
+    assert md.splitlines()[0] == paths["answer"]
     order = [
-        "## Verdict",
-        "headline.png",
-        "## Summary",
-        "## Detailed tables",
-        "## Gradient-masking checks",
+        paths["answer"],
+        "# prsl robustness report",
+        "Items: 8 (caption).",
+        "## Scores",
         "## Plots",
-        "## Gallery",
+        "headline.png",
+        "## Details",
+        "### The answer in detail",
+        "### Detailed tables",
+        "### Gradient-masking checks",
+        "## Gallery: caption",
     ]
     assert [md.index(s) for s in order] == sorted(md.index(s) for s in order)
     html = paths["html"].read_text()
@@ -100,6 +109,7 @@ def test_the_report_leads_with_the_answer_and_has_no_markdown_in_html(tmp_path):
     for markup in ("**", "`", "![", "## ", "|---|"):
         assert markup not in body, markup
     assert "<code>prsl evaluate</code>" in body
+    assert html.index("id='answer'") < html.index("id='scores'") < html.index("id='headline'")
     assert html.index("id='headline'") < html.index("id='summary'") < html.index("<details>")
 
 
@@ -146,10 +156,14 @@ def test_report_rejects_files_that_are_not_results(tmp_path):
         write_report([tmp_path / "missing.json"], tmp_path / "out")
 
 
-def test_html_renders_in_headless_chromium(tmp_path, render_html):
+def test_html_renders_in_headless_chromium_with_the_answer_first(tmp_path, render_html):
     paths = write_report([_results(tmp_path, prsl_adv=0.6)], tmp_path / "report")
     page = render_html(paths["html"])
-    assert page.dom.count("<img") == 7 and page.dom.count("<table>") == 1 + 2  # summary, details
+    body = page.dom.split("<body>")[1]
+    first = re.match(r'\s*<p class="answer" id="answer">([^<]*)<', body)
+    assert first and html.unescape(first.group(1)) == paths["answer"].split("`")[0]
+    # the field's tables (2 references), the comparisons, 2 detailed tables, the gallery
+    assert page.dom.count("<img") == 7 and page.dom.count("<table>") == 2 + 1 + 2
     assert page.dom.count('<table class="gallery">') == 1
     # The plots are embedded PNGs: their line colours on screen prove they decoded and painted.
     for colour in MATPLOTLIB_LINE_COLOURS:

@@ -144,7 +144,7 @@ def test_seeds_train_every_cell_again_and_cells_are_compared_with_the_ce_cell(tm
         assert c["n_items"] == 3
     # ... and the report gathers the seeds
     report = write_report([tmp_path / "results.json"], tmp_path / "report")
-    verdict = report["markdown"].read_text().split("## Summary")[0]
+    verdict = report["markdown"].read_text().split("### Comparisons")[0]
     assert "within each of 2 training seeds" in verdict
 
 

@@ -120,9 +120,9 @@ def test_the_verdict_states_each_sides_training_cost() -> None:
         run |= {"train_started_from": start} if start else {}
     lines = verdict_lines([comparison], fields, 0.95)
     assert lines[-2] == (
-        "tiny-prsl (prsl) vs tiny-ce (ce), vqa, training cost: 25.0 device-seconds and 600 steps, "
-        "with tiny-ce it started from vs 10.0 device-seconds and 400 steps (2.50x the baseline's "
-        "compute, 1.50x its steps)."
+        "tiny-prsl (prsl) vs tiny-ce (ce), vqa, training cost: 25.0 s (one measurement) and 600 "
+        "steps, with tiny-ce it started from vs 10.0 s (one measurement) and 400 steps; seconds "
+        "are measured wall-clock, a timing rather than a fixed cost (see the table of models)."
     )
 
 
@@ -137,7 +137,8 @@ def test_the_cost_is_that_of_the_task_and_a_mean_over_seeds_says_so() -> None:
     runs = [run("caption", 0, 10.0), run("caption", 1, 30.0), run("vqa", 0, 40.0)]
     caption = _training_cost("m", "caption", runs)
     assert (caption.seconds, caption.seeds) == (20.0, 2)
-    assert caption.text().startswith("the mean of 2 seeds' 20.0 device-seconds")
+    assert caption.sd == pytest.approx(np.std([10.0, 30.0], ddof=1))
+    assert caption.text().startswith("20.0 s (mean of 2 seeds' measurements, sd 14.1 s)")
     assert _training_cost("m", "vqa", runs).seconds == 40.0
     unknown = [*runs, {"model": "m", "task": "caption", "seed": 2}]  # one seed without a cost
     assert _training_cost("m", "caption", unknown) is None
@@ -355,14 +356,19 @@ def test_detailed_tables_keep_every_seed():
     runs = [_run("bim", 8 / 255, 1.0, adv, seed=seed) for seed, adv in ((0, 0.32), (1, 0.40))]
     header, rows = table_rows(runs)
     assert "tiny-prsl (prsl) seed 0 adv" in header and "tiny-prsl (prsl) seed 1 adv" in header
-    assert {"0.3200", "**0.4000**"} <= set(rows[0])  # both seeds, the higher one marked
+    # both seeds, and neither bold: the higher number is not a significant difference
+    assert {"0.3200", "0.4000"} <= set(rows[0])
+    assert not any("**" in cell for cell in rows[0])
 
 
-def test_an_exact_tie_marks_no_model_best():
+def test_only_a_significant_difference_is_bold_in_the_detailed_tables():
     from prsl.report import table_rows
 
-    runs = [_run("bim", 8 / 255, 1.0, 0.5, seed=seed) for seed in (0, 1)]
-    _, (row,) = table_rows(runs)
+    runs, comparisons = _compared(np.zeros(40), np.ones(40))  # PRSL keeps every answer
+    _, (row,) = table_rows([r.fields for r in runs], comparisons)
+    assert comparisons[0]["outcome"] == "less"
+    assert [cell for cell in row if "**" in cell] == ["**+0.0000 ▲**"]  # PRSL's Δ alone
+    _, (row,) = table_rows([r.fields for r in runs], [comparisons[0] | {"outcome": "none"}])
     assert not any("**" in cell for cell in row)
 
 

@@ -189,6 +189,7 @@ def quickstart(
     from prsl.quickstart import quickstart as run
 
     report = run(out, fast=fast, seed=seed, seeds=seeds, defenses=defenses, wait=wait)
+    say("answer:", report.with_suffix(".md").read_text().splitlines()[0])  # its first line
     say("report:", f"{report}  (also {report.with_suffix('.md')})", "bold green")
 
 
@@ -284,6 +285,7 @@ def report(
     check_output_dir(out, "--out")
     with hold(out, "--out", wait=wait):
         paths = write_report(results, out, title=title)
+    say("answer:", paths["answer"])
     say("report:", str(paths["html"]), "bold green")
 
 
@@ -305,6 +307,7 @@ def sweep(config: ConfigOpt = None, set_: SetOpt = None, wait: WaitOpt = False) 
     with hold(out, "output_dir", wait=wait):  # the sweep and its report, one after the other
         run_sweep(cfg, wait=wait)
         paths = write_report([out / RESULTS], out, title="prsl sweep")
+    say("answer:", paths["answer"])
     say("report:", str(paths["html"]), "bold green")
 
 

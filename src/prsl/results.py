@@ -13,7 +13,7 @@ load (:func:`read_results`); its JSON form is :meth:`Results.as_json`::
                "cell": {grid key: value}?, "train_steps": int?, "train_device_seconds": float?,
                "train_device": str?, "train_started_from": str?,
                "train_adversarial": {"attack", "fraction", ...}?,
-               "per_step": [{metric: value}, ...]?, "degenerate": why?,
+               "per_step": [{metric: value}, ...]?, "degenerate": why?, "unchanged": int?,
                "attack_reference"?, "targets"?, "ensemble": {"over", "runs", "chosen_by",
                "wins"}?, "target_success": {"match", "rate", "interval"?, "pairs", "succeeded",
                "already", "per_target"}?, "iterations": {"criterion", "keywords"?,
@@ -38,11 +38,13 @@ seeds are merged; ``cell`` the sweep cell a run comes from. ``train_steps`` and
 ``train_device_seconds`` are what the model's training cost in all: with the prsl-trained model
 it started from, named in ``train_started_from``, when there is one (FARE on a CE model).
 ``degenerate`` is set on every run of a model whose clean outputs say nothing (see
-:func:`degenerate_reason`), and says why. ``ensemble`` (a cell that ran its attack once per
-reference or target and kept each item's lowest-scoring run), ``target_success`` and
-``iterations`` are described on their records (:class:`Ensemble`, :class:`TargetSuccess`,
-:class:`IterationsToSuccess`); a run carries them on both of its references' rows. ``meta``
-is open: what the report reads of it is typed (:class:`Meta`), the rest kept as written.
+:func:`degenerate_reason`), and says why. ``unchanged`` is how many of the run's items kept their
+clean output under attack (:func:`same_output`): an attack that changes almost nothing measures
+almost nothing. ``ensemble`` (a cell that ran its attack once per reference or target and kept
+each item's lowest-scoring run), ``target_success`` and ``iterations`` are described on their
+records (:class:`Ensemble`, :class:`TargetSuccess`, :class:`IterationsToSuccess`); a run carries
+them on both of its references' rows. ``meta`` is open: what the report reads of it is typed
+(:class:`Meta`), the rest kept as written.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ OUTCOMES = ("less", "more", "none")
 difference (the interval holds 0)."""
 TASKS = ("caption", "vqa")
 REFERENCES = ("clean", "ground_truth")
+WORST_CASE = "worst-case"
+"""The attack name of the per-item worst case over an evaluation grid's attacks at one ε (an
+evaluation's ``worst_case``); no attack may be labelled so."""
+
 HEADLINE = {"caption": ["CIDEr", "BERTScore", "BLEU-4"], "vqa": ["VQA-acc"]}
 
 
@@ -222,6 +228,7 @@ class RunRecord(Record):
     degradation: Scores
     per_step: list[Scores] | None = None
     degenerate: StrictStr | None = None
+    unchanged: StrictInt | None = None
     intervals: dict[str, dict[str, Bounds]] | None = None
     cell: dict[str, Any] | None = None
     seed: StrictInt | None = None
@@ -684,6 +691,12 @@ def floor_reason(run: RunRecord) -> str | None:
     if metric is None or run.clean[metric] > 0:
         return None
     return f"its clean {metric} against its own output is {run.clean[metric]:.4g}"
+
+
+def same_output(clean: str, adversarial: str) -> bool:
+    """Whether an attack left an item's output as it was: the two texts equal up to whitespace
+    (VQA answers are compared as the protocol normalises them, by the caller)."""
+    return " ".join(clean.split()) == " ".join(adversarial.split())
 
 
 def degenerate_models(runs: Iterable[RunRecord]) -> dict[str, str]:

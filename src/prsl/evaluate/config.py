@@ -21,7 +21,7 @@ from prsl.metrics.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, MIN_RESAMPL
 from prsl.metrics.scorer import resolve_metrics
 from prsl.metrics.statistics import CORPUS_METRICS
 from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol
-from prsl.results import HEADLINE
+from prsl.results import HEADLINE, WORST_CASE
 
 _SPEC_FIELDS = (
     "name",
@@ -39,9 +39,6 @@ TRANSFER_MARK = "@"
 Reference = Literal["clean", "ground_truth", "each_ground_truth"]
 """What an untargeted attack pushes the output away from (see :class:`AttackSpec`)."""
 EACH_GROUND_TRUTH = "each_ground_truth"
-WORST_CASE = "worst-case"
-"""The result name of the per-item worst case over the grid's attacks at one ε
-(``EvalConfig.worst_case``); no attack may be labelled so."""
 START_CLEAN = "clean"
 START_WORST = "worst_case"
 Start = Literal["clean", "worst_case"]

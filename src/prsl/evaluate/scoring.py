@@ -25,7 +25,7 @@ from prsl.metrics.scorer import CorpusScores
 from prsl.metrics.statistics import corpus_value
 from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol, normalize_answer
 from prsl.provenance import ModelRef
-from prsl.results import Meta, RunRecord, degenerate_reason, floor_reason
+from prsl.results import Meta, RunRecord, degenerate_reason, floor_reason, same_output
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class _Run:
     corpora: range
     items: tuple[str, ...]
     ran: tuple[int, ...]
+    unchanged: int
+    """Items the cell ran on whose output the attack left as it was (:func:`same_output`)."""
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -82,6 +84,7 @@ class _Run:
             degradation={m: clean[m] - adversarial[m] for m in clean},
             per_step=[dict(step) for step in per_step] or None,
             cascade_skipped=self.skipped or None,
+            unchanged=self.unchanged,
         )
 
     def within(self, scores: CorpusScores) -> CorpusScores:
@@ -193,12 +196,23 @@ def _plan(
                 for t in range(n_steps)
             ),
         ]
+        unchanged = sum(_unchanged(r, task, vqa_protocol) for r in ran_rows.values())
         for reference, refs in references.items():
             first = len(corpora)
             corpora += [(candidates, refs) for candidates in outputs]
             ref, cell = models[order[key.model]], cell_of[(key.attack, key.eps)]
-            runs.append(_Run(ref, cell, key, reference, range(first, len(corpora)), items, ran))
+            span = range(first, len(corpora))
+            runs.append(_Run(ref, cell, key, reference, span, items, ran, unchanged))
     return runs, corpora, clean_of
+
+
+def _unchanged(row: Prediction, task: str, vqa_protocol: VQAProtocol) -> bool:
+    """Whether the attack left the item's output as it was (VQA answers as the protocol
+    normalises them: the same answer however written is unchanged)."""
+    if task == "vqa":
+        normal = (normalize_answer(t, vqa_protocol) for t in (row.clean, row.adversarial))
+        return same_output(*normal)
+    return same_output(row.clean, row.adversarial)
 
 
 def mark_degenerate(runs: list[ScoredRun], clean_of: dict[str, dict[str, str]]) -> None:

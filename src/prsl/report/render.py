@@ -1,13 +1,15 @@
 """Turn ``results.json`` files into ``report.md`` and a self-contained ``report.html``.
 
-The report first warns of each degenerate model (one whose clean outputs leave an attack nothing
-to measure, :func:`prsl.results.degenerate_reason`), then leads with the answer: the verdict
-(:mod:`prsl.report.verdict`) and the headline figure (degradation vs ε with interval bands),
-then the compact table, the notes, the detailed tables (collapsible in HTML), the
-gradient-masking checks (:mod:`prsl.report.masking`), the other figures
-(:mod:`prsl.report.plots`) and a gallery laid out as a grid: one row per image, attack and ε,
-each model's clean and adversarial output side by side. Every PNG is embedded in the HTML, so
-the file can be mailed on its own.
+The report answers first. Its first line is one sentence computed from the comparisons
+(:mod:`prsl.report.answer`); then what limits it (degenerate models, the number of items, a
+caveat when they are few, attacks that barely change any output: :mod:`prsl.report.caveats`);
+then the field's table (:mod:`prsl.report.field`: rows models, columns clean and each ε, per
+task and reference); then the figures (:mod:`prsl.report.plots`, the headline first); then the
+details: the answer per model pair (:mod:`prsl.report.verdict`), the comparison table, the
+models and their measured training time, the notes, the detailed tables (collapsible in HTML),
+the gradient-masking checks (:mod:`prsl.report.masking`); and a gallery per task, one row per
+item, attack and ε (sorted by item), each model's clean and adversarial output side by side.
+Every PNG is embedded in the HTML, so the file can be mailed on its own.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prsl.data import Skipped, skip_summary
+from prsl.report.answer import answer, rules_line
+from prsl.report.caveats import few_items_line, items_line, uninformative_line
+from prsl.report.field import LEGEND, field_tables
 from prsl.report.masking import masking_checks, masking_summary
 from prsl.report.plots import plot_headline, plot_vs_eps, plot_vs_iteration, plot_vs_parameter
 from prsl.report.seeds import seed_count
@@ -26,6 +31,7 @@ from prsl.report.tables import (
     ITERATIONS_HEADER,
     MODEL_HEADER,
     TARGETED_HEADER,
+    TIMING_NOTE,
     compact_table,
     iteration_rows,
     model_rows,
@@ -66,9 +72,13 @@ class Report:
     """Everything the report says, in the order it says it; the writers only format it."""
 
     title: str
+    answer: str
     degenerate: list[str]
+    lead: list[str]
+    scores: list[Table]
+    legend: str
+    plots: list[Path]
     verdict: list[str]
-    headline: Path | None
     compact: Table
     models: Table
     attack_success: list[Table]
@@ -77,14 +87,14 @@ class Report:
     detailed: list[Table]
     masking_flags: list[str]
     masking_checked: list[str]
-    plots: list[Path]
-    gallery: list[GalleryRow]
+    gallery: dict[str, list[GalleryRow]]
 
 
 def write_report(
     result_files: list[Path], out: Path, title: str = "prsl robustness report"
 ) -> dict:
-    """Write report.md, report.html and plots/ into ``out``; returns their paths."""
+    """Write report.md, report.html and plots/ into ``out``; returns their paths, and the
+    answer (the report's first line) under ``answer``."""
     loaded = load_results(result_files)
     out.mkdir(parents=True, exist_ok=True)
     plots_dir = out / "plots"
@@ -92,28 +102,43 @@ def write_report(
     report = _compose(title, loaded, plots_dir)
     (out / "report.md").write_text(_markdown(report, out))
     (out / "report.html").write_text(_html(report))
-    plots = [report.headline] if report.headline else []
     return {
         "markdown": out / "report.md",
         "html": out / "report.html",
-        "plots": plots + report.plots,
+        "plots": report.plots,
+        "answer": report.answer,
     }
 
 
 def _compose(title: str, loaded: Results, plots_dir: Path) -> Report:
     runs, meta, level = loaded.runs, loaded.meta, loaded.level
     detailed = [
-        Table(f"{task} — {attack} — reference: {reference}", *table_rows(group))
+        Table(f"{task} — {attack} — reference: {reference}", *table_rows(group, loaded.comparisons))
         for (task, reference, attack), group in grouped(runs).items()
     ]
     flags, checked = masking_checks(runs)
+    headline = plot_headline(runs, plots_dir, level)
+    lead = [items_line(runs), few_items_line(runs, loaded.comparisons, level)]
+    lead.append(uninformative_line(runs))
+    interval = f"{level:.0%}" if level is not None else "bootstrap"
     return Report(
         title=title,
+        answer=answer(loaded),
         degenerate=[degenerate_text(m, why) for m, why in degenerate_models(runs).items()],
-        verdict=verdict_lines(loaded.comparisons, runs, level),
-        headline=plot_headline(runs, plots_dir, level),
-        compact=Table("Summary", *compact_table(runs, loaded.comparisons)),
-        models=Table("Models and their training cost", MODEL_HEADER, model_rows(runs)),
+        lead=[line for line in lead if line],
+        scores=[Table(t.title, t.header, t.rows) for t in field_tables(runs, loaded.comparisons)],
+        legend=LEGEND.format(level=interval),
+        plots=([headline] if headline else [])
+        + plot_vs_eps(runs, plots_dir)
+        + plot_vs_iteration(runs, plots_dir)
+        + plot_vs_parameter(runs, plots_dir),
+        verdict=[line for line in (rules_line(loaded),) if line]
+        + verdict_lines(loaded.comparisons, runs, level),
+        compact=Table(
+            "Comparisons with the baseline (headline metric)",
+            *compact_table(runs, loaded.comparisons),
+        ),
+        models=Table("Models and their training", MODEL_HEADER, model_rows(runs)),
         attack_success=[
             Table("Targeted attacks: success rate", TARGETED_HEADER, targeted_rows(runs)),
             Table("Iterations to success", ITERATIONS_HEADER, iteration_rows(runs)),
@@ -122,10 +147,7 @@ def _compose(title: str, loaded: Results, plots_dir: Path) -> Report:
         detailed=detailed,
         masking_flags=flags,
         masking_checked=checked,
-        plots=plot_vs_eps(runs, plots_dir)
-        + plot_vs_iteration(runs, plots_dir)
-        + plot_vs_parameter(runs, plots_dir),
-        gallery=_gallery_grid(loaded.gallery),
+        gallery=_gallery_grid(loaded.gallery, runs),
     )
 
 
@@ -135,6 +157,14 @@ def _notes(meta: Meta, runs: list[RunRecord]) -> list[str]:
         "'clean': scored against the model's own clean output (how far the attack moves the "
         "answer); 'ground_truth': against the dataset references.",
     ]
+    seeds = seed_count(runs)
+    if any(r.train_device_seconds is not None for r in runs):
+        count = (
+            f"one measurement per model and seed, {seeds} seeds"
+            if seeds > 1
+            else "one measurement per model"
+        )
+        notes.append(TIMING_NOTE.format(count=count))
     boot = meta.bootstrap
     if boot is not None and boot.resamples:
         seeded = f", seed {boot.seed}" if "seed" in boot.model_fields_set else ""
@@ -143,7 +173,6 @@ def _notes(meta: Meta, runs: list[RunRecord]) -> list[str]:
             f"items ({boot.resamples} resamples{seeded}; the same resamples for every model, "
             "clean and adversarial). A difference counts only when its interval excludes 0."
         )
-    seeds = seed_count(runs)
     if seeds > 1:
         notes.append(
             f"Training seeds: {seeds}. Every number above is one seed's; 'Δ across seeds' is the "
@@ -163,20 +192,30 @@ def _notes(meta: Meta, runs: list[RunRecord]) -> list[str]:
     return notes
 
 
-def _gallery_grid(gallery: list[GalleryEntry]) -> list[GalleryRow]:
-    """Gallery rows grouped by (attack, ε, image): one grid row each, models side by side."""
+def _gallery_grid(
+    gallery: list[GalleryEntry], runs: list[RunRecord]
+) -> dict[str, list[GalleryRow]]:
+    """Gallery rows per task (the task of the model's runs; "" when its runs span several),
+    grouped by (image, attack, ε), sorted by image: one grid row each, models side by side."""
+    tasks: dict[str, set[str]] = {}
+    for run in runs:
+        tasks.setdefault(run.model, set()).add(run.task)
     groups: dict[tuple, list[GalleryEntry]] = {}
     for row in gallery:
-        groups.setdefault((row.attack, row.eps, row.key, row.seed), []).append(row)
-    return [
-        GalleryRow(
-            f"{attack} ε={rows[0].eps_text} — {key}"
-            + (f" — seed {seed}" if seed is not None else ""),
-            Path(rows[0].images.clean),
-            sorted(rows, key=lambda r: r.model),
+        found = tasks.get(row.model, set())
+        task = next(iter(found)) if len(found) == 1 else ""
+        groups.setdefault((task, row.key, row.attack, row.eps, row.seed), []).append(row)
+    grid: dict[str, list[GalleryRow]] = {}
+    for (task, key, attack, _, seed), rows in sorted(
+        groups.items(), key=lambda item: (*item[0][:4], item[0][4] or 0)
+    ):
+        title = f"{key} — {attack} ε={rows[0].eps_text}" + (
+            f" — seed {seed}" if seed is not None else ""
         )
-        for (attack, _, key, seed), rows in groups.items()
-    ]
+        grid.setdefault(task, []).append(
+            GalleryRow(title, Path(rows[0].images.clean), sorted(rows, key=lambda r: r.model))
+        )
+    return grid
 
 
 # --- Markdown ---------------------------------------------------------------------------------
@@ -188,44 +227,53 @@ def _md_table(table: Table) -> list[str]:
 
 
 def _markdown(report: Report, out: Path) -> str:
-    lines = [f"# {report.title}", ""]
+    """The answer on the first line, then the title and the rest (module docstring)."""
+    lines = [report.answer, "", f"# {report.title}", ""]
     lines += [f"> ⚠ {line}" for line in report.degenerate] + ([""] if report.degenerate else [])
-    lines += ["## Verdict", ""]
+    lines += [f"- {line}" for line in report.lead] + ([""] if report.lead else [])
+    if report.scores:
+        lines += ["## Scores", ""]
+        for table in report.scores:
+            lines += [f"### {table.title}", "", *_md_table(table)]
+        lines += [f"> {report.legend}", ""]
+    if report.plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({_rel(p, out)})" for p in report.plots] + [""]
+    lines += ["## Details", "", "### The answer in detail", ""]
     lines += [f"- {line}" for line in report.verdict] + [""]
-    if report.headline:
-        lines += [f"![headline]({_rel(report.headline, out)})", ""]
-    lines += [f"## {report.compact.title}", "", *_md_table(report.compact)]
+    lines += [f"### {report.compact.title}", "", *_md_table(report.compact)]
     if report.models.rows:
         lines += [f"### {report.models.title}", "", *_md_table(report.models)]
     for table in (t for t in report.attack_success if t.rows):
         lines += [f"### {table.title}", "", *_md_table(table)]
     lines += [f"> {n}" for n in report.notes] + [""]
-    lines += ["## Detailed tables", ""]
+    lines += ["### Detailed tables", ""]
     for table in report.detailed:
-        lines += [f"### {table.title}", "", *_md_table(table)]
-    lines += ["## Gradient-masking checks", ""]
+        lines += [f"#### {table.title}", "", *_md_table(table)]
+    lines += ["### Gradient-masking checks", ""]
     summary = masking_summary(report.masking_flags, report.masking_checked)
     lines += [f"- ⚠ {flag}" for flag in report.masking_flags] or [f"- {summary}"]
     lines += [f"- checked: {c}" for c in report.masking_checked] + [""]
-    if report.plots:
-        lines += ["## Plots", ""] + [f"![{p.stem}]({_rel(p, out)})" for p in report.plots] + [""]
-    if report.gallery:
-        models = _gallery_models(report.gallery)
-        lines += ["## Gallery", "", "| image | " + " | ".join(models) + " |"]
-        lines.append("|" + "---|" * (len(models) + 1))
-        for row in report.gallery:
-            by_model = {o.model: o for o in row.outputs}
-            cells = [f"{row.title}<br>![clean]({_rel(row.clean_image, out)})"]
-            for model in models:
-                o = by_model.get(model)
-                cells.append(
-                    f"![adversarial]({_rel(o.images.adversarial, out)})<br>"
-                    f"clean: {o.clean}<br>adversarial: {o.adversarial}"
-                    if o
-                    else "–"
-                )
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    for task, rows in report.gallery.items():
+        lines += [f"## Gallery{': ' + task if task else ''}", "", *_md_gallery(rows, out), ""]
     return "\n".join(lines) + "\n"
+
+
+def _md_gallery(gallery: list[GalleryRow], out: Path) -> list[str]:
+    models = _gallery_models(gallery)
+    lines = ["| image | " + " | ".join(models) + " |", "|" + "---|" * (len(models) + 1)]
+    for row in gallery:
+        by_model = {o.model: o for o in row.outputs}
+        cells = [f"{row.title}<br>![clean]({_rel(row.clean_image, out)})"]
+        for model in models:
+            o = by_model.get(model)
+            cells.append(
+                f"![adversarial]({_rel(o.images.adversarial, out)})<br>"
+                f"clean: {o.clean}<br>adversarial: {o.adversarial}"
+                if o
+                else "–"
+            )
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines
 
 
 def _gallery_models(gallery: list[GalleryRow]) -> list[str]:
@@ -265,11 +313,14 @@ def _html_table(table: Table) -> list[str]:
 
 
 def _html(report: Report) -> str:
+    """The answer first in the body, then the title and the rest (module docstring)."""
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{esc(report.title)}</title><style>",
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px}",
+        "p.answer{font-size:1.3em;line-height:1.4;margin:0 0 .6em}",
+        "h1{font-size:1.2em;color:#555}",
         "table{border-collapse:collapse;font-size:12px;margin-bottom:1.5em}",
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top}",
         "th{background:#f0f0f0}b{color:#0a6}img.plot{max-width:100%}",
@@ -277,51 +328,57 @@ def _html(report: Report) -> str:
         ".flag{color:#b00}.gallery td{text-align:left;max-width:220px}",
         ".gallery img{width:128px;image-rendering:pixelated;display:block}",
         "</style></head><body>",
+        f"<p class='answer' id='answer'>{_inline(report.answer)}</p>",
         f"<h1>{esc(report.title)}</h1>",
         *[f"<p class='flag' id='degenerate'>⚠ {_inline(line)}</p>" for line in report.degenerate],
-        "<section id='verdict'><h2>Verdict</h2><ul>",
-        *[f"<li>{_inline(line)}</li>" for line in report.verdict],
-        "</ul>",
+        *[f"<p class='lead'>{_inline(line)}</p>" for line in report.lead],
     ]
-    if report.headline:
-        parts.append(
-            f"<img class='plot' id='headline' alt='headline' src='{_data_uri(report.headline)}'>"
-        )
-    parts += ["</section>", "<section id='summary'><h2>Summary</h2>"]
-    parts += _html_table(report.compact)
+    if report.scores:
+        parts.append("<section id='scores'><h2>Scores</h2>")
+        for table in report.scores:
+            parts += [f"<h3>{_inline(table.title)}</h3>", *_html_table(table)]
+        parts += [f"<p><i>{_inline(report.legend)}</i></p>", "</section>"]
+    if report.plots:
+        parts.append("<section id='plots'><h2>Plots</h2>")
+        parts += [
+            f"<img class='plot' id='{esc(p.stem)}' alt='{esc(p.stem)}' src='{_data_uri(p)}'>"
+            for p in report.plots
+        ]
+        parts.append("</section>")
+    parts += ["<section id='details'><h2>Details</h2>"]
+    parts += ["<section id='verdict'><h3>The answer in detail</h3><ul>"]
+    parts += [f"<li>{_inline(line)}</li>" for line in report.verdict]
+    parts += ["</ul></section>", "<section id='summary'>"]
+    parts += [f"<h3>{esc(report.compact.title)}</h3>", *_html_table(report.compact)]
     if report.models.rows:
         parts += [f"<h3>{esc(report.models.title)}</h3>", *_html_table(report.models)]
     for table in (t for t in report.attack_success if t.rows):
         parts += [f"<h3>{esc(table.title)}</h3>", *_html_table(table)]
     parts += [f"<p><i>{_inline(n)}</i></p>" for n in report.notes]
-    parts += ["</section>", "<section id='detailed'><h2>Detailed tables</h2>"]
+    parts += ["</section>", "<section id='detailed'><h3>Detailed tables</h3>"]
     for table in report.detailed:
         parts.append(f"<details><summary>{esc(table.title)}</summary>")
         parts += [*_html_table(table), "</details>"]
-    parts += ["</section>", "<section id='masking'><h2>Gradient-masking checks</h2><ul>"]
+    parts += ["</section>", "<section id='masking'><h3>Gradient-masking checks</h3><ul>"]
     summary = masking_summary(report.masking_flags, report.masking_checked)
     parts += [f"<li class='flag'>⚠ {_inline(f)}</li>" for f in report.masking_flags] or [
         f"<li>{_inline(summary or '')}</li>"
     ]
     parts += [f"<li>checked: {_inline(c)}</li>" for c in report.masking_checked]
-    parts += ["</ul></section>"]
-    if report.plots:
-        parts.append("<section id='plots'><h2>Plots</h2>")
-        parts += [
-            f"<img class='plot' alt='{esc(p.stem)}' src='{_data_uri(p)}'>" for p in report.plots
-        ]
-        parts.append("</section>")
-    if report.gallery:
-        parts += _html_gallery(report.gallery)
+    parts += ["</ul></section></section>"]
+    for task, rows in report.gallery.items():
+        parts += _html_gallery(task, rows)
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _html_gallery(gallery: list[GalleryRow]) -> list[str]:
-    """The gallery as a table: one row per image, attack and ε, a column per model."""
+def _html_gallery(task: str, gallery: list[GalleryRow]) -> list[str]:
+    """A task's gallery as a table: one row per image, attack and ε, a column per model."""
     esc = html.escape
     models = _gallery_models(gallery)
-    parts = ["<section id='gallery'><h2>Gallery</h2><table class='gallery'><tr>"]
+    anchor = f"gallery-{task}" if task else "gallery"
+    title = f"Gallery: {task}" if task else "Gallery"
+    parts = [f"<section id='{esc(anchor)}'><h2>{esc(title)}</h2><table class='gallery'><tr>"]
     parts += ["<th>image</th>", *[f"<th>{esc(m)}</th>" for m in models], "</tr>"]
     for row in gallery:
         by_model = {o.model: o for o in row.outputs}

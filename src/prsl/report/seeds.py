@@ -7,10 +7,10 @@ seeds (``prsl quickstart --seeds``, a sweep's ``seeds``), every run and comparis
 
 - :func:`collapse_seeds` turns the comparisons of one cell (model, baseline, task, attack, ε,
   reference, metric) in every seed into one: the mean difference, its standard deviation across
-  seeds, and an outcome that is ``less`` (or ``more``) only when the comparison says so in every
-  seed, by its own paired-bootstrap interval. One seed that disagrees, or shows no detectable
-  difference, makes the cell ``none``: an effect that a reseed can undo is not an effect of the
-  loss.
+  seeds, the largest of the seeds' p-values, and an outcome that is ``less`` (or ``more``) only
+  when the comparison says so in every seed, by its own paired-bootstrap interval. One seed that
+  disagrees, or shows no detectable difference, makes the cell ``none``: an effect that a
+  reseed can undo is not an effect of the loss.
 - :func:`seed_spread` gives, per model, task, attack, ε and reference, the mean ± sd across
   seeds of the headline metric's degradation.
 
@@ -56,6 +56,9 @@ def gathered(comparisons: list[Comparison]) -> list[SeedComparison]:
         first |= {
             "difference": fmean(differences),
             "outcome": outcomes.pop() if len(outcomes) == 1 else "none",
+            # a cell counts only when every seed rejects: an intersection-union test, whose
+            # p-value is the largest of the seeds'
+            "p_value": max(c.p_value for c in found),
         }
         collapsed.append(
             SeedComparison(

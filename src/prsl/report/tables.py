@@ -1,10 +1,11 @@
-"""The report's tables, from the runs and comparisons of ``results.json``.
+"""The report's detail tables, from the runs and comparisons of ``results.json``.
 
-The compact table has one row per model, attack and ε: the headline metric against the model's
-clean output, its degradation with its interval, and the comparison with the baseline. The
-detailed tables put the models side by side per task, reference, attack and ε, every metric,
-with the better value marked (the mark says which number is higher, not that the difference is
-real: the comparisons say that).
+The comparison table has one row per model, attack, ε and reference: the headline metric, its
+degradation with its interval, and the comparison with the baseline (every cell the report's
+answer counts is a row of it). The detailed tables put the models side by side per task,
+reference, attack and ε, every metric; a degradation is bold, with ▲ (less than the
+baseline's) or ▼ (more), only when the comparison with the baseline says the difference is real.
+Nothing is marked for being merely the higher number.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ COMPACT_HEADER = [
     "task",
     "attack",
     "ε",
+    "reference",
     "model",
     "metric",
     "clean",
@@ -43,10 +45,10 @@ def compact_table(
     runs: Iterable[RunRecord | Mapping[str, Any]],
     comparisons: Iterable[Comparison | Mapping[str, Any]],
 ) -> tuple[list[str], list[list[str]]]:
-    """One row per model x attack x ε (x seed) against the model's clean output: the headline
-    metric, its degradation and interval, the comparison with the baseline; with several seeds
-    also the seed and the degradation's mean ± sd across seeds. Records may be given in their
-    JSON form (dicts), which is validated."""
+    """One row per model x attack x ε x reference (x seed): the headline metric, its
+    degradation and interval, the comparison with the baseline; with several seeds also the seed
+    and the degradation's mean ± sd across seeds. Records may be given in their JSON form
+    (dicts), which is validated."""
     runs = records(RunRecord, runs, "runs")
     given = records(Comparison, comparisons, "comparisons")
     compared = {_cell(c, c.reference, c.metric): c for c in given}
@@ -55,15 +57,18 @@ def compact_table(
     header = COMPACT_HEADER + (SEED_COLUMNS if spread else [])
     rows = []
     shown: set[tuple] = set()
-    own = [r for r in runs if r.reference == "clean"]
-    for run in sorted(own, key=lambda r: (r.task, r.attack, r.eps, r.label, r.seed or 0)):
+    order = {"clean": 0, "ground_truth": 1}
+    for run in sorted(
+        runs,
+        key=lambda r: (r.task, r.attack, r.eps, order[r.reference], r.label, r.seed or 0),
+    ):
         metric = headline_metric(run.task, [run])
         if metric is None:
             continue
-        comparison = compared.get(_cell(run, "clean", metric))
+        comparison = compared.get(_cell(run, run.reference, metric))
         row = _compact_row(run, metric, comparison, (run.model, run.task) in baselines)
         if spread:
-            group = (run.model, run.task, run.attack, run.eps, "clean")
+            group = (run.model, run.task, run.attack, run.eps, run.reference)
             # once per group of seeds, on its first row: the same figure on every row reads as
             # a per-seed value
             text = "" if group in shown else _spread_text(spread.get(group))
@@ -83,10 +88,12 @@ def _compact_row(run: RunRecord, metric: str, c: Comparison | None, is_baseline:
         versus = f"{c.difference:+.4f} vs {c.baseline}"
     else:
         versus = "baseline" if is_baseline else "–"
+    outcome = OUTCOME_TEXT[c.outcome] if c else "–"
     return [
         run.task,
         run.attack,
         run.eps_text,
+        run.reference,
         run.label,
         metric,
         f"{run.clean[metric]:.4f}",
@@ -95,7 +102,7 @@ def _compact_row(run: RunRecord, metric: str, c: Comparison | None, is_baseline:
         _interval_text(run.interval("degradation", metric)),
         versus,
         _interval_text(c.interval) if c else "–",
-        OUTCOME_TEXT[c.outcome] if c else "–",
+        f"**{outcome}**" if c and c.outcome != "none" else outcome,
     ]
 
 
@@ -107,14 +114,21 @@ MODEL_HEADER = [
     "model",
     "trained with",
     "optimizer steps in all",
-    "device-seconds in all",
+    "training seconds, measured",
     "device",
 ]
+TIMING_NOTE = (
+    "Training seconds are measured wall-clock time of the optimizer steps (times the processes "
+    "that ran them, with the model a run started from included): {count}. A timing on a shared "
+    "or loaded machine varies from run to run, and between machines; compare steps for equal "
+    "work, and time on one idle machine (`prsl bench train`) for cost."
+)
+"""Said under the table of models; ``count`` says how many measurements each figure is."""
 
 
 def model_rows(runs: list[RunRecord]) -> list[list[str]]:
-    """One row per model (and seed): how it was trained and what that cost, so models can be
-    compared at equal steps and at equal compute. Empty when no run carries the cost."""
+    """One row per model (and seed): how it was trained, its steps and its measured training
+    time. Empty when no run carries them."""
     seen: dict[tuple, RunRecord] = {}
     for run in runs:
         seen.setdefault((run.label, run.seed), run)
@@ -249,10 +263,17 @@ OUTCOME_TEXT = {
 }
 
 
-def table_rows(runs: Iterable[RunRecord | Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: ε, metric, then clean / adversarial / Δ per model; a best that one model
-    alone holds marked **. Runs may be given in their JSON form (dicts), which is validated."""
+def table_rows(
+    runs: Iterable[RunRecord | Mapping[str, Any]],
+    comparisons: Iterable[Comparison | Mapping[str, Any]] = (),
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: ε, metric, then clean / adversarial / Δ per model; a Δ bold with ▲ or ▼
+    only where its comparison with the baseline is significant (module docstring). Records may
+    be given in their JSON form (dicts), which is validated."""
     runs = records(RunRecord, runs, "runs")
+    compared = {
+        _cell(c, c.reference, c.metric): c for c in records(Comparison, comparisons, "comparisons")
+    }
     models = sorted({r.seeded_label for r in runs})
     header = ["ε", "metric"] + [f"{m} {p}" for m in models for p in ("clean", "adv", "Δ")]
     by = {(r.seeded_label, r.eps): r for r in runs}
@@ -260,29 +281,27 @@ def table_rows(runs: Iterable[RunRecord | Mapping[str, Any]]) -> tuple[list[str]
     for eps in sorted({r.eps for r in runs}):
         metrics = sorted({m for r in runs if r.eps == eps for m in r.clean})
         for metric in metrics:
-            cells = {m: by.get((m, eps)) for m in models}
-            present = [c for c in cells.values() if c is not None]
-            advs = [c.adversarial[metric] for c in present]
-            degs = [c.degradation[metric] for c in present]
-            best_adv, best_deg = max(advs), min(degs)
-            # a best shared by several models marks none: an exact tie is not a winner
-            adv_unique, deg_unique = advs.count(best_adv) == 1, degs.count(best_deg) == 1
-            row = [present[0].eps_text, metric]
+            row = [next(r for r in runs if r.eps == eps).eps_text, metric]
             for m in models:
-                run = cells[m]
-                if run is None:
+                run = by.get((m, eps))
+                if run is None or metric not in run.clean:
                     row += ["–"] * 3
                     continue
-                adv, deg = run.adversarial[metric], run.degradation[metric]
-                mark = len(present) > 1
+                c = compared.get(_cell(run, run.reference, metric))
                 row += [
                     f"{run.clean[metric]:.4f}",
-                    _bold(f"{adv:.4f}", mark and adv_unique and adv == best_adv),
-                    _bold(f"{deg:+.4f}", mark and deg_unique and deg == best_deg),
+                    f"{run.adversarial[metric]:.4f}",
+                    _marked(f"{run.degradation[metric]:+.4f}", c),
                 ]
             rows.append(row)
     return header, rows
 
 
-def _bold(text: str, on: bool) -> str:
-    return f"**{text}**" if on else text
+MARKS = {"less": "▲", "more": "▼"}
+"""A significant comparison's mark: the model degrades less than the baseline (▲) or more."""
+
+
+def _marked(text: str, comparison: Comparison | None) -> str:
+    if comparison is None or comparison.outcome not in MARKS:
+        return text
+    return f"**{text} {MARKS[comparison.outcome]}**"

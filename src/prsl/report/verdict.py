@@ -1,11 +1,11 @@
-"""The report's answer: does a model degrade less than the baseline, by the paired bootstrap?
+"""The report's details on the answer: per model pair and task, what the comparisons say.
 
 Only the ``comparisons`` of ``results.json`` decide (:mod:`prsl.evaluate.uncertainty`): a cell
 (ε x metric) counts as "less" or "more" only when its interval excludes 0, everything else,
 equal scores and float noise included, is "no detectable difference". With several training
 seeds a cell counts only when every seed's comparison agrees (:mod:`prsl.report.seeds`).
 Counting cells where one number is lower, with no uncertainty, is not done: it cannot tell an
-effect from noise.
+effect from noise. The one-sentence answer these lines detail is :mod:`prsl.report.answer`'s.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from statistics import fmean, stdev
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from prsl.report.plots import headline_metric
 from prsl.report.seeds import SeedComparison, gathered
-from prsl.results import OUTCOMES, Comparison, RunRecord, floor_reason, records
+from prsl.results import OUTCOMES, Comparison, RunRecord, eps_text, floor_reason, records
 
 NO_BASELINE = (
     "No comparison in these results: only one model was evaluated with each set of items, or no "
@@ -35,18 +36,24 @@ NO_INTERVALS = (
 
 @dataclass(frozen=True)
 class Cost:
-    """What a model's training cost in one task: device-seconds and optimizer steps in all,
-    means over its ``seeds``, and the model it started from, if any."""
+    """What a model's training took in one task: measured seconds (wall-clock × processes)
+    and optimizer steps in all, means over its ``seeds`` (``sd``: the seconds' standard
+    deviation across them), and the model it started from, if any."""
 
     seconds: float
     steps: float
     seeds: int
     started_from: str | None
+    sd: float | None = None
 
     def text(self) -> str:
-        mean = f"the mean of {self.seeds} seeds' " if self.seeds > 1 else ""
+        if self.seeds > 1:
+            said = f"{self.seconds:.1f} s (mean of {self.seeds} seeds' measurements"
+            said += f", sd {self.sd:.1f} s)" if self.sd is not None else ")"
+        else:
+            said = f"{self.seconds:.1f} s (one measurement)"
         start = f", with {self.started_from} it started from" if self.started_from else ""
-        return f"{mean}{self.seconds:.1f} device-seconds and {self.steps:g} steps{start}"
+        return f"{said} and {self.steps:g} steps{start}"
 
 
 class _Trained(BaseModel):
@@ -80,25 +87,26 @@ def _training_cost(
     if not costs or any(c is None for c in costs):
         return None
     starts = {c[2] for c in costs}
+    seconds = [c[0] for c in costs]
     return Cost(
-        sum(c[0] for c in costs) / len(costs),
+        fmean(seconds),
         sum(c[1] for c in costs) / len(costs),
         len(costs),
         starts.pop() if len(starts) == 1 else "the models they started from",
+        stdev(seconds) if len(seconds) > 1 else None,
     )
 
 
 def _cost_line(pair: str, comparison: Comparison, runs: list[RunRecord]) -> list[str]:
-    """What each side's training cost, so "degrades less" is read at its price."""
+    """What each side's training took, measured, so "degrades less" is read at its price."""
     task = comparison.task
     mine = _training_cost(comparison.model, task, runs)
     theirs = _training_cost(comparison.baseline, task, runs)
-    if mine is None or theirs is None or theirs.seconds <= 0 or theirs.steps <= 0:
+    if mine is None or theirs is None:
         return []
     return [
-        f"{pair}, {task}, training cost: {mine.text()} vs {theirs.text()} "
-        f"({mine.seconds / theirs.seconds:.2f}x the baseline's compute, "
-        f"{mine.steps / theirs.steps:.2f}x its steps)."
+        f"{pair}, {task}, training cost: {mine.text()} vs {theirs.text()}; seconds are "
+        "measured wall-clock, a timing rather than a fixed cost (see the table of models)."
     ]
 
 
@@ -159,14 +167,29 @@ def _pair_lines(
             f"attack, ε and reference).{_degenerate_caveat(found[0], collapsed)}"
         )
     lines.append(f"{pair}, {task}, every metric: {_counts(found)}.")
-    groups: dict[tuple, list[SeedComparison]] = defaultdict(list)
-    for c in headline:
-        groups[(c.attack, c.reference)].append(c)
-    for (attack, reference), cells in sorted(groups.items()):
+    differing = sorted(
+        (c for c in headline if c.outcome != "none"),
+        key=lambda c: (c.attack, c.eps, c.reference),
+    )
+    if differing:
         lines.append(
-            f"{pair}, {task}, {metric}, {attack}, reference {reference}: {_counts(cells)}."
+            f"{pair}, {task}, {metric}, the cells that differ: "
+            + "; ".join(_differing(c) for c in differing)
+            + "."
         )
     return lines + _cost_line(pair, found[0], runs)
+
+
+def _differing(c: SeedComparison) -> str:
+    low, high = c.interval
+    return (
+        f"{c.attack} at ε={eps_text(c.eps, c.norm or 'linf')}, reference {c.reference}: "
+        f"{OUTCOME_WORDS[c.outcome]} by {abs(c.difference):.3g} [{low:+.3g}, {high:+.3g}], "
+        f"p={c.p_value:.3g}"
+    )
+
+
+OUTCOME_WORDS = {"less": "degrades less", "more": "degrades more"}
 
 
 def _degenerate_caveat(comparison: Comparison, collapsed: set[tuple[str, str]]) -> str:
