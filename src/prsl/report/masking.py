@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prsl.report.plots import headline_metric
-from prsl.results import HEADLINE, RunRecord, degenerate_models, records
+from prsl.results import HEADLINE, WORST_CASE, RunRecord, degenerate_models, records
 
 STILL_STANDING = 0.5
 """Fraction of the clean score an attack at its largest ε should not leave standing."""
@@ -77,8 +77,16 @@ def _is_free(run: RunRecord) -> bool:
 
 
 def _is_white(run: RunRecord) -> bool:
-    # a targeted attack aims at its targets, not at the score: what it leaves says nothing
-    return not run.transfer_of and not run.gradient_free and not run.targets
+    # a targeted attack aims at its targets, not at the score: what it leaves says nothing; the
+    # worst case is the least over every attack, gradient-free and transferred ones included;
+    # a cell a cascade cut short scores only the items the attacks before it left standing
+    return (
+        not run.transfer_of
+        and not run.gradient_free
+        and not run.targets
+        and not run.attack.startswith(WORST_CASE)
+        and not run.cascade_skipped
+    )
 
 
 def _where(run: RunRecord) -> str:
