@@ -1,5 +1,6 @@
-"""Image-text-to-text VLMs (LLaVA-1.5, PaliGemma, Qwen2-VL, Qwen2.5-VL, SmolVLM, Idefics3) through
-their differentiable pixel pipelines, each a tiny random model with a real processor built
+"""Image-text-to-text VLMs (LLaVA-1.5, PaliGemma, Qwen2-VL, Qwen2.5-VL, SmolVLM and Idefics3 with
+image splitting off and on, InternVL with its dynamic patches) through their differentiable pixel
+pipelines, each a tiny random model with a real processor built
 offline, saved and loaded through ``load_adapter``.
 
 What a user relies on: the pipeline gives what the Hugging Face processor gives, pixel for
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -51,12 +53,21 @@ def saved(tmp_path_factory) -> Saved:
     return Saved(tmp_path_factory.mktemp("vlms"))
 
 
-def processor_inputs(adapter: ImageTextAdapter, folder: Path, images, prompts):
-    """What the Hugging Face processor gives for these images and rendered prompts."""
-    processor = load_processor(str(folder))
-    height, width = adapter.pixel_size
-    if adapter.model.config.model_type.startswith("qwen"):  # prsl fixes Qwen's input size
-        images = [image.resize((width, height), 3) for image in images]
+def canvas_images(adapter: ImageTextAdapter, images) -> list[Image.Image]:
+    """The images prsl prepares, as the 8-bit images they are."""
+    pixels = adapter.prepare_images(images).mul(255).round().byte().permute(0, 2, 3, 1)
+    return [Image.fromarray(array) for array in pixels.numpy()]
+
+
+def processor_inputs(adapter: ImageTextAdapter, folder: Path, images, prompts, processor=None):
+    """What the Hugging Face processor gives for these images and rendered prompts; where prsl
+    fixes a size the processor does not (Qwen's, a tiling model's canvas), for the images
+    prsl prepares."""
+    processor = load_processor(str(folder)) if processor is None else processor
+    if adapter.model.config.model_type.startswith("qwen") or getattr(
+        adapter.pipeline, "tiled", False
+    ):
+        images = canvas_images(adapter, images)
     processor.tokenizer.padding_side = "left"
     texts = [adapter.render(p) for p in prompts]
     options = adapter.pipeline.processor_options
@@ -136,7 +147,8 @@ def train_config(folder: Path, out: Path, loss: str, mode: str, steps: int = 8) 
 
 
 @pytest.mark.parametrize(
-    ("family", "loss"), [("llava", "ce"), ("qwen2_vl", "prsl"), ("smolvlm", "prsl")]
+    ("family", "loss"),
+    [("llava", "ce"), ("qwen2_vl", "prsl"), ("smolvlm", "prsl"), ("internvl", "ce")],
 )
 def test_lora_steps_lower_the_loss_and_the_saved_model_answers_the_same(
     saved, tmp_path, family, loss
@@ -217,7 +229,7 @@ def test_finetune_and_evaluate_run_from_the_command_line(saved, tmp_path):
 
 # ------------------------------------------------------------------------------- FARE
 
-SEPARABLE = ("llava", "paligemma", "smolvlm")
+SEPARABLE = ("llava", "paligemma", "smolvlm", "smolvlm-tiled", "internvl")
 
 
 @pytest.mark.parametrize("family", SEPARABLE)
@@ -230,7 +242,8 @@ def test_fare_pulls_on_exactly_what_the_projector_reads(saved, family):
     projector = adapter.model.get_submodule(f"model.{adapter.pipeline.projector}")
     own = adapter.model.get_image_features(**adapter._image_inputs(pixels)).pooler_output
     own = torch.stack(list(own)) if isinstance(own, list | tuple) else own
-    assert torch.equal(projector(features).reshape(own.shape), own)
+    # a tiling model's features are (B, tiles, T, D): the projector reads them tile by tile
+    assert torch.equal(projector(features.flatten(0, -3)).reshape(own.shape), own)
 
 
 @pytest.mark.parametrize("family", ["llava", "paligemma"])

@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from prsl.core.errors import InvalidInput
+from prsl.models import idefics3, internvl  # noqa: F401  (register their pixel pipelines)
 from prsl.models.hf import HFAdapter, pad_batch
 from prsl.models.lora import inject_lora
 from prsl.models.pixels import (

@@ -26,7 +26,7 @@ packed into model inputs (:meth:`TilingPipeline.pack`); :class:`TilingPipeline` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -169,7 +169,9 @@ class TilingPipeline(PixelPipeline):
     :meth:`default_canvas`; they refuse in :meth:`check_canvas` the sizes their processor cannot
     produce."""
 
-    tiled: ClassVar[bool] = True
+    tiled: bool = True
+    """Whether ``model_inputs`` does all of the processor's work from the canvas (else
+    ``prepare`` already ran the processor's geometry, as for a model that does not tile)."""
 
     def __init__(self, processor: Any, config: Any, image_size: Size | None = None):
         super().__init__(processor, config, image_size)
