@@ -192,14 +192,17 @@ def test_pgd_moves_a_trained_vlm_far_more_than_noise(saved, tmp_path):
     assert attacked >= 0.75 and attacked >= noisy + 0.4, (attacked, noisy)
 
 
-def test_finetune_and_evaluate_run_from_the_command_line(saved, tmp_path):
+@pytest.mark.parametrize("family", ["paligemma", "internvl", "smolvlm-tiled"])
+def test_finetune_evaluate_and_report_run_from_the_command_line(saved, tmp_path, family):
+    """LoRA with labels on the answer alone, then an attacked evaluation and the report; for a
+    tiling model, on its default canvas, every tile attacked through the one image."""
     run = CliRunner()
     out = tmp_path / "run"
     tune = run.invoke(
         app,
         [
             "finetune",
-            *("--set", f"model.name_or_path={saved['paligemma']}"),
+            *("--set", f"model.name_or_path={saved[family]}"),
             *("--set", "data.name=shapes-vqa", "--set", "data.options={n: 12, seed: 0}"),
             *("--set", "loss={name: prsl, params: {k: 4, weight: 0.001}}"),
             *("--set", "train.max_steps=3", "--set", "train.batch_size=4"),
@@ -211,7 +214,7 @@ def test_finetune_and_evaluate_run_from_the_command_line(saved, tmp_path):
         app,
         [
             "evaluate",
-            *("-m", str(out / "final"), "-m", str(saved["paligemma"])),
+            *("-m", str(out / "final"), "-m", str(saved[family])),
             *("--set", "data.name=shapes-vqa", "--set", "data.options={n: 4, seed: 3}"),
             *("--set", "n_images=4", "--set", "max_new_tokens=4"),
             *("--set", "attacks=[{name: apgd, eps: [2/255, 4/255], steps: 3}]"),
@@ -222,9 +225,12 @@ def test_finetune_and_evaluate_run_from_the_command_line(saved, tmp_path):
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert {(r["model"], r["loss"], r["task"]) for r in results["runs"]} == {
         ("run", "prsl", "vqa"),
-        ("paligemma", "pretrained", "vqa"),
+        (family, "pretrained", "vqa"),
     }
     assert {r["steps"] for r in results["runs"]} == {3}
+    report = run.invoke(app, ["report", str(tmp_path / "eval"), "--out", str(tmp_path / "rep")])
+    assert report.exit_code == 0, report.output
+    assert (tmp_path / "rep" / "report.html").is_file()
 
 
 # ------------------------------------------------------------------------------- FARE
