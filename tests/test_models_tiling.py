@@ -10,6 +10,8 @@ thumbnail; a canvas the processor cannot produce is refused in one line.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -167,3 +169,29 @@ def test_a_canvas_the_processor_cannot_produce_is_refused(built, family, size, m
         model, processor = built(family)
     with pytest.raises(InvalidInput, match=message):
         ImageTextAdapter(model, processor, image_size=size)
+
+
+def test_an_evaluation_recorded_before_splitting_followed_the_processor_is_refused(tmp_path):
+    """Image splitting used to be always off; a SmolVLM folder evaluated then is not resumed
+    with tiled inputs: its record lacks the pipeline's revision, which the rerun names."""
+    from typer.testing import CliRunner
+
+    from prsl.cli import app
+    from prsl.provenance.settings import SETTINGS
+
+    folder = vlm_builders.build("smolvlm-tiled", tmp_path / "smolvlm")
+    out = tmp_path / "eval"
+    args = [
+        *("evaluate", "-m", str(folder), "--set", "data.name=shapes-vqa"),
+        *("--set", "data.options={n: 2, seed: 3}", "--set", "n_images=2"),
+        *("--set", "attacks=[{name: apgd, eps: [2/255], steps: 1}]"),
+        *("--set", "max_new_tokens=2", "--set", f"output_dir={out}"),
+    ]
+    run = CliRunner()
+    assert run.invoke(app, args).exit_code == 0
+    record = json.loads((out / SETTINGS).read_text())
+    (entry,) = record["settings"]["models"].values()
+    assert entry.pop("pixels") == "split as the processor"
+    (out / SETTINGS).write_text(json.dumps(record))  # as an evaluation before tiling wrote it
+    again = run.invoke(app, args)
+    assert again.exit_code == 2 and 'pixels: (not set) -> "split as the processor")' in again.output

@@ -34,6 +34,7 @@ class Idefics3(TilingPipeline):
 
     projector = "connector"
     vision_tower = "vision_model"
+    revision = "split as the processor"  # image splitting; before: always off
 
     def __init__(self, processor: Any, config: Any, image_size: Size | None = None):
         settings = image_settings(processor)

@@ -93,7 +93,11 @@ class PixelPipeline:
     separable_vision: ClassVar[bool] = True
     """Whether the vision tower stops where the projector starts (what FARE fine-tunes)."""
     processor_options: ClassVar[dict[str, Any]] = {}
-    """Keyword arguments every processor call gets (Idefics3: no image splitting)."""
+    """Keyword arguments every processor call gets (Idefics3: splitting on or off)."""
+    revision: ClassVar[str | None] = None
+    """What changed in this architecture's preprocessing since prsl first recorded results
+    for it (None: nothing). Results record it, so a folder holding results computed before the
+    change is refused, not resumed."""
 
     def __init__(self, processor: Any, config: Any, image_size: tuple[int, int] | None = None):
         self.processor = processor

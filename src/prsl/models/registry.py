@@ -18,7 +18,7 @@ from prsl.core.errors import InvalidInput, MissingInput
 from prsl.models.blip2 import Blip2Adapter
 from prsl.models.hf import ADAPTER_INFO, HFAdapter
 from prsl.models.image_text import ImageTextAdapter
-from prsl.models.pixels import check_separable_vision, supported_model_types
+from prsl.models.pixels import check_separable_vision, pipeline_for, supported_model_types
 from prsl.models.ved import VisionEncoderDecoderAdapter
 
 ADAPTER_FAMILIES: dict[str, type[HFAdapter]] = {
@@ -160,6 +160,20 @@ def check_vision_encoder(
         source, _ = _config_source(dir_or_hub_id)
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         check_separable_vision(config.model_type)
+
+
+def pixel_revision(dir_or_hub_id: str | Path, trust_remote_code: bool = False) -> str | None:
+    """The revision of a model's pixel pipeline (``PixelPipeline.revision``), from its config
+    alone; None for a model without one (or whose config cannot be read: that fails later, with
+    its own message)."""
+    try:
+        source, _ = _config_source(dir_or_hub_id)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):  # MissingInput and InvalidInput among them
+        return None
+    if config.model_type not in supported_model_types():
+        return None
+    return pipeline_for(config.model_type).revision
 
 
 def load_adapter(

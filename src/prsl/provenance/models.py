@@ -197,5 +197,11 @@ def training_cost(record: TrainingRecord | None) -> dict[str, Any]:
 
 
 def model_identity(ref: ModelRef) -> dict[str, Any]:
-    """What a settings record keeps of a model: enough to see that it changed."""
-    return {"fingerprint": ref.fingerprint, "loss": ref.loss, "loss_params": ref.loss_params}
+    """What a settings record keeps of a model: enough to see that it changed, and the revision
+    of its pixel pipeline where prsl changed how its images are preprocessed (a SmolVLM folder
+    evaluated before image splitting followed its processor is then refused, not resumed)."""
+    from prsl.models.registry import pixel_revision  # loads transformers: only when recording
+
+    identity = {"fingerprint": ref.fingerprint, "loss": ref.loss, "loss_params": ref.loss_params}
+    revision = pixel_revision(ref.location if Path(ref.location).is_dir() else ref.given)
+    return identity if revision is None else {**identity, "pixels": revision}
