@@ -23,7 +23,15 @@ from torch import nn
 
 from prsl.core.errors import InvalidInput
 from prsl.models.pixels import register
-from prsl.models.tiling import Size, TileLayout, TilingPipeline, View, grid_tiles, image_settings
+from prsl.models.tiling import (
+    Size,
+    TileLayout,
+    TilingPipeline,
+    View,
+    grid_tiles,
+    image_settings,
+    pil_backend,
+)
 from prsl.models.tiling import whole as whole_view
 
 
@@ -71,7 +79,9 @@ class Idefics3(TilingPipeline):
         """The processor's resize of that to multiples of ``max_image_size`` (run on a blank
         image: the size is computed inside the method that resizes)."""
         probe = np.zeros((3, *first), dtype=np.uint8)
-        resized = self.image_processor.resize_for_vision_encoder(probe, self.side, self.resample)
+        resized = pil_backend(self.image_processor).resize_for_vision_encoder(
+            probe, self.side, self.resample
+        )
         return tuple(resized.shape[-2:])
 
     def layout(self, canvas: Size) -> TileLayout:
@@ -82,7 +92,7 @@ class Idefics3(TilingPipeline):
         grid_size = self._grid_size(first)
         probe = np.zeros((3, *grid_size), dtype=np.uint8)
         size = {"longest_edge": self.side}
-        _, rows, cols = self.image_processor.split_images(probe, size, self.resample)
+        _, rows, cols = pil_backend(self.image_processor).split_images(probe, size, self.resample)
         chain = (first, grid_size)
         if rows == 0:  # no larger than one square: the image alone, no global image
             only = (whole_view(0, square),)

@@ -161,6 +161,23 @@ def image_settings(processor: Any, **options: Any) -> dict[str, Any]:
     return processor.image_processor._merge_and_standardize_kwargs(**merged["images_kwargs"])
 
 
+def pil_backend(image_processor: Any) -> Any:
+    """The PIL-backend twin of an image processor, with the same settings (itself if it is one).
+
+    Where torchvision is installed transformers loads the torchvision ("fast") class, whose
+    methods take tensors; a tiling pipeline asks the PIL class's own methods for its layout,
+    and reproduces the PIL class's numbers."""
+    from transformers.image_processing_backends import PilBackend
+
+    if isinstance(image_processor, PilBackend):
+        return image_processor
+    import transformers
+
+    name = type(image_processor).__name__.removesuffix("Fast") + "Pil"
+    settings = {k: v for k, v in image_processor.to_dict().items() if not k.startswith("_")}
+    return getattr(transformers, name)(**settings)
+
+
 class TilingPipeline(PixelPipeline):
     """A pixel pipeline whose input is a canvas the processor tiles (module docstring).
 
