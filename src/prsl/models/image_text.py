@@ -1,5 +1,6 @@
 """Any Hugging Face image-text-to-text VLM behind the adapter interface: LLaVA-1.5, PaliGemma,
-Qwen2-VL / Qwen2.5-VL, SmolVLM / Idefics3 (the architectures :mod:`prsl.models.pixels` covers).
+Qwen2-VL / Qwen2.5-VL, SmolVLM / Idefics3, InternVL (the architectures whose pixel pipelines
+:mod:`prsl.models.pixels` registers).
 
 The model comes from ``AutoModelForImageTextToText``, its processor from ``AutoProcessor``.
 Images reach the model through the architecture's differentiable pixel pipeline, so attacks
