@@ -278,7 +278,9 @@ def family_adapter(family: str, tmp_path: Path):
 ANSWERS_ANY = ["a red circle", "two blue squares", "a green triangle"]
 
 
-@pytest.mark.parametrize("family", ["blip2", "llava", "paligemma", "qwen2_vl", "smolvlm"])
+@pytest.mark.parametrize(
+    "family", ["blip2", "llava", "paligemma", "qwen2_vl", "smolvlm", "smolvlm-tiled", "internvl"]
+)
 def test_crafting_works_on_every_adapter_family(family, tmp_path):
     adapter, texts = family_adapter(family, tmp_path)
     height, width = adapter.pixel_size
