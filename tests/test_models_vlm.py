@@ -1,5 +1,6 @@
-"""Image-text-to-text VLMs (LLaVA-1.5, PaliGemma, Qwen2-VL, Qwen2.5-VL, SmolVLM, Idefics3) through
-their differentiable pixel pipelines, each a tiny random model with a real processor built
+"""Image-text-to-text VLMs (LLaVA-1.5, PaliGemma, Qwen2-VL, Qwen2.5-VL, SmolVLM and Idefics3 with
+image splitting off and on, InternVL with its dynamic patches) through their differentiable pixel
+pipelines, each a tiny random model with a real processor built
 offline, saved and loaded through ``load_adapter``.
 
 What a user relies on: the pipeline gives what the Hugging Face processor gives, pixel for
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -27,7 +29,7 @@ from prsl.config import load_config
 from prsl.core.errors import InvalidInput
 from prsl.data import evaluation_samples, load_batch, read_dataset
 from prsl.losses import get_loss
-from prsl.models import ImageTextAdapter, build_tiny_captioner, load_adapter
+from prsl.models import ImageTextAdapter, build_tiny_captioner, load_adapter, model_prompts
 from prsl.models.pixels import NativeResolution
 from prsl.models.processors import load_processor
 from prsl.train import FinetuneConfig, finetune
@@ -52,12 +54,19 @@ def saved(tmp_path_factory) -> Saved:
     return Saved(tmp_path_factory.mktemp("vlms"))
 
 
-def processor_inputs(adapter: ImageTextAdapter, folder: Path, images, prompts):
-    """What the Hugging Face processor gives for these images and rendered prompts."""
-    processor = load_processor(str(folder))
-    height, width = adapter.pixel_size
-    if isinstance(adapter.pipeline, NativeResolution):  # prsl fixes the input size
-        images = [image.resize((width, height), 3) for image in images]
+def canvas_images(adapter: ImageTextAdapter, images) -> list[Image.Image]:
+    """The images prsl prepares, as the 8-bit images they are."""
+    pixels = adapter.prepare_images(images).mul(255).round().byte().permute(0, 2, 3, 1)
+    return [Image.fromarray(array) for array in pixels.numpy()]
+
+
+def processor_inputs(adapter: ImageTextAdapter, folder: Path, images, prompts, processor=None):
+    """What the Hugging Face processor gives for these images and rendered prompts; where prsl
+    fixes a size the processor does not (Qwen's and Mistral 3's, a tiling model's canvas), for
+    the images prsl prepares."""
+    processor = load_processor(str(folder)) if processor is None else processor
+    if isinstance(adapter.pipeline, NativeResolution) or getattr(adapter.pipeline, "tiled", False):
+        images = canvas_images(adapter, images)
     processor.tokenizer.padding_side = "left"
     texts = [adapter.render(p) for p in prompts]
     options = adapter.pipeline.processor_options
@@ -147,6 +156,7 @@ def train_config(folder: Path, out: Path, loss: str, mode: str, steps: int = 8) 
         ("qwen3_vl", "prsl"),
         ("qwen3_vl_moe", "ce"),
         ("mistral3", "prsl"),
+        ("internvl", "ce"),
     ],
 )
 def test_lora_steps_lower_the_loss_and_the_saved_model_answers_the_same(
@@ -191,14 +201,17 @@ def test_pgd_moves_a_trained_vlm_far_more_than_noise(saved, tmp_path):
     assert attacked >= 0.75 and attacked >= noisy + 0.4, (attacked, noisy)
 
 
-def test_finetune_and_evaluate_run_from_the_command_line(saved, tmp_path):
+@pytest.mark.parametrize("family", ["paligemma", "internvl", "smolvlm-tiled"])
+def test_finetune_evaluate_and_report_run_from_the_command_line(saved, tmp_path, family):
+    """LoRA with labels on the answer alone, then an attacked evaluation and the report; for a
+    tiling model, on its default canvas, every tile attacked through the one image."""
     run = CliRunner()
     out = tmp_path / "run"
     tune = run.invoke(
         app,
         [
             "finetune",
-            *("--set", f"model.name_or_path={saved['paligemma']}"),
+            *("--set", f"model.name_or_path={saved[family]}"),
             *("--set", "data.name=shapes-vqa", "--set", "data.options={n: 12, seed: 0}"),
             *("--set", "loss={name: prsl, params: {k: 4, weight: 0.001}}"),
             *("--set", "train.max_steps=3", "--set", "train.batch_size=4"),
@@ -210,7 +223,7 @@ def test_finetune_and_evaluate_run_from_the_command_line(saved, tmp_path):
         app,
         [
             "evaluate",
-            *("-m", str(out / "final"), "-m", str(saved["paligemma"])),
+            *("-m", str(out / "final"), "-m", str(saved[family])),
             *("--set", "data.name=shapes-vqa", "--set", "data.options={n: 4, seed: 3}"),
             *("--set", "n_images=4", "--set", "max_new_tokens=4"),
             *("--set", "attacks=[{name: apgd, eps: [2/255, 4/255], steps: 3}]"),
@@ -221,16 +234,24 @@ def test_finetune_and_evaluate_run_from_the_command_line(saved, tmp_path):
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert {(r["model"], r["loss"], r["task"]) for r in results["runs"]} == {
         ("run", "prsl", "vqa"),
-        ("paligemma", "pretrained", "vqa"),
+        (family, "pretrained", "vqa"),
     }
     assert {r["steps"] for r in results["runs"]} == {3}
-    own = {"caption_prompt": "caption en", "vqa_template": "answer en {question}"}
-    assert results["meta"]["prompts"] == {"run": own, "paligemma": own}  # as each model was asked
+    prompts = results["meta"]["prompts"]  # as each model was asked: the fine-tuned as its base
+    assert prompts["run"] == prompts[family] == model_prompts(saved[family])
+    if family == "paligemma":
+        assert prompts["run"] == {
+            "caption_prompt": "caption en",
+            "vqa_template": "answer en {question}",
+        }
+    report = run.invoke(app, ["report", str(tmp_path / "eval"), "--out", str(tmp_path / "rep")])
+    assert report.exit_code == 0, report.output
+    assert (tmp_path / "rep" / "report.html").is_file()
 
 
 # ------------------------------------------------------------------------------- FARE
 
-SEPARABLE = ("llava", "paligemma", "smolvlm", "gemma3", "mistral3")
+SEPARABLE = ("llava", "paligemma", "smolvlm", "gemma3", "mistral3", "smolvlm-tiled", "internvl")
 
 
 @pytest.mark.parametrize("family", SEPARABLE)
@@ -247,8 +268,8 @@ def test_fare_pulls_on_exactly_what_the_projector_reads(saved, family):
     own = torch.stack(list(own)) if isinstance(own, list | tuple) else own
     if "image_sizes" in inputs:  # Mistral 3's merger reads the patches of a packed batch
         projected = projector(features.flatten(0, 1), inputs["image_sizes"])
-    else:
-        projected = projector(features)
+    else:  # a tiling model's features are (B, tiles, T, D): the projector reads them per tile
+        projected = projector(features.flatten(0, -3) if features.dim() > 3 else features)
     assert torch.equal(projected.reshape(own.shape), own)
 
 
@@ -283,7 +304,7 @@ def test_fare_on_a_tower_holding_its_projector_is_refused_naming_the_supported(
     saved, tmp_path, family
 ):
     adapter = load_adapter(saved[family])
-    separable = "gemma3, idefics3, llava, mistral3, paligemma, smolvlm"
+    separable = "gemma3, idefics3, internvl, llava, mistral3, paligemma, smolvlm"
     with pytest.raises(InvalidInput, match=f"inside its vision tower.*{separable}$"):
         adapter.vision_encoder()
     out = tmp_path / "fare"

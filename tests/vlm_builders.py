@@ -33,7 +33,12 @@ FAMILIES = (
     "qwen3_vl",
     "qwen3_vl_moe",
     "mistral3",
+    "smolvlm-tiled",
+    "idefics3-tiled",
+    "internvl",
 )
+TILED = ("smolvlm-tiled", "idefics3-tiled", "internvl")
+"""Families whose processor tiles the image (prsl fixes a canvas; see prsl.models.tiling)."""
 PIXTRAL_VQA = Pixtral.vqa_template.format(question="")
 """Mistral's long VQA instruction, which its tokenizer learns whole (its other prompts are in
 :func:`corpus`)."""
@@ -384,7 +389,11 @@ SMOL_TEMPLATE = (
 )
 
 
-def idefics3(version: str = "idefics3", side: int = 32, patch: int = 8, scale: int = 2):
+def idefics3(
+    version: str = "idefics3", side: int = 32, patch: int = 8, scale: int = 2, split: bool = False
+):
+    """Splitting off: one ``side`` square per image; on: images resized to a longest edge of
+    2 ``side`` and cut into ``side`` squares (a 2 x 2 grid and a global image for a square)."""
     from transformers import Idefics3Processor
 
     if version == "smolvlm":
@@ -407,7 +416,9 @@ def idefics3(version: str = "idefics3", side: int = 32, patch: int = 8, scale: i
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SMOL_SPECIALS}
     seq_len = (side // patch) ** 2 // scale**2
     images = Images(
-        do_image_splitting=False, size={"longest_edge": side}, max_image_size={"longest_edge": side}
+        do_image_splitting=split,
+        size={"longest_edge": 2 * side if split else side},
+        max_image_size={"longest_edge": side},
     )
     processor = Idefics3Processor(
         image_processor=images,
@@ -722,6 +733,89 @@ def mistral3(size: tuple[int, int] = (32, 48), patch: int = 8, merge: int = 2):
     return model, processor, size
 
 
+# ------------------------------------------------------------------------------- InternVL
+
+INTERNVL_IMAGE = ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+INTERNVL_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<IMG_CONTEXT>\n"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def internvl(side: int = 32, patch: int = 8, max_patches: int = 6):
+    """InternVL-hf with a Qwen2 language model and tiles of ``side``: 4 tokens a tile."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+        GotOcr2ImageProcessorPil,
+    )
+
+    image_only_processors()
+    specials = QWEN_SPECIALS[:3] + INTERNVL_IMAGE
+    names = ("start_image_token", "end_image_token", "context_image_token", "video_token")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=byte_bpe(specials, qwen=True),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=dict(zip(names, INTERNVL_IMAGE, strict=True)),
+        chat_template=INTERNVL_TEMPLATE,
+    )
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
+    images = GotOcr2ImageProcessorPil(
+        size={"height": side, "width": side},
+        crop_to_patches=False,  # as the hub's checkpoints save it: the processor turns it on
+        min_patches=1,
+        max_patches=max_patches,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+    tokens = (side // patch) ** 2 // 4
+    processor = InternVLProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        image_seq_length=tokens,
+        chat_template=INTERNVL_TEMPLATE,
+    )
+    config = InternVLConfig(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": [side, side],
+            "patch_size": [patch, patch],
+            "initializer_range": 0.2,
+        },
+        text_config={
+            "model_type": "qwen2",
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 512,
+            "initializer_range": 0.2,
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        image_token_id=ids["<IMG_CONTEXT>"],
+        image_seq_length=tokens,
+        downsample_ratio=0.5,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
+    model = InternVLForConditionalGeneration(config)
+    _finish(model, tokenizer, [ids["<|im_end|>"]])
+    return model, processor
+
+
 # ------------------------------------------------------------------------------- saving
 
 
@@ -746,6 +840,10 @@ def build(family: str, folder: Path, seed: int = 0) -> Path:
     elif family == "mistral3":
         model, processor, size = mistral3()
         info = size
+    elif family in ("smolvlm-tiled", "idefics3-tiled"):
+        model, processor = idefics3(family.removesuffix("-tiled"), split=True)
+    elif family == "internvl":
+        model, processor = internvl()
     else:
         raise ValueError(f"no builder for {family!r}")
     folder = Path(folder)

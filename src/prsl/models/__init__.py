@@ -2,9 +2,9 @@
 
 Families: ``vision-encoder-decoder`` (ViT-GPT2 and the tiny from-scratch captioner), ``blip2``
 (BLIP-2 with OPT) and ``image-text-to-text`` (LLaVA-1.5, PaliGemma, Gemma 3, Qwen2-VL /
-Qwen2.5-VL / Qwen3-VL, Mistral 3, SmolVLM / Idefics3, through their differentiable pixel
-pipelines). Load any of them with :func:`load_adapter`, which picks the family from the config's
-``model_type``.
+Qwen2.5-VL / Qwen3-VL, Mistral 3, SmolVLM / Idefics3, InternVL, through their differentiable
+pixel pipelines; tiling ones in :mod:`prsl.models.tiling`). Load any of them with
+:func:`load_adapter`, which picks the family from the config's ``model_type``.
 """
 
 from prsl.models.base import VLMAdapter

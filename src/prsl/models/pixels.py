@@ -97,10 +97,14 @@ class PixelPipeline:
     separable_vision: ClassVar[bool] = True
     """Whether the vision tower stops where the projector starts (what FARE fine-tunes)."""
     processor_options: ClassVar[dict[str, Any]] = {}
-    """Keyword arguments every processor call gets (Idefics3: no image splitting)."""
+    """Keyword arguments every processor call gets (Idefics3: splitting on or off)."""
     image_token_types: ClassVar[str | None] = None
     """The text-side input that marks the image tokens (1) among the others (0), where the
     model reads one: Qwen-VL's M-RoPE, Gemma 3's bidirectional attention over an image."""
+    revision: ClassVar[str | None] = None
+    """What changed in this architecture's preprocessing since prsl first recorded results
+    for it (None: nothing). Results record it, so a folder holding results computed before the
+    change is refused, not resumed."""
 
     def __init__(self, processor: Any, config: Any, image_size: tuple[int, int] | None = None):
         self.processor = processor
@@ -399,47 +403,3 @@ class Pixtral(NativeResolution):
         )
         chosen = torch.cat(feature_layers(out.hidden_states, self.config.vision_feature_layer), -1)
         return chosen.reshape(inputs["pixel_values"].shape[0], -1, chosen.shape[-1])
-
-
-@register("idefics3", "smolvlm")
-class Idefics3(PixelPipeline):
-    """SmolVLM and Idefics3 with image splitting off: one global image, resized by the processor
-    to a ``max_image_size`` square and rescaled to [-1, 1], with an all-ones pixel mask (no
-    padding at a fixed size). Splitting would tile each image into a grid chosen from its size."""
-
-    processor_options: ClassVar[dict[str, Any]] = {"do_image_splitting": False}
-    projector = "connector"
-    vision_tower = "vision_model"
-
-    def input_size(self, requested: tuple[int, int] | None) -> tuple[int, int]:
-        side = size_field(getattr(self.image_processor, "max_image_size", None), "longest_edge")
-        if not side:
-            raise InvalidInput(
-                f"cannot read max_image_size from this {self.config.model_type} image processor"
-            )
-        if requested is not None and tuple(requested) != (side, side):
-            raise InvalidInput(
-                f"a {self.config.model_type!r} model takes {side}x{side} images (its "
-                f"max_image_size); image_size {requested} cannot be produced by its processor"
-            )
-        return int(side), int(side)
-
-    def prepare(self, images: list[Image.Image]) -> torch.Tensor:
-        out = self.image_processor(
-            [[image] for image in images],  # one image per sample, not one sample of several
-            do_rescale=False,
-            do_normalize=False,
-            return_tensors="pt",
-            **self.processor_options,
-        )["pixel_values"]
-        return out[:, 0].float().div(255.0).clamp(0.0, 1.0).contiguous()
-
-    def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        values = self.normalised(pixels).unsqueeze(1)  # (B, 1 image, 3, H, W)
-        batch, _, height, width = pixels.shape
-        mask = torch.ones(batch, 1, height, width, dtype=torch.long, device=pixels.device)
-        return {"pixel_values": values, "pixel_attention_mask": mask}
-
-    def vision_features(self, tower: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        # one unpadded image per sample: every patch is real, the tower's default mask
-        return tower(pixel_values=inputs["pixel_values"][:, 0]).last_hidden_state

@@ -1,15 +1,16 @@
 """Loading a model's processor, with the workarounds transformers 5 needs without torchvision.
 
-Qwen2-VL's, Qwen2.5-VL's and Qwen3-VL's processors list a video processor among their parts,
-and that video processor needs torchvision, which prsl does not depend on: building, saving or
-loading the processor then fails even for images alone (huggingface/transformers#48558). Images
-never use the video processor, so where torchvision is missing it is left out of those
-processors' parts. SmolVLM's processor cannot be built at all without torchvision (and
-``num2words``); its images are laid out exactly as by ``Idefics3Processor``, which is built from
-the same tokenizer, image processor and chat template instead. Pixtral's processor (Mistral 3's)
-is declared to need torchvision only because its module imports one function, the output size
-of a resize, from the torchvision image processor's module; the PIL image processor's module
-defines the same function, and where torchvision is missing it stands in for that import.
+Qwen2-VL's, Qwen2.5-VL's, Qwen3-VL's and InternVL's processors list a video processor among
+their parts, and that video processor needs torchvision, which prsl does not depend on:
+building, saving or loading the processor then fails even for images alone
+(huggingface/transformers#48558). Images never use the video processor, so where torchvision is
+missing it is left out of those processors' parts. SmolVLM's processor cannot be built at all
+without torchvision (and ``num2words``); its images are laid out exactly as by
+``Idefics3Processor``, which is built from the same tokenizer, image processor and chat template
+instead. Pixtral's processor (Mistral 3's) is declared to need torchvision only because its
+module imports one function, the output size of a resize, from the torchvision image
+processor's module; the PIL image processor's module defines the same function, and where
+torchvision is missing it stands in for that import.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from transformers import AutoProcessor, ProcessorMixin
 
-_IMAGE_ONLY = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor", "Qwen3VLProcessor")
+_IMAGE_ONLY = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor", "Qwen3VLProcessor", "InternVLProcessor")
 _PIXTRAL_SIZES = "transformers.models.pixtral.image_processing_pixtral"
 
 

@@ -220,6 +220,20 @@ def model_prompts(
     return {name: saved.get(name) or default for name, default in prompts.items()}
 
 
+def pixel_revision(dir_or_hub_id: str | Path, trust_remote_code: bool = False) -> str | None:
+    """The revision of a model's pixel pipeline (``PixelPipeline.revision``), from its config
+    alone; None for a model without one (or whose config cannot be read: that fails later, with
+    its own message)."""
+    try:
+        source, _ = _config_source(dir_or_hub_id)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):  # MissingInput and InvalidInput among them
+        return None
+    if config.model_type not in supported_model_types():
+        return None
+    return pipeline_for(config.model_type).revision
+
+
 def load_adapter(
     dir_or_hub_id: str | Path,
     family: str | None = None,

@@ -248,8 +248,13 @@ def training_cost(record: TrainingRecord | None) -> dict[str, Any]:
 
 def model_identity(ref: ModelRef) -> dict[str, Any]:
     """What a settings record keeps of a model: enough to see that it changed (the swapped-in
-    tower's fingerprint too, when there is one)."""
+    tower's fingerprint too, when there is one), and the revision of its pixel pipeline where
+    prsl changed how its images are preprocessed (a SmolVLM folder evaluated before image
+    splitting followed its processor is then refused, not resumed)."""
+    from prsl.models.registry import pixel_revision  # loads transformers: only when recording
+
     identity = {"fingerprint": ref.fingerprint, "loss": ref.loss, "loss_params": ref.loss_params}
     if ref.vision_tower is not None:
         identity["vision_tower_fingerprint"] = ref.vision_tower_fingerprint
-    return identity
+    revision = pixel_revision(ref.location if Path(ref.location).is_dir() else ref.given)
+    return identity if revision is None else {**identity, "pixels": revision}
