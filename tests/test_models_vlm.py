@@ -32,6 +32,9 @@ from prsl.models.processors import load_processor
 from prsl.train import FinetuneConfig, finetune
 
 FAMILIES = vlm_builders.FAMILIES
+ANYRES = ("llava_next", "llava_onevision")
+CANVAS = ("qwen", *ANYRES)
+"""Families whose input size prsl fixes (a canvas the processor would take at any size)."""
 
 
 class Saved(dict):
@@ -55,7 +58,7 @@ def processor_inputs(adapter: ImageTextAdapter, folder: Path, images, prompts):
     """What the Hugging Face processor gives for these images and rendered prompts."""
     processor = load_processor(str(folder))
     height, width = adapter.pixel_size
-    if adapter.model.config.model_type.startswith("qwen"):  # prsl fixes Qwen's input size
+    if adapter.model.config.model_type.startswith(CANVAS):  # prsl fixes their input size
         images = [image.resize((width, height), 3) for image in images]
     processor.tokenizer.padding_side = "left"
     texts = [adapter.render(p) for p in prompts]
@@ -136,7 +139,14 @@ def train_config(folder: Path, out: Path, loss: str, mode: str, steps: int = 8) 
 
 
 @pytest.mark.parametrize(
-    ("family", "loss"), [("llava", "ce"), ("qwen2_vl", "prsl"), ("smolvlm", "prsl")]
+    ("family", "loss"),
+    [
+        ("llava", "ce"),
+        ("qwen2_vl", "prsl"),
+        ("smolvlm", "prsl"),
+        ("llava_next", "prsl"),
+        ("llava_onevision", "ce"),
+    ],
 )
 def test_lora_steps_lower_the_loss_and_the_saved_model_answers_the_same(
     saved, tmp_path, family, loss
@@ -233,7 +243,7 @@ def test_fare_pulls_on_exactly_what_the_projector_reads(saved, family):
     assert torch.equal(projector(features).reshape(own.shape), own)
 
 
-@pytest.mark.parametrize("family", ["llava", "paligemma"])
+@pytest.mark.parametrize("family", ["llava", "paligemma", "llava_onevision"])
 def test_fare_trains_the_vision_tower_alone_and_the_model_evaluates_unchanged(
     saved, tmp_path, family
 ):
@@ -261,7 +271,9 @@ def test_fare_trains_the_vision_tower_alone_and_the_model_evaluates_unchanged(
 
 def test_fare_on_a_tower_holding_its_projector_is_refused_naming_the_supported(saved, tmp_path):
     adapter = load_adapter(saved["qwen2_vl"])
-    with pytest.raises(InvalidInput, match="inside its vision tower.*llava, paligemma"):
+    with pytest.raises(
+        InvalidInput, match="inside its vision tower.*llava, llava_next, llava_onevision, paligemma"
+    ):
         adapter.vision_encoder()
     out = tmp_path / "fare"
     cfg = load_config(
@@ -274,14 +286,90 @@ def test_fare_on_a_tower_holding_its_projector_is_refused_naming_the_supported(s
     assert not out.exists()  # refused from the config, before loading or writing anything
 
 
+# ------------------------------------------------------------------------------- anyres tiling
+
+CANVASES = [(61, 97), (97, 61), (40, 100), (64, 64), (128, 128), (30, 200), (200, 30)]
+"""Canvas sizes (H, W) of several aspect ratios: between them every family picks several grids,
+with and without resizing into them and with padding above / below or left / right."""
+
+
+@pytest.mark.parametrize("family", ANYRES)
+def test_anyres_tiles_are_the_processors_at_every_canvas_size(saved, family):
+    grids = set()
+    photos = [vlm_builders.photo(97, 61, seed=0), vlm_builders.photo(50, 80, seed=1)]
+    for size in CANVASES:
+        adapter = ImageTextAdapter.from_pretrained(saved[family], image_size=size)
+        prompt = adapter.vqa_prompt("what colour is the circle?")
+        reference = processor_inputs(adapter, saved[family], photos, [prompt] * 2)
+        mine = adapter.pipeline.model_inputs(adapter.prepare_images(photos))
+        assert set(reference) - set(mine) == {"input_ids", "attention_mask"}
+        for name, value in mine.items():
+            assert value.shape == reference[name].shape, (size, name)
+            assert value.dtype == reference[name].dtype, (size, name)
+            torch.testing.assert_close(value, reference[name], rtol=0, atol=1e-5)
+        assert adapter.prefix_ids(prompt) == reference["input_ids"][0].tolist(), size
+        layout = adapter.pipeline.tiles
+        assert mine["pixel_values"].shape[1] == len(layout)
+        grids.add(layout.grid)
+    assert len(grids) >= 3, grids
+
+
+@pytest.mark.parametrize("family", ANYRES)
+def test_every_anyres_tile_passes_its_gradient_to_the_canvas(saved, family):
+    adapter = ImageTextAdapter.from_pretrained(saved[family], image_size=(61, 97))
+    pixels = adapter.prepare_images([vlm_builders.photo(seed=5)]).requires_grad_()
+    tiles = adapter.pipeline.model_inputs(pixels)["pixel_values"]
+    assert tiles.shape[1] > 3  # the global view and a grid of several tiles
+    for index in range(tiles.shape[1]):
+        (grad,) = torch.autograd.grad(tiles[:, index].sum(), pixels, retain_graph=True)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0, index
+    adapter.loss(pixels, ["a red circle"]).sum().backward()
+    assert torch.isfinite(pixels.grad).all() and pixels.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("family", ANYRES)
+def test_fare_pulls_on_every_tiles_features_that_the_projector_reads(saved, family):
+    """Projected and packed by the model's own code (unpadding, newlines), the features FARE
+    trains are the model's image features."""
+    adapter = load_adapter(saved[family])
+    pixels = adapter.prepare_images([vlm_builders.photo(), vlm_builders.photo(seed=2)])
+    inputs = adapter._image_inputs(pixels)
+    features = adapter.image_features(pixels)
+    model = adapter.model.model
+    tiles = len(adapter.pipeline.tiles)
+    projected = model.multi_modal_projector(features)
+    projected = projected.reshape(2, tiles, -1, projected.shape[-1])  # per image, per tile
+    options = (
+        {"vision_aspect_ratio": model.config.vision_aspect_ratio}
+        if family != "llava_next"
+        else {"vision_feature_select_strategy": "default"}
+    )
+    packed, _ = model.pack_image_features(
+        list(projected), inputs["image_sizes"], image_newline=model.image_newline, **options
+    )
+    own = model.get_image_features(**inputs).pooler_output
+    for ours, theirs in zip(packed, own, strict=True):
+        assert torch.equal(ours, theirs)
+
+
+def test_an_anyres_canvas_defaults_to_a_two_by_two_grid_and_is_recorded(saved):
+    for family in ANYRES:
+        adapter = load_adapter(saved[family])
+        assert adapter.pipeline.tiles.grid == (2, 2)
+        assert adapter.pixel_size == (64, 64) == tuple(adapter.options()["image_size"])
+
+
 # ------------------------------------------------------------------------------- bad input
 
 
 def test_a_dynamically_tiling_model_is_refused_naming_what_is_supported(tmp_path):
-    from transformers import LlavaNextConfig
+    from transformers import MllamaConfig
 
-    LlavaNextConfig().save_pretrained(tmp_path)
-    with pytest.raises(InvalidInput, match="tiles each image into a grid.*llava, paligemma"):
+    MllamaConfig().save_pretrained(tmp_path)
+    with pytest.raises(
+        InvalidInput,
+        match="tiles each image into a grid.*llava, llava_next, llava_onevision, paligemma",
+    ):
         load_adapter(tmp_path)
 
 

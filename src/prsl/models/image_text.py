@@ -1,5 +1,6 @@
 """Any Hugging Face image-text-to-text VLM behind the adapter interface: LLaVA-1.5, PaliGemma,
-Qwen2-VL / Qwen2.5-VL, SmolVLM / Idefics3 (the architectures :mod:`prsl.models.pixels` covers).
+Qwen2-VL / Qwen2.5-VL, SmolVLM / Idefics3 (the architectures :mod:`prsl.models.pixels` covers),
+LLaVA-NeXT and LLaVA-OneVision (:mod:`prsl.models.anyres`).
 
 The model comes from ``AutoModelForImageTextToText``, its processor from ``AutoProcessor``.
 Images reach the model through the architecture's differentiable pixel pipeline, so attacks
@@ -20,6 +21,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from prsl.core.errors import InvalidInput
+from prsl.models import anyres  # noqa: F401  (registers the LLaVA-NeXT / OneVision pipelines)
 from prsl.models.hf import HFAdapter, pad_batch
 from prsl.models.lora import inject_lora
 from prsl.models.pixels import (

@@ -1,12 +1,12 @@
 """Loading a model's processor, with the workarounds transformers 5 needs without torchvision.
 
-Qwen2-VL's and Qwen2.5-VL's processors list a video processor among their parts, and that
-video processor needs torchvision, which prsl does not depend on: building, saving or loading
-the processor then fails even for images alone (huggingface/transformers#48558). Images never
-use the video processor, so where torchvision is missing it is left out of those processors'
-parts. SmolVLM's processor cannot be built at all without torchvision (and ``num2words``); its
-images are laid out exactly as by ``Idefics3Processor``, which is built from the same tokenizer,
-image processor and chat template instead.
+Qwen2-VL's, Qwen2.5-VL's and LLaVA-OneVision's processors list a video processor among their
+parts, and that video processor needs torchvision, which prsl does not depend on: building,
+saving or loading the processor then fails even for images alone (huggingface/transformers#48558).
+Images never use the video processor, so where torchvision is missing it is left out of those
+processors' parts. SmolVLM's processor cannot be built at all without torchvision (and
+``num2words``); its images are laid out exactly as by ``Idefics3Processor``, which is built from
+the same tokenizer, image processor and chat template instead.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers import AutoProcessor, ProcessorMixin
 
-_IMAGE_ONLY = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
+_IMAGE_ONLY = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor", "LlavaOnevisionProcessor")
 
 
 def _without_video(cls: type) -> None:

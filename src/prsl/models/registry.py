@@ -26,10 +26,9 @@ ADAPTER_FAMILIES: dict[str, type[HFAdapter]] = {
     Blip2Adapter.family: Blip2Adapter,
     ImageTextAdapter.family: ImageTextAdapter,
 }
-DYNAMIC_TILING = frozenset({"llava_next", "llava_onevision", "llava_next_video", "mllama"})
-"""Architectures that tile each image into a grid chosen from its size: an attack's pixels would
-need a different layout per image, so they are refused (a fixed grid would be the way to add
-one)."""
+DYNAMIC_TILING = frozenset({"llava_next_video", "mllama"})
+"""Architectures that tile each image into a grid chosen from its size and have no pixel pipeline
+yet (LLaVA-NeXT and OneVision have one: a fixed canvas size fixes their grid)."""
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
 """What a saved model folder holds its weights in."""
 MODEL_TYPE_FAMILIES = {
