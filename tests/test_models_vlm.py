@@ -352,6 +352,53 @@ def test_fare_pulls_on_every_tiles_features_that_the_projector_reads(saved, fami
         assert torch.equal(ours, theirs)
 
 
+@pytest.mark.parametrize("family", ANYRES)
+def test_an_anyres_model_finetunes_evaluates_and_reports_on_its_canvas(saved, tmp_path, family):
+    """LoRA on the answer, APGD through the tiles, and a report, from the command line, on a
+    non-square canvas kept from the start model to the fine-tuned one."""
+    from shutil import copytree
+
+    start = copytree(saved[family], tmp_path / family)
+    info = {"family": "image-text-to-text", "image_size": [61, 97]}
+    (start / "prsl_adapter.json").write_text(json.dumps(info))
+    run, out = CliRunner(), tmp_path / "run"
+    tune = run.invoke(
+        app,
+        [
+            "finetune",
+            *("--set", f"model.name_or_path={start}", "--set", "model.vlm_trainable=lora"),
+            *("--set", "data.name=shapes-vqa", "--set", "data.options={n: 8, seed: 0}"),
+            *("--set", "loss={name: prsl, params: {k: 4, weight: 0.001}}"),
+            *("--set", "train.max_steps=2", "--set", "train.batch_size=4"),
+            *("--set", f"train.output_dir={out}"),
+        ],
+    )
+    assert tune.exit_code == 0, tune.output
+    tuned = load_adapter(out / "final")
+    grid = (2, 4) if family == "llava_onevision" else (2, 2)  # its pinpoints go to 6x6
+    assert tuned.pixel_size == (61, 97) and tuned.pipeline.tiles.grid == grid
+    evaluation = run.invoke(
+        app,
+        [
+            "evaluate",
+            *("-m", str(out / "final"), "-m", str(start)),
+            *("--set", "data.name=shapes-vqa", "--set", "data.options={n: 2, seed: 3}"),
+            *("--set", "n_images=2", "--set", "max_new_tokens=3"),
+            *("--set", "attacks=[{name: apgd, eps: [4/255], steps: 2}]"),
+            *("--set", f"output_dir={tmp_path / 'eval'}"),
+        ],
+    )
+    assert evaluation.exit_code == 0, evaluation.output
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert {(r["model"], r["loss"]) for r in results["runs"]} == {
+        ("run", "prsl"),
+        (family, "pretrained"),
+    }
+    report = run.invoke(app, ["report", str(tmp_path / "eval"), "--out", str(tmp_path / "rep")])
+    assert report.exit_code == 0, report.output
+    assert family in (tmp_path / "rep" / "report.md").read_text()
+
+
 def test_an_anyres_canvas_defaults_to_a_two_by_two_grid_and_is_recorded(saved):
     for family in ANYRES:
         adapter = load_adapter(saved[family])
