@@ -439,11 +439,24 @@ def test_a_prompt_template_without_the_image_is_refused(saved, tmp_path):
         ("qwen2_vl", (50, 84), "multiples of 28"),
         ("qwen2_vl", (280, 280), "height\\*width <="),
         ("llava", (64, 64), "takes 32x32 images"),
+        ("llava_next", (0, 64), "both >= 1"),
     ],
 )
 def test_an_image_size_the_processor_cannot_produce_is_refused(saved, family, size, message):
     with pytest.raises(InvalidInput, match=message):
         ImageTextAdapter.from_pretrained(saved[family], image_size=size)
+
+
+def test_anyres_settings_the_model_would_read_otherwise_are_refused():
+    """The processor lays out the tokens, the model the features: they must tile alike."""
+    model, processor = vlm_builders.llava_next()
+    processor.image_processor.image_grid_pinpoints = [[32, 64], [64, 32]]
+    with pytest.raises(InvalidInput, match="image_grid_pinpoints .* differ from the model"):
+        ImageTextAdapter(model, processor)
+    model, processor = vlm_builders.llava_onevision()
+    processor.vision_aspect_ratio = "anyres_max_4"
+    with pytest.raises(InvalidInput, match="vision_aspect_ratio 'anyres_max_4' differs"):
+        ImageTextAdapter(model, processor)
 
 
 def test_the_criterion_matches_the_models_own_loss(saved):
