@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import vlm_builders
-from near_ties import assert_mostly_decisive, decisive
+from near_ties import agree_where_decisive, assert_mostly_decisive, decisive
 from prsl.attacks import pgd, untargeted_loss
 from prsl.cli import app
 from prsl.config import load_config
@@ -312,6 +312,22 @@ def test_anyres_tiles_are_the_processors_at_every_canvas_size(saved, family):
         assert mine["pixel_values"].shape[1] == len(layout)
         grids.add(layout.grid)
     assert len(grids) >= 3, grids
+
+
+@pytest.mark.parametrize("family", ANYRES)
+def test_generate_on_a_padded_wide_canvas_is_model_generate(saved, family):
+    """A grid with padding: the model unpads its features by the canvas size we give."""
+    adapter = ImageTextAdapter.from_pretrained(saved[family], image_size=(61, 97))
+    assert adapter.pipeline.tiles.offset != (0, 0)  # black rows above and below
+    photos = [vlm_builders.photo(97, 61, seed=6), vlm_builders.photo(40, 90, seed=7)]
+    prompts = [adapter.caption_prompt, adapter.vqa_prompt("what shape is red?")]
+    inputs = processor_inputs(adapter, saved[family], photos, prompts)
+    with torch.no_grad():
+        out = adapter.model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    expected = adapter._decode(out[:, inputs["input_ids"].shape[1] :])
+    pixels = adapter.prepare_images(photos)
+    got = adapter.generate(pixels, prompts, max_new_tokens=6)
+    agree_where_decisive(got, expected, decisive(adapter, pixels, got, prompts, with_end=False))
 
 
 @pytest.mark.parametrize("family", ANYRES)

@@ -18,7 +18,7 @@ gradient back to the one attacked canvas.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,8 +108,6 @@ class LlavaNext(PixelPipeline):
     canvas size, for every image). The canvas is any (H, W) (``image_size``); by default the
     smallest square pinpoint of several tiles (:meth:`default_canvas`)."""
 
-    tiled: ClassVar[bool] = True
-
     def __init__(self, processor: Any, config: Any, image_size: Size | None = None):
         images = processor.image_processor
         self.pinpoints = [[int(v) for v in p] for p in images.image_grid_pinpoints]
@@ -180,8 +178,8 @@ class LlavaNext(PixelPipeline):
 
     def vision_features(self, tower: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """LLaVA's features (:meth:`Llava.vision_features`) of every tile, global view first,
-        (B, N x patches, D): all the projector reads; the model drops the rows and columns of
-        padding after projecting, and FARE keeps them (the attack moves them too)."""
+        (B, N x patches, D): all the projector reads (the model drops the features of whole
+        rows and columns of padding after projecting; FARE keeps them, as the tower gives them)."""
         values = inputs["pixel_values"]
         features = Llava.vision_features(self, tower, {"pixel_values": values.flatten(0, 1)})
         return features.reshape(values.shape[0], -1, features.shape[-1])
