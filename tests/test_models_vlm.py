@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import vlm_builders
-from near_ties import assert_mostly_decisive, decisive
+from near_ties import agree_where_decisive, assert_mostly_decisive, decisive
 from prsl.attacks import pgd, untargeted_loss
 from prsl.cli import app
 from prsl.config import load_config
@@ -35,6 +35,9 @@ from prsl.models.processors import load_processor
 from prsl.train import FinetuneConfig, finetune
 
 FAMILIES = vlm_builders.FAMILIES
+ANYRES = ("llava_next", "llava_onevision")
+CANVAS = ("qwen", *ANYRES)
+"""Families whose input size prsl fixes (a canvas the processor would take at any size)."""
 
 
 class Saved(dict):
@@ -65,7 +68,10 @@ def processor_inputs(adapter: ImageTextAdapter, folder: Path, images, prompts, p
     fixes a size the processor does not (Qwen's and Mistral 3's, a tiling model's canvas), for
     the images prsl prepares."""
     processor = load_processor(str(folder)) if processor is None else processor
-    if isinstance(adapter.pipeline, NativeResolution) or getattr(adapter.pipeline, "tiled", False):
+    fixed = isinstance(adapter.pipeline, NativeResolution) or getattr(
+        adapter.pipeline, "tiled", False
+    )
+    if fixed or adapter.model.config.model_type in ANYRES:
         images = canvas_images(adapter, images)
     processor.tokenizer.padding_side = "left"
     texts = [adapter.render(p) for p in prompts]
@@ -157,6 +163,8 @@ def train_config(folder: Path, out: Path, loss: str, mode: str, steps: int = 8) 
         ("qwen3_vl_moe", "ce"),
         ("mistral3", "prsl"),
         ("internvl", "ce"),
+        ("llava_next", "prsl"),
+        ("llava_onevision", "ce"),
     ],
 )
 def test_lora_steps_lower_the_loss_and_the_saved_model_answers_the_same(
@@ -273,7 +281,7 @@ def test_fare_pulls_on_exactly_what_the_projector_reads(saved, family):
     assert torch.equal(projected.reshape(own.shape), own)
 
 
-@pytest.mark.parametrize("family", ["llava", "paligemma", "gemma3", "mistral3"])
+@pytest.mark.parametrize("family", ["llava", "paligemma", "gemma3", "mistral3", "llava_onevision"])
 def test_fare_trains_the_vision_tower_alone_and_the_model_evaluates_unchanged(
     saved, tmp_path, family
 ):
@@ -304,7 +312,10 @@ def test_fare_on_a_tower_holding_its_projector_is_refused_naming_the_supported(
     saved, tmp_path, family
 ):
     adapter = load_adapter(saved[family])
-    separable = "gemma3, idefics3, internvl, llava, mistral3, paligemma, smolvlm"
+    separable = (
+        "gemma3, idefics3, internvl, llava, llava_next, llava_onevision, mistral3, paligemma, "
+        "smolvlm"
+    )
     with pytest.raises(InvalidInput, match=f"inside its vision tower.*{separable}$"):
         adapter.vision_encoder()
     out = tmp_path / "fare"
@@ -318,14 +329,150 @@ def test_fare_on_a_tower_holding_its_projector_is_refused_naming_the_supported(
     assert not out.exists()  # refused from the config, before loading or writing anything
 
 
+# ------------------------------------------------------------------------------- anyres tiling
+
+CANVASES = [(61, 97), (97, 61), (40, 100), (64, 64), (128, 128), (30, 200), (200, 30)]
+"""Canvas sizes (H, W) of several aspect ratios: between them every family picks several grids,
+with and without resizing into them and with padding above / below or left / right."""
+
+
+@pytest.mark.parametrize("family", ANYRES)
+def test_anyres_tiles_are_the_processors_at_every_canvas_size(saved, family):
+    grids = set()
+    photos = [vlm_builders.photo(97, 61, seed=0), vlm_builders.photo(50, 80, seed=1)]
+    for size in CANVASES:
+        adapter = ImageTextAdapter.from_pretrained(saved[family], image_size=size)
+        prompt = adapter.vqa_prompt("what colour is the circle?")
+        reference = processor_inputs(adapter, saved[family], photos, [prompt] * 2)
+        mine = adapter.pipeline.model_inputs(adapter.prepare_images(photos))
+        assert set(reference) - set(mine) == {"input_ids", "attention_mask"}
+        for name, value in mine.items():
+            assert value.shape == reference[name].shape, (size, name)
+            assert value.dtype == reference[name].dtype, (size, name)
+            torch.testing.assert_close(value, reference[name], rtol=0, atol=1e-5)
+        assert adapter.prefix_ids(prompt) == reference["input_ids"][0].tolist(), size
+        layout = adapter.pipeline.tiles
+        assert mine["pixel_values"].shape[1] == len(layout)
+        grids.add(layout.grid)
+    assert len(grids) >= 3, grids
+
+
+@pytest.mark.parametrize("family", ANYRES)
+def test_generate_on_a_padded_wide_canvas_is_model_generate(saved, family):
+    """A grid with padding: the model unpads its features by the canvas size we give."""
+    adapter = ImageTextAdapter.from_pretrained(saved[family], image_size=(61, 97))
+    assert adapter.pipeline.tiles.offset != (0, 0)  # black rows above and below
+    photos = [vlm_builders.photo(97, 61, seed=6), vlm_builders.photo(40, 90, seed=7)]
+    prompts = [adapter.caption_prompt, adapter.vqa_prompt("what shape is red?")]
+    inputs = processor_inputs(adapter, saved[family], photos, prompts)
+    with torch.no_grad():
+        out = adapter.model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    expected = adapter._decode(out[:, inputs["input_ids"].shape[1] :])
+    pixels = adapter.prepare_images(photos)
+    got = adapter.generate(pixels, prompts, max_new_tokens=6)
+    agree_where_decisive(got, expected, decisive(adapter, pixels, got, prompts, with_end=False))
+
+
+@pytest.mark.parametrize("family", ANYRES)
+def test_every_anyres_tile_passes_its_gradient_to_the_canvas(saved, family):
+    adapter = ImageTextAdapter.from_pretrained(saved[family], image_size=(61, 97))
+    pixels = adapter.prepare_images([vlm_builders.photo(seed=5)]).requires_grad_()
+    tiles = adapter.pipeline.model_inputs(pixels)["pixel_values"]
+    assert tiles.shape[1] > 3  # the global view and a grid of several tiles
+    for index in range(tiles.shape[1]):
+        (grad,) = torch.autograd.grad(tiles[:, index].sum(), pixels, retain_graph=True)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0, index
+    adapter.loss(pixels, ["a red circle"]).sum().backward()
+    assert torch.isfinite(pixels.grad).all() and pixels.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("family", ANYRES)
+def test_fare_pulls_on_every_tiles_features_that_the_projector_reads(saved, family):
+    """Projected and packed by the model's own code (unpadding, newlines), the features FARE
+    trains are the model's image features."""
+    adapter = load_adapter(saved[family])
+    pixels = adapter.prepare_images([vlm_builders.photo(), vlm_builders.photo(seed=2)])
+    inputs = adapter._image_inputs(pixels)
+    features = adapter.image_features(pixels)
+    model = adapter.model.model
+    tiles = len(adapter.pipeline.tiles)
+    projected = model.multi_modal_projector(features)
+    projected = projected.reshape(2, tiles, -1, projected.shape[-1])  # per image, per tile
+    options = (
+        {"vision_aspect_ratio": model.config.vision_aspect_ratio}
+        if family != "llava_next"
+        else {"vision_feature_select_strategy": "default"}
+    )
+    packed, _ = model.pack_image_features(
+        list(projected), inputs["image_sizes"], image_newline=model.image_newline, **options
+    )
+    own = model.get_image_features(**inputs).pooler_output
+    for ours, theirs in zip(packed, own, strict=True):
+        assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("family", ANYRES)
+def test_an_anyres_model_finetunes_evaluates_and_reports_on_its_canvas(saved, tmp_path, family):
+    """LoRA on the answer, APGD through the tiles, and a report, from the command line, on a
+    non-square canvas kept from the start model to the fine-tuned one."""
+    from shutil import copytree
+
+    start = copytree(saved[family], tmp_path / family)
+    info = {"family": "image-text-to-text", "image_size": [61, 97]}
+    (start / "prsl_adapter.json").write_text(json.dumps(info))
+    run, out = CliRunner(), tmp_path / "run"
+    tune = run.invoke(
+        app,
+        [
+            "finetune",
+            *("--set", f"model.name_or_path={start}", "--set", "model.vlm_trainable=lora"),
+            *("--set", "data.name=shapes-vqa", "--set", "data.options={n: 8, seed: 0}"),
+            *("--set", "loss={name: prsl, params: {k: 4, weight: 0.001}}"),
+            *("--set", "train.max_steps=2", "--set", "train.batch_size=4"),
+            *("--set", f"train.output_dir={out}"),
+        ],
+    )
+    assert tune.exit_code == 0, tune.output
+    tuned = load_adapter(out / "final")
+    grid = (2, 4) if family == "llava_onevision" else (2, 2)  # its pinpoints go to 6x6
+    assert tuned.pixel_size == (61, 97) and tuned.pipeline.tiles.grid == grid
+    evaluation = run.invoke(
+        app,
+        [
+            "evaluate",
+            *("-m", str(out / "final"), "-m", str(start)),
+            *("--set", "data.name=shapes-vqa", "--set", "data.options={n: 2, seed: 3}"),
+            *("--set", "n_images=2", "--set", "max_new_tokens=3"),
+            *("--set", "attacks=[{name: apgd, eps: [4/255], steps: 2}]"),
+            *("--set", f"output_dir={tmp_path / 'eval'}"),
+        ],
+    )
+    assert evaluation.exit_code == 0, evaluation.output
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert {(r["model"], r["loss"]) for r in results["runs"]} == {
+        ("run", "prsl"),
+        (family, "pretrained"),
+    }
+    report = run.invoke(app, ["report", str(tmp_path / "eval"), "--out", str(tmp_path / "rep")])
+    assert report.exit_code == 0, report.output
+    assert family in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_an_anyres_canvas_defaults_to_a_two_by_two_grid_and_is_recorded(saved):
+    for family in ANYRES:
+        adapter = load_adapter(saved[family])
+        assert adapter.pipeline.tiles.grid == (2, 2)
+        assert adapter.pixel_size == (64, 64) == tuple(adapter.options()["image_size"])
+
+
 # ------------------------------------------------------------------------------- bad input
 
 
 def test_a_dynamically_tiling_model_is_refused_naming_what_is_supported(tmp_path):
-    from transformers import LlavaNextConfig
+    from transformers import MllamaConfig
 
-    LlavaNextConfig().save_pretrained(tmp_path)
-    supported = "llava, mistral3, paligemma"
+    MllamaConfig().save_pretrained(tmp_path)
+    supported = "llava, llava_next, llava_onevision, mistral3, paligemma"
     with pytest.raises(InvalidInput, match=f"tiles each image into a grid.*{supported}"):
         load_adapter(tmp_path)
 
@@ -349,6 +496,7 @@ def test_a_prompt_template_without_the_image_is_refused(saved, tmp_path):
         ("qwen2_vl", (50, 84), "multiples of 28"),
         ("qwen2_vl", (280, 280), "height\\*width <="),
         ("llava", (64, 64), "takes 32x32 images"),
+        ("llava_next", (0, 64), "both >= 1"),
         ("qwen3_vl", (56, 84), "multiples of 32"),
         ("mistral3", (40, 48), "multiples of 16"),
         ("mistral3", (32, 80), "no longer than 64"),
@@ -357,6 +505,18 @@ def test_a_prompt_template_without_the_image_is_refused(saved, tmp_path):
 def test_an_image_size_the_processor_cannot_produce_is_refused(saved, family, size, message):
     with pytest.raises(InvalidInput, match=message):
         ImageTextAdapter.from_pretrained(saved[family], image_size=size)
+
+
+def test_anyres_settings_the_model_would_read_otherwise_are_refused():
+    """The processor lays out the tokens, the model the features: they must tile alike."""
+    model, processor = vlm_builders.llava_next()
+    processor.image_processor.image_grid_pinpoints = [[32, 64], [64, 32]]
+    with pytest.raises(InvalidInput, match="image_grid_pinpoints .* differ from the model"):
+        ImageTextAdapter(model, processor)
+    model, processor = vlm_builders.llava_onevision()
+    processor.vision_aspect_ratio = "anyres_max_4"
+    with pytest.raises(InvalidInput, match="vision_aspect_ratio 'anyres_max_4' differs"):
+        ImageTextAdapter(model, processor)
 
 
 def test_the_criterion_matches_the_models_own_loss(saved):

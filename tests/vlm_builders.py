@@ -36,8 +36,10 @@ FAMILIES = (
     "smolvlm-tiled",
     "idefics3-tiled",
     "internvl",
+    "llava_next",
+    "llava_onevision",
 )
-TILED = ("smolvlm-tiled", "idefics3-tiled", "internvl")
+TILED = ("smolvlm-tiled", "idefics3-tiled", "internvl", "llava_next", "llava_onevision")
 """Families whose processor tiles the image (prsl fixes a canvas; see prsl.models.tiling)."""
 PIXTRAL_VQA = Pixtral.vqa_template.format(question="")
 """Mistral's long VQA instruction, which its tokenizer learns whole (its other prompts are in
@@ -135,6 +137,41 @@ LLAVA_TEMPLATE = (
 )
 
 
+def llama_tokenizer() -> PreTrainedTokenizerFast:
+    """A Llama-style tokenizer (BOS first) with LLaVA's ``<image>`` token."""
+    backend = byte_bpe(["<unk>", "<s>", "</s>", "<pad>", "<image>"])
+    backend.post_processor = post.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+
+
+def tiny_llama(tokenizer, **extra) -> dict:
+    """A 2-layer Llama text config for this tokenizer."""
+    return {
+        "model_type": "llama",
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "initializer_range": 0.2,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        **extra,
+    }
+
+
 def llava(side: int = 32, patch: int = 8):
     from transformers import (
         CLIPVisionConfig,
@@ -145,18 +182,7 @@ def llava(side: int = 32, patch: int = 8):
     )
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    backend = byte_bpe(["<unk>", "<s>", "</s>", "<pad>", "<image>"])
-    backend.post_processor = post.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
+    tokenizer = llama_tokenizer()
     images = CLIPImageProcessorPil(
         size={"shortest_edge": side},
         crop_size={"height": side, "width": side},
@@ -202,6 +228,129 @@ def llava(side: int = 32, patch: int = 8):
         vision_feature_layer=-2,
     )
     model = LlavaForConditionalGeneration(config)
+    _finish(model, tokenizer, [tokenizer.eos_token_id])
+    return model, processor
+
+
+# ------------------------------------------------------------------------------- LLaVA-NeXT
+
+
+def tiny_vision(kind: str, side: int, patch: int) -> dict:
+    """A 2-layer CLIP or SigLIP vision tower config taking side x side tiles."""
+    return {
+        "model_type": kind,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": side,
+        "patch_size": patch,
+    }
+
+
+NEXT_PINPOINTS = [[1, 2], [2, 1], [2, 2], [3, 1], [1, 3]]
+"""LLaVA-NeXT's released image_grid_pinpoints, in tiles (336 pixels each there)."""
+
+
+def llava_next(side: int = 32, patch: int = 8):
+    """LLaVA-NeXT with 32-pixel tiles: its released processor settings, scaled from 336."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import (
+        LlavaNextImageProcessorPil,
+    )
+
+    tokenizer = llama_tokenizer()
+    pinpoints = [[rows * side, cols * side] for rows, cols in NEXT_PINPOINTS]
+    images = LlavaNextImageProcessorPil(
+        size={"shortest_edge": side},
+        crop_size={"height": side, "width": side},
+        image_grid_pinpoints=pinpoints,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_TEMPLATE,
+    )
+    config = LlavaNextConfig(
+        vision_config=tiny_vision("clip_vision_model", side, patch),
+        text_config=tiny_llama(tokenizer),
+        image_token_index=tokenizer.image_token_id,
+        image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        tie_word_embeddings=False,
+    )
+    model = LlavaNextForConditionalGeneration(config)
+    _finish(model, tokenizer, [tokenizer.eos_token_id])
+    return model, processor
+
+
+# ------------------------------------------------------------------------------- LLaVA-OneVision
+
+ONEVISION_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+ONEVISION_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ '\\n' + content['text'] }}{% endfor %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def llava_onevision(side: int = 32, patch: int = 8):
+    """LLaVA-OneVision with 32-pixel tiles: its released grid (1 to 6 tiles a side), SigLIP,
+    a Qwen2 language model, anyres_max_9."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionProcessor,
+    )
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    image_only_processors()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=byte_bpe(ONEVISION_SPECIALS, qwen=True),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+        chat_template=ONEVISION_TEMPLATE,
+    )
+    pinpoints = [[rows * side, cols * side] for rows in range(1, 7) for cols in range(1, 7)]
+    images = LlavaOnevisionImageProcessorPil(
+        size={"height": side, "width": side},
+        image_grid_pinpoints=pinpoints,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    processor = LlavaOnevisionProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        num_image_tokens=(side // patch) ** 2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+        chat_template=ONEVISION_TEMPLATE,
+    )
+    text = tiny_llama(tokenizer, model_type="qwen2", bos_token_id=None)
+    config = LlavaOnevisionConfig(
+        vision_config=tiny_vision("siglip_vision_model", side, patch),
+        text_config=text,
+        image_token_index=tokenizer.image_token_id,
+        video_token_index=tokenizer.video_token_id,
+        image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        vision_aspect_ratio="anyres_max_9",
+        tie_word_embeddings=False,
+    )
+    model = LlavaOnevisionForConditionalGeneration(config)
     _finish(model, tokenizer, [tokenizer.eos_token_id])
     return model, processor
 
@@ -844,6 +993,10 @@ def build(family: str, folder: Path, seed: int = 0) -> Path:
         model, processor = idefics3(family.removesuffix("-tiled"), split=True)
     elif family == "internvl":
         model, processor = internvl()
+    elif family == "llava_next":
+        model, processor = llava_next()
+    elif family == "llava_onevision":
+        model, processor = llava_onevision()
     else:
         raise ValueError(f"no builder for {family!r}")
     folder = Path(folder)

@@ -1,6 +1,7 @@
 """Any Hugging Face image-text-to-text VLM behind the adapter interface: LLaVA-1.5, PaliGemma,
 Gemma 3, Qwen2-VL / Qwen2.5-VL / Qwen3-VL (and its MoE sibling), Mistral 3, SmolVLM / Idefics3,
-InternVL (the architectures whose pixel pipelines :mod:`prsl.models.pixels` registers).
+InternVL, LLaVA-NeXT and LLaVA-OneVision (the architectures whose pixel pipelines
+:mod:`prsl.models.pixels` registers).
 
 The model comes from ``AutoModelForImageTextToText``, its processor from ``AutoProcessor``.
 Images reach the model through the architecture's differentiable pixel pipeline, so attacks
@@ -21,7 +22,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from prsl.core.errors import InvalidInput
-from prsl.models import idefics3, internvl  # noqa: F401  (register their pixel pipelines)
+from prsl.models import anyres, idefics3, internvl  # noqa: F401  (register their pipelines)
 from prsl.models.hf import HFAdapter, pad_batch
 from prsl.models.lora import inject_lora
 from prsl.models.pixels import (

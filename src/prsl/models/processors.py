@@ -1,8 +1,8 @@
 """Loading a model's processor, with the workarounds transformers 5 needs without torchvision.
 
-Qwen2-VL's, Qwen2.5-VL's, Qwen3-VL's and InternVL's processors list a video processor among
-their parts, and that video processor needs torchvision, which prsl does not depend on:
-building, saving or loading the processor then fails even for images alone
+Qwen2-VL's, Qwen2.5-VL's, Qwen3-VL's, InternVL's and LLaVA-OneVision's processors list a video
+processor among their parts, and that video processor needs torchvision, which prsl does not
+depend on: building, saving or loading the processor then fails even for images alone
 (huggingface/transformers#48558). Images never use the video processor, so where torchvision is
 missing it is left out of those processors' parts. SmolVLM's processor cannot be built at all
 without torchvision (and ``num2words``); its images are laid out exactly as by
@@ -23,7 +23,13 @@ from typing import Any
 
 from transformers import AutoProcessor, ProcessorMixin
 
-_IMAGE_ONLY = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor", "Qwen3VLProcessor", "InternVLProcessor")
+_IMAGE_ONLY = (
+    "Qwen2VLProcessor",
+    "Qwen2_5_VLProcessor",
+    "Qwen3VLProcessor",
+    "InternVLProcessor",
+    "LlavaOnevisionProcessor",
+)
 _PIXTRAL_SIZES = "transformers.models.pixtral.image_processing_pixtral"
 
 

@@ -33,10 +33,9 @@ ADAPTER_FAMILIES: dict[str, type[HFAdapter]] = {
     Blip2Adapter.family: Blip2Adapter,
     ImageTextAdapter.family: ImageTextAdapter,
 }
-DYNAMIC_TILING = frozenset({"llava_next", "llava_onevision", "llava_next_video", "mllama"})
-"""Architectures that tile each image into a grid chosen from its size: an attack's pixels would
-need a different layout per image, so they are refused (a fixed grid would be the way to add
-one)."""
+DYNAMIC_TILING = frozenset({"llava_next_video", "mllama"})
+"""Architectures that tile each image into a grid chosen from its size and have no pixel pipeline
+yet (LLaVA-NeXT and OneVision have one: a fixed canvas size fixes their grid)."""
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
 """What a saved model folder holds its weights in."""
 MODEL_TYPE_FAMILIES = {
@@ -94,9 +93,9 @@ def detect_family(source: str, trust_remote_code: bool = False) -> str:
     if config.model_type in DYNAMIC_TILING:
         raise InvalidInput(
             f"{source!r} is a {config.model_type!r} model, which tiles each image into a grid "
-            f"chosen from its size; prsl attacks fixed-size inputs only. Supported model types: "
-            f"{supported}; to add this one, write a pixel pipeline with a fixed grid "
-            "(prsl.models.pixels, see the README's 'Bring your own VLM')"
+            f"chosen from its size, and prsl has no pipeline for its tiles yet. Supported model "
+            f"types: {supported}; to add this one, subclass prsl.models.tiling.TilingPipeline "
+            "(see the README's 'Tiled inputs')"
         )
     if family is None:
         raise InvalidInput(
