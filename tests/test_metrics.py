@@ -235,11 +235,14 @@ def test_score_many_equals_one_score_call_per_corpus(
         ([refs[0] for refs in REFERENCES[1:]], REFERENCES[1:]),
         ([CANDIDATES[0]], [[CANDIDATES[1]]]),
         (list(CANDIDATES), [list(refs) for refs in REFERENCES]),  # equal to the first
+        (["a zebra on skis, never seen before"], [["a zebra skiing down a slope"]]),
     ]
     runs = []
     monkeypatch.setattr(scorer_module, "ptb_tokenize", lambda t: runs.append(1) or ptb(t))
     together = scorer.score_many(corpora)
-    assert len(runs) == 1
+    assert len(runs) == 1  # the texts this scorer has not tokenized yet, in one run
+    (again,) = scorer.score_many(corpora[-1:])  # its tokens are kept: no second run
+    assert len(runs) == 1 and {m: again[m] for m in COCO} == {m: together[-1][m] for m in COCO}
     assert together[4] == together[0] and together[4] is not together[0]
     alone = [scorer.score(c, r) for c, r in corpora]
     for many, one in zip(together, alone, strict=True):

@@ -23,17 +23,20 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from prsl.core.errors import InvalidInput
 from prsl.evaluate.config import BootstrapConfig
-from prsl.evaluate.ensemble import Choice
 from prsl.metrics.bootstrap import aligned, interval, p_value, resample_counts, resampled
 from prsl.metrics.scorer import CorpusScores
 from prsl.metrics.statistics import corpus_value
 from prsl.provenance import ModelRef
 from prsl.results import RESULTS, Comparison, RunRecord, read_results
+
+if TYPE_CHECKING:  # the ensemble reads predictions, which import torch: not for a sweep config
+    from prsl.evaluate.ensemble import Choice
 
 ITEM_SCORES = "item_scores.jsonl"
 TIE_TOLERANCE = 1e-9
