@@ -837,3 +837,20 @@ def test_resume_after_the_models_prompts_changed_is_refused(tmp_path, tiny):
     result, output = run("finetune", "--resume", *sets(*tune))
     one_line_error(result, output, "model.prompts.vqa_template:")
     assert snapshot(out) == before
+
+
+def test_an_evaluations_vqa_template_is_every_models_and_is_recorded(tmp_path, tiny):
+    """A dataset's own VQA instruction (VizWiz's "answer unanswerable") for every model: recorded
+    as the prompt each model was given, so a rerun without it is refused; one without the
+    question's place is refused before any work."""
+    out = tmp_path / "eval"
+    template = "{question} When unsure, answer unanswerable."
+    asked = [*SHAPES, f"output_dir={out}", f"vqa_template='{template}'"]
+    result, output = run("evaluate", "-m", tiny, *sets(*asked))
+    assert result.exit_code == 0, output
+    meta = json.loads((out / RESULTS).read_text())["meta"]
+    assert meta["prompts"] == {"tiny": {"vqa_template": template}}
+    result, output = run("evaluate", "-m", tiny, *sets(*SHAPES, f"output_dir={out}"))
+    one_line_error(result, output, "prompts.vqa_template:")
+    result, output = run("evaluate", "-m", tiny, *sets(*SHAPES, "vqa_template='Q - A'"))
+    one_line_error(result, output, "vqa_template must contain {question}")

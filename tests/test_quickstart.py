@@ -74,6 +74,40 @@ def test_results_hold_ce_and_prsl_for_both_tasks_with_finite_metrics(quickstart_
     assert len(results["comparisons"]) == sum(len(r["clean"]) for r in compared_cells)
 
 
+def test_the_worst_case_is_each_items_lowest_score_over_the_attacks(quickstart_run):
+    """The embedded default's worst-case row, per model, ε and reference, is exactly the per-item
+    minimum of the headline metric over the grid's attacks (the transferred one included), so
+    never above any single attack's score, and its corpus score is their mean."""
+    out, _ = quickstart_run
+    for task, metric in (("caption", "CIDEr"), ("vqa", "VQA-acc")):
+        rows = [json.loads(line) for line in (out / f"eval-{task}" / "item_scores.jsonl").open()]
+        cells: dict[tuple, dict[str, dict[str, float]]] = {}
+        for row in rows:
+            cell = (row["model_path"], row["eps"], row["reference"])
+            cells.setdefault(cell, {}).setdefault(row["attack"], {})[row["key"]] = row[
+                "adversarial"
+            ][metric]
+        assert cells
+        for cell, by_attack in cells.items():
+            worst = by_attack.pop("worst-case")
+            assert set(by_attack) == {"bim", "pgd", "square", f"bim@{task}-surrogate"}, cell
+            for item, score in worst.items():
+                assert score == min(scores[item] for scores in by_attack.values()), (cell, item)
+    results = json.loads((out / "results.json").read_text())["runs"]
+    for run in (r for r in results if r["attack"] == "worst-case"):
+        others = [
+            r
+            for r in results
+            if (r["model"], r["task"], r["eps"], r["reference"])
+            == (run["model"], run["task"], run["eps"], run["reference"])
+            and r["attack"] != "worst-case"
+        ]
+        for metric in ("CIDEr",) if run["task"] == "caption" else ("VQA-acc",):
+            assert all(
+                run["adversarial"][metric] <= r["adversarial"][metric] + 1e-12 for r in others
+            )
+
+
 def test_captions_are_not_cut_short(quickstart_run):
     """Generation is sized to the longest reference: no clean caption runs into the limit."""
     out, _ = quickstart_run
@@ -99,10 +133,11 @@ def test_report_leads_with_the_answer_and_checks_masking(quickstart_run, render_
     out, printed = quickstart_run
     markdown = (out / "report.md").read_text()
     answer = markdown.splitlines()[0]
-    # CE, PRSL, CE-AT and FARE in both tasks: pooled by recipe, 48 cells each against CE
+    # CE, PRSL, CE-AT and FARE in both tasks, pooled by recipe; the worst case's cells only:
+    # 2 tasks x 3 ε x 2 references, 12 each against CE
     assert answer.startswith("Against CE, PRSL is more robust in "), answer
     assert "CE-AT is more robust in " in answer and "FARE is more robust in " in answer
-    assert "of 48 cells" in answer and "expected by chance at the 95% level" in answer
+    assert "of 12 cells" in answer and "expected by chance at the 95% level" in answer
     assert f"answer: {answer}" in " ".join(printed.split())
     verdict = markdown.split("### The answer in detail")[1].split("### Comparisons")[0]
     for model, loss in (("prsl", "prsl"), ("ce-at", "ce"), ("fare", "fare")):
@@ -117,8 +152,9 @@ def test_report_leads_with_the_answer_and_checks_masking(quickstart_run, render_
     gallery = dom.index('id="gallery-caption"')
     assert first < scores < headline < summary < detailed < masking < gallery
     assert dom.index('id="gallery-caption"') < dom.index('id="gallery-vqa"')
-    # the detailed tables, collapsed: 2 tasks x 4 attacks (bim, pgd, square, bim@) x 2 references
-    assert dom.count("<details>") == 2 * 4 * 2
+    # the detailed tables, collapsed: 2 tasks x 5 attacks (bim, pgd, square, bim@, the worst
+    # case) x 2 references
+    assert dom.count("<details>") == 2 * 5 * 2
     # 2 tasks x 4 models x 3 ε
     assert "transfer vs white-box: 24 transferred cell(s) checked" in dom
     assert "gradient-free vs gradient-based: 24 Square cell(s) checked" in dom

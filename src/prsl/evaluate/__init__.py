@@ -13,7 +13,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     globals(),
     {
-        "config": ["AttackSpec", "EvalConfig"],
+        "config": ["AttackSpec", "EvalConfig", "WorstCaseConfig"],
         "attack_images": ["attack_to_files"],
         "ledger": ["PREDICTIONS"],
         "loop": ["evaluate"],

@@ -358,6 +358,9 @@ class EvalConfig(Strict):
     ``prsl.metrics.vqa``."""
     caption_prompt: str | None = None
     """The captioning instruction of chat VLMs (None: each model's own, as saved with it)."""
+    vqa_template: str | None = None
+    """How a VQA question becomes every model's prompt, with a ``{question}`` field, e.g. a
+    dataset's own instruction (None: each model's own, as saved with it or its family's)."""
     attack_target: Reference = "clean"
     """What the untargeted attacks push the output away from: the model's own clean
     output (the paper's protocol), the first ground-truth text, or each distinct ground-truth
@@ -408,6 +411,15 @@ class EvalConfig(Strict):
                     "attack records them: add record_every_step: true to one, or drop keywords"
                 )
         self._check_worst_case()
+        return self
+
+    @model_validator(mode="after")
+    def _template(self) -> EvalConfig:
+        if self.vqa_template is not None and "{question}" not in self.vqa_template:
+            raise ValueError(
+                f"vqa_template must contain {{question}}, where the question goes; got "
+                f"{self.vqa_template!r}"
+            )
         return self
 
     def _check_worst_case(self) -> None:

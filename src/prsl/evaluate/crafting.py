@@ -97,10 +97,13 @@ def craft(
 
 def used_prompts(cfg: EvalConfig, model: ModelRef) -> dict[str, str]:
     """The prompts this evaluation gives the model (its own, with the config's caption_prompt
-    instead of its own where set), read before it is loaded: what the results record."""
+    and vqa_template instead of its own where set), read before it is loaded: what the results
+    record."""
     prompts = model_prompts(model.given)
     if cfg.caption_prompt is not None and "caption_prompt" in prompts:
         prompts["caption_prompt"] = cfg.caption_prompt
+    if cfg.vqa_template is not None:
+        prompts["vqa_template"] = cfg.vqa_template
     return prompts
 
 
@@ -138,9 +141,19 @@ def _widens(dtype: torch.dtype, wanted: torch.dtype) -> bool:
 
 
 def instructed(adapter: VLMAdapter, cfg: EvalConfig, model: ModelRef) -> VLMAdapter:
-    """The adapter with the config's captioning instruction, where the model takes one."""
+    """The adapter with the config's captioning instruction (where the model takes one) and
+    VQA template, where the config gives them."""
+    if cfg.vqa_template is not None:
+        adapter.vqa_template = cfg.vqa_template
     if cfg.caption_prompt is None:
         return adapter
+    if not hasattr(adapter, "caption_prompt"):
+        raise InvalidInput(
+            f"caption_prompt is for chat VLMs; {model.name} ({adapter.family}) takes no "
+            "instruction: leave caption_prompt unset"
+        )
+    adapter.caption_prompt = cfg.caption_prompt
+    return adapter
     if not hasattr(adapter, "caption_prompt"):
         raise InvalidInput(
             f"caption_prompt is for chat VLMs; {model.name} ({adapter.family}) takes no "
