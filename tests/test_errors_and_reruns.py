@@ -26,7 +26,7 @@ from prsl.core.pixels import levels_text
 from prsl.data import read_dataset
 from prsl.evaluate import PREDICTIONS, EvalConfig, evaluate, read_predictions
 from prsl.metrics.coco import ptb_tokenize
-from prsl.models import ADAPTER_INFO, build_tiny_captioner
+from prsl.models import ADAPTER_INFO, VisionEncoderDecoderAdapter, build_tiny_captioner
 from prsl.provenance import TrainingRecord, write_training_record
 from prsl.results import RESULTS, eps_text
 from prsl.train import FinetuneConfig
@@ -163,18 +163,22 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_field(evaluated, tiny
     assert snapshot(evaluated) == before  # nothing lost, nothing added
 
 
-def test_a_rerun_after_the_models_prompts_changed_is_refused(tmp_path, tiny):
-    """The same weights asked with another prompt (a prompt saved beside the model edited, or
-    an architecture's default changed by an upgrade) give other predictions: results.json
-    names the prompts each model was given, and a rerun into the folder is refused."""
+def test_a_rerun_after_the_models_prompts_changed_is_refused(tmp_path, tiny, monkeypatch):
+    """The same weights asked with another prompt (here an architecture's default changed by an
+    upgrade; a prompt saved beside the model edited changes the model's fingerprint as well)
+    give other predictions: results.json names the prompts each model was given, and a rerun
+    into the folder is refused."""
     model = Path(shutil.copytree(tiny, tmp_path / "model"))
+    saved = json.loads((model / ADAPTER_INFO).read_text())
+    del saved["vqa_template"]  # the family's default applies
+    (model / ADAPTER_INFO).write_text(json.dumps(saved))
     out = tmp_path / "eval"
     result, output = run("evaluate", "-m", str(model), *sets(*SHAPES, f"output_dir={out}"))
     assert result.exit_code == 0, output
-    saved = json.loads((model / ADAPTER_INFO).read_text())
     meta = json.loads((out / RESULTS).read_text())["meta"]
-    assert meta["prompts"] == {"model": {"vqa_template": saved["vqa_template"]}}
-    (model / ADAPTER_INFO).write_text(json.dumps({**saved, "vqa_template": "Q: {question} A:"}))
+    default = VisionEncoderDecoderAdapter.default_vqa_template
+    assert meta["prompts"] == {"model": {"vqa_template": default}}
+    monkeypatch.setattr(VisionEncoderDecoderAdapter, "default_vqa_template", "Q: {question} A:")
     before = snapshot(out)
     result, output = run("evaluate", "-m", str(model), *sets(*SHAPES, f"output_dir={out}"))
     one_line_error(result, output, "prompts.vqa_template:")
@@ -854,3 +858,19 @@ def test_an_evaluations_vqa_template_is_every_models_and_is_recorded(tmp_path, t
     one_line_error(result, output, "prompts.vqa_template:")
     result, output = run("evaluate", "-m", tiny, *sets(*SHAPES, "vqa_template='Q - A'"))
     one_line_error(result, output, "vqa_template must contain {question}")
+
+
+def test_a_rerun_after_the_models_input_settings_changed_is_refused(tmp_path, tiny):
+    """prsl_adapter.json (prompts, input size or canvas) and the processor's settings decide what
+    the model is given: edited in place, the model is another, and a rerun is refused."""
+    model = Path(shutil.copytree(tiny, tmp_path / "model"))
+    out = tmp_path / "eval"
+    result, output = run("evaluate", "-m", str(model), *sets(*SHAPES, f"output_dir={out}"))
+    assert result.exit_code == 0, output
+    processor = model / "preprocessor_config.json"
+    settings = json.loads(processor.read_text())
+    processor.write_text(json.dumps({**settings, "do_normalize": not settings["do_normalize"]}))
+    before = snapshot(out)
+    result, output = run("evaluate", "-m", str(model), *sets(*SHAPES, f"output_dir={out}"))
+    one_line_error(result, output, "fingerprint:")
+    assert snapshot(out) == before

@@ -9,6 +9,9 @@ from pathlib import Path
 from prsl.core.errors import InvalidInput
 
 _SAFE = "-_."
+ADAPTER_INFO = "prsl_adapter.json"
+"""What prsl saves beside a model's weights: its family and adapter options (prompts, input
+size or canvas)."""
 
 
 def slug(text: str) -> str:

@@ -24,12 +24,12 @@ from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedModel
 
 from prsl.core.errors import InvalidInput
 from prsl.core.labels import IGNORE_INDEX
+from prsl.core.paths import ADAPTER_INFO
 from prsl.core.pixels import Normalisation
 from prsl.models.base import VLMAdapter
 from prsl.models.geometry import InputGeometry, check_pixels, image_geometry
 from prsl.models.lora import has_lora, lora_merged_state_dict
 
-ADAPTER_INFO = "prsl_adapter.json"
 """Written beside the Hugging Face files by ``save``: the family and the VQA prompt template."""
 
 

@@ -23,8 +23,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from prsl.core.errors import InvalidInput
+from prsl.core.paths import ADAPTER_INFO
 
 TRAIN_INFO = "prsl_train.json"
+PREPROCESSING = (ADAPTER_INFO, "preprocessor_config.json", "processor_config.json")
+"""Files beside the weights that change what the model is given: prsl's adapter options
+(prompts, input size or canvas) and the processor's settings."""
 """Written by ``prsl finetune`` into the saved model: the loss, its parameters, the run."""
 PRETRAINED = "pretrained"
 """The loss of a model prsl did not fine-tune."""
@@ -126,13 +130,13 @@ def _location(given: str) -> tuple[str, Path | None]:
 
 
 def fingerprint(location: str, directory: Path | None) -> str:
-    """A short hash of a model directory's config, training record and weight files (name, size,
-    modification time): it changes whenever the model is saved again. ``hub:<id>`` for a hub id.
-    """
+    """A short hash of a model directory's config, training record, preprocessing settings and
+    weight files (name, size, modification time): it changes whenever the model is saved again,
+    or its input size, canvas or processor is edited in place. ``hub:<id>`` for a hub id."""
     if directory is None:
         return f"hub:{location}"
     digest = hashlib.sha1()
-    for name in ("config.json", TRAIN_INFO):
+    for name in ("config.json", TRAIN_INFO, *PREPROCESSING):
         file = directory / name
         if file.is_file():
             digest.update(name.encode() + file.read_bytes())
