@@ -30,7 +30,7 @@ from prsl.core.errors import InvalidInput
 from prsl.data import evaluation_samples, load_batch, read_dataset
 from prsl.losses import get_loss
 from prsl.models import ImageTextAdapter, build_tiny_captioner, load_adapter, model_prompts
-from prsl.models.pixels import NativeResolution
+from prsl.models.pixels import CanvasPipeline
 from prsl.models.processors import load_processor
 from prsl.train import FinetuneConfig, finetune
 
@@ -68,10 +68,8 @@ def processor_inputs(adapter: ImageTextAdapter, folder: Path, images, prompts, p
     fixes a size the processor does not (Qwen's and Mistral 3's, a tiling model's canvas), for
     the images prsl prepares."""
     processor = load_processor(str(folder)) if processor is None else processor
-    fixed = isinstance(adapter.pipeline, NativeResolution) or getattr(
-        adapter.pipeline, "tiled", False
-    )
-    if fixed or adapter.model.config.model_type in ANYRES:
+    pipeline = adapter.pipeline  # Idefics3 without splitting: the processor's own resize
+    if isinstance(pipeline, CanvasPipeline) and getattr(pipeline, "tiled", True):
         images = canvas_images(adapter, images)
     processor.tokenizer.padding_side = "left"
     texts = [adapter.render(p) for p in prompts]
@@ -361,7 +359,7 @@ def test_anyres_tiles_are_the_processors_at_every_canvas_size(saved, family):
 def test_generate_on_a_padded_wide_canvas_is_model_generate(saved, family):
     """A grid with padding: the model unpads its features by the canvas size we give."""
     adapter = ImageTextAdapter.from_pretrained(saved[family], image_size=(61, 97))
-    assert adapter.pipeline.tiles.offset != (0, 0)  # black rows above and below
+    assert adapter.pipeline.tiles.views[1].offset != (0, 0)  # black rows above and below
     photos = [vlm_builders.photo(97, 61, seed=6), vlm_builders.photo(40, 90, seed=7)]
     prompts = [adapter.caption_prompt, adapter.vqa_prompt("what shape is red?")]
     inputs = processor_inputs(adapter, saved[family], photos, prompts)
