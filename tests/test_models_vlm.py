@@ -555,6 +555,60 @@ def test_a_smolvlm_processor_loads_without_torchvision(saved, tmp_path):
     )
 
 
+@pytest.fixture
+def torchvision_installed(monkeypatch):
+    """transformers' image-processor choice as on a machine with torchvision (>= 0.27, which
+    has Lanczos): every torchvision ("fast") class is importable, here a stand-in that is the
+    PIL class under the torchvision class's name and backend."""
+    from transformers.models.auto import image_processing_auto as auto
+
+    found, made = auto.get_image_processor_class_from_name, {}
+
+    def by_name(name):
+        if name.endswith("Pil") or found(name + "Pil") is None:
+            return found(name)
+        made.setdefault(name, type(name, (found(name + "Pil"),), {"backend": "torchvision"}))
+        return made[name]
+
+    monkeypatch.setattr(auto, "is_torchvision_available", lambda: True)
+    monkeypatch.setattr(auto, "DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS", [])
+    monkeypatch.setattr(auto, "get_image_processor_class_from_name", by_name)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "smolvlm", "mistral3", "internvl"])
+def test_the_pil_image_processor_is_loaded_where_transformers_would_pick_torchvisions(
+    saved, tmp_path, family, torchvision_installed
+):
+    """prsl reproduces the PIL-backend processors, so it loads them on every machine; the
+    tokenizer is loaded as it always is (``backend`` is not handed to it)."""
+    from transformers import AutoImageProcessor
+
+    assert AutoImageProcessor.from_pretrained(saved[family]).backend == "torchvision"
+    processor = load_processor(str(saved[family]))
+    images = processor.image_processor
+    assert type(images).__name__.endswith("Pil") and images.backend == "pil"
+    assert processor.tokenizer.backend == "tokenizers"
+    processor.save_pretrained(tmp_path)
+    assert "pil" not in json.loads((tmp_path / "tokenizer_config.json").read_text()).values()
+
+
+def test_an_image_processor_with_no_pil_class_is_kept_with_a_warning(
+    saved, monkeypatch, caplog, torchvision_installed
+):
+    """Llama 4's and a few others' only image processor is torchvision's: transformers falls
+    back to it, and prsl says what that means."""
+    from transformers.models.auto import image_processing_auto as auto
+
+    only_torchvision = {"torchvision": "CLIPImageProcessor"}
+    monkeypatch.setattr(auto, "_find_mapping_for_image_processor", lambda name: only_torchvision)
+    with caplog.at_level("WARNING", logger="prsl.models.processors"):
+        processor = load_processor(str(saved["llava"]))
+    assert type(processor.image_processor).__name__ == "CLIPImageProcessor"
+    (record,) = [r for r in caplog.records if r.name == "prsl.models.processors"]
+    assert "CLIPImageProcessor has no PIL-backend class" in record.getMessage()
+    assert "torchvision" in record.getMessage()
+
+
 def test_a_wrong_pixel_shape_is_the_same_user_error_from_every_adapter():
     """The pixel pipeline of an image-text model and the adapter of a captioner make one check."""
     model, processor = vlm_builders.llava()

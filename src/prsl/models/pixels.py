@@ -42,6 +42,10 @@ LMMS_EVAL_VQA = "{question}\nAnswer the question using a single word or phrase."
 """LLaVA-1.5's short-answer VQA prompt, which lmms-eval's VQAv2 task gives every model."""
 LANGUAGE_MODEL = r".*\.(language_model|text_model)\..*"
 """Where the language model sits in every supported architecture (a regex on module paths)."""
+PIL_PROCESSOR = "PIL processor"
+"""The revision of a pipeline whose :meth:`PixelPipeline.prepare` is the processor's own resize:
+where torchvision is installed it was the torchvision class's before prsl loaded the PIL-backend
+class on every machine (:mod:`prsl.models.processors`)."""
 
 
 def register(*model_types: str) -> Callable[[type[PixelPipeline]], type[PixelPipeline]]:
@@ -198,6 +202,8 @@ class PixelPipeline:
 class Llava(PixelPipeline):
     """LLaVA-1.5: CLIP's shortest-edge resize and centre crop to a fixed square, normalised."""
 
+    revision = PIL_PROCESSOR
+
     def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"pixel_values": self.normalised(pixels)}
 
@@ -226,6 +232,7 @@ class PaliGemma(PixelPipeline):
     caption_prompt = "caption en"
     vqa_template = "answer en {question}"
     answer_space = False  # the processor ends every prefix with "\n"
+    revision = PIL_PROCESSOR
 
     def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"pixel_values": self.normalised(pixels)}
@@ -253,6 +260,7 @@ class Gemma3(PixelPipeline):
     answer_space = False  # the model turn starts on a new line
     processor_options: ClassVar[dict[str, Any]] = {"do_pan_and_scan": False}
     image_token_types = "token_type_ids"
+    revision = PIL_PROCESSOR
 
     def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"pixel_values": self.normalised(pixels)}
