@@ -105,6 +105,9 @@ class PixelPipeline:
     vision_tower: ClassVar[str] = "vision_tower"
     separable_vision: ClassVar[bool] = True
     """Whether the vision tower stops where the projector starts (what FARE fine-tunes)."""
+    foreign_tower: ClassVar[str | None] = None
+    """What the vision tower is where it is not a CLIP / SigLIP ViT (no saved tower swaps in:
+    :mod:`prsl.models.towers`); None for a CLIP / SigLIP tower."""
     processor_options: ClassVar[dict[str, Any]] = {}
     """Keyword arguments every processor call gets (Idefics3: splitting on or off)."""
     image_token_types: ClassVar[str | None] = None
@@ -416,6 +419,7 @@ class Pixtral(CanvasPipeline):
         "- You cannot answer that the question is unanswerable. You must answer."
     )
     answer_space = False  # the answer follows [/INST] directly
+    foreign_tower = "Pixtral's ViT (PixtralVisionModel: 2-D rotary positions, RMS norms)"
 
     def __init__(self, processor: Any, config: Any, image_size: Size | None = None):
         size = processor.image_processor.size
