@@ -155,7 +155,9 @@ def train_config(folder: Path, out: Path, loss: str, mode: str, steps: int = 8) 
     [
         ("llava", "ce"),
         ("qwen2_vl", "prsl"),
+        ("qwen2_5_vl", "ce"),
         ("smolvlm", "prsl"),
+        ("idefics3-tiled", "prsl"),
         ("gemma3", "ce"),
         ("qwen3_vl", "prsl"),
         ("qwen3_vl_moe", "ce"),
@@ -257,7 +259,16 @@ def test_finetune_evaluate_and_report_run_from_the_command_line(saved, tmp_path,
 
 # ------------------------------------------------------------------------------- FARE
 
-SEPARABLE = ("llava", "paligemma", "smolvlm", "gemma3", "mistral3", "smolvlm-tiled", "internvl")
+SEPARABLE = (
+    "llava",
+    "paligemma",
+    "smolvlm",
+    "idefics3",
+    "gemma3",
+    "mistral3",
+    "smolvlm-tiled",
+    "internvl",
+)
 
 
 @pytest.mark.parametrize("family", SEPARABLE)
@@ -305,7 +316,7 @@ def test_fare_trains_the_vision_tower_alone_and_the_model_evaluates_unchanged(
     assert robust.generate(robust.prepare_images([vlm_builders.photo()]), max_new_tokens=3)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
 def test_fare_on_a_tower_holding_its_projector_is_refused_naming_the_supported(
     saved, tmp_path, family
 ):
