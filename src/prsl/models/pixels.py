@@ -15,10 +15,11 @@ A processor that takes an image of any size and lays its inputs out from that si
 resolution, tiles) gets a fixed *canvas* instead (:class:`CanvasPipeline`): ``prepare`` is then
 a plain resize to it, and ``model_inputs`` all of the processor's work from there.
 
-Adding an architecture means one subclass with one method, ``model_inputs``, registered for its
-``config.model_type`` with :func:`register` (a canvas pipeline adds its ``default_canvas`` and
-``check_canvas``; a tiling one writes ``layout`` and ``pack`` instead of ``model_inputs``:
-:mod:`prsl.models.tiling`). A model type without one is refused, naming the supported types.
+Adding an architecture means one subclass, registered for its ``config.model_type`` with
+:func:`register`, with at most one method, ``model_inputs`` (none where the model takes the
+normalised pixels alone; a canvas pipeline adds its ``default_canvas`` and ``check_canvas``; a
+tiling one writes ``layout`` and ``pack`` instead of ``model_inputs``: :mod:`prsl.models.tiling`).
+A model type without one is refused, naming the supported types.
 """
 
 from __future__ import annotations
@@ -135,8 +136,10 @@ class PixelPipeline:
 
     # ------------------------------------------------------------------ what subclasses write
     def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The model's image inputs from pixels (B, 3, H, W) in [0, 1]; differentiable."""
-        raise NotImplementedError
+        """The model's image inputs from pixels (B, 3, H, W) in [0, 1]; differentiable. By
+        default the processor's rescale and normalise alone, as ``pixel_values`` (LLaVA-1.5,
+        PaliGemma, Gemma 3: ``prepare`` did the rest)."""
+        return {"pixel_values": self.normalised(pixels)}
 
     def input_size(self, requested: tuple[int, int] | None) -> tuple[int, int]:
         """The fixed (H, W) every image is brought to; by default the processor's own."""
@@ -207,9 +210,6 @@ class Llava(PixelPipeline):
 
     revision = PIL_PROCESSOR
 
-    def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.normalised(pixels)}
-
     def vision_features(self, tower: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The CLIP layer(s) the projector reads (``vision_feature_layer``, the penultimate in
         LLaVA-1.5), without the CLS token under the ``default`` select strategy."""
@@ -237,9 +237,6 @@ class PaliGemma(PixelPipeline):
     answer_space = False  # the processor ends every prefix with "\n"
     revision = PIL_PROCESSOR
 
-    def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.normalised(pixels)}
-
     def own_format(self, prompt: str) -> str:
         """``<image>caption en``: the processor expands the image token and adds BOS and "\\n"."""
         return self.processor.image_token + prompt
@@ -264,9 +261,6 @@ class Gemma3(PixelPipeline):
     processor_options: ClassVar[dict[str, Any]] = {"do_pan_and_scan": False}
     image_token_types = "token_type_ids"
     revision = PIL_PROCESSOR
-
-    def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.normalised(pixels)}
 
 
 def _pixel_budget(processor: Any) -> tuple[int, int]:

@@ -159,9 +159,10 @@ def image_settings(processor: Any, **options: Any) -> dict[str, Any]:
 def pil_backend(image_processor: Any) -> Any:
     """The PIL-backend twin of an image processor, with the same settings (itself if it is one).
 
-    Where torchvision is installed transformers loads the torchvision ("fast") class, whose
-    methods take tensors; a tiling pipeline asks the PIL class's own methods for its layout,
-    and reproduces the PIL class's numbers."""
+    ``load_adapter`` loads the PIL class (:mod:`prsl.models.processors`), but a processor built
+    by hand with the torchvision ("fast") class, whose methods take tensors, reaches an adapter
+    too; a tiling pipeline asks the PIL class's own methods for its layout, and reproduces the
+    PIL class's numbers."""
     from transformers.image_processing_backends import PilBackend
 
     if isinstance(image_processor, PilBackend):
