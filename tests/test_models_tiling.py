@@ -191,7 +191,8 @@ def test_an_evaluation_recorded_before_splitting_followed_the_processor_is_refus
     assert run.invoke(app, args).exit_code == 0
     record = json.loads((out / SETTINGS).read_text())
     (entry,) = record["settings"]["models"].values()
-    assert entry.pop("pixels") == "split as the processor"
+    assert entry.pop("pixels") == "split; PIL processor"
     (out / SETTINGS).write_text(json.dumps(record))  # as an evaluation before tiling wrote it
     again = run.invoke(app, args)
-    assert again.exit_code == 2 and 'pixels: (not set) -> "split as the processor")' in again.output
+    assert again.exit_code == 2
+    assert 'pixels: (not set) -> "split; PIL processor")' in again.output

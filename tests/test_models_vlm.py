@@ -37,7 +37,7 @@ from prsl.core.errors import InvalidInput
 from prsl.data import evaluation_samples, load_batch, read_dataset
 from prsl.losses import get_loss
 from prsl.models import ImageTextAdapter, build_tiny_captioner, load_adapter
-from prsl.models.pixels import NativeResolution
+from prsl.models.pixels import CanvasPipeline
 from prsl.models.processors import load_processor
 from prsl.train import FinetuneConfig, finetune
 
@@ -75,10 +75,8 @@ def processor_inputs(adapter: ImageTextAdapter, folder: Path, images, prompts, p
     fixes a size the processor does not (Qwen's and Mistral 3's, a tiling model's canvas), for
     the images prsl prepares."""
     processor = load_processor(str(folder)) if processor is None else processor
-    fixed = isinstance(adapter.pipeline, NativeResolution) or getattr(
-        adapter.pipeline, "tiled", False
-    )
-    if fixed or adapter.model.config.model_type in ANYRES:
+    pipeline = adapter.pipeline  # Idefics3 without splitting: the processor's own resize
+    if isinstance(pipeline, CanvasPipeline) and getattr(pipeline, "tiled", True):
         images = canvas_images(adapter, images)
     processor.tokenizer.padding_side = "left"
     texts = [adapter.render(p) for p in prompts]
@@ -164,7 +162,9 @@ def train_config(folder: Path, out: Path, loss: str, mode: str, steps: int = 8) 
     [
         ("llava", "ce"),
         ("qwen2_vl", "prsl"),
+        ("qwen2_5_vl", "ce"),
         ("smolvlm", "prsl"),
+        ("idefics3-tiled", "prsl"),
         ("gemma3", "ce"),
         ("qwen3_vl", "prsl"),
         ("qwen3_vl_moe", "ce"),
@@ -359,7 +359,16 @@ def test_every_family_finetunes_evaluates_and_reports_from_the_command_line(
 
 # ------------------------------------------------------------------------------- FARE
 
-SEPARABLE = ("llava", "paligemma", "smolvlm", "gemma3", "mistral3", "smolvlm-tiled", "internvl")
+SEPARABLE = (
+    "llava",
+    "paligemma",
+    "smolvlm",
+    "idefics3",
+    "gemma3",
+    "mistral3",
+    "smolvlm-tiled",
+    "internvl",
+)
 
 
 @pytest.mark.parametrize("family", SEPARABLE)
@@ -407,7 +416,7 @@ def test_fare_trains_the_vision_tower_alone_and_the_model_evaluates_unchanged(
     assert robust.generate(robust.prepare_images([vlm_builders.photo()]), max_new_tokens=3)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
 def test_fare_on_a_tower_holding_its_projector_is_refused_naming_the_supported(
     saved, tmp_path, family
 ):
@@ -461,7 +470,7 @@ def test_anyres_tiles_are_the_processors_at_every_canvas_size(saved, family):
 def test_generate_on_a_padded_wide_canvas_is_model_generate(saved, family):
     """A grid with padding: the model unpads its features by the canvas size we give."""
     adapter = ImageTextAdapter.from_pretrained(saved[family], image_size=(61, 97))
-    assert adapter.pipeline.tiles.offset != (0, 0)  # black rows above and below
+    assert adapter.pipeline.tiles.views[1].offset != (0, 0)  # black rows above and below
     photos = [vlm_builders.photo(97, 61, seed=6), vlm_builders.photo(40, 90, seed=7)]
     prompts = [adapter.caption_prompt, adapter.vqa_prompt("what shape is red?")]
     inputs = processor_inputs(adapter, saved[family], photos, prompts)
@@ -606,6 +615,60 @@ def test_a_smolvlm_processor_loads_without_torchvision(saved, tmp_path):
     assert adapter.generate(pixels, max_new_tokens=5) == reference.generate(
         pixels, max_new_tokens=5
     )
+
+
+@pytest.fixture
+def torchvision_installed(monkeypatch):
+    """transformers' image-processor choice as on a machine with torchvision (>= 0.27, which
+    has Lanczos): every torchvision ("fast") class is importable, here a stand-in that is the
+    PIL class under the torchvision class's name and backend."""
+    from transformers.models.auto import image_processing_auto as auto
+
+    found, made = auto.get_image_processor_class_from_name, {}
+
+    def by_name(name):
+        if name.endswith("Pil") or found(name + "Pil") is None:
+            return found(name)
+        made.setdefault(name, type(name, (found(name + "Pil"),), {"backend": "torchvision"}))
+        return made[name]
+
+    monkeypatch.setattr(auto, "is_torchvision_available", lambda: True)
+    monkeypatch.setattr(auto, "DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS", [])
+    monkeypatch.setattr(auto, "get_image_processor_class_from_name", by_name)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "smolvlm", "mistral3", "internvl"])
+def test_the_pil_image_processor_is_loaded_where_transformers_would_pick_torchvisions(
+    saved, tmp_path, family, torchvision_installed
+):
+    """prsl reproduces the PIL-backend processors, so it loads them on every machine; the
+    tokenizer is loaded as it always is (``backend`` is not handed to it)."""
+    from transformers import AutoImageProcessor
+
+    assert AutoImageProcessor.from_pretrained(saved[family]).backend == "torchvision"
+    processor = load_processor(str(saved[family]))
+    images = processor.image_processor
+    assert type(images).__name__.endswith("Pil") and images.backend == "pil"
+    assert processor.tokenizer.backend == "tokenizers"
+    processor.save_pretrained(tmp_path)
+    assert "pil" not in json.loads((tmp_path / "tokenizer_config.json").read_text()).values()
+
+
+def test_an_image_processor_with_no_pil_class_is_kept_with_a_warning(
+    saved, monkeypatch, caplog, torchvision_installed
+):
+    """Llama 4's and a few others' only image processor is torchvision's: transformers falls
+    back to it, and prsl says what that means."""
+    from transformers.models.auto import image_processing_auto as auto
+
+    only_torchvision = {"torchvision": "CLIPImageProcessor"}
+    monkeypatch.setattr(auto, "_find_mapping_for_image_processor", lambda name: only_torchvision)
+    with caplog.at_level("WARNING", logger="prsl.models.processors"):
+        processor = load_processor(str(saved["llava"]))
+    assert type(processor.image_processor).__name__ == "CLIPImageProcessor"
+    (record,) = [r for r in caplog.records if r.name == "prsl.models.processors"]
+    assert "CLIPImageProcessor has no PIL-backend class" in record.getMessage()
+    assert "torchvision" in record.getMessage()
 
 
 def test_a_wrong_pixel_shape_is_the_same_user_error_from_every_adapter():

@@ -5,9 +5,10 @@ What a user relies on: the swapped model's tower computes what the saved tower c
 own (a Hugging Face folder, or an open_clip state dict converted on load); a tower of another
 resolution gets its position embeddings resized as transformers' ``interpolate_pos_encoding``
 resizes them; a tower that cannot fit (another width or patch size, a Qwen-VL model whose tower
-holds its projector) is refused in one line before the model is loaded; evaluate names the tower
-in its results and refuses a rerun with the tower rewritten; a fine-tuned model holds the tower
-and its record says where it came from.
+holds its projector, a Mistral 3 or InternVL model whose tower is no CLIP / SigLIP) is refused
+in one line before the model is loaded; evaluate names the tower in its results and refuses a
+rerun with the tower rewritten; a fine-tuned model holds the tower and its record says where it
+came from.
 """
 
 from __future__ import annotations
@@ -103,7 +104,20 @@ def tower_inputs(adapter) -> torch.Tensor:
 # ------------------------------------------------------------------------------- the swap
 
 
-@pytest.mark.parametrize("family", ["llava", "paligemma", "smolvlm", "idefics3"])
+SWAPPABLE = (
+    "llava",
+    "paligemma",
+    "smolvlm",
+    "idefics3",
+    "gemma3",
+    "llava_next",
+    "llava_onevision",
+    "smolvlm-tiled",
+)
+"""Every family whose vision tower is a CLIP / SigLIP ViT that ends where its projector starts."""
+
+
+@pytest.mark.parametrize("family", SWAPPABLE)
 def test_the_swapped_tower_computes_what_the_saved_tower_computes(saved, tmp_path, family):
     tower = standalone_tower(saved[family])
     tower.save_pretrained(tmp_path / "tower")  # SigLIP's saved pooling head is left out
@@ -235,6 +249,23 @@ def test_a_misfit_is_refused_from_the_configs_before_any_model_is_loaded(saved, 
         check_vision_tower(saved["llava"], saved["paligemma"].parent / "llava")
     with pytest.raises(InvalidInput, match="tiny captioner has none"):
         load_config(FinetuneConfig, None, [f"model.vision_tower={tmp_path / 'folder'}"])
+
+
+@pytest.mark.parametrize(
+    ("family", "tower"),
+    [("mistral3", "Pixtral's ViT"), ("internvl", "InternViT")],
+)
+def test_a_tower_that_is_no_clip_or_siglip_is_refused_naming_it_and_the_families_that_take_one(
+    saved, clip_tower, family, tower
+):
+    """From the config, before the model is loaded, and again if the model is loaded anyway."""
+    takes = "gemma3, idefics3, llava, llava_next, llava_onevision, paligemma, smolvlm"
+    message = f"{family}'s vision tower is {tower} .*; towers swap into: {takes}$"
+    with pytest.raises(InvalidInput, match=message) as refused:
+        check_vision_tower(saved[family], clip_tower[1])
+    assert "\n" not in str(refused.value)
+    with pytest.raises(InvalidInput, match=message):
+        load_adapter(saved[family], vision_tower=clip_tower[1])
 
 
 def test_a_qwen_tower_swap_is_refused_from_the_command_line_in_one_line(saved, clip_tower):

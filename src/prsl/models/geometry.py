@@ -17,6 +17,9 @@ import torch
 
 from prsl.core.errors import InvalidInput
 
+Size = tuple[int, int]
+"""(height, width) in pixels."""
+
 
 class InputGeometry(NamedTuple):
     """What a model's pixels look like: per-channel mean and std, and the (H, W) it takes."""

@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from prsl.core.errors import InvalidInput
-from prsl.models.pixels import register
+from prsl.models.pixels import PIL_PROCESSOR, register
 from prsl.models.tiling import (
     Size,
     TileLayout,
@@ -42,7 +42,7 @@ class Idefics3(TilingPipeline):
 
     projector = "connector"
     vision_tower = "vision_model"
-    revision = "split as the processor"  # image splitting; before: always off
+    revision = f"split; {PIL_PROCESSOR}"  # splitting as the processor says; before: always off
 
     def __init__(self, processor: Any, config: Any, image_size: Size | None = None):
         settings = image_settings(processor)

@@ -28,6 +28,8 @@ class InternVL(TilingPipeline):
     """InternVL's tiles (module docstring), normalised, as one (tiles of the batch, 3, h, w)
     tensor, the tiles of each image consecutive."""
 
+    foreign_tower = "InternViT (InternVLVisionModel: layer scale, optional query / key norms)"
+
     def __init__(self, processor: Any, config: Any, image_size: Size | None = None):
         settings = image_settings(processor)
         self.tile = (int(settings["size"].height), int(settings["size"].width))

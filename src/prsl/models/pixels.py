@@ -11,9 +11,15 @@ splits the processor's work in two:
   tensors) from (B, 3, H, W) pixels in [0, 1], differentiable, equal to the processor's output
   within float rounding.
 
-Adding an architecture means one subclass with one method, ``model_inputs``, registered for its
-``config.model_type`` with :func:`register`. A model type without one is refused, naming the
-supported types.
+A processor that takes an image of any size and lays its inputs out from that size (native
+resolution, tiles) gets a fixed *canvas* instead (:class:`CanvasPipeline`): ``prepare`` is then
+a plain resize to it, and ``model_inputs`` all of the processor's work from there.
+
+Adding an architecture means one subclass, registered for its ``config.model_type`` with
+:func:`register`, with at most one method, ``model_inputs`` (none where the model takes the
+normalised pixels alone; a canvas pipeline adds its ``default_canvas`` and ``check_canvas``; a
+tiling one writes ``layout`` and ``pack`` instead of ``model_inputs``: :mod:`prsl.models.tiling`).
+A model type without one is refused, naming the supported types.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from torch import nn
 
 from prsl.core.errors import InvalidInput
 from prsl.core.pixels import Normalisation
-from prsl.models.geometry import InputGeometry, check_pixels, fixed_size, size_field
+from prsl.models.geometry import InputGeometry, Size, check_pixels, fixed_size, size_field
 
 _PIPELINES: dict[str, type[PixelPipeline]] = {}
 LMMS_EVAL_CAPTION = "Provide a one-sentence caption for the provided image."
@@ -37,6 +43,10 @@ LMMS_EVAL_VQA = "{question}\nAnswer the question using a single word or phrase."
 """LLaVA-1.5's short-answer VQA prompt, which lmms-eval's VQAv2 task gives every model."""
 LANGUAGE_MODEL = r".*\.(language_model|text_model)\..*"
 """Where the language model sits in every supported architecture (a regex on module paths)."""
+PIL_PROCESSOR = "PIL processor"
+"""The revision of a pipeline whose :meth:`PixelPipeline.prepare` is the processor's own resize:
+where torchvision is installed it was the torchvision class's before prsl loaded the PIL-backend
+class on every machine (:mod:`prsl.models.processors`)."""
 
 
 def register(*model_types: str) -> Callable[[type[PixelPipeline]], type[PixelPipeline]]:
@@ -96,6 +106,9 @@ class PixelPipeline:
     vision_tower: ClassVar[str] = "vision_tower"
     separable_vision: ClassVar[bool] = True
     """Whether the vision tower stops where the projector starts (what FARE fine-tunes)."""
+    foreign_tower: ClassVar[str | None] = None
+    """What the vision tower is where it is not a CLIP / SigLIP ViT (no saved tower swaps in:
+    :mod:`prsl.models.towers`); None for a CLIP / SigLIP tower."""
     processor_options: ClassVar[dict[str, Any]] = {}
     """Keyword arguments every processor call gets (Idefics3: splitting on or off)."""
     image_token_types: ClassVar[str | None] = None
@@ -123,8 +136,10 @@ class PixelPipeline:
 
     # ------------------------------------------------------------------ what subclasses write
     def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The model's image inputs from pixels (B, 3, H, W) in [0, 1]; differentiable."""
-        raise NotImplementedError
+        """The model's image inputs from pixels (B, 3, H, W) in [0, 1]; differentiable. By
+        default the processor's rescale and normalise alone, as ``pixel_values`` (LLaVA-1.5,
+        PaliGemma, Gemma 3: ``prepare`` did the rest)."""
+        return {"pixel_values": self.normalised(pixels)}
 
     def input_size(self, requested: tuple[int, int] | None) -> tuple[int, int]:
         """The fixed (H, W) every image is brought to; by default the processor's own."""
@@ -193,8 +208,7 @@ class PixelPipeline:
 class Llava(PixelPipeline):
     """LLaVA-1.5: CLIP's shortest-edge resize and centre crop to a fixed square, normalised."""
 
-    def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.normalised(pixels)}
+    revision = PIL_PROCESSOR
 
     def vision_features(self, tower: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The CLIP layer(s) the projector reads (``vision_feature_layer``, the penultimate in
@@ -221,9 +235,7 @@ class PaliGemma(PixelPipeline):
     caption_prompt = "caption en"
     vqa_template = "answer en {question}"
     answer_space = False  # the processor ends every prefix with "\n"
-
-    def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.normalised(pixels)}
+    revision = PIL_PROCESSOR
 
     def own_format(self, prompt: str) -> str:
         """``<image>caption en``: the processor expands the image token and adds BOS and "\\n"."""
@@ -248,9 +260,7 @@ class Gemma3(PixelPipeline):
     answer_space = False  # the model turn starts on a new line
     processor_options: ClassVar[dict[str, Any]] = {"do_pan_and_scan": False}
     image_token_types = "token_type_ids"
-
-    def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.normalised(pixels)}
+    revision = PIL_PROCESSOR
 
 
 def _pixel_budget(processor: Any) -> tuple[int, int]:
@@ -274,25 +284,54 @@ QWEN_DEFAULT_SIDE = 448
 """The fixed side of a Qwen2-VL input when none is given: 16 x 16 merged tokens, 256 in all."""
 
 
-class NativeResolution(PixelPipeline):
-    """A model that takes images at their own size in multiples of a patch (Qwen-VL, Pixtral):
-    here one fixed size, chosen in :meth:`input_size`, that the processor's own resize leaves
-    alone, so :meth:`prepare` is a plain resize to it with the processor's resampling."""
+class CanvasPipeline(PixelPipeline):
+    """A model whose processor takes an image of any size and lays its inputs out (patches,
+    tiles, image tokens) from that size: Qwen-VL and Pixtral at native resolution, the tiling
+    processors (:mod:`prsl.models.tiling`). prsl fixes one size, the *canvas*, so every image
+    takes the same layout: each image is stretched to it once, outside the gradient, with the
+    processor's own filter (:meth:`prepare`); what the processor does from there on is
+    :meth:`model_inputs`. A family writes :meth:`default_canvas` and refuses in
+    :meth:`check_canvas` a size its processor would change or cannot take."""
+
+    def default_canvas(self) -> Size:
+        """The canvas when ``image_size`` is not given."""
+        raise NotImplementedError
+
+    def check_canvas(self, canvas: Size) -> None:
+        """Refuse a canvas the processor cannot produce (one line, with the fix)."""
+        if len(canvas) != 2 or min(canvas) < 1:
+            raise InvalidInput(f"image_size {canvas} must be positive: (height, width), both >= 1")
+
+    def input_size(self, requested: Size | None) -> Size:
+        canvas = self.default_canvas() if requested is None else tuple(int(v) for v in requested)
+        self.check_canvas(canvas)
+        return canvas
+
+    @property
+    def resample(self) -> int:
+        """The processor's Pillow filter, as Pillow's number for it."""
+        value = self.image_processor.resample
+        return int(getattr(value, "value", value))
 
     def prepare(self, images: list[Image.Image]) -> torch.Tensor:
+        """Each image resized to the canvas with the processor's filter (stretched where its
+        aspect ratio differs), as pixels in [0, 1]."""
         height, width = self.size
-        resample = Image.Resampling(int(self.image_processor.resample))
-        arrays = [
-            np.asarray(image.resize((width, height), resample), dtype=np.uint8)
-            if image.size != (width, height)
-            else np.asarray(image, dtype=np.uint8)
-            for image in images
-        ]
+        arrays = []
+        for image in images:
+            image = image.convert("RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), self.resample)
+            arrays.append(np.asarray(image, dtype=np.uint8))
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0)
+
+    def image_sizes(self, batch: int, device: torch.device) -> torch.Tensor:
+        """The canvas (height, width) once per image (B, 2), as a processor's ``image_sizes``."""
+        return torch.tensor([list(self.size)] * batch, device=device)
 
 
 @register("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
-class QwenVL(NativeResolution):
+class QwenVL(CanvasPipeline):
     """Qwen2-VL and Qwen2.5-VL: native-resolution patches, here at one fixed size.
 
     The size is a multiple of ``patch_size * merge_size`` within the processor's pixel budget,
@@ -310,29 +349,32 @@ class QwenVL(NativeResolution):
     vision_tower = "visual"
     separable_vision = False  # the merger (projector) sits inside the vision tower
 
-    def input_size(self, requested: tuple[int, int] | None) -> tuple[int, int]:
-        processor = self.image_processor
-        patch, merge = int(processor.patch_size), int(processor.merge_size)
-        factor = patch * merge
-        low, high = _pixel_budget(processor)
-        if requested is None:
-            side = max(factor, min(QWEN_DEFAULT_SIDE, int(high**0.5)) // factor * factor)
-            while side * side < low:
-                side += factor
-            requested = (side, side)
-        height, width = (int(v) for v in requested)
+    def __init__(self, processor: Any, config: Any, image_size: Size | None = None):
+        images = processor.image_processor
+        self.patch, self.merge = int(images.patch_size), int(images.merge_size)
+        self.budget = _pixel_budget(images)
+        super().__init__(processor, config, image_size)
+
+    def default_canvas(self) -> Size:
+        factor, (low, high) = self.patch * self.merge, self.budget
+        side = max(factor, min(QWEN_DEFAULT_SIDE, int(high**0.5)) // factor * factor)
+        while side * side < low:
+            side += factor
+        return side, side
+
+    def check_canvas(self, canvas: Size) -> None:
+        super().check_canvas(canvas)
+        (height, width), factor, (low, high) = canvas, self.patch * self.merge, self.budget
         if height % factor or width % factor or not low <= height * width <= high:
             raise InvalidInput(
-                f"image_size {requested} cannot be produced by this {self.config.model_type} "
-                f"processor: it needs multiples of {factor} (patch {patch} x merge {merge}) with "
-                f"{low} <= height*width <= {high}"
+                f"image_size {canvas} cannot be produced by this {self.config.model_type} "
+                f"processor: it needs multiples of {factor} (patch {self.patch} x merge "
+                f"{self.merge}) with {low} <= height*width <= {high}"
             )
-        return height, width
 
     def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        processor = self.image_processor
-        patch, merge = int(processor.patch_size), int(processor.merge_size)
-        frames = int(processor.temporal_patch_size)
+        patch, merge = self.patch, self.merge
+        frames = int(self.image_processor.temporal_patch_size)
         x = self.normalised(pixels)
         batch, channels, height, width = x.shape
         grid_h, grid_w = height // patch, width // patch
@@ -349,7 +391,7 @@ PIXTRAL_DEFAULT_SIDE = 448
 
 
 @register("mistral3")
-class Pixtral(NativeResolution):
+class Pixtral(CanvasPipeline):
     """Mistral 3 (Pixtral's vision): variable resolution, here at one fixed size.
 
     The processor scales an image down to fit within ``longest_edge`` and rounds each side up
@@ -371,29 +413,34 @@ class Pixtral(NativeResolution):
         "- You cannot answer that the question is unanswerable. You must answer."
     )
     answer_space = False  # the answer follows [/INST] directly
+    foreign_tower = "Pixtral's ViT (PixtralVisionModel: 2-D rotary positions, RMS norms)"
 
-    def input_size(self, requested: tuple[int, int] | None) -> tuple[int, int]:
-        size = self.image_processor.size
-        longest = size_field(size, "longest_edge") or min(fixed_size(size) or (0, 0))
-        factor = int(self.processor.patch_size) * int(self.processor.spatial_merge_size)
-        if not longest:
+    def __init__(self, processor: Any, config: Any, image_size: Size | None = None):
+        size = processor.image_processor.size
+        self.longest = int(size_field(size, "longest_edge") or min(fixed_size(size) or (0, 0)))
+        if not self.longest:
             raise InvalidInput(f"cannot read longest_edge from this mistral3 processor ({size!r})")
-        if requested is None:
-            side = max(factor, min(PIXTRAL_DEFAULT_SIDE, int(longest)) // factor * factor)
-            requested = (side, side)
-        height, width = (int(v) for v in requested)
-        if height % factor or width % factor or max(height, width) > longest:
+        self.patch, self.merge = int(processor.patch_size), int(processor.spatial_merge_size)
+        super().__init__(processor, config, image_size)
+
+    def default_canvas(self) -> Size:
+        factor = self.patch * self.merge
+        side = max(factor, min(PIXTRAL_DEFAULT_SIDE, self.longest) // factor * factor)
+        return side, side
+
+    def check_canvas(self, canvas: Size) -> None:
+        super().check_canvas(canvas)
+        factor = self.patch * self.merge
+        if canvas[0] % factor or canvas[1] % factor or max(canvas) > self.longest:
             raise InvalidInput(
-                f"image_size {requested} cannot be produced by this mistral3 processor: it needs "
-                f"multiples of {factor} (patch {self.processor.patch_size} x merge "
-                f"{self.processor.spatial_merge_size}) no longer than {longest}"
+                f"image_size {canvas} cannot be produced by this mistral3 processor: it needs "
+                f"multiples of {factor} (patch {self.patch} x merge {self.merge}) no longer "
+                f"than {self.longest}"
             )
-        return height, width
 
     def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         values = self.normalised(pixels)
-        sizes = torch.tensor([list(self.size)] * pixels.shape[0], device=pixels.device)
-        return {"pixel_values": values, "image_sizes": sizes}
+        return {"pixel_values": values, "image_sizes": self.image_sizes(len(pixels), pixels.device)}
 
     def vision_features(self, tower: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The Pixtral layer(s) the projector reads (``vision_feature_layer``), one row per image

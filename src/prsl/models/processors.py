@@ -1,4 +1,15 @@
-"""Loading a model's processor, with the workarounds transformers 5 needs without torchvision.
+"""Loading a model's processor: its PIL-backend image processor, and the workarounds
+transformers 5 needs without torchvision.
+
+Where torchvision is installed, transformers picks an image processor's torchvision ("fast")
+class by default, whose resize differs from Pillow's by a few grey levels; prsl's pixel
+pipelines reproduce the PIL-backend class's numbers. So the image processor is always loaded
+with ``backend="pil"`` (:func:`pil_image_processor`) and handed to the processor, which then
+loads only its other parts: what prsl attacks is what the model's processor gives, on every
+machine. (``backend`` is not passed to ``AutoProcessor`` itself: transformers 5.25 hands it to
+the tokenizer too, which keeps it as its own ``backend`` and saves it, and to the video
+processor, which has no PIL class and fails.) A model type whose only image processor needs
+torchvision (Llama 4, ...) keeps the class transformers falls back to, with a warning.
 
 Qwen2-VL's, Qwen2.5-VL's, Qwen3-VL's, InternVL's and LLaVA-OneVision's processors list a video
 processor among their parts, and that video processor needs torchvision, which prsl does not
@@ -16,6 +27,7 @@ torchvision is missing it stands in for that import.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import types
 from pathlib import Path
@@ -31,6 +43,7 @@ _IMAGE_ONLY = (
     "LlavaOnevisionProcessor",
 )
 _PIXTRAL_SIZES = "transformers.models.pixtral.image_processing_pixtral"
+log = logging.getLogger(__name__)
 
 
 def _without_video(cls: type) -> None:
@@ -87,21 +100,41 @@ def _chat_template(source: str, settings: dict, tokenizer: Any, **options: Any) 
     return settings.get("chat_template") or getattr(tokenizer, "chat_template", None)
 
 
+def pil_image_processor(source: str, **options: Any) -> Any:
+    """The image processor saved at ``source``, its PIL-backend class (module docstring); where
+    its model type has none, the class transformers falls back to, with a warning."""
+    from transformers import AutoImageProcessor
+
+    images = AutoImageProcessor.from_pretrained(source, backend="pil", **options)
+    backend = getattr(images, "backend", "pil")  # an older remote-code class has none: numpy
+    if backend != "pil":
+        log.warning(
+            "%s has no PIL-backend class, so %s keeps this %s one: prsl's pixel pipelines "
+            "reproduce the PIL image processors, and its resize can differ from Pillow's by a "
+            "few grey levels",
+            type(images).__name__,
+            source,
+            backend,
+        )
+    return images
+
+
 def load_processor(source: str, **options: Any) -> Any:
-    """``AutoProcessor.from_pretrained``, where torchvision is missing too (module docstring)."""
+    """``AutoProcessor.from_pretrained`` with the PIL-backend image processor, where torchvision
+    is missing too (module docstring)."""
     image_only_processors()
+    images = pil_image_processor(source, **options)
     try:
-        return AutoProcessor.from_pretrained(source, **options)
+        return AutoProcessor.from_pretrained(source, image_processor=images, **options)
     except (ImportError, OSError, AttributeError) as err:
         settings = _processor_settings(source, **options)
         if settings.get("processor_class") == "PixtralProcessor":
-            return pixtral_processor().from_pretrained(source, **options)
+            return pixtral_processor().from_pretrained(source, image_processor=images, **options)
         if settings.get("processor_class") != "SmolVLMProcessor":
             raise
-        from transformers import AutoImageProcessor, AutoTokenizer, Idefics3Processor
+        from transformers import AutoTokenizer, Idefics3Processor
 
         tokenizer = AutoTokenizer.from_pretrained(source, **options)
-        images = AutoImageProcessor.from_pretrained(source, **options)
         seq_len = settings.get("image_seq_len")
         if seq_len is None:
             raise err

@@ -18,9 +18,10 @@ happens after, on the attacked pixels, is a :class:`TileLayout` applied by :func
 So the perturbation is one image in the ε-ball and every tile sees its share of it: the
 gradient of a loss on the tiles flows back through the crops and resizes to the canvas.
 
-A family then needs only its layout (:meth:`TilingPipeline.layout`) and how its tiles are
-packed into model inputs (:meth:`TilingPipeline.pack`); :class:`TilingPipeline` does the rest
-(the canvas, ``prepare``, rescale and normalise).
+A family then needs only its layout (:meth:`TilingPipeline.layout`), how its tiles are
+packed into model inputs (:meth:`TilingPipeline.pack`) and its default canvas;
+:class:`TilingPipeline` does the rest (the canvas and ``prepare``, as every
+:class:`~prsl.models.pixels.CanvasPipeline`, the tiles, rescale and normalise).
 """
 
 from __future__ import annotations
@@ -28,17 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
-from prsl.core.errors import InvalidInput
-from prsl.models.geometry import check_pixels
-from prsl.models.pixels import PixelPipeline
+from prsl.models.geometry import Size, check_pixels
+from prsl.models.pixels import CanvasPipeline
 from prsl.models.resample import resize
-
-Size = tuple[int, int]
-"""(height, width) in pixels."""
 
 
 @dataclass(frozen=True)
@@ -164,9 +159,10 @@ def image_settings(processor: Any, **options: Any) -> dict[str, Any]:
 def pil_backend(image_processor: Any) -> Any:
     """The PIL-backend twin of an image processor, with the same settings (itself if it is one).
 
-    Where torchvision is installed transformers loads the torchvision ("fast") class, whose
-    methods take tensors; a tiling pipeline asks the PIL class's own methods for its layout,
-    and reproduces the PIL class's numbers."""
+    ``load_adapter`` loads the PIL class (:mod:`prsl.models.processors`), but a processor built
+    by hand with the torchvision ("fast") class, whose methods take tensors, reaches an adapter
+    too; a tiling pipeline asks the PIL class's own methods for its layout, and reproduces the
+    PIL class's numbers."""
     from transformers.image_processing_backends import PilBackend
 
     if isinstance(image_processor, PilBackend):
@@ -178,13 +174,13 @@ def pil_backend(image_processor: Any) -> Any:
     return getattr(transformers, name)(**settings)
 
 
-class TilingPipeline(PixelPipeline):
+class TilingPipeline(CanvasPipeline):
     """A pixel pipeline whose input is a canvas the processor tiles (module docstring).
 
     Subclasses write :meth:`layout` (the processor's grid for the canvas size, from its own
-    helpers), :meth:`pack` (the tiles, normalised, as the model's inputs) and
-    :meth:`default_canvas`; they refuse in :meth:`check_canvas` the sizes their processor cannot
-    produce."""
+    helpers), :meth:`pack` (the tiles, normalised, as the model's inputs) and, as every
+    canvas pipeline, :meth:`default_canvas`; they refuse in :meth:`check_canvas` the sizes
+    their processor cannot produce."""
 
     tiled: bool = True
     """Whether ``model_inputs`` does all of the processor's work from the canvas (else
@@ -194,7 +190,6 @@ class TilingPipeline(PixelPipeline):
         super().__init__(processor, config, image_size)
         self.tiles = self.layout(self.size)
 
-    # ------------------------------------------------------------------ what subclasses write
     def layout(self, canvas: Size) -> TileLayout:
         """The processor's tiling of a canvas of this size."""
         raise NotImplementedError
@@ -202,41 +197,6 @@ class TilingPipeline(PixelPipeline):
     def pack(self, tiles: torch.Tensor) -> dict[str, torch.Tensor]:
         """The model's image inputs from normalised tiles (B, N, 3, h, w)."""
         raise NotImplementedError
-
-    def default_canvas(self) -> Size:
-        """The canvas when ``image_size`` is not given."""
-        raise NotImplementedError
-
-    def check_canvas(self, canvas: Size) -> None:
-        """Refuse a canvas the processor cannot produce (one line, with the fix)."""
-        if min(canvas) < 1:
-            raise InvalidInput(f"image_size {canvas} must be positive")
-
-    # ------------------------------------------------------------------ shared steps
-    def input_size(self, requested: Size | None) -> Size:
-        canvas = self.default_canvas() if requested is None else tuple(int(v) for v in requested)
-        self.check_canvas(canvas)
-        return canvas
-
-    @property
-    def resample(self) -> int:
-        value = self.image_processor.resample
-        return int(getattr(value, "value", value))
-
-    def prepare(self, images: list[Image.Image]) -> torch.Tensor:
-        """Each image resized to the canvas with the processor's filter (the aspect ratio
-        follows the canvas: every image then takes the same grid), as pixels in [0, 1]."""
-        height, width = self.size
-        arrays = [
-            np.asarray(
-                image.convert("RGB").resize((width, height), self.resample)
-                if image.size != (width, height)
-                else image.convert("RGB"),
-                dtype=np.uint8,
-            )
-            for image in images
-        ]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0)
 
     def model_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         tiles = tile_pixels(pixels, self.tiles)

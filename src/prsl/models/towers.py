@@ -80,17 +80,29 @@ def check_tower_path(path: str | Path) -> Path:
 
 
 def swappable_model_types() -> list[str]:
-    """The model types whose vision tower ends where the projector starts: a tower swaps in."""
-    return [t for t in supported_model_types() if pipeline_for(t).separable_vision]
+    """The model types whose vision tower is a CLIP / SigLIP ViT that ends where the projector
+    starts: a saved tower swaps in."""
+    return [
+        t
+        for t in supported_model_types()
+        if pipeline_for(t).separable_vision and pipeline_for(t).foreign_tower is None
+    ]
 
 
 def check_swappable(model_type: str) -> None:
-    """Refuse a swap into an architecture whose projector sits inside its vision tower."""
-    if not pipeline_for(model_type).separable_vision:
+    """Refuse a swap into an architecture whose projector sits inside its vision tower, or
+    whose tower is no CLIP / SigLIP ViT (Pixtral, InternViT), naming the ones that take one."""
+    kind = pipeline_for(model_type)
+    if not kind.separable_vision:
         raise InvalidInput(
             f"vision_tower replaces a vision tower that ends where the projector starts, and "
             f"{model_type}'s projector sits inside its tower (a swap would drop it); towers swap "
             f"into: {', '.join(swappable_model_types())}"
+        )
+    if kind.foreign_tower is not None:
+        raise InvalidInput(
+            f"vision_tower swaps in a CLIP / SigLIP tower, and {model_type}'s vision tower is "
+            f"{kind.foreign_tower}; towers swap into: {', '.join(swappable_model_types())}"
         )
 
 
