@@ -150,8 +150,9 @@ def test_line_breaks_inside_a_caption_do_not_shift_later_captions(scorer: Scorer
     assert scorer.score(broken, REFERENCES, COCO) == pytest.approx(clean, rel=1e-12)
 
 
-def _meteor_children() -> set[int]:
-    """Process ids of METEOR JVMs whose parent is this test process (read from /proc)."""
+def _jvm_children() -> set[int]:
+    """Process ids of METEOR and PTB tokenizer JVMs whose parent is this test process (read from
+    /proc)."""
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -159,7 +160,7 @@ def _meteor_children() -> set[int]:
             command = (stat.parent / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue  # the process ended while being read
-        if parent == os.getpid() and b"meteor-1.5.jar" in command:
+        if parent == os.getpid() and (b"meteor-1.5.jar" in command or b"corenlp" in command):
             found.add(int(stat.parent.name))
     return found
 
@@ -171,10 +172,10 @@ def test_score_function_leaks_no_jvm_and_ignores_jvm_locale(
     # Under a decimal-comma locale pycocoevalcap's own Meteor() fails ("could not convert string
     # to float"); the wrapper pins the JVM's number locale.
     monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Duser.language=de -Duser.country=DE")
-    before = _meteor_children()
+    before = _jvm_children()
     result = score(CANDIDATES, REFERENCES)
     assert result == pytest.approx(corpus_scores, rel=1e-6)
-    assert _meteor_children() <= before
+    assert _jvm_children() <= before
 
 
 def test_bertscore_model_is_reported() -> None:
@@ -238,7 +239,9 @@ def test_score_many_equals_one_score_call_per_corpus(
         (["a zebra on skis, never seen before"], [["a zebra skiing down a slope"]]),
     ]
     runs = []
-    monkeypatch.setattr(scorer_module, "ptb_tokenize", lambda t: runs.append(1) or ptb(t))
+    monkeypatch.setattr(
+        scorer_module, "ptb_tokenize", lambda t, process: runs.append(1) or ptb(t, process)
+    )
     together = scorer.score_many(corpora)
     assert len(runs) == 1  # the texts this scorer has not tokenized yet, in one run
     (again,) = scorer.score_many(corpora[-1:])  # its tokens are kept: no second run

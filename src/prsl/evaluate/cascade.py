@@ -10,10 +10,11 @@ later cells: the ledger records a skipped row for each (:attr:`Prediction.skippe
 resumed run skips it too.
 
 The judge's score is the score the results give the item: CIDEr-D takes its document
-frequencies from the ground-truth references of all the model's items (known before the run),
-as the results do; the cascade refuses CIDEr against the model's own clean outputs (they are
-known only at the end). An image that fails to decode leaves the results' item set, and with it
-CIDEr's frequencies, slightly smaller than the judge's.
+frequencies from the ground-truth references of all the model's items (known before the run,
+counted once: :class:`~prsl.metrics.cider.CiderAmong`), as the results do; the cascade refuses
+CIDEr against the model's own clean outputs (they are known only at the end). An image that
+fails to decode leaves the results' item set, and with it CIDEr's frequencies, slightly smaller
+than the judge's.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from prsl.evaluate.config import START_WORST, WorstCaseConfig
 from prsl.evaluate.grid import Cell
 from prsl.evaluate.scoring import self_reference
 from prsl.metrics import Scorer
+from prsl.metrics.cider import CiderAmong
 from prsl.metrics.statistics import CORPUS_METRICS
 from prsl.metrics.vqa import VQAProtocol
 
@@ -45,33 +47,33 @@ class Judge:
 
     def __post_init__(self) -> None:
         self.position = {s.key: i for i, s in enumerate(self.everyone)}
+        self._among: CiderAmong | None = None
 
     @property
     def stop_below(self) -> float | None:
         return self.config.stop_below
 
     def scores(self, judged: list[Judged]) -> list[list[float]]:
-        """Each item's score, per batch of outputs, from one call of the scorer (one start of
-        the Java tokenizer at most, and none for texts it has seen)."""
+        """Each item's score, per batch of outputs, from one call of the scorer (one request to
+        its tokenizer, for the texts it has not seen)."""
         metric = self.config.metric
         assert metric is not None
+        if metric in CORPUS_METRICS:  # CIDEr; allowed against the ground truth only
+            return self._corpus_scores(judged)
         corpora = [self._corpus(j) for j in judged]
         scored = self.scorer.score_items(corpora, [metric], vqa_protocol=self.vqa_protocol)
-        found = []
-        for j, corpus in zip(judged, scored, strict=True):
-            values = corpus.item_scores(metric)
-            if metric in CORPUS_METRICS:
-                values = values[[self.position[s.key] for s in j.samples]]
-            found.append([float(v) for v in values])
-        return found
+        return [[float(v) for v in c.item_scores(metric)] for c in scored]
+
+    def _corpus_scores(self, judged: list[Judged]) -> list[list[float]]:
+        """CIDEr among every item of the model, with the frequencies of their references
+        counted once (a scoring of the whole corpus per call would grow with it)."""
+        if self._among is None:
+            self._among = self.scorer.cider_among([list(s.references) for s in self.everyone])
+        parts = [([self.position[s.key] for s in j.samples], j.outputs) for j in judged]
+        return self.scorer.cider_items(self._among, parts)
 
     def _corpus(self, judged: Judged) -> tuple[list[str], list[list[str]]]:
-        """The outputs against their references; for CIDEr among every item of the model."""
-        if self.config.metric in CORPUS_METRICS:  # allowed against the ground truth only
-            candidates = [""] * len(self.everyone)  # the others' candidates change nothing
-            for sample, output in zip(judged.samples, judged.outputs, strict=True):
-                candidates[self.position[sample.key]] = output
-            return candidates, [list(s.references) for s in self.everyone]
+        """The outputs against their references."""
         if self.config.reference == "ground_truth":
             return judged.outputs, [list(s.references) for s in judged.samples]
         refs = [self_reference(c, self.task, self.vqa_protocol) for c in judged.clean]
@@ -125,10 +127,14 @@ class WorstSoFar:
                     worst.image = j.images[i].detach().clone() if j.images is not None else None
 
     def stopped(self, cell: Cell, key: str) -> str | None:
-        """The cell after which the item reached ``stop_below`` in this cell's group, if it did."""
+        """The cell after which the item reached ``stop_below`` in this cell's group, if it did
+        (never without ``stop_below``: then only a ``start: worst_case`` cell judges)."""
+        stop = self.judge.stop_below
+        if stop is None:
+            return None
         self._settle(cell)
-        worst, stop = self._of(cell, key), self.judge.stop_below
-        return worst.cell if stop is not None and worst.score <= stop else None
+        worst = self._of(cell, key)
+        return worst.cell if worst.score <= stop else None
 
     def keeps_images(self, cell: Cell, todo: list[Cell]) -> bool:
         """Whether a later cell of the group still to run (in ``todo``) starts from the worst

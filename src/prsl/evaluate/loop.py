@@ -219,7 +219,7 @@ def score_and_write(
     out = Path(cfg.output_dir)
     rows = Ledger.read(out).selected({m.location for m in models}, cells, keys)
     chosen_by = selection_metric(cfg.metrics, split.task, cfg.worst_case)
-    # A Scorer made here is closed (its METEOR JVM stopped) once scored; a caller's stays open.
+    # A Scorer made here is closed (its JVMs stopped) once scored; a caller's stays open.
     with Scorer() if scorer is None else nullcontext(scorer) as active:
         rows = choose_runs(rows, active, chosen_by, cfg.vqa_protocol)
         scored, bertscore = score_predictions(

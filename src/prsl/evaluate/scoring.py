@@ -124,7 +124,7 @@ def score_predictions(
     BERTScore model."""
     names = metrics or list(VQA_METRICS if task == "vqa" else CAPTION_METRICS)
     runs, corpora, clean_of = _plan(rows, task, models, cells, vqa_protocol)
-    # A Scorer made here is closed (its METEOR JVM stopped) once scored; a caller's stays open.
+    # A Scorer made here is closed (its JVMs stopped) once scored; a caller's stays open.
     with Scorer() if scorer is None else nullcontext(scorer) as active:
         scores = active.score_items(corpora, names, vqa_protocol=vqa_protocol) if corpora else []
         bertscore = active.bertscore_description()

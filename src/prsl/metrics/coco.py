@@ -3,7 +3,7 @@
 Captions and references go through pycocoevalcap's Stanford PTB tokenizer (lower case,
 punctuation removed), then ``Bleu(4)``, ``Meteor()``, ``Rouge()`` and ``Cider()`` score the
 tokenised corpus, so the numbers are the field's reference numbers. Both the tokenizer and METEOR
-are Java programs.
+are Java programs; the tokenizer runs in one JVM for many calls (:mod:`prsl.metrics.ptb`).
 
 Empty captions: an empty (or whitespace-only) candidate is passed through unchanged. The
 tokenizer keeps it as an empty line and every scorer counts it as a hypothesis with no words:
@@ -22,11 +22,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import IO
 
 import numpy as np
@@ -35,9 +33,9 @@ from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor import meteor as meteor_module
 from pycocoevalcap.rouge.rouge import Rouge
-from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from prsl.core.errors import MissingDependency
+from prsl.metrics.ptb import PTBProcess
 from prsl.metrics.statistics import BLEU_COLUMNS, BLEU_ORDER, METEOR_COLUMNS
 
 BLEU_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
@@ -58,25 +56,6 @@ def require_java() -> None:
         raise MissingDependency(JAVA_MISSING)
 
 
-@contextmanager
-def _stderr_captured() -> Iterator[IO[bytes]]:
-    """Send this process's file descriptor 2 to a temporary file while the block runs.
-
-    pycocoevalcap starts the PTB tokenizer's JVM with an inherited stderr, where it prints a
-    "PTBTokenizer tokenized N tokens" status line onto the user's console; redirecting the
-    descriptor (not ``sys.stderr``) is the only way to catch a child process's writes.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield sink
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def _one_line(text: str) -> str:
     """Collapse every kind of whitespace, line breaks included, to single spaces.
 
@@ -86,31 +65,29 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def ptb_tokenize(texts: Iterable[str]) -> dict[str, str]:
-    """The PTB-tokenised form of every distinct text, from ONE run of the Java tokenizer.
+def ptb_tokenize(texts: Iterable[str], process: PTBProcess | None = None) -> dict[str, str]:
+    """The PTB-tokenised form of every distinct text, as pycocoevalcap's ``PTBTokenizer``
+    gives it, from ONE request to the Java tokenizer (``process``, kept by a Scorer for many
+    requests; None starts one for this call).
 
-    Why one run: each run starts a JVM (about a second), and an evaluation scores hundreds of
-    small corpora that share most of their texts. The tokenizer works line by line, so
-    tokenising a text alone or among others gives the same tokens. Blank texts map to "" without
-    reaching Java (an empty last line would be dropped from its output).
+    Why one request: an evaluation scores hundreds of small corpora that share most of their
+    texts. The tokenizer works line by line, so tokenising a text alone or among others gives
+    the same tokens. Blank texts map to "" without reaching Java (a blank line gives no line of
+    output).
     """
     unique = list(dict.fromkeys(texts))
     distinct = [t for t in unique if t.strip()]
     tokens = {t: "" for t in unique if not t.strip()}
     if not distinct:
         return tokens
-    with _stderr_captured() as stderr:
-        lines = PTBTokenizer().tokenize(
-            {i: [{"caption": _one_line(t)}] for i, t in enumerate(distinct)}
-        )
-        stderr.seek(0)
-        said = stderr.read().decode(errors="replace").strip()
-    if sorted(lines) != list(range(len(distinct))) or any(len(v) != 1 for v in lines.values()):
-        raise RuntimeError(
-            "the PTB tokenizer returned a different number of lines than given; "
-            f"its stderr: {said[-2000:] or '(nothing)'}"
-        )
-    tokens.update({text: lines[i][0] for i, text in enumerate(distinct)})
+    owned = process is None
+    active = PTBProcess() if process is None else process
+    try:
+        lines = active.tokenize([_one_line(t) for t in distinct])
+    finally:
+        if owned:
+            active.close()
+    tokens.update(zip(distinct, lines, strict=True))
     return tokens
 
 

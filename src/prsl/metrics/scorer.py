@@ -1,7 +1,8 @@
 """One call that scores candidates against references with any of the supported metrics.
 
 :class:`Scorer` holds the configuration and the expensive resources (the BERTScore model, the
-METEOR JVM), started on first use and reused, because evaluation scores many times.
+METEOR and PTB tokenizer JVMs), started on first use and reused, because evaluation scores many
+times.
 :func:`score` is the one-off version.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from prsl.core.errors import InvalidInput
 from prsl.metrics.bertscore import BertScore
+from prsl.metrics.cider import CiderAmong
 from prsl.metrics.coco import (
     COCO_METRICS,
     MeteorProcess,
@@ -23,6 +25,7 @@ from prsl.metrics.coco import (
     ptb_tokenize,
     require_java,
 )
+from prsl.metrics.ptb import PTBProcess
 from prsl.metrics.statistics import item_values
 from prsl.metrics.vqa import DEFAULT_VQA_PROTOCOL, VQAProtocol, mean_vqa_accuracy, vqa_accuracy
 
@@ -103,8 +106,8 @@ class Scorer:
         device: torch device for BERTScore; None picks CUDA when available.
         bertscore_batch_size: sentences per BERTScore forward pass.
 
-    Use it as a context manager, or call :meth:`close`, to stop the METEOR JVM as soon as scoring
-    is done; otherwise it stops when the Scorer is garbage-collected. Not thread-safe.
+    Use it as a context manager, or call :meth:`close`, to stop its JVMs as soon as scoring
+    is done; otherwise they stop when the Scorer is garbage-collected. Not thread-safe.
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class Scorer:
             bertscore_model, bertscore_num_layers, device=device, batch_size=bertscore_batch_size
         )
         self._meteor = MeteorProcess()
+        self._ptb = PTBProcess()
         self._tokens: dict[str, str] = {}
 
     def bertscore_description(self) -> str:
@@ -234,23 +238,46 @@ class Scorer:
             )
         return results
 
+    def cider_among(self, references: Sequence[Sequence[str]]) -> CiderAmong:
+        """A corpus's references, ready for :meth:`cider_items` (tokenised and counted once)."""
+        validate_inputs([""] * len(references), references)
+        require_java()
+        tokens = self._tokenized(r for refs in references for r in refs)
+        return CiderAmong([[tokens[r] for r in refs] for refs in references])
+
+    def cider_items(
+        self, corpus: CiderAmong, parts: Sequence[tuple[Sequence[int], Sequence[str]]]
+    ) -> list[list[float]]:
+        """For each ``(positions, candidates)``, each candidate's CIDEr-D against the
+        references at its position in ``corpus``: exactly the item scores :meth:`score_items`
+        gives that item in the whole corpus, in time that does not grow with the corpus."""
+        for positions, candidates in parts:
+            if isinstance(candidates, str) or not all(isinstance(c, str) for c in candidates):
+                raise ValueError("candidates must be a list of str")
+            if not all(0 <= p < len(corpus) for p in positions):
+                raise ValueError(f"positions must lie in [0, {len(corpus)})")
+        tokens = self._tokenized(c for _, candidates in parts for c in candidates)
+        return [corpus.scores(p, [tokens[c] for c in candidates]) for p, candidates in parts]
+
     def _tokenized(self, texts: Iterable[str]) -> dict[str, str]:
-        """The PTB tokens of ``texts``, the Java tokenizer started only for texts it has not
+        """The PTB tokens of ``texts``, the Java tokenizer asked only for texts it has not
         tokenised before (the tokens of a text do not depend on the others): an evaluation
         that judges outputs during the run scores many small corpora sharing their
-        references, and each start of the tokenizer is a JVM (about a second)."""
+        references. The tokenizer's JVM is this Scorer's, started once."""
         wanted = list(dict.fromkeys(texts))
         new = [t for t in wanted if t not in self._tokens]
         if len(self._tokens) + len(new) > TOKEN_CACHE_SIZE:
             self._tokens.clear()
             new = wanted
         if new:
-            self._tokens.update(ptb_tokenize(new))
+            self._tokens.update(ptb_tokenize(new, self._ptb))
         return {t: self._tokens[t] for t in wanted}
 
     def close(self) -> None:
-        """Stop the METEOR JVM; the Scorer stays usable and restarts it when needed."""
+        """Stop the METEOR and tokenizer JVMs; the Scorer stays usable and restarts them when
+        needed."""
         self._meteor.close()
+        self._ptb.close()
 
     def __enter__(self) -> Scorer:
         return self
