@@ -159,7 +159,7 @@ def test_a_layout_refuses_tiles_of_different_sizes_or_outside_their_view():
     ("family", "size", "message"),
     [
         ("smolvlm", (64, 64), "without image splitting takes 32x32 images"),
-        ("internvl", (0, 64), "must be positive"),
+        ("internvl", (0, 64), "two whole numbers >= 1"),
     ],
 )
 def test_a_canvas_the_processor_cannot_produce_is_refused(built, family, size, message):

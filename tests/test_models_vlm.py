@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,29 @@ def test_the_loss_reaches_the_pixels_and_counts_only_the_answer(saved, family):
     assert counted == [*answer, adapter.end_token_id]  # the answer, then the end of the turn
     adapter.loss(pixels, ["a red circle"]).sum().backward()
     assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "paligemma"])
+def test_the_trained_tokens_are_what_the_chat_template_writes_for_the_answer(saved, family):
+    """What a chat model is trained on (and an attack pushes away from) is the answer as its own
+    template writes an assistant turn after the prompt: the leading space or its absence, then
+    the end of the turn, so the trained tokens are those ``generate`` writes."""
+    adapter = load_adapter(saved[family])
+    pixels = adapter.prepare_images([vlm_builders.photo()])
+    _, labels = adapter.logits_and_labels(pixels, ["a red circle"], None)
+    counted = labels[labels != -100].tolist()
+    asked = adapter.render(adapter.caption_prompt)
+    answered = adapter._turn(adapter.caption_prompt) + [
+        {"role": "assistant", "content": [{"type": "text", "text": "a red circle"}]}
+    ]
+    written = adapter._chat(answered)
+    assert written.startswith(asked.rstrip())
+    at = written.rindex("a red circle")
+    answer = written[at - 1 if written[at - 1] == " " else at :]
+    tokens = adapter.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    # the answer's tokens, then the end of the turn (where the template writes one)
+    assert counted[:-1] == tokens[: len(counted) - 1], (answer, counted, tokens)
+    assert counted[-1] == adapter.end_token_id
 
 
 def train_config(folder: Path, out: Path, loss: str, mode: str, steps: int = 8) -> FinetuneConfig:
@@ -539,6 +563,12 @@ def test_a_dynamically_tiling_model_is_refused_naming_what_is_supported(tmp_path
         load_adapter(tmp_path)
 
 
+@pytest.mark.parametrize("size", [[64], [64, 64, 3], "64x64", [64.5, 64], [True, 64], [0, 64]])
+def test_a_malformed_image_size_is_one_line(saved, size):
+    with pytest.raises(InvalidInput, match=r"image_size must be \[height, width\], two whole"):
+        ImageTextAdapter.from_pretrained(saved["internvl"], image_size=size)
+
+
 def test_an_unknown_image_text_model_names_the_one_function_to_write(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "fuyu"}))
     with pytest.raises(InvalidInput, match="write its model_inputs"):
@@ -558,7 +588,7 @@ def test_a_prompt_template_without_the_image_is_refused(saved, tmp_path):
         ("qwen2_vl", (50, 84), "multiples of 28"),
         ("qwen2_vl", (280, 280), "height\\*width <="),
         ("llava", (64, 64), "takes 32x32 images"),
-        ("llava_next", (0, 64), "both >= 1"),
+        ("llava_next", (0, 64), "two whole numbers >= 1"),
         ("qwen3_vl", (56, 84), "multiples of 32"),
         ("mistral3", (40, 48), "multiples of 16"),
         ("mistral3", (32, 80), "no longer than 64"),
@@ -699,3 +729,25 @@ def test_an_image_text_adapter_takes_its_pipelines_geometry_and_its_tokenizers_p
     assert vlm.image_mean.tolist() == pipeline.mean.tolist() == pipeline.geometry.mean
     assert vlm.image_std.tolist() == pipeline.std.tolist() == pipeline.geometry.std
     assert vlm.pad_token_id == processor.tokenizer.pad_token_id != vlm.end_token_id
+
+
+def test_load_adapter_takes_the_options_a_folder_saves(saved):
+    """``load_adapter(path, image_size=..., vqa_template=...)`` as the README says: over what the
+    folder saved; an option no adapter takes is one line."""
+    adapter = load_adapter(saved["llava_next"], image_size=(48, 96), vqa_template="Q: {question}")
+    assert adapter.pixel_size == (48, 96) and adapter.vqa_template == "Q: {question}"
+    with pytest.raises(InvalidInput, match="takes no option 'image_sise'"):
+        load_adapter(saved["llava_next"], image_sise=(48, 96))
+
+
+def test_a_chat_template_saved_with_the_tokenizer_is_used(saved, tmp_path):
+    """A folder whose chat template is in ``tokenizer_config.json`` (as older checkpoints save it)
+    renders its prompts as one whose processor carries it."""
+    folder = Path(shutil.copytree(saved["internvl"], tmp_path / "internvl"))
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").unlink()
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "chat_template": template}))
+    moved, kept = load_adapter(folder), load_adapter(saved["internvl"])
+    assert moved.render("what is red?") == kept.render("what is red?")
+    assert moved.prefix_ids("what is red?") == kept.prefix_ids("what is red?")

@@ -71,3 +71,20 @@ def check_pixels(pixels: torch.Tensor, size: tuple[int, int]) -> None:
             f"got {tuple(pixels.shape)}; bring images to its pixel_size first "
             "(adapter.prepare_images, or a resize)"
         )
+
+
+def requested_size(value: Any) -> tuple[int, int] | None:
+    """An ``image_size`` as given (a model folder's ``prsl_adapter.json``, an option): None, or
+    ``[height, width]``, two whole numbers >= 1; anything else is one line naming it."""
+    if value is None:
+        return None
+    numbers = list(value) if isinstance(value, list | tuple) else None
+    whole = numbers is not None and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and float(v).is_integer()
+        for v in numbers
+    )
+    if not whole or len(numbers) != 2 or min(numbers) < 1:
+        raise InvalidInput(
+            f"image_size must be [height, width], two whole numbers >= 1; got {value!r}"
+        )
+    return int(numbers[0]), int(numbers[1])

@@ -23,6 +23,7 @@ from transformers import AutoModelForImageTextToText
 
 from prsl.core.errors import InvalidInput
 from prsl.models import anyres, idefics3, internvl  # noqa: F401  (register their pipelines)
+from prsl.models.geometry import requested_size
 from prsl.models.hf import HFAdapter, pad_batch
 from prsl.models.lora import inject_lora
 from prsl.models.pixels import (
@@ -55,9 +56,7 @@ class ImageTextAdapter(HFAdapter):
         image_size: tuple[int, int] | list[int] | None = None,
     ) -> None:
         kind = pipeline_for(model.config.model_type)
-        pipeline = kind(
-            processor, model.config, tuple(image_size) if image_size is not None else None
-        )
+        pipeline = kind(processor, model.config, requested_size(image_size))
         super().__init__(
             model,
             processor.tokenizer,
@@ -72,6 +71,7 @@ class ImageTextAdapter(HFAdapter):
         self.prepare_images = pipeline.prepare
         self._prefixes: dict[str, list[int]] = {}
         self._vision_tower: tuple[Any, torch.nn.Module] | None = None
+        self._answer_space: bool | None = None
         self.prefix_ids(self.caption_prompt)  # a template that drops the image fails here
 
     @property
@@ -119,13 +119,49 @@ class ImageTextAdapter(HFAdapter):
         """The prompt as the model reads it: a chat turn with the image, or its own format."""
         if not self.pipeline.chat:
             return self.pipeline.own_format(prompt)
-        if getattr(self.processor, "chat_template", None) is None:
+        return self._chat(self._turn(prompt), add_generation_prompt=True)
+
+    @staticmethod
+    def _turn(prompt: str) -> list[dict]:
+        return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+
+    def _chat(self, messages: list[dict], **options: Any) -> str:
+        """``messages`` through the chat template: the processor's, else its tokenizer's (a
+        template saved in ``tokenizer_config.json``)."""
+        template = getattr(self.processor, "chat_template", None) or getattr(
+            self.processor.tokenizer, "chat_template", None
+        )
+        if template is None:
             raise InvalidInput(
                 f"this {self.model.config.model_type!r} processor has no chat template; save one "
                 "with the processor (chat_template.jinja)"
             )
-        turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        return self.processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+        return self.processor.apply_chat_template(
+            messages, chat_template=template, tokenize=False, **options
+        )
+
+    @property
+    def answer_space(self) -> bool:
+        """Whether an answer follows its prompt after a space. For a chat model, what its own
+        template writes after the generation prompt when the assistant's turn holds an answer
+        (Vicuna's ``ASSISTANT:`` takes one; a turn that starts on a new line does not), so the
+        trained tokens are those ``generate`` would write; the architecture's setting where
+        the template cannot say."""
+        if self._answer_space is None:
+            self._answer_space = self.pipeline.answer_space
+            if self.pipeline.chat:
+                probe = "red"
+                asked = self.render(probe)
+                answered = self._turn(probe) + [
+                    {"role": "assistant", "content": [{"type": "text", "text": probe}]}
+                ]
+                written = self._chat(answered)
+                at = written.rfind(probe)
+                # the user's turn as prompted (a template may space its generation prompt
+                # apart from an answered turn's header: OneVision's "assistant \n")
+                if at > 0 and written.startswith(asked.rstrip()):
+                    self._answer_space = written[at - 1] == " "
+        return self._answer_space
 
     def prefix_ids(self, prompt: str) -> list[int]:
         """Token ids of a rendered prompt with its image tokens laid out (cached: the input
@@ -170,7 +206,7 @@ class ImageTextAdapter(HFAdapter):
     def _answer_ids(self, texts: list[str], batch: int) -> list[list[int]]:
         if len(texts) != batch:
             raise ValueError(f"got {len(texts)} texts for {batch} images; give one per image")
-        lead = " " if self.pipeline.answer_space else ""
+        lead = " " if self.answer_space else ""
         return self._token_ids([lead + t.strip() for t in texts])
 
     # ----------------------------------------------------------------- model calls

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -233,6 +234,10 @@ def pixel_revision(dir_or_hub_id: str | Path, trust_remote_code: bool = False) -
     return pipeline_for(config.model_type).revision
 
 
+ADAPTER_OPTIONS = ("vqa_template", "caption_prompt", "image_size")
+"""What ``load_adapter`` may set over a model's saved options."""
+
+
 def load_adapter(
     dir_or_hub_id: str | Path,
     family: str | None = None,
@@ -241,6 +246,7 @@ def load_adapter(
     trust_remote_code: bool = False,
     device_map: str | None = None,
     vision_tower: str | Path | None = None,
+    **adapter_options: Any,
 ) -> HFAdapter:
     """Load a saved adapter directory or a hub id (e.g. ``nlpconnect/vit-gpt2-image-captioning``).
 
@@ -248,14 +254,21 @@ def load_adapter(
     or ``device_map="auto"`` to spread a model too large for one GPU over all of them.
     A directory written by ``adapter.save`` also restores its VQA prompt template.
     ``vision_tower``: a separately saved tower whose weights replace the model's own
-    (:mod:`prsl.models.towers`).
+    (:mod:`prsl.models.towers`). ``adapter_options`` (``vqa_template``, and for a chat VLM
+    ``caption_prompt`` and ``image_size``) replace those saved beside the model.
     """
+    unknown = sorted(set(adapter_options) - set(ADAPTER_OPTIONS))
+    if unknown:
+        raise InvalidInput(
+            f"load_adapter takes no option {unknown[0]!r}; the adapter's options are "
+            f"{', '.join(ADAPTER_OPTIONS)}"
+        )
     dtype = _resolve_dtype(dtype)
     if vision_tower is not None:
         check_vision_tower(dir_or_hub_id, vision_tower, family, trust_remote_code)
     cls = adapter_class(check_model_source(dir_or_hub_id, family, trust_remote_code))
     source, local = _config_source(dir_or_hub_id)
-    options = _saved_options(local)
+    options = _saved_options(local) | adapter_options
     try:
         adapter = cls.from_pretrained(
             source,
