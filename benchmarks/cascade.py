@@ -4,9 +4,9 @@ Run: ``python benchmarks/cascade.py`` (CPU, a few minutes). The model is the tes
 captioner (``tests/shapes_training.py``: the tiny captioner trained 200 Adam steps), saved once;
 the grid follows RobustVLM's ensemble in shape (several attacks at each ε, the last one starting
 from the worst image so far): BIM, PGD and APGD with ``--steps`` steps each, then APGD again
-from the worst case, at ε = 2/255 and 4/255, on ``--items`` shapes images, batch 16, CIDEr
-against the ground truth. Without ``stop_below`` (every attack on every item) the run still
-judges outputs during the run, for the ``start: worst_case`` attack.
+from the worst case, at ε = 2/255 and 4/255, on ``--items`` shapes images, ``--batch-size`` per
+batch (16), CIDEr against the ground truth. Without ``stop_below`` (every attack on every
+item) the run still judges outputs during the run, for the ``start: worst_case`` attack.
 
 Each repeat runs both evaluations in a fresh folder with a fresh Scorer (its JVMs started inside
 the timing, as a user's run starts them), the order alternating between repeats. Per run: wall
@@ -98,7 +98,7 @@ def timed(model: Path, out: Path, args, stop_below: float | None) -> dict:
         attacks=grid(args.steps),
         output_dir=str(out),
         n_images=args.items,
-        batch_size=16,
+        batch_size=args.batch_size,
         max_new_tokens=8,
         metrics=["CIDEr"],
         gallery=0,
@@ -212,6 +212,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--stop-below", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="images per attack batch: the smaller, the more of an attack's cost is per item "
+        "(as on a large VLM), which is what a skip saves",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--judging",
@@ -241,6 +248,7 @@ def main() -> None:
         "items": args.items,
         "steps": args.steps,
         "stop_below": args.stop_below,
+        "batch_size": args.batch_size,
         "item_attacks": args.items * len(grid(args.steps)) * 2,
     }
     print(json.dumps(head | summary(runs), indent=1))

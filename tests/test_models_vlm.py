@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from shutil import copytree
@@ -747,7 +747,9 @@ def test_a_chat_template_saved_with_the_tokenizer_is_used(saved, tmp_path):
     template = (folder / "chat_template.jinja").read_text()
     (folder / "chat_template.jinja").unlink()
     settings = json.loads((folder / "tokenizer_config.json").read_text())
-    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "chat_template": template}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({**settings, "chat_template": template})
+    )
     moved, kept = load_adapter(folder), load_adapter(saved["internvl"])
     assert moved.render("what is red?") == kept.render("what is red?")
     assert moved.prefix_ids("what is red?") == kept.prefix_ids("what is red?")

@@ -139,6 +139,8 @@ def score_predictions(
         )
     if worst_case is not None and candidates:
         metric = worst_case.metric_for(task, names, judged_in_run=False)
+        grid = {(cell.name, cell.eps): i for i, cell in enumerate(cells)}
+        candidates.sort(key=lambda c: grid[(c.cell.name, c.cell.eps)])  # ties: the grid's order
         finished += worst_case_runs(candidates, metric, worst_case.stop_below)
     order = {ref.location: i for i, ref in enumerate(models)}
     finished.sort(key=lambda run: order[run.model.location])  # stable: attacks, then worst

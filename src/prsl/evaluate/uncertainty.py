@@ -130,6 +130,8 @@ def compare(runs: list[ScoredRun], baseline: ModelRef | None, resamples: Resampl
         other = base.get(run.cell)
         if other is None or run.model.location == baseline.location:
             continue
+        if run.record.cascade_skipped or other.record.cascade_skipped:
+            continue  # each model's cascade kept other items: no like-for-like comparison
         common = sorted(set(run.keys) & set(other.keys))
         if not common:
             continue

@@ -360,6 +360,8 @@ def _one_model(runs: list[RunRecord]) -> str:
     for task in sorted({r.task for r in runs}):
         metric = headline_metric(task, runs)
         mine = [r for r in runs if r.task == task and r.eps > 0 and metric in r.degradation]
+        worst_rows = [r for r in mine if r.attack == WORST_CASE]
+        mine = worst_rows or [r for r in mine if not r.cascade_skipped]  # over every item
         if not mine:
             continue
         truth = [r for r in mine if r.reference == "ground_truth"] or mine

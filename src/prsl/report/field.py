@@ -103,7 +103,9 @@ def _table(
     rows = []
     for label in labels:
         own = [r for r in runs if r.seeded_label == label]
-        first = own[0]
+        # the clean score over every item: not a cell a cascade cut short, which holds only
+        # the items earlier attacks left standing (the worst case's row covers all of them)
+        first = min(own, key=lambda r: (bool(r.cascade_skipped), r.attack != WORST_CASE))
         shown = label + (" — baseline" if label in base else "")
         for i, attack in enumerate(attacks):
             cells = []
