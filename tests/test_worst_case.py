@@ -22,7 +22,8 @@ from prsl.evaluate.crafting import computing_in
 from prsl.evaluate.grid import grid_cells
 from prsl.evaluate.uncertainty import ITEM_SCORES
 from prsl.provenance import model_refs
-from prsl.results import validate_results
+from prsl.report.caveats import cascade_line
+from prsl.results import RunRecord, validate_results
 
 METRICS = ["BLEU-4", "ROUGE-L", "CIDEr"]
 N = 8
@@ -152,6 +153,13 @@ def test_a_cascade_skips_items_at_or_below_the_threshold_and_says_so(
         )
         assert len(scores[(run["attack"], run["eps"], run["reference"])]) == run["n_images"]
     assert counts[("fgsm", 8 / 255)] == 0 and sum(counts.values()) == len(skipped)
+    # the report says it, and compares no cell the cascade cut short
+    cut = {
+        (c["attack"], c["eps"]) for c in results["meta"]["worst_case"]["skipped"] if c["skipped"]
+    }
+    assert cut and not any((c["attack"], c["eps"]) in cut for c in results["comparisons"])
+    lead = cascade_line([RunRecord.model_validate(r) for r in results["runs"]])
+    assert lead is not None and f"A cascade skipped {len(skipped)} item-attacks" in lead
     # the first attack ran on every item, as it did without the cascade: the same outputs
     first = {(r["key"]): r["adversarial"] for r in rows if r["attack"] == "fgsm"}
     assert first == {

@@ -134,3 +134,25 @@ def uninformative_line(runs: list[RunRecord]) -> str | None:
         f"(fewest kept in brackets): {shown}. These cells measure little whichever model is "
         "more robust: a stronger attack (more steps, a larger ε) is needed there."
     )
+
+
+def cascade_line(runs: list[RunRecord]) -> str | None:
+    """What a cascade (``worst_case.stop_below``) left out: how many item-attacks it skipped, and
+    that an attack's own row (its scores, its success rate) covers only the items it ran on;
+    None without a cascade."""
+    skipped = {
+        (r.seeded_label, r.task, r.attack, r.eps): r.cascade_skipped
+        for r in runs
+        if r.cascade_skipped
+    }
+    if not skipped:
+        return None
+    cells = len(skipped)
+    return (
+        f"A cascade skipped {sum(skipped.values())} item-attacks in {cells} attack × ε "
+        f"cell{'s' if cells > 1 else ''}: items already at or below `stop_below` after the "
+        "attacks before them. Each of those cells' own scores and success rates cover only the "
+        "items it ran on, a selection, and are not compared between models; the `worst-case` "
+        "row covers every item."
+    )
+

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from prsl.data import Skipped, skip_summary
 from prsl.report.answer import answer, rules_line
-from prsl.report.caveats import few_items_line, items_line, uninformative_line
+from prsl.report.caveats import cascade_line, few_items_line, items_line, uninformative_line
 from prsl.report.field import LEGEND, field_tables
 from prsl.report.masking import masking_checks, masking_summary
 from prsl.report.plots import plot_headline, plot_vs_eps, plot_vs_iteration, plot_vs_parameter
@@ -119,7 +119,7 @@ def _compose(title: str, loaded: Results, plots_dir: Path) -> Report:
     flags, checked = masking_checks(runs)
     headline = plot_headline(runs, plots_dir, level)
     lead = [items_line(runs), few_items_line(runs, loaded.comparisons, level)]
-    lead.append(uninformative_line(runs))
+    lead += [uninformative_line(runs), cascade_line(runs)]
     interval = f"{level:.0%}" if level is not None else "bootstrap"
     return Report(
         title=title,
