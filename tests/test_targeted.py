@@ -269,3 +269,11 @@ def test_a_rerun_with_other_targets_or_reference_does_not_reuse_rows(model, tmp_
         again = config(model, tmp_path, attacks=specs(changed), **small)
         with pytest.raises(RunConflict, match=field):
             evaluate(again, progress=False, scorer=scorer)
+
+
+def test_an_unquoted_yes_as_a_target_says_to_quote_it():
+    """VQA targets are often yes or no, which YAML reads as booleans when unquoted."""
+    from prsl.config import load_config
+
+    with pytest.raises(InvalidInput, match=r"targets holds true, not a text.*quote them"):
+        load_config(EvalConfig, None, ["attacks=[{name: pgd, eps: [8/255], targets: [yes]}]"])

@@ -115,6 +115,14 @@ class AttackSpec(Strict):
                 "'attacks' is not a field of an attack spec: write the attack's parameters "
                 "beside its name, e.g. {name: pgd, eps: [8/255], steps: 20}"
             )
+        for field in ("targets", "keywords"):
+            texts = data.get(field)
+            read = [v for v in texts if isinstance(v, bool)] if isinstance(texts, list) else []
+            if read:  # YAML reads yes / no / on / off unquoted as booleans
+                raise ValueError(
+                    f"{field} holds {str(read[0]).lower()}, not a text: YAML reads yes, no, on "
+                    f"and off as true or false; quote them, e.g. {field}: ['yes', 'no']"
+                )
         default = cls.model_fields["name"].default
         attacks = parse_attacks(data, default=default, reserved=_SPEC_FIELDS)
         name = data.get("name", default)
