@@ -154,10 +154,3 @@ def instructed(adapter: VLMAdapter, cfg: EvalConfig, model: ModelRef) -> VLMAdap
         )
     adapter.caption_prompt = cfg.caption_prompt
     return adapter
-    if not hasattr(adapter, "caption_prompt"):
-        raise InvalidInput(
-            f"caption_prompt is for chat VLMs; {model.name} ({adapter.family}) takes no "
-            "instruction: leave caption_prompt unset"
-        )
-    adapter.caption_prompt = cfg.caption_prompt
-    return adapter

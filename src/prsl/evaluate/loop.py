@@ -672,20 +672,27 @@ def note_written(
 def skipped_row(job: ModelJob, cell: Cell, sample: Sample, clean: str, after: str) -> Prediction:
     """The row of an item the cascade skipped: its clean output, no adversarial one."""
     return Prediction(
-        model=job.model.name,
-        model_path=job.model.location,
-        loss=job.model.loss,
-        attack=cell.name,
-        eps=cell.eps,
+        **item_fields(job, cell, sample, clean),
         steps=0,
-        key=sample.key,
-        question=sample.question,
-        references=list(sample.references),
-        clean=clean,
         adversarial="",
         linf=0.0,
         skipped_after=after,
     )
+
+
+def item_fields(job: ModelJob, cell: Cell, sample: Sample, clean: str) -> dict:
+    """What every row of an item under a cell says, attacked or skipped."""
+    return {
+        "model": job.model.name,
+        "model_path": job.model.location,
+        "loss": job.model.loss,
+        "attack": cell.name,
+        "eps": cell.eps,
+        "key": sample.key,
+        "question": sample.question,
+        "references": list(sample.references),
+        "clean": clean,
+    }
 
 
 def cell_rows(
@@ -717,16 +724,8 @@ def prediction(
     """The row of one item: its first run's output, and with ``several`` every run."""
     first = runs[0]
     return Prediction(
-        model=job.model.name,
-        model_path=job.model.location,
-        loss=job.model.loss,
-        attack=cell.name,
-        eps=cell.eps,
+        **item_fields(job, cell, sample, clean),
         steps=cell.attack.iterations,
-        key=sample.key,
-        question=sample.question,
-        references=list(sample.references),
-        clean=clean,
         adversarial=first.adversarial,
         linf=first.linf,
         per_step=first.per_step,

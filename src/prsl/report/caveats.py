@@ -155,4 +155,3 @@ def cascade_line(runs: list[RunRecord]) -> str | None:
         "items it ran on, a selection, and are not compared between models; the `worst-case` "
         "row covers every item."
     )
-
