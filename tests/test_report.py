@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -67,9 +68,10 @@ def _results(tmp_path, prsl_adv):
     return path
 
 
-def test_report_files_tables_and_marking(tmp_path):
+def test_report_files_tables_and_marking(tmp_path, monkeypatch):
     results = _results(tmp_path, prsl_adv=0.6)
-    paths = write_report([results], tmp_path / "report")
+    monkeypatch.chdir(tmp_path)  # folders given as a user types them: relative to here
+    paths = write_report([results.relative_to(tmp_path)], Path("report"))
     md = paths["markdown"].read_text()
     assert "#### caption — bim — reference: clean" in md
     # PRSL keeps more under attack here, but with no comparison nothing says the difference is
@@ -81,6 +83,10 @@ def test_report_files_tables_and_marking(tmp_path):
     assert "MiniLM-L6" in md
     # the headline, score vs ε per reference (2), score vs iteration per reference (2)
     assert len(paths["plots"]) == 1 + 2 + 2
+    # every image the markdown links, the run's gallery in another folder too, is found from it
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(links) == 5 + 2
+    assert all((paths["markdown"].parent / link).is_file() for link in links), links
     html = paths["html"].read_text()
     assert html.count("data:image/png;base64,") == 5 + 2  # plots + one gallery pair, inline
     assert "a blue circle" in html and "<table>" in html

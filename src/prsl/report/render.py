@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,11 +282,9 @@ def _gallery_models(gallery: list[GalleryRow]) -> list[str]:
 
 
 def _rel(path, out: Path) -> str:
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(out.resolve()))
-    except ValueError:
-        return str(path)
+    """``path`` as a link from a file in ``out``: relative, climbing out of ``out`` where the
+    file lies elsewhere (a gallery image of a run reported into another folder)."""
+    return os.path.relpath(Path(path).resolve(), Path(out).resolve())
 
 
 # --- HTML -------------------------------------------------------------------------------------
