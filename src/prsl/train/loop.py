@@ -217,6 +217,11 @@ def train_in_folder(
     # every process waits for the main one's final save before the process group goes away:
     # a peer that tore it down mid-save could leave the main process hanging at exit
     accelerator.wait_for_everyone()
+    # The DDP model goes first, while the process group lives on: freed after it, its reducer
+    # held the group's last reference, and the group's destructor (joining its gloo threads
+    # with the GIL held, one of them waiting for the GIL) hung the process at exit.
+    del session
+    accelerator.free_memory()
     accelerator.end_training()
     return result
 
