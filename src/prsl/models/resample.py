@@ -125,9 +125,12 @@ def weights(in_size: int, out_size: int, resample: int) -> tuple[np.ndarray, np.
     return real, fixed
 
 
+@lru_cache(maxsize=64)
 def _matrices(
     in_size: int, out_size: int, resample: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass's weights on ``device``, made once: an attack resizes at every step, and
+    copying them to a GPU each time would cost more than the resize."""
     real, fixed = weights(in_size, out_size, resample)
     return (
         torch.from_numpy(real).to(device=device, dtype=torch.float32),
